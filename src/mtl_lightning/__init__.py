@@ -1,0 +1,3 @@
+"""mtl-lightning: multi-task sentence transformers with PyTorch Lightning and Hydra."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,207 @@
+"""The LightningDataModule: one dataset per task, tokenized once, batched by length.
+
+Training batches of all tasks are interleaved: `sampling=joint` gives every step one batch of each
+task (Lightning's `CombinedLoader`, `max_size_cycle`); `sampling=alternating` gives every step one
+task's batch, in turn. Either way `training_step` receives `{task: batch}`. Validation and test
+keep tasks apart: one DataLoader per task, each batch naming its task.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from lightning import LightningDataModule
+from lightning.pytorch.utilities import CombinedLoader
+from torch.utils.data import DataLoader, Dataset
+
+from mtl_lightning.data.sampler import LengthBucketBatchSampler, RoundRobinBatchSampler
+from mtl_lightning.data.sources import SPLITS, Source, complete_splits
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.model.encoder import load_tokenizer
+
+log = logging.getLogger(__name__)
+SAMPLINGS = ("joint", "alternating")
+
+
+@dataclass
+class TaskDataset(Dataset):
+    """One task's split, tokenized: token ids without padding, label ids, and the raw texts."""
+
+    task: str
+    texts: list[str]
+    input_ids: list[list[int]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[str, int, list[int], int]:
+        return self.task, index, self.input_ids[index], self.labels[index]
+
+
+class ConcatTaskDataset(Dataset):
+    """Task datasets end to end, addressed by one global index (for the alternating sampler)."""
+
+    def __init__(self, datasets: Sequence[TaskDataset]) -> None:
+        self.datasets = list(datasets)
+        self.offsets = [0]
+        for dataset in self.datasets:
+            self.offsets.append(self.offsets[-1] + len(dataset))
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index: int) -> tuple[str, int, list[int], int]:
+        position = bisect.bisect_right(self.offsets, index) - 1
+        return self.datasets[position][index - self.offsets[position]]
+
+
+def collate(items: list[tuple[str, int, list[int], int]], pad_id: int) -> dict:
+    """Pad to the longest sequence in the batch (dynamic padding); all items share one task."""
+    longest = max(len(ids) for _, _, ids, _ in items)
+    input_ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
+    for row, (_, _, ids, _) in enumerate(items):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    return {
+        "task": items[0][0],
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": torch.tensor([label for *_, label in items]),
+        "idx": torch.tensor([index for _, index, _, _ in items]),
+    }
+
+
+class Collator:
+    """Picklable collate (DataLoader workers); `by_task` wraps the batch as `{task: batch}`."""
+
+    def __init__(self, pad_id: int, by_task: bool = False) -> None:
+        self.pad_id = pad_id
+        self.by_task = by_task
+
+    def __call__(self, items: list) -> dict:
+        batch = collate(items, self.pad_id)
+        return {batch["task"]: batch} if self.by_task else batch
+
+
+class MultiTaskDataModule(LightningDataModule):
+    def __init__(
+        self,
+        tasks: Mapping[str, Source],
+        tokenizer: str,
+        data_dir: str = "data",
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        max_length: int = 64,
+        sampling: str = "joint",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 42,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if not tasks:
+            raise ConfigError("data.tasks is empty: give at least one task (data.tasks.<name>).")
+        if sampling not in SAMPLINGS:
+            raise ConfigError(f"data.sampling={sampling} is unknown: use one of {SAMPLINGS}.")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ConfigError("data.batch_size and data.eval_batch_size must be at least 1.")
+        self.sources = dict(tasks)
+        self.tokenizer_name = tokenizer
+        self.data_dir = Path(data_dir)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.max_length = max_length
+        self.sampling = sampling
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.num_workers = num_workers
+        self.label_names: dict[str, list[str]] = {}
+        self.datasets: dict[str, dict[str, TaskDataset]] = {}
+        self.pad_id = 0
+
+    def prepare_data(self) -> None:
+        """Fetch whatever a source needs (once, on one process per node)."""
+        for source in self.sources.values():
+            prepare = getattr(source, "prepare", None)
+            if prepare is not None:
+                prepare(self.data_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        tokenizer = load_tokenizer(self.tokenizer_name)
+        self.pad_id = tokenizer.pad_token_id or 0
+        for task, source in self.sources.items():
+            examples = complete_splits(
+                source.load(self.data_dir), self.val_fraction, self.test_fraction, self.seed
+            )
+            names = list(source.label_names or sorted(set(examples["train"][1])))
+            self.label_names[task] = names
+            label_ids = {name: i for i, name in enumerate(names)}
+            self.datasets[task] = {}
+            for split in SPLITS:
+                texts, labels = examples[split]
+                ids = tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+                self.datasets[task][split] = TaskDataset(
+                    task, texts, ids, [label_ids[label] for label in labels]
+                )
+            sizes = ", ".join(f"{s} {len(self.datasets[task][s])}" for s in SPLITS)
+            log.info("Task %s: %d classes %s; %s examples.", task, len(names), names, sizes)
+
+    def _bucket_sampler(self, task: str, split: str, offset: int = 0) -> LengthBucketBatchSampler:
+        dataset = self.datasets[task][split]
+        return LengthBucketBatchSampler(
+            [len(ids) for ids in dataset.input_ids],
+            self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=split == "train",
+            seed=self.seed,
+            offset=offset,
+        )
+
+    def _loader(self, dataset: Dataset, batch_sampler, by_task: bool = False) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            collate_fn=Collator(self.pad_id, by_task),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> CombinedLoader | DataLoader:
+        if self.sampling == "alternating":
+            train_sets = [splits["train"] for splits in self.datasets.values()]
+            combined = ConcatTaskDataset(train_sets)
+            samplers = [
+                self._bucket_sampler(task, "train", offset)
+                for task, offset in zip(self.datasets, combined.offsets, strict=False)
+            ]
+            return self._loader(combined, RoundRobinBatchSampler(samplers), by_task=True)
+        loaders = {
+            task: self._loader(splits["train"], self._bucket_sampler(task, "train"))
+            for task, splits in self.datasets.items()
+        }
+        return CombinedLoader(loaders, mode="max_size_cycle")
+
+    def _eval_loaders(self, split: str) -> list[DataLoader]:
+        return [
+            self._loader(splits[split], self._bucket_sampler(task, split))
+            for task, splits in self.datasets.items()
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("val")
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._eval_loaders("test")
+
+    def split_loaders(self, split: str) -> dict[str, DataLoader]:
+        """`{task: loader}` over one split in length order (embedding export, analysis)."""
+        return dict(zip(self.datasets, self._eval_loaders(split), strict=True))

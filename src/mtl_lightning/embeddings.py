@@ -1,0 +1,37 @@
+"""Sentence embeddings of every task and split, written next to a run (a static feature extractor)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtl_lightning.data.datamodule import MultiTaskDataModule
+from mtl_lightning.data.sources import SPLITS
+from mtl_lightning.model.module import MultiTaskModule
+
+
+def export_embeddings(
+    module: MultiTaskModule, datamodule: MultiTaskDataModule, out_dir: Path
+) -> list[Path]:
+    """Write `<task>_<split>.npz` (`embeddings`, `labels`, `texts`, `label_names`), in data order."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module.eval()
+    written = []
+    for split in SPLITS:
+        for task, loader in datamodule.split_loaders(split).items():
+            dataset = loader.dataset
+            embeddings = torch.empty(len(dataset), module.encoder.hidden_size)
+            for batch in loader:  # length-sorted batches; `idx` puts each row back in place
+                embeddings[batch["idx"]] = module.embed(batch["input_ids"], batch["attention_mask"]).float().cpu()
+            path = out_dir / f"{task}_{split}.npz"
+            np.savez(
+                path,
+                embeddings=embeddings.numpy(),
+                labels=np.asarray(dataset.labels),
+                texts=np.asarray(dataset.texts),
+                label_names=np.asarray(datamodule.label_names[task]),
+            )
+            written.append(path)
+    return written

@@ -1,0 +1,172 @@
+"""The LightningModule: shared encoder, one head per task, routing, losses, metrics, optimizer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from lightning import LightningModule
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from transformers import get_linear_schedule_with_warmup
+
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups
+from mtl_lightning.model.heads import ClassificationHead
+
+STAGES = ("train", "val", "test")
+
+
+def _task_metrics(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+        }
+    )
+
+
+class MultiTaskModule(LightningModule):
+    """Encoder -> pooled sentence embedding -> `heads[task]` -> logits, one loss per task.
+
+    `tasks` maps each task name to its label names (in class-id order); it comes from the data,
+    and is stored in the checkpoint with everything else needed to rebuild the model.
+    """
+
+    def __init__(
+        self,
+        tasks: Mapping[str, list[str]],
+        encoder: Mapping | None = None,
+        head_dropout: float = 0.1,
+        loss_weights: Mapping[str, float] | None = None,
+        lr: float = 5e-5,
+        head_lr: float = 1e-3,
+        layerwise_lr_decay: float = 1.0,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        encoder_config: Mapping | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        encoder_settings = dict(encoder or {"name_or_path": PACKAGED_MINILM})
+        self.encoder = Encoder(**encoder_settings, config=encoder_config)
+        self.heads = nn.ModuleDict(
+            {
+                task: ClassificationHead(self.encoder.hidden_size, len(labels), head_dropout)
+                for task, labels in tasks.items()
+            }
+        )
+        unknown = sorted(set(loss_weights or {}) - set(tasks))
+        if unknown:
+            raise ConfigError(
+                f"model.loss_weights names unknown tasks {unknown}: use task names {sorted(tasks)}."
+            )
+        self.loss_weights = {task: float((loss_weights or {}).get(task, 1.0)) for task in tasks}
+        self.loss = nn.CrossEntropyLoss()
+        # Keys "train"/"val" would clash with nn.Module attributes, hence the suffix.
+        self.metrics = nn.ModuleDict(
+            {
+                f"{stage}_metrics": nn.ModuleDict(
+                    {task: _task_metrics(len(labels)) for task, labels in tasks.items()}
+                )
+                for stage in STAGES
+            }
+        )
+
+    @property
+    def tasks(self) -> dict[str, list[str]]:
+        return dict(self.hparams.tasks)
+
+    def encoder_groups(self):
+        """Layer groups of the encoder, bottom (embeddings) to top."""
+        return layer_groups(self.encoder.model)
+
+    def head_trains(self, task: str) -> bool:
+        """A task whose head is frozen does not train: its loss would only move the encoder."""
+        return any(p.requires_grad for p in self.heads[task].parameters())
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task: str):
+        return self.heads[task](self.encoder(input_ids, attention_mask))
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        task = batch["task"]
+        logits = self(batch["input_ids"], batch["attention_mask"], task)
+        loss = self.loss(logits, batch["labels"])
+        metrics = self.metrics[f"{stage}_metrics"][task]
+        metrics.update(logits, batch["labels"])
+        size = len(batch["labels"])
+        kwargs = {"batch_size": size, "add_dataloader_idx": False, "on_epoch": True}
+        self.log(f"{stage}/{task}/loss", loss, on_step=stage == "train", **kwargs)
+        for name, metric in metrics.items():
+            self.log(f"{stage}/{task}/{name}", metric, on_step=False, **kwargs)
+        return loss
+
+    def training_step(self, batch: dict[str, dict], batch_idx: int) -> torch.Tensor | None:
+        losses = {
+            task: self._step(task_batch, "train")
+            for task, task_batch in batch.items()
+            if self.head_trains(task)
+        }
+        if not losses:  # e.g. an alternating step of a frozen-head task: nothing to learn
+            return None
+        total = sum(self.loss_weights[task] * loss for task, loss in losses.items())
+        self.log("train/loss", total, on_step=True, on_epoch=True, batch_size=1)
+        return total
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._step(batch, "test")
+
+    def _log_acc_mean(self, stage: str) -> None:
+        metrics = self.metrics[f"{stage}_metrics"]
+        accs = [metrics[task]["acc"].compute() for task in self.tasks]
+        self.log(f"{stage}/acc_mean", torch.stack(accs).mean())
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_acc_mean("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_acc_mean("test")
+
+    @torch.inference_mode()
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids.to(self.device), attention_mask.to(self.device))
+
+    def param_groups(self) -> list[dict]:
+        """Every optimizer group exists from the start, frozen or not (see DESIGN.md, decision 3).
+
+        Heads get `head_lr`; the top encoder layer `lr`, each layer below it `lr` divided by
+        `layerwise_lr_decay` once more, the embeddings lowest. Biases and LayerNorm weights
+        (every parameter with fewer than 2 dimensions) get no weight decay.
+        """
+        hp = self.hparams
+        groups = self.encoder_groups()
+        named = [("heads", list(self.heads.parameters()), hp.head_lr)]
+        for depth, group in enumerate(reversed(groups)):
+            named.append((group.name, group.params, hp.lr / hp.layerwise_lr_decay**depth))
+        param_groups = []
+        for name, params, lr in named:
+            matrices = [p for p in params if p.ndim >= 2]
+            vectors = [p for p in params if p.ndim < 2]
+            for chosen, decay, suffix in ((matrices, hp.weight_decay, ""), (vectors, 0.0, "/no_decay")):
+                if chosen:
+                    param_groups.append(
+                        {"params": chosen, "lr": lr, "weight_decay": decay, "name": name + suffix}
+                    )
+        return param_groups
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.param_groups(), fused=True)
+        steps = self.trainer.estimated_stepping_batches
+        scheduler = get_linear_schedule_with_warmup(
+            optimizer, int(self.hparams.warmup_ratio * steps), steps
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # The encoder's architecture travels with the weights, so that `load_from_checkpoint`
+        # works where `model.encoder.name_or_path` does not exist.
+        checkpoint["hyper_parameters"]["encoder_config"] = self.encoder.model.config.to_dict()

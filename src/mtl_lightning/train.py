@@ -1,0 +1,135 @@
+"""Training entry point: `train(cfg)` does the work; `main` is only Hydra around it.
+
+    python -m mtl_lightning.train experiment=only_head_frozen
+    python -m mtl_lightning.train -m experiment=only_transformer_frozen,gradual_unfreeze
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from mtl_lightning.callbacks.freezing import FreezingSchedule
+from mtl_lightning.data.datamodule import MultiTaskDataModule
+from mtl_lightning.embeddings import export_embeddings
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.model.module import MultiTaskModule
+
+log = logging.getLogger(__name__)
+
+
+def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> None:
+    """Start from the weights of an earlier run (`model.init_from`): encoder and heads."""
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model.init_from={ckpt_path} does not exist: give a .ckpt file.")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    saved_tasks = checkpoint.get("hyper_parameters", {}).get("tasks", {})
+    for task, labels in module.tasks.items():
+        if task in saved_tasks and list(saved_tasks[task]) != list(labels):
+            raise ConfigError(
+                f"model.init_from={ckpt_path} has labels {list(saved_tasks[task])} for task "
+                f"{task}, the data has {list(labels)}: use a checkpoint trained on this task."
+            )
+    state = checkpoint["state_dict"]
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("metrics.")]
+    if unexpected or missing:
+        raise ConfigError(
+            f"model.init_from={ckpt_path} does not fit this model (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}): use a checkpoint of the same encoder and tasks."
+        )
+    log.info("Initialised encoder and heads %s from %s.", sorted(saved_tasks), path)
+
+
+def _wandb_group() -> str | None:
+    """Runs of one Hydra multirun share a W&B group: the sweep folder's name."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return Path(HydraConfig.get().sweep.dir).name
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
+        extra = {"group": _wandb_group()} if name == "wandb" else {}
+        loggers.append(instantiate(node, **{k: v for k, v in extra.items() if v}))
+    return loggers
+
+
+def _logged(trainer: L.Trainer, prefix: str = "") -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train (or, for `entire_network_frozen`, evaluate) and test; return the final metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule: MultiTaskDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    init_from = model_cfg.pop("init_from", None)
+    module = MultiTaskModule(tasks=datamodule.label_names, **model_cfg)
+    if init_from:
+        load_init_weights(module, init_from)
+
+    warmup = cfg.freezing.get("head_warmup_epochs")
+    freezing: FreezingSchedule = instantiate(
+        cfg.freezing, head_warmup_epochs=(0 if init_from else 1) if warmup is None else warmup
+    )
+    freezing.check_tasks(list(datamodule.label_names))
+    callbacks = [freezing] + [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = build_loggers(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    metrics: dict[str, float] = {}
+    try:
+        if freezing.trains_nothing:
+            log.info("entire_network_frozen: nothing trains; evaluating and exporting embeddings.")
+            freezing.apply(module, 0)
+            trainer.validate(module, datamodule=datamodule)
+            metrics.update(_logged(trainer))
+            trainer.test(module, datamodule=datamodule)
+            written = export_embeddings(module, datamodule, output_dir / "embeddings")
+            log.info("Wrote sentence embeddings of %d task splits to %s.", len(written), written[0].parent)
+        else:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            metrics.update(_logged(trainer))
+            best = trainer.checkpoint_callback
+            if best is not None and best.best_model_path:
+                # What is returned describes the best checkpoint: its monitored score, its test.
+                metrics[best.monitor] = float(best.best_model_score)
+            trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
+    finally:
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
+    metrics.update(_logged(trainer, prefix="test/"))
+    log.info("Final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry: returns the monitored metric, which sweepers optimise."""
+    metrics = train(cfg)
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()

