@@ -61,6 +61,7 @@ def make_cfg(tiny_encoders, tmp_path) -> Callable[..., DictConfig]:
             f"paths.data_dir={tmp_path / 'data'}",
             f"paths.output_dir={tmp_path / output}",
             "trainer.max_epochs=2",
+            "trainer.log_every_n_steps=1",
             "trainer.accelerator=cpu",
             "++trainer.enable_progress_bar=false",
             "++trainer.enable_model_summary=false",

@@ -18,6 +18,7 @@ class Recorder(Callback):
         self.before: dict[str, torch.Tensor] = {}
         self.after: dict[str, torch.Tensor] = {}
         self.batches: list[dict] = []
+        self.rng: dict[int, torch.Tensor] = {}  # epoch -> torch RNG state at its first batch
         self.head_calls: list[str] = []
         Recorder.last = self
 
@@ -30,8 +31,20 @@ class Recorder(Callback):
         self.batches.append(batch)
         epoch = trainer.current_epoch
         if epoch not in self.trainable:
+            self.rng[epoch] = torch.get_rng_state()
             self.trainable[epoch] = {n for n, p in pl_module.named_parameters() if p.requires_grad}
             self.training[epoch] = {n: m.training for n, m in pl_module.named_modules()}
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.after = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+
+
+class StopAfterEpoch(Callback):
+    """Stops a run at the end of `epoch`, as a killed job would after its last checkpoint."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mtl_lightning.data import trec_rt
-from mtl_lightning.data.sampler import LengthBucketBatchSampler, RoundRobinBatchSampler
+from mtl_lightning.data.sampler import EpochSeed, LengthBucketBatchSampler, RoundRobinBatchSampler
 from mtl_lightning.data.sources import TinySource, read_label_tsv, stratified_split
 from mtl_lightning.errors import ConfigError
 
@@ -123,7 +123,8 @@ def test_bucketed_batches_cover_every_index_and_waste_little_padding():
 
     rng = random.Random(0)
     lengths = [rng.randint(5, 60) for _ in range(2000)]
-    sampler = LengthBucketBatchSampler(lengths, batch_size=32, seed=3)
+    clock = EpochSeed(seed=3)
+    sampler = LengthBucketBatchSampler(lengths, batch_size=32, epoch_seed=clock)
 
     def padding(batches):
         padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
@@ -131,18 +132,20 @@ def test_bucketed_batches_cover_every_index_and_waste_little_padding():
 
     epoch0 = list(sampler)
     assert sorted(i for b in epoch0 for i in b) == list(range(2000))
-    sampler.set_epoch(1)
+    again = list(sampler)  # a second pass in the same epoch (a cycled task): a new order
+    clock.set_epoch(1)
     epoch1 = list(sampler)
-    assert epoch0 != epoch1  # random across epochs
-    sampler.set_epoch(0)
-    assert list(sampler) == epoch0  # and reproducible
+    assert epoch0 != epoch1 and epoch0 != again  # random across epochs and passes
+    assert list(LengthBucketBatchSampler(lengths, 32, EpochSeed(seed=3))) == epoch0  # reproducible
+    assert list(LengthBucketBatchSampler(lengths, 32, EpochSeed(3, epoch=1))) == epoch1
     chunks = [list(range(len(lengths)))[s : s + 32] for s in range(0, len(lengths), 32)]
     assert padding(epoch0) < 0.05 < padding(chunks)
 
 
 def test_round_robin_alternates_and_cycles_the_smaller_task():
-    small = LengthBucketBatchSampler([3] * 4, batch_size=2, offset=0)
-    large = LengthBucketBatchSampler([3] * 10, batch_size=2, offset=4)
+    clock = EpochSeed(seed=0)
+    small = LengthBucketBatchSampler([3] * 4, batch_size=2, epoch_seed=clock, offset=0)
+    large = LengthBucketBatchSampler([3] * 10, batch_size=2, epoch_seed=clock, offset=4)
     batches = list(RoundRobinBatchSampler([small, large]))
     assert len(batches) == 10
     owners = ["small" if b[0] < 4 else "large" for b in batches]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_CONFIGS
 from transformers import AutoModel, RobertaConfig
 
-from conftest import TINY_CONFIGS
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.encoder import layer_groups, pool, resolve_encoder_path
 
@@ -28,7 +28,10 @@ def test_mean_pooling_ignores_padding():
         TINY_CONFIGS["bert"],
         TINY_CONFIGS["distilbert"],
         RobertaConfig(
-            vocab_size=100, hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+            vocab_size=100,
+            hidden_size=16,
+            num_hidden_layers=4,
+            num_attention_heads=2,
             intermediate_size=32,
         ),
     ],

@@ -15,14 +15,17 @@ RECORDER = "+callbacks.recorder._target_=helpers.Recorder"
 
 
 def test_all_five_scenarios_are_configured():
-    assert EXPERIMENTS == sorted(
-        [
-            "entire_network_frozen",
-            "full_finetune",
-            "gradual_unfreeze",
-            "only_head_frozen",
-            "only_transformer_frozen",
-        ]
+    assert (
+        sorted(
+            [
+                "entire_network_frozen",
+                "full_finetune",
+                "gradual_unfreeze",
+                "only_head_frozen",
+                "only_transformer_frozen",
+            ]
+        )
+        == EXPERIMENTS
     )
 
 
@@ -133,8 +136,10 @@ def test_gradual_unfreeze_follows_the_schedule(make_cfg, encoder):
         assert layers == set(range(3 - min(epoch, 3), 3)), epoch
         embeddings = any("embeddings" in n for n in names)
         assert embeddings == (epoch >= 4), epoch
-        assert all(n.startswith("heads.") or _encoder_layer(n) is not None or "embeddings" in n
-                   for n in names)
+        assert all(
+            n.startswith("heads.") or _encoder_layer(n) is not None or "embeddings" in n
+            for n in names
+        )
         modes = recorder.training[epoch]
         for name, training in modes.items():
             layer = _encoder_layer(name + ".")
@@ -151,8 +156,11 @@ def test_gradual_unfreeze_can_keep_embeddings_frozen(make_cfg):
         "trainer.max_epochs=5",
     )
     assert not any("embeddings" in n for n in set().union(*recorder.trainable.values()))
-    assert all(torch.equal(recorder.before[n], recorder.after[n]) for n in recorder.before
-               if "embeddings" in n)
+    assert all(
+        torch.equal(recorder.before[n], recorder.after[n])
+        for n in recorder.before
+        if "embeddings" in n
+    )
 
 
 @pytest.mark.parametrize("sampling", ["joint", "alternating"])

@@ -1,4 +1,4 @@
-"""Sentence embeddings of every task and split, written next to a run (a static feature extractor)."""
+"""Sentence embeddings of every task and split, written into a run (a static feature extractor)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from mtl_lightning.model.module import MultiTaskModule
 def export_embeddings(
     module: MultiTaskModule, datamodule: MultiTaskDataModule, out_dir: Path
 ) -> list[Path]:
-    """Write `<task>_<split>.npz` (`embeddings`, `labels`, `texts`, `label_names`), in data order."""
+    """Write `<task>_<split>.npz` (embeddings, labels, texts, label_names) in data order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     module.eval()
     written = []
@@ -24,7 +24,9 @@ def export_embeddings(
             dataset = loader.dataset
             embeddings = torch.empty(len(dataset), module.encoder.hidden_size)
             for batch in loader:  # length-sorted batches; `idx` puts each row back in place
-                embeddings[batch["idx"]] = module.embed(batch["input_ids"], batch["attention_mask"]).float().cpu()
+                embeddings[batch["idx"]] = (
+                    module.embed(batch["input_ids"], batch["attention_mask"]).float().cpu()
+                )
             path = out_dir / f"{task}_{split}.npz"
             np.savez(
                 path,

@@ -1,12 +1,13 @@
 """Training entry point: `train(cfg)` does the work; `main` is only Hydra around it.
 
-    python -m mtl_lightning.train experiment=only_head_frozen
-    python -m mtl_lightning.train -m experiment=only_transformer_frozen,gradual_unfreeze
+python -m mtl_lightning.train experiment=only_head_frozen
+python -m mtl_lightning.train -m experiment=only_transformer_frozen,gradual_unfreeze
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import hydra
@@ -25,6 +26,8 @@ from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.module import MultiTaskModule
 
 log = logging.getLogger(__name__)
+# Frozen modules are in eval mode on purpose (DESIGN.md, decision 2); Lightning warns about it.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
 
 
 def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> None:
@@ -106,7 +109,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update(_logged(trainer))
             trainer.test(module, datamodule=datamodule)
             written = export_embeddings(module, datamodule, output_dir / "embeddings")
-            log.info("Wrote sentence embeddings of %d task splits to %s.", len(written), written[0].parent)
+            log.info(
+                "Wrote sentence embeddings of %d task splits to %s.",
+                len(written),
+                written[0].parent,
+            )
         else:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
             metrics.update(_logged(trainer))

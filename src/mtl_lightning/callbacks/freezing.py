@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from lightning import Callback, LightningModule, Trainer
 
 from mtl_lightning.errors import ConfigError
@@ -31,10 +32,10 @@ SCENARIOS = (
 
 @dataclass(frozen=True)
 class Plan:
-    """Trainable heads, and trainable encoder groups counted from the top (`None`: all)."""
+    """Trainable heads, and how many encoder layer groups train, counted from the top."""
 
     heads: frozenset[str]
-    encoder_groups: int | None
+    encoder_groups: int
 
 
 class FreezingSchedule(Callback):
@@ -46,10 +47,14 @@ class FreezingSchedule(Callback):
     - `only_transformer_frozen`: the encoder is frozen, the heads train.
     - `only_head_frozen`: the head of task `head` is frozen from epoch `head_warmup_epochs` on
       (before that everything trains, so the frozen head is a trained one); the encoder and
-      the other heads train, and the frozen task leaves the loss.
+      the other heads train, and the frozen task leaves the loss. From then on, every
+      validation logs `val/<head>/forgetting`: its accuracy when it froze minus now.
     - `gradual_unfreeze`: epoch 0 trains the heads only; then one more encoder group unfreezes
       every `every_n_epochs`, from the top layer down, the embeddings last (if
       `unfreeze_embeddings`).
+
+    `keep_frozen_layers=N` keeps the embeddings and the bottom N layers frozen for the whole run,
+    in every scenario ("lower layers capture syntax, best kept stable").
     """
 
     def __init__(
@@ -59,17 +64,22 @@ class FreezingSchedule(Callback):
         head_warmup_epochs: int = 1,
         every_n_epochs: int = 1,
         unfreeze_embeddings: bool = True,
+        keep_frozen_layers: int = 0,
     ) -> None:
         if scenario not in SCENARIOS:
             raise ConfigError(f"freezing.scenario={scenario} is unknown: use one of {SCENARIOS}.")
         if every_n_epochs < 1:
             raise ConfigError(f"freezing.every_n_epochs={every_n_epochs} must be at least 1.")
+        if keep_frozen_layers < 0 or head_warmup_epochs < 0:
+            raise ConfigError("freezing.keep_frozen_layers and head_warmup_epochs must be >= 0.")
         self.scenario = scenario
         self.head = head
         self.head_warmup_epochs = head_warmup_epochs
         self.every_n_epochs = every_n_epochs
         self.unfreeze_embeddings = unfreeze_embeddings
+        self.keep_frozen_layers = keep_frozen_layers
         self.applied_epoch: int | None = None
+        self.acc_at_freeze: float | None = None  # only_head_frozen: the frozen task's val accuracy
 
     @property
     def trains_nothing(self) -> bool:
@@ -80,30 +90,31 @@ class FreezingSchedule(Callback):
             raise ConfigError(f"freezing.head={self.head} is not a task: use one of {tasks}.")
 
     def plan(self, epoch: int, tasks: list[str], num_groups: int) -> Plan:
-        all_heads = frozenset(tasks)
-        if self.scenario == "full_finetune":
-            return Plan(all_heads, None)
+        """What trains in `epoch`, for an encoder of `num_groups` layer groups (embeddings + L)."""
+        heads = frozenset(tasks)
+        depth = num_groups
         if self.scenario == "entire_network_frozen":
-            return Plan(frozenset(), 0)
-        if self.scenario == "only_transformer_frozen":
-            return Plan(all_heads, 0)
-        if self.scenario == "only_head_frozen":
-            if epoch < self.head_warmup_epochs:
-                return Plan(all_heads, None)
-            return Plan(all_heads - {self.head}, None)
-        unfreezable = num_groups if self.unfreeze_embeddings else num_groups - 1
-        return Plan(all_heads, min(unfreezable, epoch // self.every_n_epochs))
+            heads, depth = frozenset(), 0
+        elif self.scenario == "only_transformer_frozen":
+            depth = 0
+        elif self.scenario == "only_head_frozen" and epoch >= self.head_warmup_epochs:
+            heads = heads - {self.head}
+        elif self.scenario == "gradual_unfreeze":
+            unfreezable = num_groups if self.unfreeze_embeddings else num_groups - 1
+            depth = min(unfreezable, epoch // self.every_n_epochs)
+        if self.keep_frozen_layers:
+            depth = min(depth, max(0, num_groups - 1 - self.keep_frozen_layers))
+        return Plan(heads, depth)
 
     def apply(self, module: LightningModule, epoch: int) -> Plan:
         groups = module.encoder_groups()  # bottom to top
         plan = self.plan(epoch, list(module.heads), len(groups))
-        depth = len(groups) if plan.encoder_groups is None else plan.encoder_groups
         module.train()
         # Containers (the HF model itself, `encoder`, ...) are in train mode only when all of it
         # trains; each group then sets its own blocks, which hold every dropout.
-        module.encoder.model.train(depth == len(groups))
+        module.encoder.model.train(plan.encoder_groups == len(groups))
         for position, group in enumerate(reversed(groups)):
-            trainable = position < depth
+            trainable = position < plan.encoder_groups
             for param in group.params:
                 param.requires_grad_(trainable)
             for submodule in group.modules:
@@ -114,6 +125,9 @@ class FreezingSchedule(Callback):
         self.applied_epoch = epoch
         return plan
 
+    def _head_frozen_in(self, epoch: int) -> bool:
+        return self.scenario == "only_head_frozen" and epoch >= self.head_warmup_epochs
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After the strategy has wrapped the model (DDP registers every parameter that required
         # grad then), before the fit loop looks at train/eval modes.
@@ -121,24 +135,41 @@ class FreezingSchedule(Callback):
         self.apply(pl_module, trainer.current_epoch)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        plan = self.apply(pl_module, trainer.current_epoch)
+        epoch = trainer.current_epoch
+        if self._head_frozen_in(epoch) and self.acc_at_freeze is None:
+            loader = trainer.datamodule.split_loaders("val")[self.head]
+            self.acc_at_freeze = val_accuracy(pl_module, self.head, loader)
+            log.info("Head %s freezes at val accuracy %.4f.", self.head, self.acc_at_freeze)
+        plan = self.apply(pl_module, epoch)
         trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
         groups = len(pl_module.encoder_groups())
-        unfrozen = groups if plan.encoder_groups is None else plan.encoder_groups
         log.info(
             "Epoch %d (%s): heads training %s, %d/%d encoder groups unfrozen, %d trainable params.",
-            trainer.current_epoch,
+            epoch,
             self.scenario,
             sorted(plan.heads),
-            unfrozen,
+            plan.encoder_groups,
             groups,
             trainable,
         )
         pl_module.log("freeze/trainable_params", float(trainable), on_step=False, on_epoch=True)
-        pl_module.log("freeze/unfrozen_layers", float(unfrozen), on_step=False, on_epoch=True)
+        pl_module.log(
+            "freeze/unfrozen_layers", float(plan.encoder_groups), on_step=False, on_epoch=True
+        )
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.acc_at_freeze is None or trainer.sanity_checking:
+            return
+        acc = pl_module.metrics["val_metrics"][self.head]["acc"].compute()
+        pl_module.log(f"val/{self.head}/acc_at_freeze", self.acc_at_freeze)
+        pl_module.log(f"val/{self.head}/forgetting", self.acc_at_freeze - acc)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "applied_epoch": self.applied_epoch}
+        return {
+            "scenario": self.scenario,
+            "applied_epoch": self.applied_epoch,
+            "acc_at_freeze": self.acc_at_freeze,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("scenario") != self.scenario:
@@ -147,3 +178,18 @@ class FreezingSchedule(Callback):
                 f"{self.scenario}: resume with the same experiment."
             )
         self.applied_epoch = state_dict.get("applied_epoch")
+        self.acc_at_freeze = state_dict.get("acc_at_freeze")
+
+
+@torch.inference_mode()
+def val_accuracy(module: LightningModule, task: str, loader) -> float:
+    """Accuracy of `task` on `loader`, in eval mode (the caller re-applies modes afterwards)."""
+    module.eval()
+    correct = total = 0
+    for batch in loader:
+        logits = module(
+            batch["input_ids"].to(module.device), batch["attention_mask"].to(module.device), task
+        )
+        correct += (logits.argmax(-1).cpu() == batch["labels"]).sum().item()
+        total += len(batch["labels"])
+    return correct / max(total, 1)

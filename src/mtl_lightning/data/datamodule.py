@@ -19,7 +19,11 @@ from lightning import LightningDataModule
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
-from mtl_lightning.data.sampler import LengthBucketBatchSampler, RoundRobinBatchSampler
+from mtl_lightning.data.sampler import (
+    EpochSeed,
+    LengthBucketBatchSampler,
+    RoundRobinBatchSampler,
+)
 from mtl_lightning.data.sources import SPLITS, Source, complete_splits
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.encoder import load_tokenizer
@@ -126,6 +130,7 @@ class MultiTaskDataModule(LightningDataModule):
         self.label_names: dict[str, list[str]] = {}
         self.datasets: dict[str, dict[str, TaskDataset]] = {}
         self.pad_id = 0
+        self.start_epoch = 0
 
     def prepare_data(self) -> None:
         """Fetch whatever a source needs (once, on one process per node)."""
@@ -138,17 +143,45 @@ class MultiTaskDataModule(LightningDataModule):
         if self.datasets:
             return
         tokenizer = load_tokenizer(self.tokenizer_name)
+        limit = tokenizer.model_max_length
+        # Tokenizers without a limit report a huge sentinel (int(1e30)): only a real one counts.
+        if limit < 100_000 and self.max_length > limit:
+            raise ConfigError(
+                f"data.max_length={self.max_length} is above the {limit} tokens that "
+                f"{self.tokenizer_name} accepts: set data.max_length to at most {limit}."
+            )
         self.pad_id = tokenizer.pad_token_id or 0
         for task, source in self.sources.items():
             examples = complete_splits(
                 source.load(self.data_dir), self.val_fraction, self.test_fraction, self.seed
             )
-            names = list(source.label_names or sorted(set(examples["train"][1])))
+            present = set(examples["train"][1])
+            # Integer labels sort as numbers (2 before 10), so class ids follow the integers.
+            numeric = all(label.removeprefix("-").isdecimal() for label in present)
+            names = list(source.label_names or sorted(present, key=int if numeric else None))
             self.label_names[task] = names
             label_ids = {name: i for i, name in enumerate(names)}
+            unknown = sorted({label for _, ls in examples.values() for label in ls} - set(names))
+            if unknown:
+                raise ConfigError(
+                    f"data.tasks.{task} has labels {unknown[:5]} outside its label_names {names}: "
+                    f"add them to data.tasks.{task}.label_names or fix the data."
+                )
+            if len(present) < 2:
+                raise ConfigError(
+                    f"data.tasks.{task} has a single class {sorted(present)} in its training "
+                    "data: a classifier needs at least two, so add examples of another class "
+                    "or check which column holds the labels."
+                )
             self.datasets[task] = {}
             for split in SPLITS:
                 texts, labels = examples[split]
+                if not texts:
+                    raise ConfigError(
+                        f"data.tasks.{task} has no {split} examples: give it more examples per "
+                        f"class (data.{split}_fraction of each is carved out of train) or its own "
+                        f"{split} file."
+                    )
                 ids = tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
                 self.datasets[task][split] = TaskDataset(
                     task, texts, ids, [label_ids[label] for label in labels]
@@ -156,15 +189,24 @@ class MultiTaskDataModule(LightningDataModule):
             sizes = ", ".join(f"{s} {len(self.datasets[task][s])}" for s in SPLITS)
             log.info("Task %s: %d classes %s; %s examples.", task, len(names), names, sizes)
 
-    def _bucket_sampler(self, task: str, split: str, offset: int = 0) -> LengthBucketBatchSampler:
-        dataset = self.datasets[task][split]
+    def _bucket_sampler(
+        self, task: str, split: str, epoch_seed: EpochSeed | None = None, offset: int = 0
+    ) -> LengthBucketBatchSampler:
         return LengthBucketBatchSampler(
-            [len(ids) for ids in dataset.input_ids],
+            [len(ids) for ids in self.datasets[task][split].input_ids],
             self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=split == "train",
-            seed=self.seed,
+            epoch_seed=epoch_seed,
             offset=offset,
         )
+
+    # Lightning creates the train iterator (and prefetches its first batch) before its own
+    # `set_epoch` call, and a resumed run keeps that iterator: so the epoch whose order comes
+    # next travels in the checkpoint, and the training order starts there.
+    def state_dict(self) -> dict:
+        return {"start_epoch": self.trainer.fit_loop.epoch_progress.current.processed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.start_epoch = state_dict["start_epoch"]
 
     def _loader(self, dataset: Dataset, batch_sampler, by_task: bool = False) -> DataLoader:
         return DataLoader(
@@ -176,16 +218,16 @@ class MultiTaskDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> CombinedLoader | DataLoader:
+        epoch_seed = EpochSeed(self.seed, self.start_epoch)
         if self.sampling == "alternating":
-            train_sets = [splits["train"] for splits in self.datasets.values()]
-            combined = ConcatTaskDataset(train_sets)
+            combined = ConcatTaskDataset([splits["train"] for splits in self.datasets.values()])
             samplers = [
-                self._bucket_sampler(task, "train", offset)
+                self._bucket_sampler(task, "train", epoch_seed, offset)
                 for task, offset in zip(self.datasets, combined.offsets, strict=False)
             ]
             return self._loader(combined, RoundRobinBatchSampler(samplers), by_task=True)
         loaders = {
-            task: self._loader(splits["train"], self._bucket_sampler(task, "train"))
+            task: self._loader(splits["train"], self._bucket_sampler(task, "train", epoch_seed))
             for task, splits in self.datasets.items()
         }
         return CombinedLoader(loaders, mode="max_size_cycle")

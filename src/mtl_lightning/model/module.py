@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from lightning import LightningModule
@@ -12,7 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import get_linear_schedule_with_warmup
 
 from mtl_lightning.errors import ConfigError
-from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups
+from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
 from mtl_lightning.model.heads import ClassificationHead
 
 STAGES = ("train", "val", "test")
@@ -151,7 +153,10 @@ class MultiTaskModule(LightningModule):
         for name, params, lr in named:
             matrices = [p for p in params if p.ndim >= 2]
             vectors = [p for p in params if p.ndim < 2]
-            for chosen, decay, suffix in ((matrices, hp.weight_decay, ""), (vectors, 0.0, "/no_decay")):
+            for chosen, decay, suffix in (
+                (matrices, hp.weight_decay, ""),
+                (vectors, 0.0, "/no_decay"),
+            ):
                 if chosen:
                     param_groups.append(
                         {"params": chosen, "lr": lr, "weight_decay": decay, "name": name + suffix}
@@ -164,9 +169,24 @@ class MultiTaskModule(LightningModule):
         scheduler = get_linear_schedule_with_warmup(
             optimizer, int(self.hparams.warmup_ratio * steps), steps
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # The encoder's architecture travels with the weights, so that `load_from_checkpoint`
-        # works where `model.encoder.name_or_path` does not exist.
+        # The encoder's architecture and its tokenizer's files travel with the weights, so that
+        # `load_from_checkpoint` and prediction work where `model.encoder.name_or_path` does not
+        # exist: the checkpoint alone is enough.
         checkpoint["hyper_parameters"]["encoder_config"] = self.encoder.model.config.to_dict()
+        if getattr(self, "_tokenizer_files", None) is None:  # read once, not at every save
+            name_or_path = (self.hparams.encoder or {}).get("name_or_path", PACKAGED_MINILM)
+            with tempfile.TemporaryDirectory() as folder:
+                load_tokenizer(name_or_path).save_pretrained(folder)
+                files = [path for path in Path(folder).iterdir() if path.is_file()]
+                self._tokenizer_files = {path.name: path.read_bytes() for path in files}
+        checkpoint["tokenizer_files"] = self._tokenizer_files
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Keep the tokenizer of a loaded checkpoint, so re-saving needs no `name_or_path` either.
+        self._tokenizer_files = checkpoint.get("tokenizer_files")

@@ -1,0 +1,54 @@
+"""Sentence embeddings of a file, from a trained checkpoint or a plain encoder.
+
+python -m mtl_lightning.encode ckpt_path=<run>/checkpoints/last.ckpt input=a.txt output=b.npy
+python -m mtl_lightning.encode ckpt_path=none encoder=<hub id or dir> input=a.txt output=b.npy
+"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.inference import Predictor, check_output, read_texts, write_embeddings
+
+
+def encode(cfg: DictConfig) -> np.ndarray:
+    """Write the embeddings of `input`'s sentences to `output`, in input order; return them."""
+    if cfg.ckpt_path is None:
+        raise ConfigError(
+            "ckpt_path is missing: give ckpt_path=<run>/checkpoints/last.ckpt, or ckpt_path=none "
+            "for the plain encoder named by encoder=."
+        )
+    if cfg.input is None or cfg.output is None:
+        raise ConfigError(
+            f"input and output are both needed: got input={cfg.input}, output={cfg.output}; "
+            "e.g. input=sentences.txt output=embeddings.npy."
+        )
+    # Bad files fail before the model loads.
+    texts = read_texts(cfg.input)
+    output = check_output(cfg.output, (".npy", ".parquet"))
+    settings = {"device": cfg.device, "batch_size": cfg.batch_size, "max_length": cfg.max_length}
+    if str(cfg.ckpt_path).lower() == "none":
+        predictor = Predictor.from_encoder(
+            cfg.encoder, pooling=cfg.pooling, normalize=cfg.normalize, **settings
+        )
+    else:
+        predictor = Predictor.from_checkpoint(cfg.ckpt_path, **settings)
+    embeddings = predictor.encode(texts)
+    write_embeddings(output, texts, embeddings)
+    rows, width = embeddings.shape
+    print(f"Wrote {rows} x {width} embeddings to {output}.", file=sys.stderr)
+    return embeddings
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="encode")
+def main(cfg: DictConfig) -> None:
+    encode(cfg)
+
+
+if __name__ == "__main__":
+    main()

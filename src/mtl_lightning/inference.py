@@ -1,0 +1,235 @@
+"""Prediction and sentence encoding from a checkpoint (or a plain encoder), shared by the CLIs.
+
+    p = Predictor.from_checkpoint("logs/runs/full_finetune/<time>/checkpoints/last.ckpt")
+    p.predict(["What is the capital of France?"])  # [{"text": ..., "<task>": {...}, ...}]
+    p.encode(["a sentence", "another"])            # np.ndarray (2, hidden)
+
+Texts are tokenized once, sorted by length, batched and padded to each batch's longest sentence;
+results come back in input order. The readers and writers of the CLIs' files live here too.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, load_tokenizer
+from mtl_lightning.model.module import MultiTaskModule
+
+DEVICES = ("auto", "cpu", "cuda")
+INPUT_SUFFIXES = (".txt", ".csv", ".jsonl")
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` is the GPU when there is one, else the CPU; `cuda` without a GPU is an error."""
+    if device not in DEVICES:
+        raise ConfigError(f"device={device} is unknown: use one of {DEVICES}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible: use device=auto or device=cpu.")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(device)
+
+
+def _checkpoint_tokenizer(path: Path, name_or_path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in the checkpoint; older checkpoints without one use `name_or_path`."""
+    # mmap: only the tokenizer's bytes are read here, not the weights.
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    files = checkpoint.get("tokenizer_files")
+    if files is None:
+        return load_tokenizer(name_or_path)
+    with tempfile.TemporaryDirectory() as folder:
+        for name, content in files.items():
+            (Path(folder) / name).write_bytes(content)
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+class Predictor:
+    """An encoder, its tokenizer and (from a checkpoint) one head per task, ready for inference."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        tokenizer: PreTrainedTokenizerBase,
+        heads: nn.ModuleDict | None = None,
+        tasks: dict[str, list[str]] | None = None,
+        device: str = "auto",
+        batch_size: int = 64,
+        max_length: int = 256,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be at least 1.")
+        self.device = resolve_device(device)
+        self.encoder = encoder.to(self.device).eval()
+        self.heads = heads.to(self.device).eval() if heads is not None else None
+        self.tasks = dict(tasks or {})
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        # Longer inputs than the position embeddings would index past them.
+        positions = getattr(encoder.model.config, "max_position_embeddings", max_length)
+        self.max_length = min(max_length, positions, tokenizer.model_max_length)
+        self.pad_id = tokenizer.pad_token_id or 0
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "auto", batch_size: int = 64, max_length: int = 256
+    ) -> Predictor:
+        """Load a training checkpoint; it carries the encoder config, heads, labels, tokenizer."""
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"ckpt_path={path} does not exist: give a .ckpt file, e.g. "
+                "<run>/checkpoints/last.ckpt."
+            )
+        module = MultiTaskModule.load_from_checkpoint(path, map_location="cpu")
+        tokenizer = _checkpoint_tokenizer(path, module.hparams.encoder["name_or_path"])
+        return cls(
+            module.encoder, tokenizer, module.heads, module.tasks, device, batch_size, max_length
+        )
+
+    @classmethod
+    def from_encoder(
+        cls,
+        name_or_path: str = PACKAGED_MINILM,
+        pooling: str = "mean",
+        normalize: bool = False,
+        device: str = "auto",
+        batch_size: int = 64,
+        max_length: int = 256,
+    ) -> Predictor:
+        """A plain pretrained encoder without heads: `encode` only."""
+        encoder = Encoder(name_or_path, pooling=pooling, normalize=normalize)
+        tokenizer = load_tokenizer(name_or_path)
+        return cls(encoder, tokenizer, device=device, batch_size=batch_size, max_length=max_length)
+
+    def _batches(self, texts: Sequence[str]) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+        """`(input positions, padded batch)`, longest first: running out of memory shows at once."""
+        if not texts:  # the tokenizer fails on an empty list
+            return
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            longest = len(ids[rows[0]])
+            input_ids = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
+            for row, index in enumerate(rows):
+                input_ids[row, : len(ids[index])] = torch.tensor(ids[index])
+                attention_mask[row, : len(ids[index])] = 1
+            yield (
+                rows,
+                {
+                    "input_ids": input_ids.to(self.device),
+                    "attention_mask": attention_mask.to(self.device),
+                },
+            )
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Sentence embeddings, `(len(texts), hidden)` float32, in input order."""
+        embeddings = torch.empty(len(texts), self.encoder.hidden_size)
+        for rows, batch in self._batches(texts):
+            embeddings[rows] = self.encoder(**batch).float().cpu()
+        return embeddings.numpy()
+
+    @torch.inference_mode()
+    def predict(self, texts: Sequence[str]) -> list[dict]:
+        """One `{"text", <task>: {"label", "probs": {label: p}}}` per text, in input order."""
+        if self.heads is None:
+            raise ConfigError(
+                "This Predictor is a plain encoder without task heads: load a trained one with "
+                "Predictor.from_checkpoint to predict."
+            )
+        results: list[dict] = [{"text": text} for text in texts]
+        for rows, batch in self._batches(texts):
+            embedding = self.encoder(**batch)
+            for task, labels in self.tasks.items():
+                probs = self.heads[task](embedding).float().softmax(-1).cpu().tolist()
+                for index, row in zip(rows, probs, strict=True):
+                    best = max(range(len(labels)), key=row.__getitem__)
+                    results[index][task] = {
+                        "label": labels[best],
+                        "probs": dict(zip(labels, row, strict=True)),
+                    }
+        return results
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """Sentences of a `.txt` (one per line), or the `text` column/field of a `.csv`/`.jsonl`."""
+    path = Path(path).expanduser()
+    if path.suffix not in INPUT_SUFFIXES:
+        raise ConfigError(
+            f"input={path} has an unknown extension: give a {', '.join(INPUT_SUFFIXES)} file."
+        )
+    if not path.is_file():
+        raise ConfigError(f"input={path} does not exist: give an existing file.")
+    if path.suffix == ".txt":
+        return path.read_text(encoding="utf-8").splitlines()
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as file:
+            reader = csv.DictReader(file)
+            if "text" not in (reader.fieldnames or []):
+                raise ConfigError(
+                    f"input={path} has no `text` column (columns: {reader.fieldnames}): "
+                    "name the column holding the sentences `text`."
+                )
+            return [row["text"] for row in reader]
+    texts = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue  # blank lines are no records (e.g. a trailing one)
+        record = json.loads(line)
+        if not isinstance(record, dict) or "text" not in record:
+            raise ConfigError(
+                f"input={path} line {number} has no `text` field: give every line a "
+                '{"text": ...} object.'
+            )
+        texts.append(record["text"])
+    return texts
+
+
+def check_output(path: str | Path, suffixes: tuple[str, ...]) -> Path:
+    """Fail before any work if the output's extension is not one we can write."""
+    path = Path(path).expanduser()
+    if path.suffix not in suffixes:
+        raise ConfigError(
+            f"output={path} has an unknown extension: give a {' or '.join(suffixes)} file."
+        )
+    if path.suffix == ".parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise ConfigError(
+            f"output={path} needs pyarrow, which is not installed: write "
+            f"output={path.with_suffix('.npy')} instead, or `pip install pyarrow`."
+        )
+    return path
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as file:
+        for record in records:
+            file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def write_embeddings(path: Path, texts: list[str], embeddings: np.ndarray) -> None:
+    """`.npy`: the array alone; `.parquet`: columns `text` and `embedding` (one list per row)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".npy":
+        np.save(path, embeddings)
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    flat = pa.array(embeddings.reshape(-1), type=pa.float32())
+    column = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])
+    pq.write_table(pa.table({"text": texts, "embedding": column}), path)

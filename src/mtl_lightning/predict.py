@@ -1,0 +1,52 @@
+"""Predict every task's label with a trained checkpoint; `predict(cfg)` does the work.
+
+python -m mtl_lightning.predict ckpt_path=<run>/checkpoints/last.ckpt input=a.txt output=b.jsonl
+python -m mtl_lightning.predict ckpt_path=<run>/checkpoints/last.ckpt text="Who wrote Hamlet?"
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.inference import Predictor, check_output, read_texts, write_jsonl
+
+
+def predict(cfg: DictConfig) -> list[dict]:
+    """Write `output` (or print the one `text`'s JSON line); return the predictions."""
+    if cfg.ckpt_path is None:
+        raise ConfigError("ckpt_path is missing: give ckpt_path=<run>/checkpoints/last.ckpt.")
+    if (cfg.text is None) == (cfg.input is None) or (cfg.input is None) != (cfg.output is None):
+        raise ConfigError(
+            "Give either input=<file> and output=<file.jsonl>, or text=<one sentence>: "
+            f"got input={cfg.input}, output={cfg.output}, text={cfg.text}."
+        )
+    # Bad files fail before the model loads.
+    if cfg.text is None:
+        texts = read_texts(cfg.input)
+        output = check_output(cfg.output, (".jsonl",))
+    else:
+        texts = [str(cfg.text)]  # Hydra parses e.g. text=42 as a number
+    predictor = Predictor.from_checkpoint(
+        cfg.ckpt_path, device=cfg.device, batch_size=cfg.batch_size, max_length=cfg.max_length
+    )
+    predictions = predictor.predict(texts)
+    if cfg.text is None:
+        write_jsonl(output, predictions)
+        print(f"Wrote {len(predictions)} predictions to {output}.", file=sys.stderr)
+    else:
+        print(json.dumps(predictions[0], ensure_ascii=False))
+    return predictions
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()

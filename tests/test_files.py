@@ -1,0 +1,231 @@
+"""`data=files`: the user's own CSV/TSV/JSONL files, end to end, and a clear error for bad input."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from mtl_lightning.data.datamodule import MultiTaskDataModule
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.train import train
+
+QUESTION_LABELS = ("ABBR", "HUM", "LOC")
+
+
+def questions(per_class: int = 20) -> list[tuple[str, str]]:
+    """(text, label) rows: enough per class for stratified val/test carving."""
+    return [
+        (f"{label} question number {i}?", label)
+        for label in QUESTION_LABELS
+        for i in range(per_class)
+    ]
+
+
+def reviews(per_class: int = 20) -> list[dict]:
+    """JSONL rows with integer labels (0 negative, 1 positive)."""
+    words = ("dull", "great")
+    return [
+        {"text": f"A {words[label]} film, take {i}.", "label": label}
+        for label in (0, 1)
+        for i in range(per_class)
+    ]
+
+
+def csv_bytes(rows: list[tuple[str, str]], header=("text", "label"), delimiter: str = ",") -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def jsonl_bytes(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(row) + "\n" for row in rows).encode("utf-8")
+
+
+def write(folder: Path, files: dict[str, bytes]) -> None:
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+
+
+def setup_data(cfg) -> MultiTaskDataModule:
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def test_train_end_to_end_on_csv_and_jsonl(make_cfg, tmp_path, monkeypatch, caplog):
+    blank = [("   ", "HUM"), ("", "LOC")]  # dropped, with a logged count
+    write(tmp_path, {"q.csv": csv_bytes(questions() + blank), "r.jsonl": jsonl_bytes(reviews())})
+    monkeypatch.chdir(tmp_path)  # relative paths start from where the command runs
+    cfg = make_cfg(
+        "data=files",
+        "data.tasks.classification.train=q.csv",
+        f"data.tasks.sentiment.train={tmp_path / 'r.jsonl'}",
+        "trainer.max_epochs=1",
+    )
+    with caplog.at_level(logging.WARNING, logger="mtl_lightning.data.files"):
+        metrics = train(cfg)
+    assert 0 <= metrics["test/acc_mean"] <= 1
+    assert "dropped 2 of 62 examples" in caplog.text
+    checkpoint = torch.load(
+        tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert checkpoint["hyper_parameters"]["tasks"] == {
+        "classification": list(QUESTION_LABELS),
+        "sentiment": ["0", "1"],  # integer labels become their strings
+    }
+
+
+def test_given_val_and_test_files_are_used_as_given(make_cfg, tmp_path):
+    header = ("sentence", "category")
+    val = [("Who wrote Hamlet?", "HUM"), ("Where is Peru?", "LOC")]
+    test = [("What does UN stand for?", "ABBR")]
+    write(
+        tmp_path,
+        {
+            "train.tsv": csv_bytes(questions(4), header, "\t"),
+            "val.tsv": csv_bytes(val, header, "\t"),
+            "test.tsv": csv_bytes(test, header, "\t"),
+            "r.jsonl": jsonl_bytes(reviews()),
+        },
+    )
+    task = "data.tasks.classification"
+    datamodule = setup_data(
+        make_cfg(
+            "data=files",
+            f"{task}.train={tmp_path / 'train.tsv'}",
+            f"{task}.val={tmp_path / 'val.tsv'}",
+            f"{task}.test={tmp_path / 'test.tsv'}",
+            f"{task}.text_column=sentence",
+            f"{task}.label_column=category",
+            f"{task}.label_names=[LOC,HUM,ABBR]",
+            f"data.tasks.sentiment.train={tmp_path / 'r.jsonl'}",
+        )
+    )
+    splits = datamodule.datasets["classification"]
+    assert len(splits["train"]) == 12  # nothing carved out of train
+    assert splits["val"].texts == [text for text, _ in val]
+    assert splits["test"].texts == [text for text, _ in test]
+    assert datamodule.label_names["classification"] == ["LOC", "HUM", "ABBR"]  # as declared
+    assert splits["val"].labels == [1, 0]
+    assert len(datamodule.datasets["sentiment"]["val"]) == 4  # carved: 10% of 20 per class
+
+
+def test_integer_labels_are_ordered_as_numbers(make_cfg, tmp_path):
+    rows = [
+        {"text": f"Review {i} of class {label}.", "label": label}
+        for label in range(12)
+        for i in range(10)
+    ]
+    write(tmp_path, {"q.csv": csv_bytes(questions()), "r.jsonl": jsonl_bytes(rows)})
+    datamodule = setup_data(
+        make_cfg(
+            "data=files",
+            f"data.tasks.classification.train={tmp_path / 'q.csv'}",
+            f"data.tasks.sentiment.train={tmp_path / 'r.jsonl'}",
+        )
+    )
+    assert datamodule.label_names["sentiment"] == [str(i) for i in range(12)]
+
+
+GOOD_CSV = csv_bytes(questions())
+TRAIN_Q = "data.tasks.classification.train=q.csv"
+# case: (files written to the run's folder, overrides, what the error must say)
+BAD_INPUTS = {
+    "missing_train": ({}, [], r"^data\.tasks\.classification\.train is not set"),
+    "no_such_file": (
+        {},
+        [TRAIN_Q],
+        r"^data\.tasks\.classification\.train=q\.csv: .*q\.csv does not",
+    ),
+    "unknown_format": (
+        {"q.xlsx": GOOD_CSV},
+        ["data.tasks.classification.train=q.xlsx"],
+        r"train=q\.xlsx has an unknown format: give a \.csv",
+    ),
+    "empty_file": (
+        {"q.csv": b""},
+        [TRAIN_Q],
+        r"q\.csv \(data\.tasks\.classification\.train\) is empty",
+    ),
+    "header_only": (
+        {"q.csv": b"text,label\n"},
+        [TRAIN_Q],
+        r"q\.csv \(data\.tasks\.classification\.train\) is empty",
+    ),
+    "missing_column": (
+        {"q.csv": csv_bytes(questions(), header=("question", "label"))},
+        [TRAIN_Q],
+        r"q\.csv .* has no column 'text'; its columns are \['question', 'label'\]: set "
+        r"data\.tasks\.classification\.text_column",
+    ),
+    "blank_texts": (
+        {"q.csv": csv_bytes([("  ", "HUM"), ("", "LOC")])},
+        [TRAIN_Q],
+        r"q\.csv .* has no example with non-empty text in column 'text'",
+    ),
+    "blank_label": (
+        {"q.csv": csv_bytes(questions() + [("Who?", " ")])},
+        [TRAIN_Q],
+        r"q\.csv .* row 61 has label ' '",
+    ),
+    "not_utf8": (
+        {"q.csv": "text,label\nWhat is a café?,HUM\n".encode("latin-1")},
+        [TRAIN_Q],
+        r"q\.csv is not valid UTF-8 \(byte 24\): re-encode it as UTF-8",
+    ),
+    "invalid_jsonl": (
+        {"q.csv": GOOD_CSV, "bad.jsonl": b'{"text": "Fine.", "label": 1}\n{"text": oops}\n'},
+        [TRAIN_Q, "data.tasks.sentiment.train=bad.jsonl"],
+        r"bad\.jsonl line 2 is not valid JSON",
+    ),
+    "single_class": (
+        {"q.csv": csv_bytes([(f"Who is {i}?", "HUM") for i in range(20)])},
+        [TRAIN_Q],
+        r"^data\.tasks\.classification has a single class \['HUM'\]",
+    ),
+    "too_few_to_carve_val": (
+        {"q.csv": csv_bytes(questions(3))},
+        [TRAIN_Q],
+        r"^data\.tasks\.classification has no val examples: .* \(data\.val_fraction",
+    ),
+    "undeclared_label": (
+        {"q.csv": GOOD_CSV},
+        [TRAIN_Q, "data.tasks.classification.label_names=[ABBR,HUM]"],
+        r"labels \['LOC'\] outside its label_names .* data\.tasks\.classification\.label_names",
+    ),
+    "max_length_above_encoder": (
+        {"q.csv": GOOD_CSV},
+        [TRAIN_Q, "data.max_length=1024"],
+        r"^data\.max_length=1024 is above the 512 tokens",
+    ),
+    "parquet_without_pyarrow": (
+        {"q.parquet": b"PAR1"},
+        ["data.tasks.classification.train=q.parquet"],
+        r"q\.parquet is a Parquet file, which needs pyarrow: `pip install pyarrow`",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_clear_error_before_training(case, make_cfg, tmp_path, monkeypatch):
+    if case == "parquet_without_pyarrow" and importlib.util.find_spec("pyarrow") is not None:
+        pytest.skip("pyarrow is installed")
+    files, overrides, message = BAD_INPUTS[case]
+    write(tmp_path, {"r.jsonl": jsonl_bytes(reviews()), **files})
+    monkeypatch.chdir(tmp_path)
+    cfg = make_cfg("data=files", "data.tasks.sentiment.train=r.jsonl", *overrides)
+    # Through train(): the error comes from data setup, before a model or trainer exists.
+    with pytest.raises(ConfigError, match=message):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,0 +1,74 @@
+"""Optimizer groups: layer-wise learning rates, no decay on biases and LayerNorm, schedule caps."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from helpers import Recorder
+
+from mtl_lightning.callbacks.freezing import FreezingSchedule
+from mtl_lightning.model.module import MultiTaskModule
+from mtl_lightning.train import train
+
+TASKS = {"classification": ["a", "b", "c"], "sentiment": ["negative", "positive"]}
+
+
+@pytest.fixture
+def module(tiny_encoders) -> MultiTaskModule:
+    encoder = {"name_or_path": tiny_encoders["bert"]}
+    return MultiTaskModule(TASKS, encoder, lr=1e-4, head_lr=1e-3, layerwise_lr_decay=2.6)
+
+
+def test_layerwise_learning_rates(module):
+    groups = {g["name"]: g for g in module.param_groups()}
+    assert groups["heads"]["lr"] == 1e-3
+    for depth, name in enumerate(["layer_2", "layer_1", "layer_0", "embeddings"]):
+        assert groups[name]["lr"] == pytest.approx(1e-4 / 2.6**depth)
+        assert groups[name + "/no_decay"]["lr"] == groups[name]["lr"]
+    # Every parameter is in exactly one group, frozen or not.
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in module.parameters())
+
+
+def test_no_weight_decay_on_biases_and_layernorm(module):
+    names = {id(p): n for n, p in module.named_parameters()}
+    for group in module.param_groups():
+        for param in group["params"]:
+            name = names[id(param)]
+            exempt = name.endswith("bias") or "LayerNorm" in name
+            assert (group["weight_decay"] == 0.0) == exempt, name
+            assert group["weight_decay"] in (0.0, module.hparams.weight_decay)
+
+
+@pytest.mark.parametrize("scenario", ["full_finetune", "gradual_unfreeze"])
+def test_keep_frozen_layers_caps_the_schedule(scenario):
+    schedule = FreezingSchedule(scenario, keep_frozen_layers=1)
+    # 3 layers + embeddings: embeddings and layer 0 never train.
+    depths = [schedule.plan(epoch, ["a"], 4).encoder_groups for epoch in range(6)]
+    assert max(depths) == 2
+    assert depths == ([2] * 6 if scenario == "full_finetune" else [0, 1, 2, 2, 2, 2])
+
+
+def test_keep_frozen_layers_in_a_run(make_cfg):
+    train(
+        make_cfg(
+            "+callbacks.recorder._target_=helpers.Recorder",
+            "freezing.keep_frozen_layers=2",
+            "trainer.max_epochs=1",
+        )
+    )
+    recorder = Recorder.last
+    trainable = recorder.trainable[0]
+    assert not any("embeddings" in n or ".layer.0." in n or ".layer.1." in n for n in trainable)
+    assert any(".layer.2." in n for n in trainable)
+
+
+def test_forgetting_is_logged_every_epoch_after_the_head_freezes(make_cfg, tmp_path):
+    train(make_cfg("experiment=only_head_frozen", "trainer.max_epochs=3"))
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val/classification/forgetting")]
+    assert sorted(int(r["epoch"]) for r in rows) == [1, 2]
+    for row in rows:
+        drop = float(row["val/classification/acc_at_freeze"]) - float(row["val/classification/acc"])
+        assert float(row["val/classification/forgetting"]) == pytest.approx(drop, abs=1e-6)

@@ -1,0 +1,228 @@
+"""Prediction and encoding from a checkpoint: the CLIs as users run them, the Python API, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from mtl_lightning.encode import encode
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.inference import Predictor
+from mtl_lightning.model.module import MultiTaskModule
+from mtl_lightning.predict import predict
+from mtl_lightning.train import train
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+LABELS = {
+    "classification": ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"],
+    "sentiment": ["negative", "positive"],
+}
+# Lengths out of order, so that length-sorted batches must be put back; one sentence is longer
+# than the tiny encoder's 128 positions, so it must be truncated.
+TEXTS = [
+    "Who wrote Hamlet?",
+    "a thoroughly enjoyable , clever and moving film about growing up in a small town",
+    "ok",
+    "How far is the moon from the earth in kilometres ?",
+    " ".join(["long"] * 300),
+    "dull",
+]
+
+
+def compose_cfg(name: str, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def run_root(tiny_encoders, tmp_path_factory) -> Path:
+    """One tiny training run (like `make_cfg`), whose encoder folder is deleted afterwards."""
+    root = tmp_path_factory.mktemp("predict")
+    encoder = root / "encoder"
+    shutil.copytree(tiny_encoders["bert"], encoder)
+    train(
+        compose_cfg(
+            "train",
+            "experiment=full_finetune",
+            "data=tiny",
+            "logger=csv",
+            f"model.encoder.name_or_path={encoder}",
+            f"paths.root_dir={root}",
+            f"paths.data_dir={root / 'data'}",
+            f"paths.output_dir={root / 'run'}",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "++trainer.enable_progress_bar=false",
+            "++trainer.enable_model_summary=false",
+        )
+    )
+    shutil.rmtree(encoder)  # from here on, the checkpoint alone must be enough
+    return root
+
+
+@pytest.fixture(scope="module")
+def ckpt(run_root) -> Path:
+    return run_root / "run" / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def predictor(ckpt) -> Predictor:
+    return Predictor.from_checkpoint(ckpt, device="cpu")
+
+
+def run_cli(module: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", f"mtl_lightning.{module}", *overrides]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def check_prediction(record: dict, text: str) -> None:
+    """Exactly the documented shape: text, then per task a label and its probabilities."""
+    assert list(record) == ["text", *LABELS]
+    assert record["text"] == text
+    for task, labels in LABELS.items():
+        assert set(record[task]) == {"label", "probs"}
+        probs = record[task]["probs"]
+        assert list(probs) == labels
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+        assert record[task]["label"] == max(probs, key=probs.get)
+
+
+def test_checkpoint_loads_without_the_encoder_folder(run_root, ckpt, predictor):
+    assert not (run_root / "encoder").exists()
+    module = MultiTaskModule.load_from_checkpoint(ckpt, map_location="cpu")
+    assert module.tasks == LABELS
+    # The tokenizer came out of the checkpoint: the packaged (uncased BERT) vocabulary.
+    assert predictor.tokenizer("Hello")["input_ids"] == [101, 7592, 102]
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_predict_cli_writes_one_object_per_line_in_input_order(ckpt, tmp_path, suffix):
+    source = tmp_path / f"sentences{suffix}"
+    if suffix == ".txt":
+        source.write_text("\n".join(TEXTS) + "\n")
+    else:
+        source.write_text(
+            "".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(TEXTS))
+        )
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    output = tmp_path / "out" / "predictions.jsonl"
+    overrides = [f"ckpt_path={ckpt}", f"input={source}", f"output={output}", "batch_size=2"]
+    run_cli("predict", *overrides, cwd=cwd)
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(records) == len(TEXTS)
+    for record, text in zip(records, TEXTS, strict=True):
+        check_prediction(record, text)
+    assert list(cwd.iterdir()) == []  # Hydra left no run folder or log behind
+
+
+def test_predict_cli_text_prints_one_json_line(ckpt, tmp_path, predictor):
+    result = run_cli("predict", f"ckpt_path={ckpt}", "text=Who wrote Hamlet?", cwd=tmp_path)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    check_prediction(record, "Who wrote Hamlet?")
+    expected = predictor.predict(["Who wrote Hamlet?"])[0]
+    assert record["sentiment"]["probs"] == pytest.approx(expected["sentiment"]["probs"], abs=1e-6)
+
+
+def test_batched_predictions_equal_one_at_a_time(predictor):
+    batched = predictor.predict(TEXTS)
+    for record, text in zip(batched, TEXTS, strict=True):
+        alone = predictor.predict([text])[0]
+        for task in LABELS:
+            assert record[task]["probs"] == pytest.approx(alone[task]["probs"], abs=1e-5)
+
+
+def test_encode_cli_matches_each_sentence_encoded_alone(ckpt, tmp_path, predictor):
+    source = tmp_path / "sentences.txt"
+    source.write_text("\n".join(TEXTS) + "\n")
+    output = tmp_path / "embeddings.npy"
+    overrides = [f"ckpt_path={ckpt}", f"input={source}", f"output={output}", "batch_size=2"]
+    run_cli("encode", *overrides, cwd=tmp_path)
+    embeddings = np.load(output)
+    assert embeddings.shape == (len(TEXTS), 32)
+    alone = np.concatenate([predictor.encode([text]) for text in TEXTS])
+    np.testing.assert_allclose(embeddings, alone, atol=1e-5)
+
+
+def test_encode_plain_encoder_from_csv(tiny_encoders, tmp_path):
+    source = tmp_path / "sentences.csv"
+    source.write_text('id,text\n1,"Who wrote Hamlet?"\n2,"a clever, moving film"\n')
+    output = tmp_path / "plain.npy"
+    cfg = compose_cfg(
+        "encode",
+        "ckpt_path=none",
+        f"encoder={tiny_encoders['distilbert']}",
+        "pooling=cls",
+        f"input={source}",
+        f"output={output}",
+        "device=cpu",
+    )
+    encode(cfg)
+    plain = Predictor.from_encoder(tiny_encoders["distilbert"], pooling="cls", device="cpu")
+    expected = plain.encode(["Who wrote Hamlet?", "a clever, moving film"])
+    np.testing.assert_allclose(np.load(output), expected, atol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is None, reason="needs pyarrow")
+def test_encode_writes_parquet(ckpt, tmp_path, predictor):
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "sentences.txt"
+    source.write_text("\n".join(TEXTS))
+    output = tmp_path / "embeddings.parquet"
+    encode(compose_cfg("encode", f"ckpt_path={ckpt}", f"input={source}", f"output={output}"))
+    table = pq.read_table(output)
+    assert table.column("text").to_pylist() == TEXTS
+    embeddings = np.asarray(table.column("embedding").to_pylist(), dtype=np.float32)
+    np.testing.assert_allclose(embeddings, predictor.encode(TEXTS), atol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow installed")
+def test_parquet_without_pyarrow_is_refused(ckpt, tmp_path):
+    source = tmp_path / "sentences.txt"
+    source.write_text("ok\n")
+    cfg = compose_cfg("encode", f"ckpt_path={ckpt}", f"input={source}", "output=e.parquet")
+    with pytest.raises(ConfigError, match=r"needs pyarrow.*output=e\.npy"):
+        encode(cfg)
+
+
+def test_user_errors_name_the_key_and_the_fix(ckpt, tmp_path):
+    good = tmp_path / "sentences.txt"
+    good.write_text("ok\n")
+    no_text_csv = tmp_path / "bad.csv"
+    no_text_csv.write_text("sentence,label\nok,1\n")
+    no_text_jsonl = tmp_path / "bad.jsonl"
+    no_text_jsonl.write_text('{"text": "ok"}\n{"sentence": "ok"}\n')
+    out = f"output={tmp_path / 'out.jsonl'}"
+    cases = [
+        (("ckpt_path=missing.ckpt", f"input={good}", out), "ckpt_path=missing.ckpt does not exist"),
+        ((f"ckpt_path={ckpt}", f"input={tmp_path / 'no.txt'}", out), "no.txt does not exist"),
+        ((f"ckpt_path={ckpt}", f"input={no_text_csv}", out), "has no `text` column"),
+        ((f"ckpt_path={ckpt}", f"input={no_text_jsonl}", out), "line 2 has no `text` field"),
+        ((f"ckpt_path={ckpt}", f"input={tmp_path / 'a.tsv'}", out), "a.tsv has an unknown ext"),
+        ((f"ckpt_path={ckpt}", f"input={good}", "output=p.csv"), "p.csv has an unknown extension"),
+        ((f"ckpt_path={ckpt}",), "Give either input=<file> and output=<file.jsonl>, or text="),
+        ((f"input={good}", out), "ckpt_path is missing"),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            predict(compose_cfg("predict", *overrides))
+    with pytest.raises(ConfigError, match="e.txt has an unknown extension: give a .npy or"):
+        encode(compose_cfg("encode", f"ckpt_path={ckpt}", f"input={good}", "output=e.txt"))
+    with pytest.raises(ConfigError, match="ckpt_path=none for the plain encoder"):
+        encode(compose_cfg("encode", f"input={good}", "output=e.npy"))

@@ -1,0 +1,74 @@
+"""The command line as users run it: a Hydra multirun, W&B offline, run folders, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import Recorder  # noqa: F401 (importable by Hydra through PYTHONPATH below)
+
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.train import train
+
+
+def test_multirun_writes_one_folder_per_run_with_wandb_offline(tiny_encoders, tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "mtl_lightning.train",
+        "-m",
+        "experiment=only_transformer_frozen,gradual_unfreeze",
+        "data=tiny",
+        f"model.encoder.name_or_path={tiny_encoders['distilbert']}",
+        f"paths.root_dir={tmp_path}",
+        "trainer.max_epochs=1",
+        "+trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir())
+    assert runs == ["0_only_transformer_frozen", "1_gradual_unfreeze"]
+    for run in runs:
+        folder = tmp_path / "sweep" / run
+        assert (folder / ".hydra" / "config.yaml").is_file()  # the resolved config
+        assert (folder / "metrics.csv").is_file()
+        assert (folder / "checkpoints" / "last.ckpt").is_file()
+        offline = list((folder / "wandb").glob("offline-run-*"))
+        assert len(offline) == 1 and any(offline[0].glob("*.wandb"))
+
+
+def test_entire_network_frozen_evaluates_heads_from_init_from(make_cfg, tmp_path):
+    trained = train(make_cfg("experiment=full_finetune", "trainer.max_epochs=1", output="first"))
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    frozen = train(make_cfg("experiment=entire_network_frozen", f"model.init_from={ckpt}"))
+    # Same weights, same data: the frozen run reproduces the trained model's test accuracy.
+    last = train(
+        make_cfg("experiment=entire_network_frozen", f"model.init_from={ckpt}", output="again")
+    )
+    assert frozen["test/acc_mean"] == last["test/acc_mean"]
+    assert 0 <= trained["val/acc_mean"] <= 1
+    assert (tmp_path / "run" / "embeddings" / "classification_train.npz").is_file()
+
+
+def test_init_from_with_other_labels_is_refused(make_cfg, tmp_path):
+    swapped = "data.tasks.sentiment.label_names=[positive,negative]"
+    train(make_cfg("experiment=full_finetune", "trainer.max_epochs=1", swapped, output="first"))
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    cfg = make_cfg("experiment=only_head_frozen", f"model.init_from={ckpt}")
+    with pytest.raises(
+        ConfigError, match=r"has labels \['positive', 'negative'\] for task sentiment"
+    ):
+        train(cfg)
+    with pytest.raises(ConfigError, match="outside its label_names"):
+        train(make_cfg("data.tasks.sentiment.label_names=[neg,pos]"))
+
+
+def test_unknown_scenario_and_head_are_refused(make_cfg):
+    with pytest.raises(ConfigError, match="freezing.scenario=bogus is unknown"):
+        train(make_cfg("freezing.scenario=bogus"))
+    with pytest.raises(ConfigError, match="freezing.head=nope is not a task"):
+        train(make_cfg("experiment=only_head_frozen", "freezing.head=nope"))
