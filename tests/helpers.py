@@ -48,3 +48,23 @@ class StopAfterEpoch(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.current_epoch == self.epoch:
             trainer.should_stop = True
+
+
+class ParamChecksum(Callback):
+    """Writes, per rank and epoch, a float64 sum of every parameter to `<out>/rank<r>.json`."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.sums: dict[int, dict[str, float]] = {}
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        import json
+        from pathlib import Path
+
+        self.sums[trainer.current_epoch] = {
+            name: param.detach().double().sum().item()
+            for name, param in pl_module.named_parameters()
+        }
+        path = Path(self.out) / f"rank{trainer.global_rank}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.sums))

@@ -7,6 +7,7 @@ python -m mtl_lightning.train -m experiment=only_transformer_frozen,gradual_unfr
 from __future__ import annotations
 
 import logging
+import shutil
 import warnings
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
@@ -54,6 +56,16 @@ def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> None:
     log.info("Initialised encoder and heads %s from %s.", sorted(saved_tasks), path)
 
 
+def build(node: DictConfig, **kwargs):
+    """`hydra.utils.instantiate`, letting a ConfigError from a constructor through unwrapped."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        if isinstance(error.__cause__, ConfigError):
+            raise error.__cause__ from None
+        raise
+
+
 def _wandb_group() -> str | None:
     """Runs of one Hydra multirun share a W&B group: the sweep folder's name."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -67,7 +79,7 @@ def build_loggers(cfg: DictConfig) -> list:
         if node is None:
             continue
         extra = {"group": _wandb_group()} if name == "wandb" else {}
-        loggers.append(instantiate(node, **{k: v for k, v in extra.items() if v}))
+        loggers.append(build(node, **{k: v for k, v in extra.items() if v}))
     return loggers
 
 
@@ -79,24 +91,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or, for `entire_network_frozen`, evaluate) and test; return the final metrics."""
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    datamodule: MultiTaskDataModule = instantiate(cfg.data)
+    init_from = cfg.model.get("init_from")
+    warmup = cfg.freezing.get("head_warmup_epochs")
+    freezing: FreezingSchedule = build(
+        cfg.freezing, head_warmup_epochs=(0 if init_from else 1) if warmup is None else warmup
+    )
+    datamodule: MultiTaskDataModule = build(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    init_from = model_cfg.pop("init_from", None)
+    model_cfg.pop("init_from", None)
     module = MultiTaskModule(tasks=datamodule.label_names, **model_cfg)
     if init_from:
         load_init_weights(module, init_from)
 
-    warmup = cfg.freezing.get("head_warmup_epochs")
-    freezing: FreezingSchedule = instantiate(
-        cfg.freezing, head_warmup_epochs=(0 if init_from else 1) if warmup is None else warmup
-    )
     freezing.check_tasks(list(datamodule.label_names))
-    callbacks = [freezing] + [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt file to resume.")
+    callbacks = [freezing] + [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = build_loggers(cfg)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -115,13 +131,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 written[0].parent,
             )
         else:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics.update(_logged(trainer))
             best = trainer.checkpoint_callback
-            if best is not None and best.best_model_path:
+            has_best = best is not None and bool(best.best_model_path)  # none under fast_dev_run
+            if has_best:
                 # What is returned describes the best checkpoint: its monitored score, its test.
                 metrics[best.monitor] = float(best.best_model_score)
-            trainer.test(module, datamodule=datamodule, ckpt_path="best" if best else None)
+            trainer.test(module, datamodule=datamodule, ckpt_path="best" if has_best else None)
     finally:
         for logger in loggers:
             if isinstance(logger, WandbLogger):
@@ -134,7 +151,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry: returns the monitored metric, which sweepers optimise."""
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except ConfigError as error:
+        # A mistake in the config or a file: one sentence, no traceback, and no run folder that
+        # looks like a run. Removed only if it holds nothing but Hydra's config copy and log.
+        output_dir = Path(cfg.paths.output_dir)
+        leftovers = {p.name for p in output_dir.iterdir()} if output_dir.is_dir() else {"-"}
+        if leftovers <= {".hydra", "train.log"}:
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise SystemExit(f"Error: {error}") from None
     return metrics.get(cfg.optimized_metric)
 
 

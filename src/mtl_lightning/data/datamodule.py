@@ -192,11 +192,16 @@ class MultiTaskDataModule(LightningDataModule):
     def _bucket_sampler(
         self, task: str, split: str, epoch_seed: EpochSeed | None = None, offset: int = 0
     ) -> LengthBucketBatchSampler:
+        trainer = self.trainer
         return LengthBucketBatchSampler(
             [len(ids) for ids in self.datasets[task][split].input_ids],
             self.batch_size if split == "train" else self.eval_batch_size,
             epoch_seed=epoch_seed,
             offset=offset,
+            # Under DDP each rank takes its share itself (trainer=ddp sets
+            # use_distributed_sampler=false: Lightning cannot wrap a custom batch sampler).
+            num_replicas=trainer.world_size if trainer else 1,
+            rank=trainer.global_rank if trainer else 0,
         )
 
     # Lightning creates the train iterator (and prefetches its first batch) before its own

@@ -52,21 +52,26 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         epoch_seed: EpochSeed | None = None,
         pool_factor: int = 50,
         offset: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         self.lengths = list(lengths)
         self.batch_size = batch_size
         self.sampler = epoch_seed
         self.pool_factor = pool_factor
         self.offset = offset  # added to every index: the task's position in a concatenated dataset
+        self.num_replicas = num_replicas
+        self.rank = rank
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        batches = -(-len(self.lengths) // self.batch_size)
+        return -(-batches // self.num_replicas)
 
     def __iter__(self) -> Iterator[list[int]]:
         indices = list(range(len(self.lengths)))
         if self.sampler is None:
             indices.sort(key=self.lengths.__getitem__)
-            return iter(self._cut(indices))
+            return iter(self._shard(self._cut(indices)))
         rng = self.sampler.next_rng()
         rng.shuffle(indices)
         pool_size = self.batch_size * self.pool_factor
@@ -75,7 +80,15 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
             pool = sorted(indices[start : start + pool_size], key=self.lengths.__getitem__)
             batches += self._cut(pool)
         rng.shuffle(batches)
-        return iter(batches)
+        return iter(self._shard(batches))
+
+    def _shard(self, batches: list[list[int]]) -> list[list[int]]:
+        """This rank's share: every rank draws the same batches (same seed) and takes every
+        `num_replicas`-th, the list padded from its start so that all ranks step equally often."""
+        if self.num_replicas == 1:
+            return batches
+        batches = batches + batches[: len(self) * self.num_replicas - len(batches)]
+        return batches[self.rank :: self.num_replicas]
 
     def _cut(self, indices: list[int]) -> list[list[int]]:
         return [

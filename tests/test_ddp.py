@@ -1,0 +1,36 @@
+"""DDP on CPU (2 processes, gloo): replicas stay identical through gradual unfreezing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+
+
+def test_ddp_replicas_stay_identical_across_unfreezing(tiny_encoders, tmp_path):
+    sums = tmp_path / "sums"
+    command = [
+        sys.executable, "-m", "mtl_lightning.train",
+        "trainer=ddp", "data=tiny", "logger=csv", "experiment=gradual_unfreeze",
+        "trainer.max_epochs=3", "+trainer.enable_progress_bar=false",
+        f"model.encoder.name_or_path={tiny_encoders['bert']}",
+        f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}",
+        "+callbacks.checksum._target_=helpers.ParamChecksum", f"+callbacks.checksum.out={sums}",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MEMBER: 2/2" in result.stderr + result.stdout
+    rank0 = json.loads((sums / "rank0.json").read_text())
+    rank1 = json.loads((sums / "rank1.json").read_text())
+    assert rank0.keys() == rank1.keys() == {"0", "1", "2"}
+    for epoch in rank0:
+        for name, value in rank0[epoch].items():
+            assert value == rank1[epoch][name], (epoch, name)
+    # Training did move them: the layer unfrozen in epoch 1 changed between epochs 0 and 2.
+    top = [n for n in rank0["0"] if ".layer.2." in n]
+    assert any(rank0["0"][n] != rank0["2"][n] for n in top)
