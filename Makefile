@@ -6,8 +6,12 @@ BIN := $(VENV)/bin
 # The CPU build by default. GPU users: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.13.0
 ARGS ?=
+# make compare: the five scenarios, one multirun; its sweep folder is fixed once per make call.
+SCENARIOS := full_finetune,entire_network_frozen,only_transformer_frozen,only_head_frozen,gradual_unfreeze
+SWEEP ?=
+COMPARE_DIR := $(or $(SWEEP),logs/compare/$(shell date +%Y-%m-%d_%H-%M-%S))
 
-.PHONY: help install train test lint format clean
+.PHONY: help install train test lint format clean compare report
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -24,6 +28,13 @@ install: $(BIN)/.installed ## Make .venv and install torch (CPU unless TORCH=...
 
 train: install ## Train (default: full fine-tuning on TREC + Rotten Tomatoes); pass Hydra overrides as ARGS="..."
 	$(BIN)/python -m mtl_lightning.train $(ARGS)
+
+compare: install ## Train the five scenarios (same data, same seed) and write report.md + plots in logs/compare/<time>/; ARGS="trainer.max_epochs=1" to shorten
+	$(BIN)/python -m mtl_lightning.train -m experiment=$(SCENARIOS) hydra.sweep.dir=$(COMPARE_DIR) $(ARGS)
+	$(BIN)/python -m mtl_lightning.report $(COMPARE_DIR)
+
+report: install ## Rebuild report.md and plots of SWEEP=<sweep folder> without training (default: the newest logs/compare/*)
+	$(BIN)/python -m mtl_lightning.report $(or $(SWEEP),$(lastword $(sort $(wildcard logs/compare/*))),logs/compare)
 
 test: install ## Run the test suite (offline: tiny random encoders, the shipped tiny corpus)
 	$(BIN)/python -m pytest -q $(ARGS)

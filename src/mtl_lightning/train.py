@@ -26,6 +26,7 @@ from mtl_lightning.data.datamodule import MultiTaskDataModule
 from mtl_lightning.embeddings import export_embeddings
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.module import MultiTaskModule
+from mtl_lightning.summary import write_summary
 
 log = logging.getLogger(__name__)
 # Frozen modules are in eval mode on purpose (DESIGN.md, decision 2); Lightning warns about it.
@@ -145,6 +146,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 logger.experiment.finish()
     metrics.update(_logged(trainer, prefix="test/"))
     log.info("Final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
+    write_summary(output_dir, trainer, module, metrics)  # for mtl_lightning.report
     return metrics
 
 

@@ -112,7 +112,7 @@ class FreezingSchedule(Callback):
         module.train()
         # Containers (the HF model itself, `encoder`, ...) are in train mode only when all of it
         # trains; each group then sets its own blocks, which hold every dropout.
-        module.encoder.model.train(plan.encoder_groups == len(groups))
+        module.encoder.train(plan.encoder_groups == len(groups))
         for position, group in enumerate(reversed(groups)):
             trainable = position < plan.encoder_groups
             for param in group.params:

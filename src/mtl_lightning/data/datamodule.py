@@ -1,9 +1,22 @@
 """The LightningDataModule: one dataset per task, tokenized once, batched by length.
 
-Training batches of all tasks are interleaved: `sampling=joint` gives every step one batch of each
-task (Lightning's `CombinedLoader`, `max_size_cycle`); `sampling=alternating` gives every step one
-task's batch, in turn. Either way `training_step` receives `{task: batch}`. Validation and test
-keep tasks apart: one DataLoader per task, each batch naming its task.
+Training batches of all tasks are interleaved, by `data.sampling` (N tasks, the largest with M
+batches):
+
+- `joint`: every step holds one batch of each task (Lightning's `CombinedLoader`,
+  `max_size_cycle`); an epoch is M steps, smaller tasks start over with a fresh order.
+- `alternating`: every step holds one task's batch, in turn (A, B, A, B, ...); an epoch is N * M
+  steps, so each task sees what it sees in `joint`.
+- `proportional`: one task per step, in a random order; a task's share of the N * M steps is
+  its share of the training examples, so a small task is seen less often than in `joint`.
+- `temperature`: the same with shares proportional to size ** (1 / `data.temperature`): T = 1 is
+  `proportional`, larger T moves towards equal shares (Arivazhagan et al. 2019 use T = 5).
+
+The last three share `TaskSequenceBatchSampler`: the order of tasks and of batches comes from one
+`EpochSeed` only, so every DDP rank picks the same task at the same step, and a resumed run the
+same as an uninterrupted one. Whatever the mode, `training_step` receives `{task: batch}`.
+Validation and test keep tasks apart: one DataLoader per task, each batch naming its task.
+Token ids are cached under `<data_dir>/.token_cache/` (`data.token_cache`, see `token_cache`).
 """
 
 from __future__ import annotations
@@ -23,13 +36,16 @@ from mtl_lightning.data.sampler import (
     EpochSeed,
     LengthBucketBatchSampler,
     RoundRobinBatchSampler,
+    TaskScheduleBatchSampler,
+    TaskSequenceBatchSampler,
 )
 from mtl_lightning.data.sources import SPLITS, Source, complete_splits
+from mtl_lightning.data.token_cache import TokenCache
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.encoder import load_tokenizer
 
 log = logging.getLogger(__name__)
-SAMPLINGS = ("joint", "alternating")
+SAMPLINGS = ("joint", "alternating", "proportional", "temperature")
 
 
 @dataclass
@@ -49,7 +65,7 @@ class TaskDataset(Dataset):
 
 
 class ConcatTaskDataset(Dataset):
-    """Task datasets end to end, addressed by one global index (for the alternating sampler)."""
+    """Task datasets end to end, addressed by one global index (for one-task-per-step modes)."""
 
     def __init__(self, datasets: Sequence[TaskDataset]) -> None:
         self.datasets = list(datasets)
@@ -66,8 +82,13 @@ class ConcatTaskDataset(Dataset):
 
 
 def collate(items: list[tuple[str, int, list[int], int]], pad_id: int) -> dict:
-    """Pad to the longest sequence in the batch (dynamic padding); all items share one task."""
+    """Pad to the longest sequence in the batch (dynamic padding); all items share one task.
+
+    `real_tokens` and `pad_tokens` count the batch's tokens and padding, so that the padded
+    fraction of an epoch costs a sum, not a pass over the masks.
+    """
     longest = max(len(ids) for _, _, ids, _ in items)
+    real_tokens = sum(len(ids) for _, _, ids, _ in items)
     input_ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
     for row, (_, _, ids, _) in enumerate(items):
@@ -79,6 +100,8 @@ def collate(items: list[tuple[str, int, list[int], int]], pad_id: int) -> dict:
         "attention_mask": attention_mask,
         "labels": torch.tensor([label for *_, label in items]),
         "idx": torch.tensor([index for _, index, _, _ in items]),
+        "real_tokens": real_tokens,
+        "pad_tokens": len(items) * longest - real_tokens,
     }
 
 
@@ -104,6 +127,8 @@ class MultiTaskDataModule(LightningDataModule):
         eval_batch_size: int = 128,
         max_length: int = 64,
         sampling: str = "joint",
+        temperature: float = 2.0,
+        token_cache: bool = True,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         seed: int = 42,
@@ -114,6 +139,11 @@ class MultiTaskDataModule(LightningDataModule):
             raise ConfigError("data.tasks is empty: give at least one task (data.tasks.<name>).")
         if sampling not in SAMPLINGS:
             raise ConfigError(f"data.sampling={sampling} is unknown: use one of {SAMPLINGS}.")
+        if temperature <= 0:
+            raise ConfigError(
+                f"data.temperature={temperature} must be above 0: use 1 for proportional "
+                "sampling, larger values for more equal task shares (default 2)."
+            )
         if batch_size < 1 or eval_batch_size < 1:
             raise ConfigError("data.batch_size and data.eval_batch_size must be at least 1.")
         self.sources = dict(tasks)
@@ -123,6 +153,8 @@ class MultiTaskDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.max_length = max_length
         self.sampling = sampling
+        self.temperature = temperature
+        self.token_cache = token_cache
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed
@@ -151,6 +183,9 @@ class MultiTaskDataModule(LightningDataModule):
                 f"{self.tokenizer_name} accepts: set data.max_length to at most {limit}."
             )
         self.pad_id = tokenizer.pad_token_id or 0
+        cache = TokenCache(
+            tokenizer, self.max_length, self.data_dir / ".token_cache" if self.token_cache else None
+        )
         for task, source in self.sources.items():
             examples = complete_splits(
                 source.load(self.data_dir), self.val_fraction, self.test_fraction, self.seed
@@ -182,9 +217,8 @@ class MultiTaskDataModule(LightningDataModule):
                         f"class (data.{split}_fraction of each is carved out of train) or its own "
                         f"{split} file."
                     )
-                ids = tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
                 self.datasets[task][split] = TaskDataset(
-                    task, texts, ids, [label_ids[label] for label in labels]
+                    task, texts, cache(texts), [label_ids[label] for label in labels]
                 )
             sizes = ", ".join(f"{s} {len(self.datasets[task][s])}" for s in SPLITS)
             log.info("Task %s: %d classes %s; %s examples.", task, len(names), names, sizes)
@@ -222,15 +256,28 @@ class MultiTaskDataModule(LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
+    def task_weights(self) -> list[float]:
+        """Relative share of steps per task for `proportional` and `temperature` sampling."""
+        exponent = 1.0 if self.sampling == "proportional" else 1.0 / self.temperature
+        return [len(splits["train"]) ** exponent for splits in self.datasets.values()]
+
+    def _task_sequence_sampler(self, samplers: list) -> TaskSequenceBatchSampler:
+        if self.sampling == "alternating":
+            return RoundRobinBatchSampler(samplers)
+        schedule = TaskScheduleBatchSampler(samplers, self.task_weights())
+        steps = dict(zip(self.datasets, schedule.step_counts(), strict=True))
+        log.info("sampling=%s: training steps per task and epoch %s.", self.sampling, steps)
+        return schedule
+
     def train_dataloader(self) -> CombinedLoader | DataLoader:
         epoch_seed = EpochSeed(self.seed, self.start_epoch)
-        if self.sampling == "alternating":
+        if self.sampling != "joint":
             combined = ConcatTaskDataset([splits["train"] for splits in self.datasets.values()])
             samplers = [
                 self._bucket_sampler(task, "train", epoch_seed, offset)
                 for task, offset in zip(self.datasets, combined.offsets, strict=False)
             ]
-            return self._loader(combined, RoundRobinBatchSampler(samplers), by_task=True)
+            return self._loader(combined, self._task_sequence_sampler(samplers), by_task=True)
         loaders = {
             task: self._loader(splits["train"], self._bucket_sampler(task, "train", epoch_seed))
             for task, splits in self.datasets.items()

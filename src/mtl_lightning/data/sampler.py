@@ -97,11 +97,12 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         ]
 
 
-class RoundRobinBatchSampler(Sampler[list[int]]):
-    """One task per step, in turn (A, B, A, B, ...), over a concatenation of the task datasets.
+class TaskSequenceBatchSampler(Sampler[list[int]]):
+    """One task per step, over a concatenation of the task datasets; subclasses say which task.
 
-    An epoch is `num_tasks * max(batches per task)` steps: the same examples per task as the joint
-    mode's `max_size_cycle`; a task that runs out restarts with a fresh order.
+    An epoch is `num_tasks * max(batches per task)` steps: as many as alternating takes to give
+    each task the examples the joint mode's `max_size_cycle` gives it. A task that runs out
+    restarts with a fresh order (the next pass of the shared `EpochSeed`).
     """
 
     def __init__(self, samplers: Sequence[LengthBucketBatchSampler]) -> None:
@@ -111,12 +112,56 @@ class RoundRobinBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return len(self.samplers) * max(len(s) for s in self.samplers)
 
+    def task_sequence(self) -> list[int]:
+        """The position (in `samplers`) of the task of each step of one epoch."""
+        raise NotImplementedError
+
     def __iter__(self) -> Iterator[list[int]]:
-        iterators = [iter(s) for s in self.samplers]
-        for _ in range(max(len(s) for s in self.samplers)):
-            for position, sampler in enumerate(self.samplers):
-                batch = next(iterators[position], None)
-                if batch is None:
-                    iterators[position] = iter(sampler)
-                    batch = next(iterators[position])
-                yield batch
+        iterators: dict[int, Iterator[list[int]]] = {}
+        for position in self.task_sequence():
+            batch = next(iterators[position], None) if position in iterators else None
+            if batch is None:
+                iterators[position] = iter(self.samplers[position])
+                batch = next(iterators[position])
+            yield batch
+
+
+class RoundRobinBatchSampler(TaskSequenceBatchSampler):
+    """Tasks in turn: A, B, A, B, ... (`sampling=alternating`)."""
+
+    def task_sequence(self) -> list[int]:
+        return list(range(len(self.samplers))) * max(len(s) for s in self.samplers)
+
+
+class TaskScheduleBatchSampler(TaskSequenceBatchSampler):
+    """Tasks in a random order, each taking a fixed share of the steps (`sampling=proportional`
+    or `temperature`: the datamodule turns task sizes into `weights`).
+
+    Each task gets `weights[t] / sum(weights)` of the epoch's steps, rounded so the counts add
+    up (largest remainder), and the order of those steps is shuffled by the shared `EpochSeed`:
+    exact shares every epoch, a different order every epoch, the same on every DDP rank and on
+    resume (nothing but the seed, the epoch and the lengths decides it).
+    """
+
+    def __init__(
+        self, samplers: Sequence[LengthBucketBatchSampler], weights: Sequence[float]
+    ) -> None:
+        super().__init__(samplers)
+        if len(weights) != len(self.samplers) or min(weights) <= 0:
+            raise ValueError(f"need one positive weight per task, got {list(weights)}")
+        self.weights = [float(w) for w in weights]
+
+    def step_counts(self) -> list[int]:
+        """Steps per task in one epoch: the shares of `len(self)`, rounded to add up."""
+        steps, total = len(self), sum(self.weights)
+        exact = [steps * w / total for w in self.weights]
+        counts = [int(x) for x in exact]
+        by_remainder = sorted(range(len(exact)), key=lambda t: counts[t] - exact[t])
+        for position in by_remainder[: steps - sum(counts)]:
+            counts[position] += 1
+        return counts
+
+    def task_sequence(self) -> list[int]:
+        sequence = [t for t, count in enumerate(self.step_counts()) for _ in range(count)]
+        self.sampler.next_rng().shuffle(sequence)
+        return sequence

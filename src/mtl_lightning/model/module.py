@@ -14,10 +14,12 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import get_linear_schedule_with_warmup
 
 from mtl_lightning.errors import ConfigError
+from mtl_lightning.model.embedding_cache import EmbeddingCache
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
 from mtl_lightning.model.heads import ClassificationHead
 
 STAGES = ("train", "val", "test")
+LOSS_WEIGHTINGS = ("static", "uncertainty")
 
 
 def _task_metrics(num_classes: int) -> MetricCollection:
@@ -42,15 +44,19 @@ class MultiTaskModule(LightningModule):
         encoder: Mapping | None = None,
         head_dropout: float = 0.1,
         loss_weights: Mapping[str, float] | None = None,
+        loss_weighting: str = "static",
         lr: float = 5e-5,
         head_lr: float = 1e-3,
         layerwise_lr_decay: float = 1.0,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
         encoder_config: Mapping | None = None,
+        frozen_cache: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # Frozen encoder: embeddings computed once, reused every epoch (model.frozen_cache).
+        self.embedding_cache = EmbeddingCache() if frozen_cache else None
         encoder_settings = dict(encoder or {"name_or_path": PACKAGED_MINILM})
         self.encoder = Encoder(**encoder_settings, config=encoder_config)
         self.heads = nn.ModuleDict(
@@ -64,7 +70,23 @@ class MultiTaskModule(LightningModule):
             raise ConfigError(
                 f"model.loss_weights names unknown tasks {unknown}: use task names {sorted(tasks)}."
             )
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ConfigError(
+                f"model.loss_weighting={loss_weighting} is unknown: use one of {LOSS_WEIGHTINGS}."
+            )
+        if loss_weighting == "uncertainty" and loss_weights:
+            raise ConfigError(
+                "model.loss_weights is fixed weighting, model.loss_weighting=uncertainty learns "
+                "the weights: set model.loss_weights=null or model.loss_weighting=static."
+            )
         self.loss_weights = {task: float((loss_weights or {}).get(task, 1.0)) for task in tasks}
+        # s_t = log(sigma_t^2) per task, learned with the model (see `weighted_loss`); s_t = 0 is
+        # weight 1, the static default.
+        self.log_vars = (
+            nn.ParameterDict({task: nn.Parameter(torch.zeros(())) for task in tasks})
+            if loss_weighting == "uncertainty"
+            else None
+        )
         self.loss = nn.CrossEntropyLoss()
         # Keys "train"/"val" would clash with nn.Module attributes, hence the suffix.
         self.metrics = nn.ModuleDict(
@@ -91,9 +113,35 @@ class MultiTaskModule(LightningModule):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task: str):
         return self.heads[task](self.encoder(input_ids, attention_mask))
 
-    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+    def encoder_frozen(self) -> bool:
+        return not self.encoder.training and not any(
+            p.requires_grad for p in self.encoder.parameters()
+        )
+
+    def sentence_embedding(self, batch: dict, stage: str) -> torch.Tensor:
+        """The encoder's output for a batch, from the frozen-encoder cache where it is exact."""
+        cache = self.embedding_cache
+        if cache is None:
+            return self.encoder(batch["input_ids"], batch["attention_mask"])
+        if not self.encoder_frozen():
+            cache.clear()  # the encoder can change from now on: nothing cached stays valid
+            return self.encoder(batch["input_ids"], batch["attention_mask"])
+        key = (stage, batch["task"])
+        embeddings = cache.get(key, batch["idx"])
+        if embeddings is None:
+            embeddings = self.encoder(batch["input_ids"], batch["attention_mask"])
+            cache.put(key, batch["idx"], embeddings)
+        return embeddings
+
+    def load_state_dict(self, *args, **kwargs):
+        if self.embedding_cache is not None:
+            self.embedding_cache.clear()  # new weights: cached embeddings are stale
+        return super().load_state_dict(*args, **kwargs)
+
+    def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and logits of one task's batch; logs the loss and updates the metrics."""
         task = batch["task"]
-        logits = self(batch["input_ids"], batch["attention_mask"], task)
+        logits = self.heads[task](self.sentence_embedding(batch, stage))
         loss = self.loss(logits, batch["labels"])
         metrics = self.metrics[f"{stage}_metrics"][task]
         metrics.update(logits, batch["labels"])
@@ -102,30 +150,70 @@ class MultiTaskModule(LightningModule):
         self.log(f"{stage}/{task}/loss", loss, on_step=stage == "train", **kwargs)
         for name, metric in metrics.items():
             self.log(f"{stage}/{task}/{name}", metric, on_step=False, **kwargs)
-        return loss
+        return loss, logits
 
     def training_step(self, batch: dict[str, dict], batch_idx: int) -> torch.Tensor | None:
+        self._log_padding(batch.values())
         losses = {
-            task: self._step(task_batch, "train")
+            task: self._step(task_batch, "train")[0]
             for task, task_batch in batch.items()
             if self.head_trains(task)
         }
         if not losses:  # e.g. an alternating step of a frozen-head task: nothing to learn
             return None
-        total = sum(self.loss_weights[task] * loss for task, loss in losses.items())
+        total = self.weighted_loss(losses)
         self.log("train/loss", total, on_step=True, on_epoch=True, batch_size=1)
         return total
+
+    def weighted_loss(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The step's total loss; logs each task's effective weight as `train/weight/<task>`.
+
+        `static`: sum_t w_t * L_t with `model.loss_weights`. `uncertainty`: homoscedastic
+        uncertainty weighting (Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to
+        Weigh Losses for Scene Geometry and Semantics", CVPR 2018), in its common form
+        sum_t exp(-s_t) * L_t + s_t with a learned s_t = log(sigma_t^2): exp(-s_t) is the task's
+        weight, and s_t keeps it from collapsing to 0. The paper's classification bound is
+        exp(-s_t) * L_t + s_t / 2; the common form is used here for every task alike.
+        """
+        if self.log_vars is None:
+            weights = {task: self.loss_weights[task] for task in losses}
+            total = sum(weights[task] * loss for task, loss in losses.items())
+        else:
+            weights = {task: torch.exp(-self.log_vars[task]) for task in losses}
+            total = sum(weights[task] * loss + self.log_vars[task] for task, loss in losses.items())
+        for task, weight in weights.items():  # Lightning detaches logged tensors
+            self.log(f"train/weight/{task}", weight, on_step=True, on_epoch=True, batch_size=1)
+        return total
+
+    def _log_padding(self, batches) -> None:
+        """`train/pad_fraction` of the epoch: padded tokens / all tokens of its batches."""
+        padded = sum(b["pad_tokens"] for b in batches)
+        total = padded + sum(b["real_tokens"] for b in batches)
+        # Lightning's epoch value is the mean weighted by batch_size: sum(padded) / sum(total).
+        self.log(
+            "train/pad_fraction", padded / total, on_step=False, on_epoch=True, batch_size=total
+        )
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._step(batch, "val")
 
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._step(batch, "test")
+    def test_step(
+        self, batch: dict, batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, torch.Tensor]:
+        """Predictions and labels go to `on_test_batch_end` (the confusion-matrix callback)."""
+        _, logits = self._step(batch, "test")
+        return {"preds": logits.argmax(-1), "labels": batch["labels"]}
 
     def _log_acc_mean(self, stage: str) -> None:
         metrics = self.metrics[f"{stage}_metrics"]
         accs = [metrics[task]["acc"].compute() for task in self.tasks]
         self.log(f"{stage}/acc_mean", torch.stack(accs).mean())
+
+    def on_train_epoch_end(self) -> None:
+        if self.embedding_cache is not None and len(self.embedding_cache):
+            # Visible in the logs: how many embeddings the frozen encoder did not recompute.
+            self.log("freeze/cached_embeddings", float(len(self.embedding_cache)))
+            self.log("freeze/cache_hits", float(self.embedding_cache.hits))
 
     def on_validation_epoch_end(self) -> None:
         self._log_acc_mean("val")
@@ -142,7 +230,9 @@ class MultiTaskModule(LightningModule):
 
         Heads get `head_lr`; the top encoder layer `lr`, each layer below it `lr` divided by
         `layerwise_lr_decay` once more, the embeddings lowest. Biases and LayerNorm weights
-        (every parameter with fewer than 2 dimensions) get no weight decay.
+        (every parameter with fewer than 2 dimensions) get no weight decay. With
+        `loss_weighting=uncertainty` the log-variances are the group `loss_weights`, at `head_lr`
+        and without weight decay (decay would pull every weight towards 1).
         """
         hp = self.hparams
         groups = self.encoder_groups()
@@ -161,6 +251,15 @@ class MultiTaskModule(LightningModule):
                     param_groups.append(
                         {"params": chosen, "lr": lr, "weight_decay": decay, "name": name + suffix}
                     )
+        if self.log_vars is not None:
+            param_groups.append(
+                {
+                    "params": list(self.log_vars.values()),
+                    "lr": hp.head_lr,
+                    "weight_decay": 0.0,
+                    "name": "loss_weights",
+                }
+            )
         return param_groups
 
     def configure_optimizers(self):

@@ -1,0 +1,180 @@
+"""Tasks from Hugging Face `datasets`: a hub dataset, or local files through a packaged builder.
+
+`data=hf` makes every task an `HFSource`: `load_dataset(path, name, split=...)` once per split
+named in `splits`, then `text_column` and `label_column` picked out. Label names come from the
+label column's `ClassLabel` feature when it has one. `datasets` is optional (`pip install
+datasets`); a hub id needs the hub or a cached copy, and without either the run stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mtl_lightning.data.files import launch_dir
+from mtl_lightning.data.sources import SPLITS, Examples
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.model.encoder import _hub_reachable
+
+log = logging.getLogger(__name__)
+
+# `datasets`' packaged builders: they read `data_files` and never ask the hub.
+LOCAL_BUILDERS = frozenset({"csv", "json", "parquet", "text", "arrow", "pandas", "sql"})
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def _offline_mode() -> bool:
+    return any(
+        os.environ.get(name, "0").lower() in ("1", "true", "yes") for name in OFFLINE_VARIABLES
+    )
+
+
+def _plain_files(files: Any, local: bool) -> Any:
+    """`data_files` (a path, a list, or {split: paths}) as plain containers; for a local builder
+    relative paths start from the directory the command was run in, as for `data=files` (for a
+    hub dataset they are paths inside its repository)."""
+    if isinstance(files, Mapping):
+        return {split: _plain_files(value, local) for split, value in files.items()}
+    if isinstance(files, str | os.PathLike):
+        text = str(files)
+        return str(launch_dir() / Path(text).expanduser()) if local and "://" not in text else text
+    return [_plain_files(file, local) for file in files]
+
+
+class HFSource:
+    """One task from `datasets.load_dataset`; `task` is its key under `data.tasks`, for errors.
+
+    `splits` maps this project's splits (train, val, test) to the dataset's split names; a split
+    mapped to null, or left out, is carved out of train (e.g. SST-2's test labels are hidden).
+    `data_files` serves local builders such as `path=csv` (or picks a hub dataset's files);
+    `cache_dir` is `datasets`' cache (default: its own). `label_names` declares the label set
+    and its order; by default the `ClassLabel`'s names, else the labels found in train.
+    """
+
+    def __init__(
+        self,
+        task: str,
+        path: str,
+        name: str | None = None,
+        splits: Mapping[str, str | None] | None = None,
+        text_column: str = "text",
+        label_column: str = "label",
+        label_names: Sequence[str | int] | None = None,
+        data_files: Any = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        self.task = task
+        self.path = path
+        self.name = name
+        self.splits = {"train": "train"} if splits is None else dict(splits)
+        unknown = sorted(set(self.splits) - set(SPLITS))
+        if unknown or not self.splits.get("train"):
+            raise ConfigError(
+                f"data.tasks.{task}.splits={self.splits} must map train (required), val and "
+                f"test to the dataset's split names, e.g. {{train: train, val: validation}}."
+            )
+        self.text_column = text_column
+        self.label_column = label_column
+        self.label_names = None if label_names is None else [str(n) for n in label_names]
+        self.data_files = data_files
+        self.cache_dir = cache_dir
+
+    def key(self, name: str) -> str:
+        return f"data.tasks.{self.task}.{name}"
+
+    def load(self, data_dir: Path) -> Examples:
+        """Load each mapped split; `data_dir` is unused: `datasets` keeps its own cache."""
+        try:
+            import datasets
+        except ImportError:
+            raise ConfigError(
+                "data=hf needs the datasets package: pip install datasets (into this "
+                "environment), or use data=files with exported files."
+            ) from None
+        self._check_hub()
+        loaded = {
+            split: self._load_split(datasets, split, hf_split)
+            for split, hf_split in self.splits.items()
+            if hf_split
+        }
+        feature = loaded["train"].features.get(self.label_column)
+        names = getattr(feature, "names", None)  # a ClassLabel's names, in class-id order
+        if self.label_names is None and names:
+            self.label_names = list(names)
+        return {split: self._examples(dataset, split, names) for split, dataset in loaded.items()}
+
+    @property
+    def local(self) -> bool:
+        """A packaged builder or a local folder: nothing to fetch from the hub."""
+        return self.path in LOCAL_BUILDERS or Path(self.path).expanduser().exists()
+
+    def _check_hub(self) -> None:
+        """A hub id without a reachable hub: stop now, not after `datasets`' retries."""
+        if self.local or _offline_mode() or _hub_reachable():
+            return  # offline mode: `datasets` reads its cache, or says at once that it cannot
+        raise ConfigError(
+            f"{self.key('path')}={self.path}: the Hugging Face hub is unreachable (no network): "
+            "set HF_HUB_OFFLINE=1 to use a copy in the local datasets cache, or use data=files "
+            "with the dataset exported to files."
+        )
+
+    def _load_split(self, datasets: Any, split: str, hf_split: str):
+        files = None if self.data_files is None else _plain_files(self.data_files, self.local)
+        try:
+            return datasets.load_dataset(
+                self.path, self.name, split=hf_split, data_files=files, cache_dir=self.cache_dir
+            )
+        except (OSError, ValueError) as error:  # not found, offline without a copy, bad split
+            raise ConfigError(
+                f"{self.key('path')}={self.path} (name={self.name}, split {hf_split} for "
+                f"{split}) could not be loaded: {error}; check {self.key('path')}, "
+                f"{self.key('name')} and {self.key('splits')}."
+            ) from None
+
+    def _examples(
+        self, dataset: Any, split: str, names: Sequence[str] | None
+    ) -> tuple[list[str], list[str]]:
+        """(texts, string labels) of one split; empty texts dropped, ClassLabel ids named."""
+        where = f"{self.path} split {self.splits[split]} ({self.key('splits')}.{split})"
+        for option, column in (
+            ("text_column", self.text_column),
+            ("label_column", self.label_column),
+        ):
+            if column not in dataset.column_names:
+                raise ConfigError(
+                    f"{where} has no column '{column}'; its columns are {dataset.column_names}: "
+                    f"set {self.key(option)} to one of them."
+                )
+        texts, labels = [], []
+        for text, label in zip(dataset[self.text_column], dataset[self.label_column], strict=True):
+            if text is None or not str(text).strip():
+                continue
+            if names and isinstance(label, int) and not 0 <= label < len(names):
+                raise ConfigError(
+                    f"{where} has label id {label} outside its {len(names)} classes (hidden "
+                    f"test labels are -1): set {self.key('splits')}.{split}=null to carve "
+                    f"{split} out of train."
+                )
+            if label is None or isinstance(label, bool):
+                raise ConfigError(
+                    f"{where} has label {label!r}: give every example a string or integer "
+                    f"label in column '{self.label_column}'."
+                )
+            texts.append(str(text))
+            labels.append(names[label] if names and isinstance(label, int) else str(label))
+        if len(texts) < len(dataset):
+            log.warning(
+                "%s: dropped %d of %d examples whose text is empty.",
+                where,
+                len(dataset) - len(texts),
+                len(dataset),
+            )
+        if not texts:
+            raise ConfigError(
+                f"{where} has no example with non-empty text in column '{self.text_column}': "
+                f"check {self.key('text_column')}."
+            )
+        return texts, labels

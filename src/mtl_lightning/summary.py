@@ -1,0 +1,44 @@
+"""`summary.json` in the run folder: what the comparison report needs that metrics.csv lacks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Timer
+
+SUMMARY_FILE = "summary.json"
+
+
+def write_summary(
+    output_dir: Path, trainer: L.Trainer, module: L.LightningModule, metrics: dict[str, float]
+) -> Path | None:
+    """Write train/test wall seconds, parameter counts and the final metrics; rank 0 only.
+
+    `trainable_params` counts what trained in the last epoch (gradual_unfreeze: the most;
+    only_head_frozen: without the frozen head). Seconds come from the `timer` callback and are
+    null without it; `train_seconds` includes the validation inside fit, and sums over resumes.
+    """
+    if not trainer.is_global_zero:
+        return None
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    summary = {
+        "train_seconds": timer.time_elapsed("train") if timer else None,
+        "test_seconds": timer.time_elapsed("test") if timer else None,
+        "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in module.parameters()),
+        # NaN is not JSON: a metric that never got a value is null.
+        "metrics": {k: None if math.isnan(v) else v for k, v in sorted(metrics.items())},
+    }
+    path = Path(output_dir) / SUMMARY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_summary(run_dir: Path) -> dict:
+    """The run's summary, or `{}` for a run written before summaries existed."""
+    path = Path(run_dir) / SUMMARY_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
