@@ -67,19 +67,12 @@ def test_class_label_names_and_hidden_labels(tmp_path):
     train_file = _write_parquet(tmp_path / "train.parquet", ["good", "bad"], [1, 0], names)
     hidden = _write_parquet(tmp_path / "test.parquet", ["meh"], [-1], names)
     files = {"train": train_file, "test": hidden}
-    source = HFSource(
-        "sentiment", "parquet", data_files=files, cache_dir=str(tmp_path / "cache")
-    )  # default splits: train only
+    common = {"text_column": "sentence", "data_files": files, "cache_dir": str(tmp_path / "cache")}
+    source = HFSource("sentiment", "parquet", **common)  # default splits: train only
     assert source.load(tmp_path) == {"train": (["good", "bad"], ["positive", "negative"])}
     assert source.label_names == names
 
-    source = HFSource(
-        "sentiment",
-        "parquet",
-        splits={"train": "train", "test": "test"},
-        data_files=files,
-        cache_dir=str(tmp_path / "cache"),
-    )
+    source = HFSource("sentiment", "parquet", splits={"train": "train", "test": "test"}, **common)
     with pytest.raises(ConfigError, match="sentiment.splits.test=null"):
         source.load(tmp_path)
     source.splits["test"] = "validation"
@@ -88,13 +81,22 @@ def test_class_label_names_and_hidden_labels(tmp_path):
 
 
 def test_unreachable_hub_fails_fast(monkeypatch):
-    pytest.importorskip("datasets")
-    for name in hf.OFFLINE_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
     monkeypatch.setattr(hf, "_hub_reachable", lambda: False)
     monkeypatch.setattr("datasets.load_dataset", pytest.fail)  # never reached
     with pytest.raises(ConfigError, match="data.tasks.a.path=someone/data: the Hugging Face hub"):
         HFSource("a", "someone/data").load(Path("unused"))
+
+
+def test_offline_without_a_cached_copy_says_so(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    # As with HF_HUB_OFFLINE=1 at start-up (conftest sets it after huggingface_hub is imported).
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    source = HFSource("a", "someone/data", cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="not in the local datasets cache"):
+        source.load(tmp_path)
 
 
 def test_missing_datasets_package_says_how_to_install(monkeypatch):
@@ -131,7 +133,8 @@ def test_train_with_data_hf_on_local_files(tiny_encoders, tmp_path):
         overrides += [
             f"{node}.path=csv",
             f"{node}.data_files={{train:{path}}}",
-            f"{node}.splits={{train:train}}",
+            f"{node}.splits.val=null",  # both carved out of train
+            f"{node}.splits.test=null",
             f"{node}.text_column=question",
             f"{node}.label_column=kind",
             f"{node}.cache_dir={tmp_path / 'hf_cache'}",

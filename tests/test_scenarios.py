@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 import torch
@@ -55,11 +56,9 @@ def _run_recorded(make_cfg, *overrides, encoder="bert"):
 
 
 def _encoder_layer(name: str) -> int | None:
-    """Layer index of an encoder parameter name (BERT `layer.2.`, DistilBERT `layer.2.`)."""
-    parts = name.split(".")
-    if "layer" in parts and name.startswith("encoder."):
-        return int(parts[parts.index("layer") + 1])
-    return None
+    """Layer index of an encoder parameter or module name (BERT and DistilBERT: `.layer.2.`)."""
+    found = re.search(r"^encoder\..*\.layer\.(\d+)\.", name)
+    return int(found.group(1)) if found else None
 
 
 def _changed(recorder: Recorder) -> set[str]:

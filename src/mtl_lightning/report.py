@@ -90,6 +90,7 @@ def _job_order(folder: Path) -> tuple[float, str]:
 
 
 def load_run(folder: Path) -> Run:
+    """Read one run folder (it has `.hydra/config.yaml` and `metrics.csv`)."""
     config = OmegaConf.load(folder / ".hydra" / "config.yaml")
     overrides_file = folder / ".hydra" / "overrides.yaml"
     overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
@@ -154,8 +155,9 @@ def markdown_report(runs: Sequence[Run], tasks: Sequence[str], plots: Sequence[s
         "# Scenario comparison",
         "",
         f"{len(runs)} runs. {seed_line} Best val values are maxima over epochs; test values are "
-        "of the best checkpoint (by `val/acc_mean`); train time is the wall time of fitting, "
-        "validation included; trainable params are those of the last epoch.",
+        "of the best checkpoint by `val/acc_mean` (entire_network_frozen: of the model as "
+        "loaded); train time is the wall time of fitting, validation included (0 when nothing "
+        "trains); trainable params are those of the last epoch.",
         "",
         "## Overall",
         "",
@@ -288,6 +290,7 @@ def write_report(sweep_dir: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m mtl_lightning.report <sweep_dir>`: a config mistake is one line, no trace."""
     parser = argparse.ArgumentParser(
         prog="python -m mtl_lightning.report",
         description="Write report.md and PNG plots comparing the runs of a sweep folder.",

@@ -261,7 +261,9 @@ class MultiTaskDataModule(LightningDataModule):
         exponent = 1.0 if self.sampling == "proportional" else 1.0 / self.temperature
         return [len(splits["train"]) ** exponent for splits in self.datasets.values()]
 
-    def _task_sequence_sampler(self, samplers: list) -> TaskSequenceBatchSampler:
+    def _task_sequence_sampler(
+        self, samplers: list[LengthBucketBatchSampler]
+    ) -> TaskSequenceBatchSampler:
         if self.sampling == "alternating":
             return RoundRobinBatchSampler(samplers)
         schedule = TaskScheduleBatchSampler(samplers, self.task_weights())

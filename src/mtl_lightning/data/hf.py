@@ -23,13 +23,13 @@ log = logging.getLogger(__name__)
 
 # `datasets`' packaged builders: they read `data_files` and never ask the hub.
 LOCAL_BUILDERS = frozenset({"csv", "json", "parquet", "text", "arrow", "pandas", "sql"})
-OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
-def _offline_mode() -> bool:
-    return any(
-        os.environ.get(name, "0").lower() in ("1", "true", "yes") for name in OFFLINE_VARIABLES
-    )
+def _offline_mode(datasets: Any) -> bool:
+    """Whether `datasets` itself is offline: it reads HF_HUB_OFFLINE / HF_DATASETS_OFFLINE once,
+    at import, and then never touches the network."""
+    config = datasets.config
+    return bool(getattr(config, "HF_HUB_OFFLINE", False) or config.HF_DATASETS_OFFLINE)
 
 
 def _plain_files(files: Any, local: bool) -> Any:
@@ -94,7 +94,7 @@ class HFSource:
                 "data=hf needs the datasets package: pip install datasets (into this "
                 "environment), or use data=files with exported files."
             ) from None
-        self._check_hub()
+        self._check_hub(datasets)
         loaded = {
             split: self._load_split(datasets, split, hf_split)
             for split, hf_split in self.splits.items()
@@ -111,9 +111,9 @@ class HFSource:
         """A packaged builder or a local folder: nothing to fetch from the hub."""
         return self.path in LOCAL_BUILDERS or Path(self.path).expanduser().exists()
 
-    def _check_hub(self) -> None:
+    def _check_hub(self, datasets: Any) -> None:
         """A hub id without a reachable hub: stop now, not after `datasets`' retries."""
-        if self.local or _offline_mode() or _hub_reachable():
+        if self.local or _offline_mode(datasets) or _hub_reachable():
             return  # offline mode: `datasets` reads its cache, or says at once that it cannot
         raise ConfigError(
             f"{self.key('path')}={self.path}: the Hugging Face hub is unreachable (no network): "
@@ -127,10 +127,16 @@ class HFSource:
             return datasets.load_dataset(
                 self.path, self.name, split=hf_split, data_files=files, cache_dir=self.cache_dir
             )
-        except (OSError, ValueError) as error:  # not found, offline without a copy, bad split
+        except ConnectionError:  # offline mode (the hub probe passed it) and no cached copy
+            raise ConfigError(
+                f"{self.key('path')}={self.path} is not in the local datasets cache and offline "
+                "mode is on (HF_HUB_OFFLINE): load it once where the hub is reachable, or use "
+                "data=files with the dataset exported to files."
+            ) from None
+        except (OSError, ValueError) as error:  # not found, bad split, bad files
             raise ConfigError(
                 f"{self.key('path')}={self.path} (name={self.name}, split {hf_split} for "
-                f"{split}) could not be loaded: {error}; check {self.key('path')}, "
+                f"{split}) could not be loaded ({error}): check {self.key('path')}, "
                 f"{self.key('name')} and {self.key('splits')}."
             ) from None
 

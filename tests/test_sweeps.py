@@ -1,0 +1,79 @@
+"""Hydra plugins as users run them: an Optuna search and the submitit launcher, on tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+SEARCHED = {
+    "model.lr",
+    "model.layerwise_lr_decay",
+    "freezing.every_n_epochs",
+    "++model.loss_weights.sentiment",
+}
+
+
+def _train(tiny_encoders: dict[str, str], tmp_path: Path, *overrides: str) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "mtl_lightning.train",
+        "-m",
+        "data=tiny",
+        "logger=csv",
+        f"model.encoder.name_or_path={tiny_encoders['bert']}",
+        f"paths.root_dir={tmp_path}",
+        "trainer.max_epochs=1",
+        "+trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        *overrides,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_optuna_search_runs_trials_and_reports_the_best(tiny_encoders, tmp_path):
+    storage = tmp_path / "optuna.db"  # a persistent study: what resuming or sharing one needs
+    _train(
+        tiny_encoders,
+        tmp_path,
+        "hparams_search=optuna",
+        "experiment=gradual_unfreeze",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweeper.storage=sqlite:///{storage}",
+    )
+    sweep = tmp_path / "sweep"
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(results["best_params"]) == SEARCHED
+    assert 0 <= results["best_value"] <= 1
+    trials = sorted(p for p in sweep.iterdir() if (p / "summary.json").is_file())
+    assert [p.name for p in trials] == ["0_gradual_unfreeze", "1_gradual_unfreeze"]
+    for trial in trials:
+        overrides = yaml.safe_load((trial / ".hydra" / "overrides.yaml").read_text())
+        assert {o.split("=")[0] for o in overrides} >= SEARCHED
+        metrics = json.loads((trial / "summary.json").read_text())["metrics"]
+        assert 0 <= metrics["val/acc_mean"] <= 1
+    assert storage.is_file()
+
+
+def test_submitit_local_launcher_runs_a_job(tiny_encoders, tmp_path):
+    _train(
+        tiny_encoders,
+        tmp_path,
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=10",
+        "experiment=only_transformer_frozen",
+    )
+    sweep = tmp_path / "sweep"
+    run = sweep / "0_only_transformer_frozen"
+    assert (run / "metrics.csv").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((run / "summary.json").read_text())["metrics"]["test/acc_mean"] >= 0
+    # The job ran through submitit (its own process, its result pickled), not in this one.
+    assert list((sweep / ".submitit").glob("*/*_0_result.pkl"))
