@@ -100,3 +100,17 @@ def test_two_scenario_multirun_then_report(tiny_encoders, tmp_path):
         assert accuracy == pytest.approx(summary["metrics"][f"test/{task}/acc"], abs=1e-6)
         tables = list((run / "wandb").glob(f"offline-run-*/files/media/table/test/{task}/*.json"))
         assert len(tables) == 1  # the W&B confusion-matrix chart's table
+
+
+def test_summary_train_time_is_the_fit_alone(make_cfg, tmp_path):
+    """Testing the best checkpoint restores its Timer state; that must not count twice."""
+    import json
+    import time
+
+    from mtl_lightning.train import train
+
+    start = time.perf_counter()
+    train(make_cfg("experiment=full_finetune", "trainer.max_epochs=2"))
+    elapsed = time.perf_counter() - start
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0 < summary["train_seconds"] < elapsed

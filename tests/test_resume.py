@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from helpers import Recorder
 
@@ -32,3 +33,35 @@ def test_gradual_unfreeze_resumes_exactly_across_an_unfreeze_boundary(make_cfg, 
     assert len({str(order) for order in epoch_orders}) == 3  # a new order every epoch
     changed = [n for n in straight.after if not torch.equal(straight.before[n], straight.after[n])]
     assert any(".layer.1." in n for n in changed)  # the comparison covers unfrozen layers
+
+
+@pytest.mark.parametrize("sampling", ["joint", "alternating"])
+def test_resume_from_the_middle_of_an_epoch_is_exact(make_cfg, tmp_path, sampling):
+    steps = tmp_path / "steps"
+    common = (
+        "experiment=gradual_unfreeze",
+        "trainer.max_epochs=3",
+        f"data.sampling={sampling}",
+        RECORD,
+    )
+    every_10_steps = (
+        "+callbacks.steps._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"+callbacks.steps.dirpath={steps}",
+        "+callbacks.steps.every_n_train_steps=10",
+        "+callbacks.steps.save_top_k=-1",
+    )
+    train(make_cfg(*common, *every_10_steps, output="straight"))
+    straight = Recorder.last
+    # Step 10 lies inside epoch 1 (7 joint steps per epoch, 14 alternating): the top layer has
+    # just unfrozen, and part of the epoch's batches are done.
+    (ckpt,) = steps.glob("*step=10.ckpt")
+    train(make_cfg(*common, f"ckpt_path='{ckpt}'", output="resumed"))  # quoted: "=" in the name
+    resumed = Recorder.last
+    done = 10 - (7 if sampling == "joint" else 14) * int(ckpt.name.split("epoch=")[1][0])
+    assert len(resumed.batches) == len(straight.batches) - 10
+    for mine, theirs in zip(resumed.batches, straight.batches[10:], strict=True):
+        for task in theirs:
+            assert torch.equal(mine[task]["idx"], theirs[task]["idx"])
+    assert done > 0
+    for name, value in straight.after.items():
+        torch.testing.assert_close(resumed.after[name], value, rtol=1e-5, atol=1e-6, msg=name)

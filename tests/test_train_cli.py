@@ -72,3 +72,39 @@ def test_unknown_scenario_and_head_are_refused(make_cfg):
         train(make_cfg("freezing.scenario=bogus"))
     with pytest.raises(ConfigError, match="freezing.head=nope is not a task"):
         train(make_cfg("experiment=only_head_frozen", "freezing.head=nope"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.batch_size=0", "data.batch_size and data.eval_batch_size must be at least 1"),
+        ("trainer.max_epochs=-3", r"trainer.max_epochs=-3 must be at least 1"),
+        ("trainer.max_epochs=0", r"trainer.max_epochs=0 must be at least 1"),
+        ("model.encoder.name_or_path=/no/such/encoder", "does not exist"),
+    ],
+)
+def test_bad_settings_are_refused_before_training(make_cfg, tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        train(make_cfg(override))
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_experiment_is_refused_by_name(tiny_encoders, tmp_path):
+    command = [sys.executable, "-m", "mtl_lightning.train", "experiment=no_such_scenario"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert "Could not find 'experiment/no_such_scenario'" in result.stderr
+    assert "full_finetune" in result.stderr  # Hydra lists the experiments there are
+    assert not (tmp_path / "logs").exists()  # no run folder was made
+
+
+def test_cli_config_error_is_one_line_and_leaves_no_run_folder(tiny_encoders, tmp_path):
+    command = [
+        sys.executable, "-m", "mtl_lightning.train", "data=tiny", "freezing.scenario=bogus",
+        f"model.encoder.name_or_path={tiny_encoders['bert']}", f"hydra.run.dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: freezing.scenario=bogus")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()

@@ -12,7 +12,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.errors import ConfigError, one_line_errors
 from mtl_lightning.inference import Predictor, check_output, read_texts, write_embeddings
 
 
@@ -46,6 +46,7 @@ def encode(cfg: DictConfig) -> np.ndarray:
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="encode")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     encode(cfg)
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from mtl_lightning.data.datamodule import pad
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, load_tokenizer
 from mtl_lightning.model.module import MultiTaskModule
@@ -120,12 +121,7 @@ class Predictor:
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            longest = len(ids[rows[0]])
-            input_ids = torch.full((len(rows), longest), self.pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(rows), longest), dtype=torch.long)
-            for row, index in enumerate(rows):
-                input_ids[row, : len(ids[index])] = torch.tensor(ids[index])
-                attention_mask[row, : len(ids[index])] = 1
+            input_ids, attention_mask = pad([ids[index] for index in rows], self.pad_id)
             yield (
                 rows,
                 {

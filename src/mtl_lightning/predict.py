@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.errors import ConfigError, one_line_errors
 from mtl_lightning.inference import Predictor, check_output, read_texts, write_jsonl
 
 
@@ -44,6 +44,7 @@ def predict(cfg: DictConfig) -> list[dict]:
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="predict")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

@@ -12,20 +12,34 @@ from lightning.pytorch.callbacks import Timer
 SUMMARY_FILE = "summary.json"
 
 
+def fit_seconds(trainer: L.Trainer) -> float | None:
+    """Wall seconds of fitting so far, from the `timer` callback (null without it).
+
+    Read it right after `fit`: `test(ckpt_path="best")` restores the Timer's state from that
+    checkpoint, which would add the checkpoint's elapsed time once more.
+    """
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    return timer.time_elapsed("train") if timer else None
+
+
 def write_summary(
-    output_dir: Path, trainer: L.Trainer, module: L.LightningModule, metrics: dict[str, float]
+    output_dir: Path,
+    trainer: L.Trainer,
+    module: L.LightningModule,
+    metrics: dict[str, float],
+    train_seconds: float | None,
 ) -> Path | None:
     """Write train/test wall seconds, parameter counts and the final metrics; rank 0 only.
 
     `trainable_params` counts what trained in the last epoch (gradual_unfreeze: the most;
-    only_head_frozen: without the frozen head). Seconds come from the `timer` callback and are
-    null without it; `train_seconds` includes the validation inside fit, and sums over resumes.
+    only_head_frozen: without the frozen head). `train_seconds` (see `fit_seconds`) includes
+    the validation inside fit, and sums over resumes.
     """
     if not trainer.is_global_zero:
         return None
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     summary = {
-        "train_seconds": timer.time_elapsed("train") if timer else None,
+        "train_seconds": train_seconds,
         "test_seconds": timer.time_elapsed("test") if timer else None,
         "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in module.parameters()),

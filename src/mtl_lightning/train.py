@@ -26,7 +26,7 @@ from mtl_lightning.data.datamodule import MultiTaskDataModule
 from mtl_lightning.embeddings import export_embeddings
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.module import MultiTaskModule
-from mtl_lightning.summary import write_summary
+from mtl_lightning.summary import fit_seconds, write_summary
 
 log = logging.getLogger(__name__)
 # Frozen modules are in eval mode on purpose (DESIGN.md, decision 2); Lightning warns about it.
@@ -90,6 +90,11 @@ def _logged(trainer: L.Trainer, prefix: str = "") -> dict[str, float]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or, for `entire_network_frozen`, evaluate) and test; return the final metrics."""
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
+        raise ConfigError(
+            f"trainer.max_epochs={max_epochs} must be at least 1 (or -1 for no limit)."
+        )
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     init_from = cfg.model.get("init_from")
@@ -118,6 +123,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     metrics: dict[str, float] = {}
+    train_seconds: float | None = 0.0  # entire_network_frozen: nothing trains
     try:
         if freezing.trains_nothing:
             log.info("entire_network_frozen: nothing trains; evaluating and exporting embeddings.")
@@ -133,6 +139,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             )
         else:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            train_seconds = fit_seconds(trainer)
             metrics.update(_logged(trainer))
             best = trainer.checkpoint_callback
             has_best = best is not None and bool(best.best_model_path)  # none under fast_dev_run
@@ -146,7 +153,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 logger.experiment.finish()
     metrics.update(_logged(trainer, prefix="test/"))
     log.info("Final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
-    write_summary(output_dir, trainer, module, metrics)  # for mtl_lightning.report
+    write_summary(output_dir, trainer, module, metrics, train_seconds)  # for the report
     return metrics
 
 

@@ -134,6 +134,11 @@ class FreezingSchedule(Callback):
         self.check_tasks(list(pl_module.heads))
         self.apply(pl_module, trainer.current_epoch)
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A resumed run's epoch is only known now (loops restore after `on_fit_start`), and a
+        # run resumed mid-epoch gets no `on_train_epoch_start` for that epoch.
+        self.apply(pl_module, trainer.current_epoch)
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
         if self._head_frozen_in(epoch) and self.acc_at_freeze is None:

@@ -81,19 +81,25 @@ class ConcatTaskDataset(Dataset):
         return self.datasets[position][index - self.offsets[position]]
 
 
+def pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)`, padded to the longest sequence (dynamic padding)."""
+    longest = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
 def collate(items: list[tuple[str, int, list[int], int]], pad_id: int) -> dict:
     """Pad to the longest sequence in the batch (dynamic padding); all items share one task.
 
     `real_tokens` and `pad_tokens` count the batch's tokens and padding, so that the padded
     fraction of an epoch costs a sum, not a pass over the masks.
     """
-    longest = max(len(ids) for _, _, ids, _ in items)
-    real_tokens = sum(len(ids) for _, _, ids, _ in items)
-    input_ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(items), longest), dtype=torch.long)
-    for row, (_, _, ids, _) in enumerate(items):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
+    input_ids, attention_mask = pad([ids for _, _, ids, _ in items], pad_id)
+    real_tokens = int(attention_mask.sum())
     return {
         "task": items[0][0],
         "input_ids": input_ids,
@@ -101,7 +107,7 @@ def collate(items: list[tuple[str, int, list[int], int]], pad_id: int) -> dict:
         "labels": torch.tensor([label for *_, label in items]),
         "idx": torch.tensor([index for _, index, _, _ in items]),
         "real_tokens": real_tokens,
-        "pad_tokens": len(items) * longest - real_tokens,
+        "pad_tokens": attention_mask.numel() - real_tokens,
     }
 
 
@@ -163,6 +169,7 @@ class MultiTaskDataModule(LightningDataModule):
         self.datasets: dict[str, dict[str, TaskDataset]] = {}
         self.pad_id = 0
         self.start_epoch = 0
+        self.skip_steps = 0
 
     def prepare_data(self) -> None:
         """Fetch whatever a source needs (once, on one process per node)."""
@@ -236,22 +243,32 @@ class MultiTaskDataModule(LightningDataModule):
             # use_distributed_sampler=false: Lightning cannot wrap a custom batch sampler).
             num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
+            stream=task,
         )
 
-    # Lightning creates the train iterator (and prefetches its first batch) before its own
-    # `set_epoch` call, and a resumed run keeps that iterator: so the epoch whose order comes
-    # next travels in the checkpoint, and the training order starts there.
+    # Where the training order stands, saved in checkpoints: Lightning creates the train iterator
+    # (and prefetches a batch) before its own `set_epoch` call and keeps it on resume, and it
+    # cannot fast-forward a custom batch sampler; so the samplers start at the saved epoch and,
+    # for a checkpoint taken mid-epoch, skip the steps that epoch had already trained.
     def state_dict(self) -> dict:
-        return {"start_epoch": self.trainer.fit_loop.epoch_progress.current.processed}
+        loop = self.trainer.fit_loop
+        epochs = loop.epoch_progress.current
+        mid_epoch = epochs.started > epochs.processed
+        done = loop.epoch_loop.batch_progress.current.processed if mid_epoch else 0
+        return {"start_epoch": epochs.processed, "skip_steps": done}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.start_epoch = state_dict["start_epoch"]
+        self.skip_steps = state_dict.get("skip_steps", 0)
 
     def _loader(self, dataset: Dataset, batch_sampler, by_task: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
             batch_sampler=batch_sampler,
             collate_fn=Collator(self.pad_id, by_task),
+            # Its own generator: creating an iterator then draws nothing from the global RNG, so
+            # dropout masks do not depend on how often loaders were (re)started, e.g. on resume.
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -279,10 +296,16 @@ class MultiTaskDataModule(LightningDataModule):
                 self._bucket_sampler(task, "train", epoch_seed, offset)
                 for task, offset in zip(self.datasets, combined.offsets, strict=False)
             ]
-            return self._loader(combined, self._task_sequence_sampler(samplers), by_task=True)
+            schedule = self._task_sequence_sampler(samplers)
+            schedule.skip, self.skip_steps = self.skip_steps, 0
+            return self._loader(combined, schedule, by_task=True)
+        samplers = {task: self._bucket_sampler(task, "train", epoch_seed) for task in self.datasets}
+        for sampler in samplers.values():  # joint: every step took one batch of every task
+            sampler.skip = self.skip_steps
+        self.skip_steps = 0
         loaders = {
-            task: self._loader(splits["train"], self._bucket_sampler(task, "train", epoch_seed))
-            for task, splits in self.datasets.items()
+            task: self._loader(self.datasets[task]["train"], sampler)
+            for task, sampler in samplers.items()
         }
         return CombinedLoader(loaders, mode="max_size_cycle")
 

@@ -13,27 +13,29 @@ from torch.utils.data import Sampler
 
 
 class EpochSeed:
-    """The random state of training batches: one seeded RNG per (epoch, pass).
+    """The random state of training batches: one seeded RNG per (epoch, stream, pass).
 
     Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler` at the start of each epoch,
-    so batch samplers expose this object as `.sampler`. The task samplers of one run share it:
-    each new pass over a task (a smaller task is cycled within an epoch) draws the next RNG, so
-    the order is random across epochs and passes yet the same on every DDP rank and on resume.
+    so batch samplers expose this object as `.sampler`. The samplers of one run share it, each
+    drawing from its own stream (a task's batches, the task schedule): each new pass over a task
+    (a smaller task is cycled within an epoch) draws the stream's next RNG, so the order is
+    random across epochs and passes, the same on every DDP rank, and a stream's position after
+    k steps does not depend on the other streams (what a mid-epoch resume needs).
     """
 
     def __init__(self, seed: int, epoch: int = 0) -> None:
         self.seed = seed
         self.epoch = epoch
-        self.passes = 0
+        self.passes: dict[str, int] = {}
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:  # Lightning calls it again after creating the first iterator
-            self.epoch, self.passes = epoch, 0
+            self.epoch, self.passes = epoch, {}
 
-    def next_rng(self) -> random.Random:
-        rng = random.Random(f"{self.seed}:{self.epoch}:{self.passes}")
-        self.passes += 1
-        return rng
+    def next_rng(self, stream: str = "") -> random.Random:
+        count = self.passes.get(stream, 0)
+        self.passes[stream] = count + 1
+        return random.Random(f"{self.seed}:{self.epoch}:{stream}:{count}")
 
 
 class LengthBucketBatchSampler(Sampler[list[int]]):
@@ -54,8 +56,11 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         offset: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        stream: str = "",
     ) -> None:
         self.lengths = list(lengths)
+        self.stream = stream
+        self.skip = 0  # batches of this stream already trained in the epoch (a mid-epoch resume)
         self.batch_size = batch_size
         self.sampler = epoch_seed
         self.pool_factor = pool_factor
@@ -72,7 +77,16 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         if self.sampler is None:
             indices.sort(key=self.lengths.__getitem__)
             return iter(self._shard(self._cut(indices)))
-        rng = self.sampler.next_rng()
+        batches = self._shuffled_pass(indices)
+        while self.skip >= len(batches) > 0:  # whole passes trained before the checkpoint
+            self.skip -= len(batches)
+            batches = self._shuffled_pass(indices)
+        skip, self.skip = self.skip, 0
+        return iter(batches[skip:])
+
+    def _shuffled_pass(self, indices: list[int]) -> list[list[int]]:
+        rng = self.sampler.next_rng(self.stream)
+        indices = list(indices)
         rng.shuffle(indices)
         pool_size = self.batch_size * self.pool_factor
         batches = []
@@ -80,7 +94,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
             pool = sorted(indices[start : start + pool_size], key=self.lengths.__getitem__)
             batches += self._cut(pool)
         rng.shuffle(batches)
-        return iter(self._shard(batches))
+        return self._shard(batches)
 
     def _shard(self, batches: list[list[int]]) -> list[list[int]]:
         """This rank's share: every rank draws the same batches (same seed) and takes every
@@ -108,6 +122,7 @@ class TaskSequenceBatchSampler(Sampler[list[int]]):
     def __init__(self, samplers: Sequence[LengthBucketBatchSampler]) -> None:
         self.samplers = list(samplers)
         self.sampler = self.samplers[0].sampler  # the shared EpochSeed, for Lightning's set_epoch
+        self.skip = 0  # steps already trained in the epoch (a mid-epoch resume)
 
     def __len__(self) -> int:
         return len(self.samplers) * max(len(s) for s in self.samplers)
@@ -118,12 +133,14 @@ class TaskSequenceBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         iterators: dict[int, Iterator[list[int]]] = {}
-        for position in self.task_sequence():
+        skip, self.skip = self.skip, 0
+        for step, position in enumerate(self.task_sequence()):
             batch = next(iterators[position], None) if position in iterators else None
             if batch is None:
                 iterators[position] = iter(self.samplers[position])
                 batch = next(iterators[position])
-            yield batch
+            if step >= skip:
+                yield batch
 
 
 class RoundRobinBatchSampler(TaskSequenceBatchSampler):
@@ -163,5 +180,5 @@ class TaskScheduleBatchSampler(TaskSequenceBatchSampler):
 
     def task_sequence(self) -> list[int]:
         sequence = [t for t, count in enumerate(self.step_counts()) for _ in range(count)]
-        self.sampler.next_rng().shuffle(sequence)
+        self.sampler.next_rng("tasks").shuffle(sequence)
         return sequence
