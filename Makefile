@@ -11,7 +11,7 @@ SCENARIOS := full_finetune,entire_network_frozen,only_transformer_frozen,only_he
 SWEEP ?=
 COMPARE_DIR := $(or $(SWEEP),logs/compare/$(shell date +%Y-%m-%d_%H-%M-%S))
 
-.PHONY: help install train test lint format clean compare report
+.PHONY: help install train test lint format clean compare report bench
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -35,6 +35,11 @@ compare: install ## Train the five scenarios (same data, same seed) and write re
 
 report: install ## Rebuild report.md and plots of SWEEP=<sweep folder> without training (default: the newest logs/compare/*)
 	$(BIN)/python -m mtl_lightning.report $(or $(SWEEP),$(lastword $(sort $(wildcard logs/compare/*))),logs/compare)
+
+bench: install ## Benchmarks: padded-token fraction (bucketed vs random batches), encode speed vs sentence-transformers
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
+	$(BIN)/python benchmarks/padding.py
+	$(BIN)/python benchmarks/encode_speed.py
 
 test: install ## Run the test suite (offline: tiny random encoders, the shipped tiny corpus)
 	$(BIN)/python -m pytest -q $(ARGS)

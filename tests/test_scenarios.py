@@ -108,12 +108,15 @@ def test_only_head_frozen_keeps_the_named_head_after_warmup(make_cfg, tmp_path):
 def test_only_head_frozen_head_is_bit_identical_once_frozen(make_cfg, tmp_path):
     first, _ = _run_recorded(make_cfg, "experiment=full_finetune", "trainer.max_epochs=1")
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    recorder, _ = _run_recorded(
+    recorder, metrics = _run_recorded(
         make_cfg,
         "experiment=only_head_frozen",
         f"model.init_from={ckpt}",
         "trainer.max_epochs=2",
     )
+    # Stage 2 of the continual-learning workflow: forgetting is measured from the first epoch.
+    drop = metrics["val/classification/acc_at_freeze"] - metrics["val/classification/acc"]
+    assert metrics["val/classification/forgetting"] == pytest.approx(drop, abs=1e-6)
     frozen = {n for n in recorder.before if n.startswith("heads.classification.")}
     for name in frozen:  # loaded from the first run, then never touched
         assert torch.equal(recorder.before[name], first.after[name])

@@ -60,9 +60,14 @@ def test_init_from_with_other_labels_is_refused(make_cfg, tmp_path):
     ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
     cfg = make_cfg("experiment=only_head_frozen", f"model.init_from={ckpt}")
     with pytest.raises(
-        ConfigError, match=r"has labels \['positive', 'negative'\] for task sentiment"
+        ConfigError, match=r"has 2 classes \['positive', 'negative'\] for task sentiment"
     ):
         train(cfg)
+    three = "data.tasks.sentiment.label_names=[negative,positive,neutral]"
+    train(make_cfg("experiment=full_finetune", "trainer.max_epochs=1", three, output="three"))
+    ckpt = tmp_path / "three" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match="has 3 classes .* the data has 2"):
+        train(make_cfg("experiment=only_head_frozen", f"model.init_from={ckpt}"))
     with pytest.raises(ConfigError, match="outside its label_names"):
         train(make_cfg("data.tasks.sentiment.label_names=[neg,pos]"))
 
@@ -81,6 +86,7 @@ def test_unknown_scenario_and_head_are_refused(make_cfg):
         ("trainer.max_epochs=-3", r"trainer.max_epochs=-3 must be at least 1"),
         ("trainer.max_epochs=0", r"trainer.max_epochs=0 must be at least 1"),
         ("model.encoder.name_or_path=/no/such/encoder", "does not exist"),
+        ("+model.loss_weights.nope=2", r"model.loss_weights names unknown tasks \['nope'\]"),
     ],
 )
 def test_bad_settings_are_refused_before_training(make_cfg, tmp_path, override, message):

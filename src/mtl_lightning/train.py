@@ -42,9 +42,11 @@ def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> None:
     saved_tasks = checkpoint.get("hyper_parameters", {}).get("tasks", {})
     for task, labels in module.tasks.items():
         if task in saved_tasks and list(saved_tasks[task]) != list(labels):
+            saved = list(saved_tasks[task])
             raise ConfigError(
-                f"model.init_from={ckpt_path} has labels {list(saved_tasks[task])} for task "
-                f"{task}, the data has {list(labels)}: use a checkpoint trained on this task."
+                f"model.init_from={ckpt_path} has {len(saved)} classes {saved} for task {task}, "
+                f"the data has {len(labels)} {list(labels)}: use a checkpoint trained on this "
+                "task's labels."
             )
     state = checkpoint["state_dict"]
     missing, unexpected = module.load_state_dict(state, strict=False)
