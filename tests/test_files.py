@@ -73,7 +73,7 @@ def test_train_end_to_end_on_csv_and_jsonl(make_cfg, tmp_path, monkeypatch, capl
         f"data.tasks.sentiment.train={tmp_path / 'r.jsonl'}",
         "trainer.max_epochs=1",
     )
-    with caplog.at_level(logging.WARNING, logger="mtl_lightning.data.files"):
+    with caplog.at_level(logging.WARNING, logger="mtl_lightning.data.sources"):
         metrics = train(cfg)
     assert 0 <= metrics["test/acc_mean"] <= 1
     assert "dropped 2 of 62 examples" in caplog.text

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,8 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 
-from mtl_lightning.data.sources import Examples
+from mtl_lightning.data.sources import Examples, check_columns, check_dropped
 from mtl_lightning.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 # (column names, rows as {column: value})
 Table = tuple[list[str], list[dict[str, Any]]]
@@ -164,15 +161,14 @@ class FileSource:
         where = f"{path} ({self.key(split)})"
         if not rows:
             raise ConfigError(f"{where} is empty: give a file with at least one example.")
-        for name, column in (
-            ("text_column", self.text_column),
-            ("label_column", self.label_column),
-        ):
-            if column not in columns:
-                raise ConfigError(
-                    f"{where} has no column '{column}'; its columns are {columns}: set "
-                    f"{self.key(name)} to one of them."
-                )
+        check_columns(
+            where,
+            columns,
+            {
+                self.key("text_column"): self.text_column,
+                self.key("label_column"): self.label_column,
+            },
+        )
         texts, labels = [], []
         for number, row in enumerate(rows, 1):
             text = row.get(self.text_column)
@@ -191,16 +187,5 @@ class FileSource:
                 )
             texts.append(str(text))
             labels.append(str(label).strip())
-        if len(texts) < len(rows):
-            log.warning(
-                "%s: dropped %d of %d examples whose text is empty or whitespace.",
-                where,
-                len(rows) - len(texts),
-                len(rows),
-            )
-        if not texts:
-            raise ConfigError(
-                f"{where} has no example with non-empty text in column '{self.text_column}': "
-                f"check {self.key('text_column')} or the file."
-            )
+        check_dropped(where, len(texts), len(rows), self.text_column, self.key("text_column"))
         return texts, labels

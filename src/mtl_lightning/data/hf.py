@@ -8,18 +8,15 @@ datasets`); a hub id needs the hub or a cached copy, and without either the run 
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from mtl_lightning.data.files import launch_dir
-from mtl_lightning.data.sources import SPLITS, Examples
+from mtl_lightning.data.sources import SPLITS, Examples, check_columns, check_dropped
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.encoder import _hub_reachable
-
-log = logging.getLogger(__name__)
 
 # `datasets`' packaged builders: they read `data_files` and never ask the hub.
 LOCAL_BUILDERS = frozenset({"csv", "json", "parquet", "text", "arrow", "pandas", "sql"})
@@ -145,15 +142,14 @@ class HFSource:
     ) -> tuple[list[str], list[str]]:
         """(texts, string labels) of one split; empty texts dropped, ClassLabel ids named."""
         where = f"{self.path} split {self.splits[split]} ({self.key('splits')}.{split})"
-        for option, column in (
-            ("text_column", self.text_column),
-            ("label_column", self.label_column),
-        ):
-            if column not in dataset.column_names:
-                raise ConfigError(
-                    f"{where} has no column '{column}'; its columns are {dataset.column_names}: "
-                    f"set {self.key(option)} to one of them."
-                )
+        check_columns(
+            where,
+            dataset.column_names,
+            {
+                self.key("text_column"): self.text_column,
+                self.key("label_column"): self.label_column,
+            },
+        )
         texts, labels = [], []
         for text, label in zip(dataset[self.text_column], dataset[self.label_column], strict=True):
             if text is None or not str(text).strip():
@@ -171,16 +167,5 @@ class HFSource:
                 )
             texts.append(str(text))
             labels.append(names[label] if names and isinstance(label, int) else str(label))
-        if len(texts) < len(dataset):
-            log.warning(
-                "%s: dropped %d of %d examples whose text is empty.",
-                where,
-                len(dataset) - len(texts),
-                len(dataset),
-            )
-        if not texts:
-            raise ConfigError(
-                f"{where} has no example with non-empty text in column '{self.text_column}': "
-                f"check {self.key('text_column')}."
-            )
+        check_dropped(where, len(texts), len(dataset), self.text_column, self.key("text_column"))
         return texts, labels

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.resources
 import io
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Protocol
 
 from mtl_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # split name -> (texts, string labels)
 Examples = dict[str, tuple[list[str], list[str]]]
@@ -67,6 +70,32 @@ class TinySource:
                 "use 'classification' or 'sentiment'."
             )
         return {"train": read_label_tsv(resource.read_text("utf-8"), f"tiny/{self.file}.tsv")}
+
+
+def check_columns(where: str, present: Sequence[str], wanted: dict[str, str]) -> None:
+    """`wanted` maps a config key to the column it names; each must be among `present`."""
+    for key, column in wanted.items():
+        if column not in present:
+            raise ConfigError(
+                f"{where} has no column '{column}'; its columns are {list(present)}: set "
+                f"{key} to one of them."
+            )
+
+
+def check_dropped(where: str, kept: int, total: int, text_column: str, key: str) -> None:
+    """Log how many examples with empty or whitespace-only text were dropped; refuse none left."""
+    if kept < total:
+        log.warning(
+            "%s: dropped %d of %d examples whose text is empty or whitespace.",
+            where,
+            total - kept,
+            total,
+        )
+    if not kept:
+        raise ConfigError(
+            f"{where} has no example with non-empty text in column '{text_column}': check {key} "
+            "or the data."
+        )
 
 
 def stratified_split(
