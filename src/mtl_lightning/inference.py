@@ -10,7 +10,6 @@ results come back in input order. The readers and writers of the CLIs' files liv
 
 from __future__ import annotations
 
-import csv
 import importlib.util
 import json
 import tempfile
@@ -23,12 +22,13 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mtl_lightning.data.datamodule import pad
+from mtl_lightning.data.files import READERS, decode_utf8
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, load_tokenizer
 from mtl_lightning.model.module import MultiTaskModule
 
 DEVICES = ("auto", "cpu", "cuda")
-INPUT_SUFFIXES = (".txt", ".csv", ".jsonl")
+INPUT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -161,38 +161,30 @@ class Predictor:
 
 
 def read_texts(path: str | Path) -> list[str]:
-    """Sentences of a `.txt` (one per line), or the `text` column/field of a `.csv`/`.jsonl`."""
+    """Sentences of a `.txt` (one per line), or the `text` column or field of a table file
+    (`.csv`, `.tsv`, `.jsonl`, `.parquet`, read as `data=files` reads them)."""
     path = Path(path).expanduser()
-    if path.suffix not in INPUT_SUFFIXES:
+    suffix = path.suffix.lower()
+    if suffix not in INPUT_SUFFIXES:
         raise ConfigError(
             f"input={path} has an unknown extension: give a {', '.join(INPUT_SUFFIXES)} file."
         )
     if not path.is_file():
         raise ConfigError(f"input={path} does not exist: give an existing file.")
-    if path.suffix == ".txt":
-        return path.read_text(encoding="utf-8").splitlines()
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as file:
-            reader = csv.DictReader(file)
-            if "text" not in (reader.fieldnames or []):
-                raise ConfigError(
-                    f"input={path} has no `text` column (columns: {reader.fieldnames}): "
-                    "name the column holding the sentences `text`."
-                )
-            return [row["text"] for row in reader]
-    texts = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue  # blank lines are no records (e.g. a trailing one)
-        record = json.loads(line)
-        if not isinstance(record, dict) or "text" not in record:
-            raise ConfigError(
-                f"input={path} line {number} has no `text` field: give every line a "
-                '{"text": ...} object.'
-            )
-        texts.append(record["text"])
-    return texts
+    if suffix == ".txt":
+        return decode_utf8(path).splitlines()
+    columns, rows = READERS[suffix](path)
+    if "text" not in columns:
+        raise ConfigError(
+            f"input={path} has no `text` column (columns: {columns}): name the column "
+            "holding the sentences `text`."
+        )
+    lacking = next((n for n, row in enumerate(rows, 1) if row.get("text") is None), None)
+    if lacking is not None:
+        raise ConfigError(
+            f"input={path} record {lacking} has no `text` field: give every record a text."
+        )
+    return [str(row["text"]) for row in rows]
 
 
 def check_output(path: str | Path, suffixes: tuple[str, ...]) -> Path:

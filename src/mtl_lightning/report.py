@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.errors import ConfigError, one_line_errors
 from mtl_lightning.summary import read_summary
 
 if TYPE_CHECKING:
@@ -289,6 +289,7 @@ def write_report(sweep_dir: str | Path) -> Path:
     return report
 
 
+@one_line_errors
 def main(argv: Sequence[str] | None = None) -> None:
     """`python -m mtl_lightning.report <sweep_dir>`: a config mistake is one line, no trace."""
     parser = argparse.ArgumentParser(
@@ -297,11 +298,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("sweep_dir", help="a multirun's sweep folder, e.g. logs/compare/<time>")
     args = parser.parse_args(argv)
-    try:
-        report = write_report(args.sweep_dir)
-    except ConfigError as error:
-        raise SystemExit(f"Error: {error}") from None
-    print(f"Wrote {report}")
+    print(f"Wrote {write_report(args.sweep_dir)}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from mtl_lightning.model.module import MultiTaskModule
 from mtl_lightning.summary import fit_seconds, write_summary
 
 log = logging.getLogger(__name__)
-# Frozen modules are in eval mode on purpose (DESIGN.md, decision 2); Lightning warns about it.
+# Frozen modules are in eval mode on purpose (deterministic, so cacheable); Lightning warns.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
 
 
@@ -104,6 +104,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     freezing: FreezingSchedule = build(
         cfg.freezing, head_warmup_epochs=(0 if init_from else 1) if warmup is None else warmup
     )
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and freezing.trains_nothing:
+        raise ConfigError(
+            "ckpt_path resumes training, and entire_network_frozen trains nothing: to evaluate "
+            "a checkpoint's heads, give it as model.init_from instead."
+        )
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt file to resume.")
     datamodule: MultiTaskDataModule = build(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -115,13 +123,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         load_init_weights(module, init_from)
 
     freezing.check_tasks(list(datamodule.label_names))
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt file to resume.")
     callbacks = [freezing] + [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = build_loggers(cfg)
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
-    for logger in loggers:
+    # trainer.loggers, not `loggers`: under fast_dev_run Lightning replaces them with a dummy.
+    for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
     metrics: dict[str, float] = {}
@@ -133,12 +139,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
             trainer.validate(module, datamodule=datamodule)
             metrics.update(_logged(trainer))
             trainer.test(module, datamodule=datamodule)
-            written = export_embeddings(module, datamodule, output_dir / "embeddings")
-            log.info(
-                "Wrote sentence embeddings of %d task splits to %s.",
-                len(written),
-                written[0].parent,
-            )
+            if trainer.is_global_zero:
+                written = export_embeddings(module, datamodule, output_dir / "embeddings")
+                log.info(
+                    "Wrote sentence embeddings of %d task splits to %s.",
+                    len(written),
+                    written[0].parent,
+                )
         else:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             train_seconds = fit_seconds(trainer)
@@ -150,7 +157,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 metrics[best.monitor] = float(best.best_model_score)
             trainer.test(module, datamodule=datamodule, ckpt_path="best" if has_best else None)
     finally:
-        for logger in loggers:
+        for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.finish()
     metrics.update(_logged(trainer, prefix="test/"))

@@ -1,7 +1,8 @@
 """Per-task confusion matrices at test end: a W&B chart per task and `confusion_<task>.csv`.
 
 Counts are accumulated from what `test_step` returns (`preds`, `labels`) and summed over
-processes, so the matrix covers the whole test split under DDP too.
+processes, so the matrix covers the whole test split under DDP too (the last shard is padded
+with repeated batches, as DistributedSampler does, so a few examples may count twice there).
 """
 
 from __future__ import annotations

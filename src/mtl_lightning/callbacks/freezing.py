@@ -5,7 +5,8 @@ the top) train in that epoch; `apply` makes it so: `requires_grad` on the parame
 mode for trainable modules, eval mode for frozen ones (so dropout is off where nothing learns:
 `from_pretrained` returns eval mode and Lightning does not call `.train()` for us).
 
-Optimizer groups are never added or removed here: all exist from the start (DESIGN.md, decision 3).
+Optimizer groups are never added or removed here: all exist from the start (schedulers ignore
+groups added later, and DDP must see every parameter when it wraps the model).
 """
 
 from __future__ import annotations

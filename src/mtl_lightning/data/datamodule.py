@@ -172,7 +172,7 @@ class MultiTaskDataModule(LightningDataModule):
         self.skip_steps = 0
 
     def prepare_data(self) -> None:
-        """Fetch whatever a source needs (once, on one process per node)."""
+        """Fetch whatever a source needs. Idempotent and atomic: every process may call it."""
         for source in self.sources.values():
             prepare = getattr(source, "prepare", None)
             if prepare is not None:
@@ -231,9 +231,14 @@ class MultiTaskDataModule(LightningDataModule):
             log.info("Task %s: %d classes %s; %s examples.", task, len(names), names, sizes)
 
     def _bucket_sampler(
-        self, task: str, split: str, epoch_seed: EpochSeed | None = None, offset: int = 0
+        self,
+        task: str,
+        split: str,
+        epoch_seed: EpochSeed | None = None,
+        offset: int = 0,
+        sharded: bool = True,
     ) -> LengthBucketBatchSampler:
-        trainer = self.trainer
+        trainer = self.trainer if sharded else None
         return LengthBucketBatchSampler(
             [len(ids) for ids in self.datasets[task][split].input_ids],
             self.batch_size if split == "train" else self.eval_batch_size,
@@ -309,9 +314,9 @@ class MultiTaskDataModule(LightningDataModule):
         }
         return CombinedLoader(loaders, mode="max_size_cycle")
 
-    def _eval_loaders(self, split: str) -> list[DataLoader]:
+    def _eval_loaders(self, split: str, sharded: bool = True) -> list[DataLoader]:
         return [
-            self._loader(splits[split], self._bucket_sampler(task, split))
+            self._loader(splits[split], self._bucket_sampler(task, split, sharded=sharded))
             for task, splits in self.datasets.items()
         ]
 
@@ -322,5 +327,6 @@ class MultiTaskDataModule(LightningDataModule):
         return self._eval_loaders("test")
 
     def split_loaders(self, split: str) -> dict[str, DataLoader]:
-        """`{task: loader}` over one split in length order (embedding export, analysis)."""
-        return dict(zip(self.datasets, self._eval_loaders(split), strict=True))
+        """`{task: loader}` over all of one split, in length order, on every DDP rank alike
+        (embedding export, the accuracy a head freezes at)."""
+        return dict(zip(self.datasets, self._eval_loaders(split, sharded=False), strict=True))

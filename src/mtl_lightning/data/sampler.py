@@ -1,7 +1,8 @@
 """Batch samplers: length-bucketed batches within a task, and task schedules across tasks.
 
-Training batches draw from an RNG seeded by (seed, epoch, pass), so the order is random across
-epochs yet identical on every DDP rank and on a resumed run.
+Training batches draw from RNGs seeded by (seed, epoch, stream, pass), a stream being one task's
+batches or the task schedule, so the order is random across epochs yet identical on every DDP
+rank and on a resumed run.
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ class EmbeddingCache:
     def __init__(self) -> None:
         self.tables: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.hits = 0
-        self.misses = 0
 
     def __len__(self) -> int:
         return sum(int(filled.sum()) for _, filled in self.tables.values())
@@ -30,7 +29,6 @@ class EmbeddingCache:
         if table is not None and int(idx.max()) < len(table[1]) and bool(table[1][idx].all()):
             self.hits += len(idx)
             return table[0][idx]
-        self.misses += len(idx)
         return None
 
     def put(self, key: tuple[str, str], idx: torch.Tensor, embeddings: torch.Tensor) -> None:

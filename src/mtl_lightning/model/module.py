@@ -226,7 +226,8 @@ class MultiTaskModule(LightningModule):
         return self.encoder(input_ids.to(self.device), attention_mask.to(self.device))
 
     def param_groups(self) -> list[dict]:
-        """Every optimizer group exists from the start, frozen or not (see DESIGN.md, decision 3).
+        """Every optimizer group exists from the start, frozen or not: schedulers ignore groups
+        added later, and unfreezing then only flips `requires_grad`.
 
         Heads get `head_lr`; the top encoder layer `lr`, each layer below it `lr` divided by
         `layerwise_lr_decay` once more, the embeddings lowest. Biases and LayerNorm weights
