@@ -36,10 +36,11 @@ compare: install ## Train the five scenarios (same data, same seed) and write re
 report: install ## Rebuild report.md and plots of SWEEP=<sweep folder> without training (default: the newest logs/compare/*)
 	$(BIN)/python -m mtl_lightning.report $(or $(SWEEP),$(lastword $(sort $(wildcard logs/compare/*))),logs/compare)
 
-bench: install ## Benchmarks: padded-token fraction (bucketed vs random batches), encode speed vs sentence-transformers
+bench: install ## Benchmarks: padding (bucketed vs random), encode vs sentence-transformers, frozen-encoder cache on vs off
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python benchmarks/padding.py
 	$(BIN)/python benchmarks/encode_speed.py
+	$(BIN)/python benchmarks/frozen_cache.py
 
 test: install ## Run the test suite (offline: tiny random encoders, the shipped tiny corpus)
 	$(BIN)/python -m pytest -q $(ARGS)

@@ -155,7 +155,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             if has_best:
                 # What is returned describes the best checkpoint: its monitored score, its test.
                 metrics[best.monitor] = float(best.best_model_score)
-            trainer.test(module, datamodule=datamodule, ckpt_path="best" if has_best else None)
+            best_path = best.best_model_path if has_best else None  # the first ModelCheckpoint's
+            trainer.test(module, datamodule=datamodule, ckpt_path=best_path)
     finally:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
