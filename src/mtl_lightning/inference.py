@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from mtl_lightning.data.datamodule import pad
 from mtl_lightning.data.files import READERS, decode_utf8
@@ -40,19 +39,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
-
-
-def _checkpoint_tokenizer(path: Path, name_or_path: str) -> PreTrainedTokenizerBase:
-    """The tokenizer saved in the checkpoint; older checkpoints without one use `name_or_path`."""
-    # mmap: only the tokenizer's bytes are read here, not the weights.
-    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    files = checkpoint.get("tokenizer_files")
-    if files is None:
-        return load_tokenizer(name_or_path)
-    with tempfile.TemporaryDirectory() as folder:
-        for name, content in files.items():
-            (Path(folder) / name).write_bytes(content)
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 class Predictor:
@@ -93,7 +79,7 @@ class Predictor:
                 "<run>/checkpoints/last.ckpt."
             )
         module = MultiTaskModule.load_from_checkpoint(path, map_location="cpu")
-        tokenizer = _checkpoint_tokenizer(path, module.hparams.encoder["name_or_path"])
+        tokenizer = module.tokenizer()  # from the checkpoint just loaded, not read again
         return cls(
             module.encoder, tokenizer, module.heads, module.tasks, device, batch_size, max_length
         )

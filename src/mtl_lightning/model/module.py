@@ -11,7 +11,7 @@ from lightning import LightningModule
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-from transformers import get_linear_schedule_with_warmup
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.embedding_cache import EmbeddingCache
@@ -290,3 +290,13 @@ class MultiTaskModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Keep the tokenizer of a loaded checkpoint, so re-saving needs no `name_or_path` either.
         self._tokenizer_files = checkpoint.get("tokenizer_files")
+
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The tokenizer loaded with the checkpoint; checkpoints without one use `name_or_path`."""
+        files = getattr(self, "_tokenizer_files", None)
+        if files is None:
+            return load_tokenizer((self.hparams.encoder or {}).get("name_or_path", PACKAGED_MINILM))
+        with tempfile.TemporaryDirectory() as folder:
+            for name, content in files.items():
+                (Path(folder) / name).write_bytes(content)
+            return AutoTokenizer.from_pretrained(folder, local_files_only=True)
