@@ -59,3 +59,71 @@ def test_loading_weights_empties_the_cache(make_cfg, tmp_path):
     module.embedding_cache.put(("val", "sentiment"), torch.tensor([0]), torch.zeros(1, 32))
     module.load_state_dict(module.state_dict())
     assert len(module.embedding_cache) == 0
+
+
+@pytest.mark.parametrize("encoder", ["bert", "distilbert"])
+def test_prefix_cached_and_fresh_training_agree(make_cfg, encoder):
+    """Top layer trainable, the rest frozen: training from the cached states of the frozen layers
+    gives the weights and metrics of running them every step."""
+    common = ("freezing.keep_frozen_layers=2", "trainer.max_epochs=3", RECORD)
+    with_cache = train(make_cfg(*common, encoder=encoder, output="cached"))
+    cached = Recorder.last
+    without = train(make_cfg(*common, "model.frozen_cache=false", encoder=encoder, output="fresh"))
+    fresh = Recorder.last
+    assert cached.trainable[2] == fresh.trainable[2]
+    frozen_layers = (".0.", ".1.")  # keep_frozen_layers=2 of 3
+    assert not any(f in name for name in cached.trainable[2] for f in frozen_layers)
+    for name, value in fresh.after.items():
+        torch.testing.assert_close(cached.after[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    for key in ("val/acc_mean", "test/acc_mean", "test/sentiment/f1"):
+        assert with_cache[key] == pytest.approx(without[key], abs=1e-6)
+    assert with_cache["freeze/prefix_cache_hits"] > 0  # epochs 2 and 3 ran from the cache
+    assert with_cache["freeze/prefix_cache_mb"] > 0
+    assert "freeze/prefix_cache_hits" not in without
+
+
+def test_prefix_cache_over_budget_falls_back_with_a_logged_reason(make_cfg, caplog):
+    common = ("freezing.keep_frozen_layers=2", "trainer.max_epochs=2", RECORD)
+    with caplog.at_level("WARNING", logger="mtl_lightning.model.module"):
+        refused = train(make_cfg(*common, "model.frozen_cache_max_gb=1e-9", output="refused"))
+    weights = Recorder.last.after
+    assert "model.frozen_cache_max_gb=1e-09 GB" in caplog.text
+    assert "freeze/prefix_cache_hits" not in refused  # nothing kept, nothing served
+    train(make_cfg(*common, "model.frozen_cache=false", output="fresh"))
+    for name, value in Recorder.last.after.items():
+        torch.testing.assert_close(weights[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("encoder", ["bert", "distilbert"])
+@pytest.mark.parametrize("layer", [1, 2])
+def test_forward_from_cached_states_matches_the_full_encoder(tiny_encoders, encoder, layer):
+    """States captured in one batch, re-padded into a batch of another length, give the
+    encoder's own output: padding never leaks into an entry."""
+    from mtl_lightning.model.embedding_cache import PrefixCache
+    from mtl_lightning.model.encoder import Encoder
+
+    torch.manual_seed(0)
+    model = Encoder(tiny_encoders[encoder], pooling="mean").eval()
+    ids = torch.randint(1000, 2000, (3, 9))
+    mask = torch.tensor([[1] * 9, [1] * 4 + [0] * 5, [1] * 6 + [0] * 3])
+    cache = PrefixCache(max_bytes=2**20)
+    with torch.no_grad(), model.capture_input(layer) as captured:
+        expected = model(ids, mask)
+    assert cache.put(("train", "a"), torch.tensor([7, 8, 9]), captured[0], mask)
+    assert cache.get(("train", "a"), torch.tensor([8, 10]), mask[1:]) is None  # 10: never seen
+    # Examples 8 and 9 alone: padded to 6 tokens instead of 9.
+    states = cache.get(("train", "a"), torch.tensor([9, 8]), mask[[2, 1], :6])
+    with torch.no_grad():
+        served = model.forward_from(layer, states, ids[[2, 1], :6], mask[[2, 1], :6])
+    torch.testing.assert_close(served, expected[[2, 1]], rtol=1e-5, atol=1e-6)
+    assert len(model.model.get_input_embeddings().weight) == 30522  # embeddings put back
+    assert cache.bytes == (9 + 4 + 6) * 32 * 4
+
+
+def test_prefix_cache_refuses_what_exceeds_its_budget():
+    from mtl_lightning.model.embedding_cache import PrefixCache
+
+    cache = PrefixCache(max_bytes=100)
+    mask = torch.ones(2, 3, dtype=torch.long)
+    assert not cache.put(("train", "a"), torch.tensor([0, 1]), torch.zeros(2, 3, 8), mask)
+    assert len(cache) == 0 and cache.bytes == 0

@@ -151,3 +151,38 @@ def test_round_robin_alternates_and_cycles_the_smaller_task():
     owners = ["small" if b[0] < 4 else "large" for b in batches]
     assert owners == ["small", "large"] * 5
     assert sorted(i for b in batches[1::2] for i in b) == list(range(4, 14))
+
+
+def test_bucket_pool_one_is_random_batching_and_larger_pools_pad_less():
+    lengths = [(i * 7919) % 60 + 3 for i in range(2000)]
+
+    def padded(pool: int) -> float:
+        batches = list(LengthBucketBatchSampler(lengths, 32, EpochSeed(0), pool_factor=pool))
+        assert sorted(i for b in batches for i in b) == list(range(2000))
+        real = sum(lengths[i] for b in batches for i in b)
+        return 1 - real / sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+    assert padded(1) > 0.3 > 0.05 > padded(50)
+
+
+def test_max_train_examples_keeps_a_fixed_stratified_subsample(make_cfg):
+    from hydra.utils import instantiate
+
+    from mtl_lightning.train import build
+
+    def train_split(*overrides: str):
+        datamodule = instantiate(make_cfg(*overrides).data)
+        datamodule.setup("fit")
+        return datamodule.datasets["sentiment"]["train"], datamodule.datasets["sentiment"]["val"]
+
+    full, full_val = train_split()
+    small, small_val = train_split("data.max_train_examples=20")
+    assert 18 <= len(small) <= 22 < len(full)
+    assert set(small.texts) <= set(full.texts)
+    assert small_val.texts == full_val.texts  # only training is subsampled
+    assert Counter(small.labels).keys() == Counter(full.labels).keys()
+    assert train_split("data.max_train_examples=20")[0].texts == small.texts
+    with pytest.raises(ConfigError, match="data.max_train_examples=1 must be at least 2"):
+        build(make_cfg("data.max_train_examples=1").data)
+    with pytest.raises(ConfigError, match="data.bucket_pool=0 must be at least 1"):
+        build(make_cfg("data.bucket_pool=0").data)

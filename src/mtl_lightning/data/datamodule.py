@@ -39,7 +39,7 @@ from mtl_lightning.data.sampler import (
     TaskScheduleBatchSampler,
     TaskSequenceBatchSampler,
 )
-from mtl_lightning.data.sources import SPLITS, Source, complete_splits
+from mtl_lightning.data.sources import SPLITS, Source, complete_splits, stratified_split
 from mtl_lightning.data.token_cache import TokenCache
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.encoder import load_tokenizer
@@ -79,6 +79,16 @@ class ConcatTaskDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[str, int, list[int], int]:
         position = bisect.bisect_right(self.offsets, index) - 1
         return self.datasets[position][index - self.offsets[position]]
+
+
+def subsample(
+    examples: tuple[list[str], list[str]], count: int | None, seed: int
+) -> tuple[list[str], list[str]]:
+    """About `count` of `(texts, labels)` (rounded per label), stratified, fixed for a seed."""
+    texts, labels = examples
+    if count is None or len(texts) <= count:
+        return examples
+    return stratified_split(texts, labels, {"rest": 1 - count / len(texts)}, seed)["train"]
 
 
 def pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +149,12 @@ class MultiTaskDataModule(LightningDataModule):
         test_fraction: float = 0.1,
         seed: int = 42,
         num_workers: int = 0,
+        bucket_pool: int = 50,
+        max_train_examples: int | None = None,
     ) -> None:
+        """`bucket_pool`: training batches per length-sorted pool (1: random batching).
+        `max_train_examples`: keep a fixed, seeded, stratified subsample of at most this many
+        training examples per task (quick experiments, benchmarks); null keeps them all."""
         super().__init__()
         if not tasks:
             raise ConfigError("data.tasks is empty: give at least one task (data.tasks.<name>).")
@@ -152,6 +167,15 @@ class MultiTaskDataModule(LightningDataModule):
             )
         if batch_size < 1 or eval_batch_size < 1:
             raise ConfigError("data.batch_size and data.eval_batch_size must be at least 1.")
+        if bucket_pool < 1:
+            raise ConfigError(
+                f"data.bucket_pool={bucket_pool} must be at least 1 (1 is random batching)."
+            )
+        if max_train_examples is not None and max_train_examples < 2:
+            raise ConfigError(
+                f"data.max_train_examples={max_train_examples} must be at least 2, or null for "
+                "all training examples."
+            )
         self.sources = dict(tasks)
         self.tokenizer_name = tokenizer
         self.data_dir = Path(data_dir)
@@ -165,6 +189,8 @@ class MultiTaskDataModule(LightningDataModule):
         self.test_fraction = test_fraction
         self.seed = seed
         self.num_workers = num_workers
+        self.bucket_pool = bucket_pool
+        self.max_train_examples = max_train_examples
         self.label_names: dict[str, list[str]] = {}
         self.datasets: dict[str, dict[str, TaskDataset]] = {}
         self.pad_id = 0
@@ -197,6 +223,7 @@ class MultiTaskDataModule(LightningDataModule):
             examples = complete_splits(
                 source.load(self.data_dir), self.val_fraction, self.test_fraction, self.seed
             )
+            examples["train"] = subsample(examples["train"], self.max_train_examples, self.seed)
             present = set(examples["train"][1])
             # Integer labels sort as numbers (2 before 10), so class ids follow the integers.
             numeric = all(label.removeprefix("-").isdecimal() for label in present)
@@ -243,6 +270,7 @@ class MultiTaskDataModule(LightningDataModule):
             [len(ids) for ids in self.datasets[task][split].input_ids],
             self.batch_size if split == "train" else self.eval_batch_size,
             epoch_seed=epoch_seed,
+            pool_factor=self.bucket_pool,
             offset=offset,
             # Under DDP each rank takes its share itself (trainer=ddp sets
             # use_distributed_sampler=false: Lightning cannot wrap a custom batch sampler).

@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib.resources
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -156,6 +158,59 @@ class Encoder(nn.Module):
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return pool(hidden, attention_mask, self.pooling, self.normalize)
 
+    @contextmanager
+    def capture_input(self, layer: int) -> Iterator[list[torch.Tensor]]:
+        """Within the block, every forward appends the hidden states entering `layer` (>= 1)
+        to the list it yields: the output of layer `layer - 1`."""
+        captured: list[torch.Tensor] = []
+
+        def keep(module: nn.Module, args: tuple, output) -> None:
+            captured.append((output[0] if isinstance(output, tuple) else output).detach())
+
+        handle = layer_stack(self.model)[2][layer - 1].register_forward_hook(keep)
+        try:
+            yield captured
+        finally:
+            handle.remove()
+
+    def forward_from(
+        self,
+        layer: int,
+        states: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """The pooled output for the given hidden states entering `layer`: only the layers from
+        `layer` up run. The model runs as usual (masks, anything the stack's owner adds) with
+        its embeddings answering `states` and its layer list cut to `layer:`; both are put back
+        afterwards, whatever happens."""
+        owner, name, layers = layer_stack(self.model)
+        embeddings = self.model._modules["embeddings"]
+        self.model._modules["embeddings"] = _Given(states)
+        owner._modules[name] = layers[layer:]
+        try:
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        finally:
+            self.model._modules["embeddings"] = embeddings
+            owner._modules[name] = layers
+        return pool(hidden.last_hidden_state, attention_mask, self.pooling, self.normalize)
+
+    def supports_forward_from(self) -> bool:
+        """Whether `forward_from` can stand in for the embeddings: they must be the model's
+        `embeddings` module, the one that turns token ids into the first layer's input."""
+        return embeddings_module(self.model) is not None
+
+
+class _Given(nn.Module):
+    """Stands in for a model's embeddings: returns the given hidden states, whatever the call."""
+
+    def __init__(self, states: torch.Tensor) -> None:
+        super().__init__()
+        self.states = states
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.states
+
 
 @dataclass
 class LayerGroup:
@@ -166,17 +221,16 @@ class LayerGroup:
     params: list[nn.Parameter]
 
 
-def layer_groups(model: nn.Module) -> list[LayerGroup]:
-    """Split any HF encoder into layer groups, bottom to top: embeddings, layer 0, ..., layer L-1.
+def layer_stack(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+    """The stack of transformer layers: `(owner, attribute name, the nn.ModuleList)`.
 
     The layers are the longest `nn.ModuleList` of identical blocks (BERT/MiniLM/RoBERTa
-    `encoder.layer`, DistilBERT `transformer.layer`, ...), never named per architecture; the
-    embeddings are the module holding the input embeddings. Parameters in neither (e.g. a final
-    LayerNorm) sit above the last layer, so they join the top group.
+    `encoder.layer`, DistilBERT `transformer.layer`, ...), never named per architecture.
     """
     stacks = [
-        module
-        for module in model.modules()
+        (owner, name, module)
+        for owner in model.modules()
+        for name, module in owner.named_children()
         if isinstance(module, nn.ModuleList)
         and len(module) > 0
         and len({type(block) for block in module}) == 1
@@ -186,13 +240,28 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
             f"model.encoder.name_or_path: {type(model).__name__} has no stack of transformer "
             "layers (an nn.ModuleList of identical blocks); use a transformer encoder."
         )
-    layers = max(stacks, key=len)
-    word_embeddings = model.get_input_embeddings()
+    return max(stacks, key=lambda stack: len(stack[2]))
+
+
+def embeddings_module(model: nn.Module) -> nn.Module | None:
+    """`model.embeddings` where it holds the input (word) embeddings, else None."""
     embeddings = getattr(model, "embeddings", None)
-    if not isinstance(embeddings, nn.Module) or not any(
+    word_embeddings = model.get_input_embeddings()
+    holds_words = isinstance(embeddings, nn.Module) and any(
         m is word_embeddings for m in embeddings.modules()
-    ):
-        embeddings = word_embeddings
+    )
+    return embeddings if holds_words else None
+
+
+def layer_groups(model: nn.Module) -> list[LayerGroup]:
+    """Split any HF encoder into layer groups, bottom to top: embeddings, layer 0, ..., layer L-1.
+
+    The layers are `layer_stack`'s; the embeddings are the module holding the input embeddings.
+    Parameters in neither (e.g. a final LayerNorm) sit above the last layer, so they join the
+    top group.
+    """
+    layers = layer_stack(model)[2]
+    embeddings = embeddings_module(model) or model.get_input_embeddings()
     groups = [LayerGroup("embeddings", [embeddings], list(embeddings.parameters()))]
     groups += [
         LayerGroup(f"layer_{i}", [block], list(block.parameters()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,10 +15,11 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
 from mtl_lightning.errors import ConfigError
-from mtl_lightning.model.embedding_cache import EmbeddingCache
+from mtl_lightning.model.embedding_cache import EmbeddingCache, PrefixCache
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
 from mtl_lightning.model.heads import ClassificationHead
 
+log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
 LOSS_WEIGHTINGS = ("static", "uncertainty")
 
@@ -52,11 +54,15 @@ class MultiTaskModule(LightningModule):
         warmup_ratio: float = 0.1,
         encoder_config: Mapping | None = None,
         frozen_cache: bool = True,
+        frozen_cache_max_gb: float = 4.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        # Frozen encoder: embeddings computed once, reused every epoch (model.frozen_cache).
+        # model.frozen_cache: a frozen encoder's embeddings, or the output of its frozen lower
+        # layers, computed once per example and reused every epoch (see `sentence_embedding`).
         self.embedding_cache = EmbeddingCache() if frozen_cache else None
+        self.prefix_cache = PrefixCache(int(frozen_cache_max_gb * 2**30)) if frozen_cache else None
+        self.prefix_cache_refused = False  # the data did not fit model.frozen_cache_max_gb
         encoder_settings = dict(encoder or {"name_or_path": PACKAGED_MINILM})
         self.encoder = Encoder(**encoder_settings, config=encoder_config)
         self.heads = nn.ModuleDict(
@@ -104,7 +110,9 @@ class MultiTaskModule(LightningModule):
 
     def encoder_groups(self):
         """Layer groups of the encoder, bottom (embeddings) to top."""
-        return layer_groups(self.encoder.model)
+        if getattr(self, "_encoder_groups", None) is None:  # asked every step: found once
+            self._encoder_groups = layer_groups(self.encoder.model)
+        return self._encoder_groups
 
     def head_trains(self, task: str) -> bool:
         """A task whose head is frozen does not train: its loss would only move the encoder."""
@@ -113,29 +121,79 @@ class MultiTaskModule(LightningModule):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task: str):
         return self.heads[task](self.encoder(input_ids, attention_mask))
 
-    def encoder_frozen(self) -> bool:
-        return not self.encoder.training and not any(
-            p.requires_grad for p in self.encoder.parameters()
-        )
+    def frozen_groups(self) -> int:
+        """How many encoder layer groups, from the bottom (embeddings first), are frozen: no
+        parameter requires grad and no module is in train mode (so no dropout)."""
+        count = 0
+        for group in self.encoder_groups():
+            if any(p.requires_grad for p in group.params) or any(
+                m.training for module in group.modules for m in module.modules()
+            ):
+                break
+            count += 1
+        return count
 
     def sentence_embedding(self, batch: dict, stage: str) -> torch.Tensor:
-        """The encoder's output for a batch, from the frozen-encoder cache where it is exact."""
-        cache = self.embedding_cache
-        if cache is None:
-            return self.encoder(batch["input_ids"], batch["attention_mask"])
-        if not self.encoder_frozen():
-            cache.clear()  # the encoder can change from now on: nothing cached stays valid
-            return self.encoder(batch["input_ids"], batch["attention_mask"])
+        """The encoder's output for a batch, computing only what is not frozen (model.frozen_cache).
+
+        A wholly frozen encoder: embeddings come from `embedding_cache` after the first time.
+        Only the top layers train (at least one layer below them frozen): the states entering
+        the lowest trainable layer come from `prefix_cache`, and only the trainable layers run.
+        Both are exact, so results match `model.frozen_cache=false` within float tolerance.
+        """
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if self.embedding_cache is None:
+            return self.encoder(ids, mask)
+        frozen = self.frozen_groups()
+        if frozen < len(self.encoder_groups()):
+            self.embedding_cache.clear()  # the encoder can change from now on
+            return self._prefix_cached(batch, stage, layer=frozen - 1)
         key = (stage, batch["task"])
-        embeddings = cache.get(key, batch["idx"])
+        embeddings = self.embedding_cache.get(key, batch["idx"])
         if embeddings is None:
-            embeddings = self.encoder(batch["input_ids"], batch["attention_mask"])
-            cache.put(key, batch["idx"], embeddings)
+            embeddings = self.encoder(ids, mask)
+            self.embedding_cache.put(key, batch["idx"], embeddings)
+        return embeddings
+
+    def _prefix_cached(self, batch: dict, stage: str, layer: int) -> torch.Tensor:
+        """The embedding with layers below `layer` (all frozen) served from `prefix_cache`."""
+        cache, ids, mask = self.prefix_cache, batch["input_ids"], batch["attention_mask"]
+        usable = layer >= 1 and stage != "test" and self.encoder.supports_forward_from()
+        if cache.layer != layer:
+            cache.clear()
+            if usable and not self.prefix_cache_refused:
+                cache.layer = layer
+                log.info(
+                    "Frozen-prefix cache: the states entering encoder layer %d are computed once "
+                    "per example; afterwards only the layers from %d up run "
+                    "(model.frozen_cache=false turns this off).",
+                    layer,
+                    layer,
+                )
+        if cache.layer is None:  # nothing frozen to skip, test (one pass), or refused
+            return self.encoder(ids, mask)
+        key = (stage, batch["task"])
+        states = cache.get(key, batch["idx"], mask)
+        if states is not None:
+            return self.encoder.forward_from(layer, states, ids, mask)
+        with self.encoder.capture_input(layer) as captured:
+            embeddings = self.encoder(ids, mask)
+        if not cache.put(key, batch["idx"], captured[0], mask):
+            log.warning(
+                "Frozen-prefix cache off for this run: the states entering layer %d of the data "
+                "need more than model.frozen_cache_max_gb=%s GB; the frozen layers run every "
+                "step (raise model.frozen_cache_max_gb to cache them).",
+                layer,
+                self.hparams.frozen_cache_max_gb,
+            )
+            cache.clear()
+            self.prefix_cache_refused = True
         return embeddings
 
     def load_state_dict(self, *args, **kwargs):
-        if self.embedding_cache is not None:
-            self.embedding_cache.clear()  # new weights: cached embeddings are stale
+        if self.embedding_cache is not None:  # new weights: whatever was cached is stale
+            self.embedding_cache.clear()
+            self.prefix_cache.clear()
         return super().load_state_dict(*args, **kwargs)
 
     def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,10 +268,14 @@ class MultiTaskModule(LightningModule):
         self.log(f"{stage}/acc_mean", torch.stack(accs).mean())
 
     def on_train_epoch_end(self) -> None:
+        # Visible in the logs: what the frozen encoder, or its frozen layers, did not recompute.
         if self.embedding_cache is not None and len(self.embedding_cache):
-            # Visible in the logs: how many embeddings the frozen encoder did not recompute.
             self.log("freeze/cached_embeddings", float(len(self.embedding_cache)))
             self.log("freeze/cache_hits", float(self.embedding_cache.hits))
+        if self.prefix_cache is not None and len(self.prefix_cache):
+            self.log("freeze/prefix_cached_examples", float(len(self.prefix_cache)))
+            self.log("freeze/prefix_cache_mb", self.prefix_cache.bytes / 2**20)
+            self.log("freeze/prefix_cache_hits", float(self.prefix_cache.hits))
 
     def on_validation_epoch_end(self) -> None:
         self._log_acc_mean("val")

@@ -1,0 +1,303 @@
+"""`make bench`: the project's speed claims, measured side by side in one run, as one table.
+
+Every run below trains for real, in a fresh child process of its own (`run.py --one NAME`), one
+after the other: each has the machine to itself, and its peak memory is its own. The parent
+prints the machine, one row per run and the ratios the README quotes:
+
+1. Lightning full fine-tuning vs a plain PyTorch loop doing the same work (`plain_loop.py`).
+2. `only_transformer_frozen` with the frozen-encoder cache vs without it.
+3. The top 1 of 6 layers trainable vs full fine-tuning, with and without the frozen-prefix cache.
+4. Length-bucketed vs random batches (`data.bucket_pool=1`): padding and epoch time.
+5. The Hugging Face Trainer with length grouping on TREC-6 alone (`hf_trainer.py`) vs this
+   project on the same single-task job.
+
+Runs 1-4 use both default tasks, a fixed stratified subsample of `--examples` training examples
+per task, and report the mean training time of the epochs after the first (which fills the
+caches): from an epoch's start to the end of its last batch, so the validation and checkpoint
+writing after it are not counted. Run 5 is the whole 3-epoch job on all of TREC-6's training
+split, timed the same way.
+
+    .venv/bin/python benchmarks/run.py [--examples 2000] [--epochs 3] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from lightning import Callback
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+class EpochTimes(Callback):
+    """Training seconds and examples of each epoch: from its start to the end of its last batch,
+    so the validation and checkpoint writing that follow it are not counted."""
+
+    last: EpochTimes | None = None
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.examples: list[int] = []
+        EpochTimes.last = self
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.seen = 0
+        self.start = self.end = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen += sum(len(task_batch["labels"]) for task_batch in batch.values())
+        self.end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.seconds.append(self.end - self.start)
+        self.examples.append(self.seen)
+
+
+@dataclass
+class Run:
+    """One measured run: what it is, and how: `project` (train.py), `plain` or `hf`."""
+
+    label: str
+    kind: str
+    overrides: list[str] = field(default_factory=list)
+    subsample: bool = True  # False: all training examples (run 5)
+
+
+TOP1 = ["freezing.keep_frozen_layers=5"]  # embeddings + layers 0-4 frozen: the top 1 of 6 trains
+RUNS = {
+    "full_finetune": Run("Lightning, full fine-tuning", "project"),
+    "plain_loop": Run("plain PyTorch loop, full fine-tuning", "plain"),
+    "top1_cached": Run("top 1 of 6 layers, prefix cache", "project", TOP1),
+    "top1_uncached": Run(
+        "top 1 of 6 layers, no cache", "project", [*TOP1, "model.frozen_cache=false"]
+    ),
+    "frozen_cached": Run(
+        "only_transformer_frozen, cache", "project", ["experiment=only_transformer_frozen"]
+    ),
+    "frozen_uncached": Run(
+        "only_transformer_frozen, no cache",
+        "project",
+        ["experiment=only_transformer_frozen", "model.frozen_cache=false"],
+    ),
+    "random_batches": Run("full fine-tuning, random batches", "project", ["data.bucket_pool=1"]),
+    "single_task": Run(
+        "this project, TREC-6 only, 3 epochs",
+        "project",
+        ["~data.tasks.sentiment", "trainer.max_epochs=3"],
+        subsample=False,
+    ),
+    "hf_trainer": Run("HF Trainer group_by_length, TREC-6, 3 epochs", "hf", subsample=False),
+}
+
+
+def peak_memory_mb() -> float:
+    """This process's peak: GPU memory allocated on CUDA, else the resident set (RSS)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def config(run: Run, examples: int, epochs: int, output: Path):
+    overrides = [
+        f"paths.root_dir={ROOT}",
+        f"paths.output_dir={output}",
+        "logger=csv",
+        "+trainer.enable_progress_bar=false",
+        "+trainer.enable_model_summary=false",
+        f"trainer.max_epochs={epochs}",
+        "+callbacks.epoch_times._target_=__main__.EpochTimes",
+        *([f"data.max_train_examples={examples}"] if run.subsample else []),
+        *run.overrides,
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def measure(name: str, examples: int, epochs: int) -> dict:
+    """Do run `name` in this process; what it measured, as a JSON-able dict."""
+    run = RUNS[name]
+    if run.kind == "hf":
+        from hf_trainer import run_hf_trainer
+
+        result = run_hf_trainer(epochs=3)
+        # The Trainer is timed as a whole: each epoch counts as the mean.
+        per_epoch = {"epoch_seconds": [result["train_seconds"] / 3] * 3}
+        per_epoch["epoch_examples"] = [result["train_size"]] * 3
+        return result | per_epoch | {"peak_mb": peak_memory_mb()}
+    with tempfile.TemporaryDirectory() as output:
+        cfg = config(run, examples, epochs, Path(output))
+        if run.kind == "plain":
+            from plain_loop import run_plain_loop
+
+            return run_plain_loop(cfg) | {"peak_mb": peak_memory_mb()}
+        from mtl_lightning.train import train
+
+        metrics = train(cfg)
+    times = EpochTimes.last
+    return {
+        "epoch_seconds": times.seconds,
+        "epoch_examples": times.examples,
+        "val_acc": metrics.get("val/acc_mean"),
+        "padded_fraction": metrics.get("train/pad_fraction"),
+        "peak_mb": peak_memory_mb(),
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} with "
+        f"{torch.get_num_threads()} threads, on {device}"
+    )
+
+
+def after_first(result: dict) -> tuple[float, float]:
+    """Mean seconds per epoch after the first, and examples per second over those epochs."""
+    seconds = result["epoch_seconds"][1:] or result["epoch_seconds"]
+    examples = result["epoch_examples"][1:] or result["epoch_examples"]
+    return sum(seconds) / len(seconds), sum(examples) / sum(seconds)
+
+
+def table(results: dict[str, dict]) -> list[str]:
+    lines = [
+        "| run | s/epoch | examples/s | peak memory MB | padded tokens | val acc |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, result in results.items():
+        if name in ("single_task", "hf_trainer"):
+            seconds = sum(result["epoch_seconds"])
+            rate = sum(result["epoch_examples"]) / seconds
+            per_epoch = f"{seconds / len(result['epoch_seconds']):.1f}"
+        else:
+            seconds, rate = after_first(result)
+            per_epoch = f"{seconds:.1f}"
+        padded = result.get("padded_fraction")
+        acc = result.get("val_acc")
+        lines.append(
+            f"| {RUNS[name].label} | {per_epoch} | {rate:.0f} | {result['peak_mb']:.0f} | "
+            f"{'' if padded is None else f'{padded:.1%}'} | {'' if acc is None else f'{acc:.3f}'} |"
+        )
+    return lines
+
+
+def ratios(results: dict[str, dict]) -> list[str]:
+    def per_epoch(name: str) -> float:
+        return after_first(results[name])[0]
+
+    def total(name: str) -> float:
+        return sum(results[name]["epoch_seconds"])
+
+    checks = [  # (comparison, names needed, value, target text, met)
+        (
+            "1. Lightning / plain PyTorch loop, full fine-tuning, s/epoch",
+            ("full_finetune", "plain_loop"),
+            lambda: per_epoch("full_finetune") / per_epoch("plain_loop"),
+            "<= 1.05x",
+            lambda r: r <= 1.05,
+        ),
+        (
+            "2. only_transformer_frozen, epochs after the first: no cache / cache",
+            ("frozen_cached", "frozen_uncached"),
+            lambda: per_epoch("frozen_uncached") / per_epoch("frozen_cached"),
+            ">= 20x faster",
+            lambda r: r >= 20,
+        ),
+        (
+            "3. top 1 of 6 layers / full fine-tuning, s/epoch, prefix cache",
+            ("top1_cached", "full_finetune"),
+            lambda: per_epoch("top1_cached") / per_epoch("full_finetune"),
+            "<= 0.35x",
+            lambda r: r <= 0.35,
+        ),
+        (
+            "3. top 1 of 6 layers / full fine-tuning, s/epoch, no cache",
+            ("top1_uncached", "full_finetune"),
+            lambda: per_epoch("top1_uncached") / per_epoch("full_finetune"),
+            "(0.5-0.6x expected)",
+            None,
+        ),
+        (
+            "4. random / length-bucketed batches, s/epoch",
+            ("random_batches", "full_finetune"),
+            lambda: per_epoch("random_batches") / per_epoch("full_finetune"),
+            "",
+            None,
+        ),
+        (
+            "5. this project / HF Trainer, TREC-6, 3 epochs of training",
+            ("single_task", "hf_trainer"),
+            lambda: total("single_task") / total("hf_trainer"),
+            "<= 1.0x",
+            lambda r: r <= 1.0,
+        ),
+    ]
+    lines = ["| comparison | measured | target | |", "| --- | ---: | --- | --- |"]
+    for text, names, value, target, met in checks:
+        if not all(name in results for name in names):
+            continue
+        ratio = value()
+        verdict = "" if met is None else ("met" if met(ratio) else "missed")
+        lines.append(f"| {text} | {ratio:.2f}x | {target} | {verdict} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--examples", type=int, default=2000, help="training examples per task")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--only", nargs="+", choices=sorted(RUNS), help="these runs only")
+    parser.add_argument("--one", choices=sorted(RUNS), help=argparse.SUPPRESS)  # a child's run
+    options = parser.parse_args()
+    if options.one:
+        result = measure(options.one, options.examples, options.epochs)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    started = datetime.datetime.now(datetime.UTC)
+    results = {}
+    for name in options.only or RUNS:
+        print(f"[{time.strftime('%H:%M:%S')}] {RUNS[name].label} ...", file=sys.stderr, flush=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--one", name]
+            + ["--examples", str(options.examples), "--epochs", str(options.epochs)],
+            capture_output=True,
+            text=True,
+        )
+        lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
+        if child.returncode or not lines:
+            sys.exit(f"Error: benchmark run {name} failed:\n{child.stderr[-3000:]}")
+        results[name] = json.loads(lines[-1].removeprefix("RESULT "))
+    print(f"mtl-lightning benchmarks, {started:%Y-%m-%d %H:%M} UTC")
+    print(f"machine: {machine()}")
+    print(
+        f"runs 1-4: TREC-6 + Rotten Tomatoes, {options.examples} training examples per task, "
+        f"batch 32, max length 64, {options.epochs} epochs; s/epoch: training only (validation "
+        "and checkpoints excluded), mean of the epochs after the first. Run 5: all TREC-6 "
+        "training questions, all 3 epochs. Peak memory: each run's process (RSS on CPU)."
+    )
+    print()
+    print("\n".join(table(results)))
+    print()
+    print("\n".join(ratios(results)))
+
+
+if __name__ == "__main__":
+    main()
