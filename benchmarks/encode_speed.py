@@ -34,7 +34,8 @@ def timed(run) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, result
 
 
-def main() -> None:
+def measure() -> dict:
+    """Sentences per second of each side (best of `REPEATS`) and the largest embedding gap."""
     from sentence_transformers import SentenceTransformer
 
     data_dir = Path(os.environ.get("MTL_DATA_DIR", ROOT / "data"))
@@ -55,17 +56,25 @@ def main() -> None:
         for name, run in runs.items():
             seconds, outputs[name] = timed(run)
             timings[name].append(seconds)
-    gap = np.abs(outputs["ours"] - outputs["sentence-transformers"]).max()
+    return {
+        "sentences": len(texts),
+        "rates": {name: len(texts) / min(values) for name, values in timings.items()},
+        "max_gap": float(np.abs(outputs["ours"] - outputs["sentence-transformers"]).max()),
+    }
+
+
+def main() -> None:
+    result = measure()
+    rates = result["rates"]
     print(
         f"machine: {platform.processor() or platform.machine()}, torch threads "
-        f"{torch.get_num_threads()}, {len(texts)} TREC questions, batch {BATCH}"
+        f"{torch.get_num_threads()}, {result['sentences']} TREC questions, batch {BATCH}"
     )
-    rates = {name: len(texts) / min(values) for name, values in timings.items()}
     for name, rate in rates.items():
         print(f"{name:>22}: {rate:7.1f} sentences/s (best of {REPEATS})")
     print(
         f"{'ratio':>22}: {rates['ours'] / rates['sentence-transformers']:.2f}x "
-        f"(target >= 1.3x); max |difference| of the embeddings {gap:.1e}"
+        f"(target >= 1.3x); max |difference| of the embeddings {result['max_gap']:.1e}"
     )
 
 
