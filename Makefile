@@ -36,7 +36,7 @@ compare: install ## Train the five scenarios (same data, same seed) and write re
 report: install ## Rebuild report.md and plots of SWEEP=<sweep folder> without training (default: the newest logs/compare/*)
 	$(BIN)/python -m mtl_lightning.report $(or $(SWEEP),$(lastword $(sort $(wildcard logs/compare/*))),logs/compare)
 
-bench: install ## Measure the speed claims side by side (about 20 min on 2 cores) and print one table; ARGS="--only plain_loop full_finetune" for some runs
+bench: install ## Measure the speed claims side by side (about 30 min on 2 cores) and print one table; ARGS="--only plain_loop full_finetune" for some runs
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python benchmarks/run.py $(ARGS)
 

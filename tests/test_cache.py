@@ -127,3 +127,26 @@ def test_prefix_cache_refuses_what_exceeds_its_budget():
     mask = torch.ones(2, 3, dtype=torch.long)
     assert not cache.put(("train", "a"), torch.tensor([0, 1]), torch.zeros(2, 3, 8), mask)
     assert len(cache) == 0 and cache.bytes == 0
+
+
+def test_prefix_cache_serves_train_and_val_never_test(tiny_encoders):
+    from mtl_lightning.callbacks.freezing import FreezingSchedule
+    from mtl_lightning.model.module import MultiTaskModule
+
+    torch.manual_seed(0)
+    module = MultiTaskModule({"a": ["x", "y"]}, {"name_or_path": tiny_encoders["bert"]})
+    FreezingSchedule(keep_frozen_layers=2).apply(module, epoch=0)
+    module.eval()  # same values each call: dropout off in the trainable layer too
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    batch = {"task": "a", "idx": torch.tensor([3, 4]), "attention_mask": mask}
+    batch["input_ids"] = torch.randint(1000, 2000, (2, 4)) * mask
+    fresh = module.encoder(batch["input_ids"], mask)
+    for stage in ("train", "train", "val", "test"):
+        torch.testing.assert_close(module.sentence_embedding(batch, stage), fresh)
+    cache = module.prefix_cache
+    assert cache.layer == 2 and cache.hits == 2  # the second train call
+    assert set(cache.tables) == {("train", "a"), ("val", "a")}
+    FreezingSchedule(keep_frozen_layers=1).apply(module, epoch=0)  # the boundary moves down
+    module.eval()
+    torch.testing.assert_close(module.sentence_embedding(batch, "train"), fresh)
+    assert cache.layer == 1 and set(cache.tables) == {("train", "a")}

@@ -158,9 +158,9 @@ class MultiTaskModule(LightningModule):
     def _prefix_cached(self, batch: dict, stage: str, layer: int) -> torch.Tensor:
         """The embedding with layers below `layer` (all frozen) served from `prefix_cache`."""
         cache, ids, mask = self.prefix_cache, batch["input_ids"], batch["attention_mask"]
-        usable = layer >= 1 and stage != "test" and self.encoder.supports_forward_from()
         if cache.layer != layer:
             cache.clear()
+            usable = layer >= 1 and self.encoder.supports_forward_from()
             if usable and not self.prefix_cache_refused:
                 cache.layer = layer
                 log.info(
@@ -170,7 +170,7 @@ class MultiTaskModule(LightningModule):
                     layer,
                     layer,
                 )
-        if cache.layer is None:  # nothing frozen to skip, test (one pass), or refused
+        if cache.layer is None or stage == "test":  # nothing to skip, refused, or one pass
             return self.encoder(ids, mask)
         key = (stage, batch["task"])
         states = cache.get(key, batch["idx"], mask)
