@@ -329,8 +329,10 @@ def main() -> None:
     )
     print()
     print("\n".join(table(results)))
-    print()
-    print("\n".join(ratios(results)))
+    comparisons = ratios(results)
+    if len(comparisons) > 2:  # more than the header: some comparison had both its runs
+        print()
+        print("\n".join(comparisons))
 
 
 if __name__ == "__main__":
