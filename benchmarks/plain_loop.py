@@ -1,10 +1,11 @@
 """The work of a full fine-tuning epoch without Lightning: the reference for its overhead.
 
-Same model (`MultiTaskModule`), same batches (the datamodule's length-bucketed `CombinedLoader`,
-re-seeded per epoch as Lightning does), same optimizer groups (fused AdamW, layer-wise LR, no
-decay on biases and norms) and the same linear warmup/decay, stepped per batch; the loss is the
-sum of the tasks' cross-entropies. Nothing else: no metrics, no logging, no checkpoints, no
-validation. `benchmarks/run.py` times it next to the Lightning run of the same config.
+Same model (`MultiTaskModule`, on the GPU if there is one), same batches (the datamodule's
+length-bucketed `CombinedLoader`, re-seeded per epoch as Lightning does), same optimizer groups
+(fused AdamW, layer-wise LR, no decay on biases and norms) and the same linear warmup/decay,
+stepped per batch; the loss is the sum of the tasks' cross-entropies. Nothing else: no metrics,
+no logging, no checkpoints, no validation. `benchmarks/run.py` times it next to the Lightning run
+of the same config (on a GPU, both wait for its work at the end of every batch).
 """
 
 from __future__ import annotations
@@ -21,21 +22,23 @@ from mtl_lightning.model.module import MultiTaskModule
 from mtl_lightning.train import build
 
 
-def run_plain_loop(cfg: DictConfig) -> dict:
-    """Train `cfg` (full fine-tuning) for `trainer.max_epochs`; seconds and examples per epoch."""
+def run_plain_loop(cfg: DictConfig, batches: list | None = None) -> dict:
+    """Train `cfg` (full fine-tuning) for `trainer.max_epochs`; seconds and examples per epoch.
+    `batches`, if given, receives each step's example indices per task."""
     L.seed_everything(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     datamodule: MultiTaskDataModule = build(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.pop("init_from", None)
-    module = MultiTaskModule(tasks=datamodule.label_names, **model_cfg).train()
+    module = MultiTaskModule(tasks=datamodule.label_names, **model_cfg).to(device).train()
     module.requires_grad_(True)
     loader = datamodule.train_dataloader()
     epochs = cfg.trainer.max_epochs
+    # joint sampling (max_size_cycle): an epoch is as many steps as the largest task has batches
+    steps = epochs * max(len(dataloader) for dataloader in loader.flattened)
     optimizer = torch.optim.AdamW(module.param_groups(), fused=True)
-    iter(loader)  # a CombinedLoader knows its length once iterated
-    steps = epochs * len(loader)
     scheduler = get_linear_schedule_with_warmup(
         optimizer, int(cfg.model.warmup_ratio * steps), steps
     )
@@ -47,15 +50,19 @@ def run_plain_loop(cfg: DictConfig) -> dict:
         seen = 0
         start = time.perf_counter()
         for batch, _, _ in loader:
-            loss = sum(
-                loss_fn(module(b["input_ids"], b["attention_mask"], task), b["labels"])
-                for task, b in batch.items()
-            )
+            if batches is not None:
+                batches.append({task: b["idx"].tolist() for task, b in batch.items()})
+            loss = 0.0
+            for task, b in batch.items():
+                logits = module(b["input_ids"].to(device), b["attention_mask"].to(device), task)
+                loss = loss + loss_fn(logits, b["labels"].to(device))
             loss.backward()
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             seen += sum(len(b["labels"]) for b in batch.values())
+            if device.type == "cuda":
+                torch.cuda.synchronize()
         seconds.append(time.perf_counter() - start)
         examples.append(seen)
     return {"epoch_seconds": seconds, "epoch_examples": examples}

@@ -16,11 +16,19 @@ from mtl_lightning.train import train  # noqa: E402
 
 
 def test_plain_loop_trains_the_batches_lightning_trains(make_cfg):
-    """Same config, same number of examples per epoch: the plain loop does the same work."""
+    """Same config: the same examples in the same batches, epoch by epoch."""
+    from helpers import Recorder
+
     timed = "+callbacks.epoch_times._target_=run.EpochTimes"
-    train(make_cfg(timed, "data.max_train_examples=40"))
+    recorded = "+callbacks.recorder._target_=helpers.Recorder"
+    train(make_cfg(timed, recorded, "data.max_train_examples=40"))
     lightning = bench.EpochTimes.last
-    plain = run_plain_loop(make_cfg("data.max_train_examples=40", output="plain"))
+    lightning_batches = [
+        {task: b["idx"].tolist() for task, b in batch.items()} for batch in Recorder.last.batches
+    ]
+    batches: list[dict] = []
+    plain = run_plain_loop(make_cfg("data.max_train_examples=40", output="plain"), batches)
+    assert batches == lightning_batches
     assert plain["epoch_examples"] == lightning.examples
     assert len(plain["epoch_seconds"]) == len(lightning.seconds) == 2
     assert all(seconds > 0 for seconds in plain["epoch_seconds"] + lightning.seconds)

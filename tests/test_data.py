@@ -186,3 +186,15 @@ def test_max_train_examples_keeps_a_fixed_stratified_subsample(make_cfg):
         build(make_cfg("data.max_train_examples=1").data)
     with pytest.raises(ConfigError, match="data.bucket_pool=0 must be at least 1"):
         build(make_cfg("data.bucket_pool=0").data)
+
+
+def test_subsample_keeps_every_label_even_a_rare_one():
+    from mtl_lightning.data.datamodule import subsample
+
+    labels = ["common"] * 990 + ["rare"] * 10
+    texts = [f"t{i}" for i in range(1000)]
+    kept_texts, kept_labels = subsample((texts, labels), 20, seed=1)
+    assert Counter(kept_labels) == {"common": 20, "rare": 1}  # 0.2 rare rounds up to one
+    assert kept_texts == sorted(kept_texts, key=texts.index)  # the original order
+    assert subsample((texts, labels), 20, seed=1) == (kept_texts, kept_labels)
+    assert subsample((texts, labels), None, seed=1) == (texts, labels)

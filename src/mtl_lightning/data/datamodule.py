@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import bisect
 import logging
+import random
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +41,7 @@ from mtl_lightning.data.sampler import (
     TaskScheduleBatchSampler,
     TaskSequenceBatchSampler,
 )
-from mtl_lightning.data.sources import SPLITS, Source, complete_splits, stratified_split
+from mtl_lightning.data.sources import SPLITS, Source, complete_splits
 from mtl_lightning.data.token_cache import TokenCache
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.encoder import load_tokenizer
@@ -84,11 +86,20 @@ class ConcatTaskDataset(Dataset):
 def subsample(
     examples: tuple[list[str], list[str]], count: int | None, seed: int
 ) -> tuple[list[str], list[str]]:
-    """About `count` of `(texts, labels)` (rounded per label), stratified, fixed for a seed."""
+    """About `count` of `(texts, labels)`: each label's share, rounded but at least one example,
+    drawn with the label's own seeded shuffle (as `stratified_split`), in the original order."""
     texts, labels = examples
     if count is None or len(texts) <= count:
         return examples
-    return stratified_split(texts, labels, {"rest": 1 - count / len(texts)}, seed)["train"]
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for index, label in enumerate(labels):
+        by_label[label].append(index)
+    keep = []
+    for label, indices in sorted(by_label.items()):
+        random.Random(f"{seed}:{label}").shuffle(indices)
+        keep += indices[: max(1, round(len(indices) * count / len(texts)))]
+    keep.sort()
+    return [texts[i] for i in keep], [labels[i] for i in keep]
 
 
 def pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

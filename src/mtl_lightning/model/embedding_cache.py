@@ -53,7 +53,8 @@ class PrefixCache:
     When only the top layers train, everything below them is a frozen (eval mode) function of the
     tokens: its output for an example is computed once, then only the trainable layers run. States
     are kept without padding (rows where the attention mask is 1) and padded again per batch, so
-    an example's entry serves whatever batch it lands in. `layer` is the layer the states enter;
+    an example's entry serves whatever batch it lands in. Entries live in host memory (copied to
+    the batch's device when served), within `max_bytes`. `layer` is the layer the states enter;
     the module empties the cache when that changes and whenever weights are loaded.
     """
 
@@ -80,7 +81,7 @@ class PrefixCache:
         rows = [table.get(i) for i in idx.tolist()]
         if any(r is None for r in rows):
             return None
-        flat = torch.cat(rows)
+        flat = torch.cat(rows).to(attention_mask.device)
         states = flat.new_zeros(*attention_mask.shape, flat.shape[-1])
         states[attention_mask.bool()] = flat
         self.hits += len(rows)
@@ -105,6 +106,7 @@ class PrefixCache:
         if self.bytes + size > self.max_bytes:
             return False
         for i, rows in new:
-            table[i] = rows.detach().clone()  # its own storage: the batch's tensor can go
+            # Its own storage (the batch's tensor can go), in host memory: a GPU keeps its own.
+            table[i] = rows.detach().to("cpu", copy=True)
         self.bytes += size
         return True

@@ -186,19 +186,39 @@ class Encoder(nn.Module):
         afterwards, whatever happens."""
         owner, name, layers = layer_stack(self.model)
         embeddings = self.model._modules["embeddings"]
-        self.model._modules["embeddings"] = _Given(states)
-        owner._modules[name] = layers[layer:]
         try:
+            self.model._modules["embeddings"] = _Given(states)
+            owner._modules[name] = layers[layer:]
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask)
         finally:
             self.model._modules["embeddings"] = embeddings
             owner._modules[name] = layers
         return pool(hidden.last_hidden_state, attention_mask, self.pooling, self.normalize)
 
-    def supports_forward_from(self) -> bool:
-        """Whether `forward_from` can stand in for the embeddings: they must be the model's
-        `embeddings` module, the one that turns token ids into the first layer's input."""
-        return embeddings_module(self.model) is not None
+    @torch.no_grad()
+    def forward_from_matches(
+        self, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> bool:
+        """Whether `forward_from(layer, ...)` gives this encoder's own output, checked on a batch
+        in eval mode (modes are put back). False where the stack is not a plain chain: models
+        whose embeddings are not `embeddings`, that add work between layers by index (DeBERTa-v2's
+        conv after layer 0) or project the embeddings (ELECTRA-small)."""
+        if embeddings_module(self.model) is None:
+            return False
+        modes = {module: module.training for module in self.modules()}
+        self.eval()
+        try:
+            with self.capture_input(layer) as captured:
+                expected = self(input_ids, attention_mask)
+            served = self.forward_from(layer, captured[0], input_ids, attention_mask)
+            return served.shape == expected.shape and torch.allclose(
+                served, expected, rtol=1e-4, atol=1e-5
+            )
+        except Exception:  # noqa: BLE001 - any failure means: not a plain chain of layers
+            return False
+        finally:
+            for module, training in modes.items():
+                module.training = training
 
 
 class _Given(nn.Module):

@@ -148,6 +148,7 @@ class MultiTaskModule(LightningModule):
         if frozen < len(self.encoder_groups()):
             self.embedding_cache.clear()  # the encoder can change from now on
             return self._prefix_cached(batch, stage, layer=frozen - 1)
+        self.prefix_cache.clear()  # all frozen: the embedding cache serves instead
         key = (stage, batch["task"])
         embeddings = self.embedding_cache.get(key, batch["idx"])
         if embeddings is None:
@@ -160,16 +161,24 @@ class MultiTaskModule(LightningModule):
         cache, ids, mask = self.prefix_cache, batch["input_ids"], batch["attention_mask"]
         if cache.layer != layer:
             cache.clear()
-            usable = layer >= 1 and self.encoder.supports_forward_from()
-            if usable and not self.prefix_cache_refused:
-                cache.layer = layer
-                log.info(
-                    "Frozen-prefix cache: the states entering encoder layer %d are computed once "
-                    "per example; afterwards only the layers from %d up run "
-                    "(model.frozen_cache=false turns this off).",
-                    layer,
-                    layer,
-                )
+            if layer >= 1 and not self.prefix_cache_refused:
+                if self.encoder.forward_from_matches(layer, ids, mask):
+                    cache.layer = layer
+                    log.info(
+                        "Frozen-prefix cache: the states entering encoder layer %d are computed "
+                        "once per example; afterwards only the layers from %d up run "
+                        "(model.frozen_cache=false turns this off).",
+                        layer,
+                        layer,
+                    )
+                else:
+                    self.prefix_cache_refused = True
+                    log.warning(
+                        "Frozen-prefix cache off for this run: running this encoder from its "
+                        "layer %d does not reproduce its output (its layers are not a plain "
+                        "chain); the frozen layers run every step.",
+                        layer,
+                    )
         if cache.layer is None or stage == "test":  # nothing to skip, refused, or one pass
             return self.encoder(ids, mask)
         key = (stage, batch["task"])
@@ -194,7 +203,12 @@ class MultiTaskModule(LightningModule):
         if self.embedding_cache is not None:  # new weights: whatever was cached is stale
             self.embedding_cache.clear()
             self.prefix_cache.clear()
+        self._encoder_groups = None  # loading may assign new parameter objects
         return super().load_state_dict(*args, **kwargs)
+
+    def on_fit_end(self) -> None:
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()  # its memory is not needed after training
 
     def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and logits of one task's batch; logs the loss and updates the metrics."""
