@@ -153,27 +153,25 @@ def test_prefix_cache_serves_train_and_val_never_test(tiny_encoders):
 
 
 @pytest.mark.parametrize(
-    ("config", "plain_chain"),
+    ("config", "extra", "plain_chain"),
     [
-        ("BertConfig", True),
-        ("DebertaV2Config", True),  # relative attention, no conv: still a plain chain
-        ("DebertaV2Config:conv_kernel_size=3", False),  # a conv after layer 0
-        ("ElectraConfig:embedding_size=16", False),  # embeddings projected before layer 0
+        ("BertConfig", {}, True),
+        ("DebertaV2Config", {"relative_attention": True}, True),  # no conv: a plain chain
+        ("DebertaV2Config", {"conv_kernel_size": 3}, False),  # a conv after layer 0
+        ("ElectraConfig", {"embedding_size": 16}, False),  # embeddings projected before layer 0
     ],
 )
-def test_forward_from_is_used_only_where_it_reproduces_the_encoder(tmp_path, config, plain_chain):
+def test_forward_from_is_used_only_where_it_reproduces_the_encoder(
+    tmp_path, config, extra, plain_chain
+):
     import transformers
     from transformers import AutoModel
 
     from mtl_lightning.model.encoder import Encoder
 
-    name, _, extra = config.partition(":")
     settings = dict(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=2)
-    settings |= {"intermediate_size": 64, "max_position_embeddings": 64}
-    if extra:
-        key, value = extra.split("=")
-        settings[key] = int(value)
-    AutoModel.from_config(getattr(transformers, name)(**settings)).save_pretrained(tmp_path)
+    settings |= {"intermediate_size": 64, "max_position_embeddings": 64, **extra}
+    AutoModel.from_config(getattr(transformers, config)(**settings)).save_pretrained(tmp_path)
     encoder = Encoder(str(tmp_path)).train()
     ids = torch.randint(5, 100, (2, 7))
     mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3])
