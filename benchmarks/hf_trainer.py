@@ -24,7 +24,6 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from torch.utils.data import Dataset
 from transformers import (
     AutoModelForSequenceClassification,
@@ -41,6 +40,7 @@ from mtl_lightning.model.encoder import (
     load_tokenizer,
     resolve_encoder_path,
 )
+from mtl_lightning.train import build_data
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = "classification"  # TREC-6 in the default data config
@@ -71,9 +71,7 @@ def trec_splits(max_train_examples: int | None, seed: int) -> tuple[TaskDataset,
         overrides.append(f"data.max_train_examples={max_train_examples}")
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule = build_data(cfg.data)
     splits = datamodule.datasets[TASK]
     return splits["train"], splits["val"], len(datamodule.label_names[TASK])
 

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from mtl_lightning.data.sampler import EpochSeed, LengthBucketBatchSampler
+from mtl_lightning.train import build_data
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 5
@@ -37,9 +37,7 @@ def random_batches(count: int, batch_size: int, rng: random.Random) -> list[list
 def main(overrides: list[str]) -> None:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[f"paths.root_dir={ROOT}", *overrides])
-    datamodule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule = build_data(cfg.data)
     size = datamodule.batch_size
     print(f"batch size {size}, max_length {datamodule.max_length}, {EPOCHS} epochs averaged")
     print(f"{'task':<16}{'examples':>9}{'bucketed':>10}{'random':>9}")

@@ -14,12 +14,10 @@ import time
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import get_linear_schedule_with_warmup
 
-from mtl_lightning.data.datamodule import MultiTaskDataModule
-from mtl_lightning.model.module import MultiTaskModule
-from mtl_lightning.train import build
+from mtl_lightning.train import build_data, build_module
 
 
 def run_plain_loop(cfg: DictConfig, batches: list | None = None) -> dict:
@@ -27,12 +25,8 @@ def run_plain_loop(cfg: DictConfig, batches: list | None = None) -> dict:
     `batches`, if given, receives each step's example indices per task."""
     L.seed_everything(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    datamodule: MultiTaskDataModule = build(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg.pop("init_from", None)
-    module = MultiTaskModule(tasks=datamodule.label_names, **model_cfg).to(device).train()
+    datamodule = build_data(cfg.data)
+    module = build_module(cfg.model, datamodule.label_names).to(device).train()
     module.requires_grad_(True)
     loader = datamodule.train_dataloader()
     epochs = cfg.trainer.max_epochs

@@ -69,6 +69,21 @@ def build(node: DictConfig, **kwargs):
         raise
 
 
+def build_data(node: DictConfig) -> MultiTaskDataModule:
+    """The datamodule of `cfg.data`, its data fetched and tokenized (`setup("fit")`)."""
+    datamodule: MultiTaskDataModule = build(node)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def build_module(node: DictConfig, tasks: dict[str, list[str]]) -> MultiTaskModule:
+    """The model of `cfg.model` for `tasks` (weights of `model.init_from` not loaded here)."""
+    settings = OmegaConf.to_container(node, resolve=True)
+    settings.pop("init_from", None)
+    return MultiTaskModule(tasks=tasks, **settings)
+
+
 def _wandb_group() -> str | None:
     """Runs of one Hydra multirun share a W&B group: the sweep folder's name."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -112,13 +127,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
     if ckpt_path and not Path(ckpt_path).is_file():
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt file to resume.")
-    datamodule: MultiTaskDataModule = build(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg.pop("init_from", None)
-    module = MultiTaskModule(tasks=datamodule.label_names, **model_cfg)
+    datamodule = build_data(cfg.data)
+    module = build_module(cfg.model, datamodule.label_names)
     if init_from:
         load_init_weights(module, init_from)
 

@@ -13,6 +13,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -150,6 +151,11 @@ class Encoder(nn.Module):
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None
 
+    @cached_property
+    def stack(self) -> tuple[nn.Module, str, nn.ModuleList]:
+        """`layer_stack` of the model, found once: the model's structure never changes."""
+        return layer_stack(self.model)
+
     @property
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
@@ -167,7 +173,7 @@ class Encoder(nn.Module):
         def keep(module: nn.Module, args: tuple, output) -> None:
             captured.append((output[0] if isinstance(output, tuple) else output).detach())
 
-        handle = layer_stack(self.model)[2][layer - 1].register_forward_hook(keep)
+        handle = self.stack[2][layer - 1].register_forward_hook(keep)
         try:
             yield captured
         finally:
@@ -184,7 +190,7 @@ class Encoder(nn.Module):
         `layer` up run. The model runs as usual (masks, anything the stack's owner adds) with
         its embeddings answering `states` and its layer list cut to `layer:`; both are put back
         afterwards, whatever happens."""
-        owner, name, layers = layer_stack(self.model)
+        owner, name, layers = self.stack
         embeddings = self.model._modules["embeddings"]
         try:
             self.model._modules["embeddings"] = _Given(states)
