@@ -12,12 +12,28 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from mtl_lightning.config_check import check_encode_config
 from mtl_lightning.errors import ConfigError, one_line_errors
 from mtl_lightning.inference import Predictor, check_output, read_texts, write_embeddings
+
+# How the encoder's errors name training's keys, and this command's keys for the same thing.
+TRAIN_KEYS = {
+    "model.encoder.name_or_path": "encoder",
+    "model.encoder.pooling": "pooling",
+    "model.encoder.normalize": "normalize",
+    " (drop the model= override)": "",
+}
+
+
+def _own_keys(message: str) -> str:
+    for train_key, own_key in TRAIN_KEYS.items():
+        message = message.replace(train_key, own_key)
+    return message
 
 
 def encode(cfg: DictConfig) -> np.ndarray:
     """Write the embeddings of `input`'s sentences to `output`, in input order; return them."""
+    check_encode_config(cfg)
     if cfg.ckpt_path is None:
         raise ConfigError(
             "ckpt_path is missing: give ckpt_path=<run>/checkpoints/last.ckpt, or ckpt_path=none "
@@ -33,9 +49,12 @@ def encode(cfg: DictConfig) -> np.ndarray:
     output = check_output(cfg.output, (".npy", ".parquet"))
     settings = {"device": cfg.device, "batch_size": cfg.batch_size, "max_length": cfg.max_length}
     if str(cfg.ckpt_path).lower() == "none":
-        predictor = Predictor.from_encoder(
-            cfg.encoder, pooling=cfg.pooling, normalize=cfg.normalize, **settings
-        )
+        try:
+            predictor = Predictor.from_encoder(
+                cfg.encoder, pooling=cfg.pooling, normalize=cfg.normalize, **settings
+            )
+        except ConfigError as error:  # the encoder's sentences name train's keys
+            raise ConfigError(_own_keys(str(error))) from None
     else:
         predictor = Predictor.from_checkpoint(cfg.ckpt_path, **settings)
     embeddings = predictor.encode(texts)

@@ -12,12 +12,14 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from mtl_lightning.config_check import check_predict_config
 from mtl_lightning.errors import ConfigError, one_line_errors
 from mtl_lightning.inference import Predictor, check_output, read_texts, write_jsonl
 
 
 def predict(cfg: DictConfig) -> list[dict]:
     """Write `output` (or print the one `text`'s JSON line); return the predictions."""
+    check_predict_config(cfg)
     if cfg.ckpt_path is None:
         raise ConfigError("ckpt_path is missing: give ckpt_path=<run>/checkpoints/last.ckpt.")
     if (cfg.text is None) == (cfg.input is None) or (cfg.input is None) != (cfg.output is None):

@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from mtl_lightning.callbacks.freezing import FreezingSchedule
+from mtl_lightning.config_check import check_frozen_layers, check_train_config
 from mtl_lightning.data.datamodule import MultiTaskDataModule
 from mtl_lightning.embeddings import export_embeddings
 from mtl_lightning.errors import ConfigError
@@ -107,11 +108,7 @@ def _logged(trainer: L.Trainer, prefix: str = "") -> dict[str, float]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or, for `entire_network_frozen`, evaluate) and test; return the final metrics."""
-    max_epochs = cfg.trainer.get("max_epochs")
-    if max_epochs is not None and max_epochs != -1 and max_epochs < 1:
-        raise ConfigError(
-            f"trainer.max_epochs={max_epochs} must be at least 1 (or -1 for no limit)."
-        )
+    check_train_config(cfg)  # every key's type and range, before anything is built
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     init_from = cfg.model.get("init_from")
@@ -129,6 +126,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt file to resume.")
     datamodule = build_data(cfg.data)
     module = build_module(cfg.model, datamodule.label_names)
+    check_frozen_layers(freezing.keep_frozen_layers, len(module.encoder_groups()) - 1)
     if init_from:
         load_init_weights(module, init_from)
 
@@ -162,7 +160,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update(_logged(trainer))
             best = trainer.checkpoint_callback
             has_best = best is not None and bool(best.best_model_path)  # none under fast_dev_run
-            if has_best:
+            if has_best and best.best_model_score is not None:  # None: monitor=None, e.g.
+                # ~callbacks.model_checkpoint leaves last.ckpt's callback as the first one.
                 # What is returned describes the best checkpoint: its monitored score, its test.
                 metrics[best.monitor] = float(best.best_model_score)
             best_path = best.best_model_path if has_best else None  # the first ModelCheckpoint's

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from lightning import Callback, LightningModule, Trainer
 
+from mtl_lightning.config_check import check_values
 from mtl_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,15 @@ class FreezingSchedule(Callback):
     ) -> None:
         if scenario not in SCENARIOS:
             raise ConfigError(f"freezing.scenario={scenario} is unknown: use one of {SCENARIOS}.")
-        if every_n_epochs < 1:
-            raise ConfigError(f"freezing.every_n_epochs={every_n_epochs} must be at least 1.")
-        if keep_frozen_layers < 0 or head_warmup_epochs < 0:
-            raise ConfigError("freezing.keep_frozen_layers and head_warmup_epochs must be >= 0.")
+        check_values(  # the rules of conf/train.yaml's freezing node (config_check)
+            "freezing",
+            {
+                "head_warmup_epochs": head_warmup_epochs,
+                "every_n_epochs": every_n_epochs,
+                "unfreeze_embeddings": unfreeze_embeddings,
+                "keep_frozen_layers": keep_frozen_layers,
+            },
+        )
         self.scenario = scenario
         self.head = head
         self.head_warmup_epochs = head_warmup_epochs

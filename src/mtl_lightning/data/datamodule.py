@@ -34,6 +34,7 @@ from lightning import LightningDataModule
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
+from mtl_lightning.config_check import check_fractions, check_values
 from mtl_lightning.data.sampler import (
     EpochSeed,
     LengthBucketBatchSampler,
@@ -171,22 +172,22 @@ class MultiTaskDataModule(LightningDataModule):
             raise ConfigError("data.tasks is empty: give at least one task (data.tasks.<name>).")
         if sampling not in SAMPLINGS:
             raise ConfigError(f"data.sampling={sampling} is unknown: use one of {SAMPLINGS}.")
-        if temperature <= 0:
-            raise ConfigError(
-                f"data.temperature={temperature} must be above 0: use 1 for proportional "
-                "sampling, larger values for more equal task shares (default 2)."
-            )
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ConfigError("data.batch_size and data.eval_batch_size must be at least 1.")
-        if bucket_pool < 1:
-            raise ConfigError(
-                f"data.bucket_pool={bucket_pool} must be at least 1 (1 is random batching)."
-            )
-        if max_train_examples is not None and max_train_examples < 2:
-            raise ConfigError(
-                f"data.max_train_examples={max_train_examples} must be at least 2, or null for "
-                "all training examples."
-            )
+        # The rules of conf/data (mtl_lightning.config_check), for Python users too.
+        check_values(
+            "data",
+            {
+                "batch_size": batch_size,
+                "eval_batch_size": eval_batch_size,
+                "max_length": max_length,
+                "temperature": temperature,
+                "token_cache": token_cache,
+                "seed": seed,
+                "num_workers": num_workers,
+                "bucket_pool": bucket_pool,
+                "max_train_examples": max_train_examples,
+            },
+        )
+        check_fractions(val_fraction, test_fraction)
         self.sources = dict(tasks)
         self.tokenizer_name = tokenizer
         self.data_dir = Path(data_dir)

@@ -14,6 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
 
+from mtl_lightning.config_check import NO_END, check_values
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.embedding_cache import EmbeddingCache, PrefixCache
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
@@ -57,6 +58,19 @@ class MultiTaskModule(LightningModule):
         frozen_cache_max_gb: float = 4.0,
     ) -> None:
         super().__init__()
+        check_values(  # the rules of conf/model (mtl_lightning.config_check), for Python users too
+            "model",
+            {
+                "head_dropout": head_dropout,
+                "lr": lr,
+                "head_lr": head_lr,
+                "layerwise_lr_decay": layerwise_lr_decay,
+                "weight_decay": weight_decay,
+                "warmup_ratio": warmup_ratio,
+                "frozen_cache": frozen_cache,
+                "frozen_cache_max_gb": frozen_cache_max_gb,
+            },
+        )
         self.save_hyperparameters()
         # model.frozen_cache: a frozen encoder's embeddings, or the output of its frozen lower
         # layers, computed once per example and reused every epoch (see `sentence_embedding`).
@@ -342,6 +356,8 @@ class MultiTaskModule(LightningModule):
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.param_groups(), fused=True)
         steps = self.trainer.estimated_stepping_batches
+        if steps == float("inf"):  # max_epochs=-1 without max_steps: the schedule has no end
+            raise ConfigError(NO_END)  # train() says so before building anything
         scheduler = get_linear_schedule_with_warmup(
             optimizer, int(self.hparams.warmup_ratio * steps), steps
         )
