@@ -82,7 +82,7 @@ def test_unknown_scenario_and_head_are_refused(make_cfg):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("data.batch_size=0", "data.batch_size and data.eval_batch_size must be at least 1"),
+        ("data.batch_size=0", "data.batch_size=0 must be at least 1"),
         ("trainer.max_epochs=-3", r"trainer.max_epochs=-3 must be at least 1"),
         ("trainer.max_epochs=0", r"trainer.max_epochs=0 must be at least 1"),
         ("model.encoder.name_or_path=/no/such/encoder", "does not exist"),
