@@ -47,6 +47,7 @@ def compose_cfg(name: str, *overrides: str):
         (["model.layerwise_lr_decay=0"], r"^model\.layerwise_lr_decay=0 must be at least 1"),
         (["model.head_dropout=1.5"], r"^model\.head_dropout=1\.5 must be at least 0 and below 1"),
         (["model.warmup_ratio=1.5"], r"^model\.warmup_ratio=1\.5 must be between 0 and 1"),
+        (["model.encoder.pooling=avg"], r"^model\.encoder\.pooling=avg must be one of mean, cls"),
         (["model.weight_decay=-0.1"], r"^model\.weight_decay=-0\.1 must be at least 0"),
         (["+model.loss_weights.sentiment=-1"], r"^model\.loss_weights\.sentiment=-1 must be"),
         (["data.max_length=0"], r"^data\.max_length=0 must be at least 1"),

@@ -104,13 +104,22 @@ def test_unknown_experiment_is_refused_by_name(tiny_encoders, tmp_path):
     assert not (tmp_path / "logs").exists()  # no run folder was made
 
 
-def test_cli_config_error_is_one_line_and_leaves_no_run_folder(tiny_encoders, tmp_path):
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("freezing.scenario=bogus", "Error: freezing.scenario=bogus"),
+        ("trainer.devices=2", "Error: trainer.devices=2 starts 2 processes"),  # not ddp
+    ],
+)
+def test_cli_config_error_is_one_line_and_leaves_no_run_folder(
+    tiny_encoders, tmp_path, override, message
+):
     command = [
-        sys.executable, "-m", "mtl_lightning.train", "data=tiny", "freezing.scenario=bogus",
+        sys.executable, "-m", "mtl_lightning.train", "data=tiny", override,
         f"model.encoder.name_or_path={tiny_encoders['bert']}", f"hydra.run.dir={tmp_path / 'run'}",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("Error: freezing.scenario=bogus")
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()

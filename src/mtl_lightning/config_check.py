@@ -19,6 +19,7 @@ from lightning.pytorch.accelerators import AcceleratorRegistry
 from omegaconf import DictConfig, OmegaConf
 
 from mtl_lightning.errors import ConfigError
+from mtl_lightning.model.encoder import POOLINGS
 
 _ABSENT = object()
 # Lightning's estimated_stepping_batches is infinite then; `configure_optimizers` needs steps.
@@ -90,7 +91,7 @@ def _decay_fix(value: float) -> str:
     )
 
 
-def _max_epochs_ok(value: int) -> bool:
+def _limit_ok(value: int) -> bool:
     return value == -1 or value >= 1
 
 
@@ -108,7 +109,9 @@ RULES: dict[str, Rule] = {
     "freezing.keep_frozen_layers": positive_int(2, least=0),
     # conf/model/*.yaml
     "model.encoder.name_or_path": Rule(str, example="sentence-transformers/all-MiniLM-L6-v2"),
-    "model.encoder.pooling": Rule(str, example="mean"),
+    "model.encoder.pooling": Rule(
+        str, f"one of {', '.join(POOLINGS)}", POOLINGS.__contains__, "mean"
+    ),
     "model.encoder.normalize": Rule(bool, example="false"),
     "model.head_dropout": Rule(
         float, "at least 0 and below 1", lambda v: 0 <= v < 1, 0.1
@@ -149,10 +152,8 @@ RULES: dict[str, Rule] = {
     ),
     "data.max_train_examples": positive_int(1000, least=2, nullable=True),
     # conf/trainer/*.yaml (accelerator, devices and strategy: `check_trainer`)
-    "trainer.max_epochs": Rule(
-        int, "at least 1 (or -1 for no limit)", _max_epochs_ok, 3, nullable=True
-    ),
-    "trainer.max_steps": Rule(int, "at least 1 (or -1 for no limit)", _max_epochs_ok, 1000),
+    "trainer.max_epochs": Rule(int, "at least 1 (or -1 for no limit)", _limit_ok, 3, nullable=True),
+    "trainer.max_steps": Rule(int, "at least 1 (or -1 for no limit)", _limit_ok, 1000),
     "trainer.log_every_n_steps": positive_int(20),
     "trainer.num_sanity_val_steps": positive_int(0, least=-1),
     "trainer.accumulate_grad_batches": positive_int(1),
@@ -192,7 +193,7 @@ ENCODE_RULES: dict[str, Rule] = {
     **INFERENCE_RULES,
     "output": Rule(str, example="embeddings.npy", nullable=True),
     "encoder": Rule(str, example="sentence-transformers/all-MiniLM-L6-v2"),
-    "pooling": Rule(str, "one of mean, cls, max", lambda v: v in ("mean", "cls", "max"), "mean"),
+    "pooling": Rule(str, f"one of {', '.join(POOLINGS)}", POOLINGS.__contains__, "mean"),
     "normalize": Rule(bool, example="false"),
 }
 
