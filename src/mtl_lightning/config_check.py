@@ -48,8 +48,8 @@ KINDS: dict[type, tuple[Callable[[Any], bool], str]] = {
 
 @dataclass(frozen=True)
 class Rule:
-    """`key` holds a `kind` for which `ok(value)` holds (`need` says so in words), or null when
-    `nullable`; `fix` ends the sentence (default: an example value)."""
+    """What one key accepts: a value of `kind` for which `ok(value)` holds (`need` says so in
+    words), or null when `nullable`; `fix` ends the refusal (default: `example` as a value)."""
 
     kind: type
     need: str = ""
@@ -78,7 +78,7 @@ class Rule:
         return f"{key}={shown} must be {wanted}{example}."
 
 
-def positive_int(example: int, least: int = 1, **kwargs) -> Rule:
+def int_at_least(example: int, least: int = 1, **kwargs) -> Rule:
     return Rule(int, f"at least {least}", lambda v: v >= least, example, **kwargs)
 
 
@@ -98,15 +98,14 @@ def _limit_ok(value: int) -> bool:
 RULES: dict[str, Rule] = {
     # conf/train.yaml
     "seed": Rule(int, example=42),
-    "run_name": Rule(str, example="my_run"),
     "ckpt_path": Rule(str, example="<run>/checkpoints/last.ckpt", nullable=True),
     "optimized_metric": Rule(str, example="val/acc_mean"),
     "freezing.scenario": Rule(str, example="full_finetune"),
     "freezing.head": Rule(str, example="classification"),
-    "freezing.head_warmup_epochs": positive_int(1, least=0, nullable=True),
-    "freezing.every_n_epochs": positive_int(1),
+    "freezing.head_warmup_epochs": int_at_least(1, least=0, nullable=True),
+    "freezing.every_n_epochs": int_at_least(1),
     "freezing.unfreeze_embeddings": Rule(bool, example="true"),
-    "freezing.keep_frozen_layers": positive_int(2, least=0),
+    "freezing.keep_frozen_layers": int_at_least(2, least=0),
     # conf/model/*.yaml
     "model.encoder.name_or_path": Rule(str, example="sentence-transformers/all-MiniLM-L6-v2"),
     "model.encoder.pooling": Rule(
@@ -130,9 +129,9 @@ RULES: dict[str, Rule] = {
     # conf/data/*.yaml (data.tasks.* are checked by their sources)
     "data.tokenizer": Rule(str, example="sentence-transformers/all-MiniLM-L6-v2"),
     "data.data_dir": Rule(str, example="data"),
-    "data.batch_size": positive_int(32),
-    "data.eval_batch_size": positive_int(128),
-    "data.max_length": positive_int(64),  # 0 would turn truncation off
+    "data.batch_size": int_at_least(32),
+    "data.eval_batch_size": int_at_least(128),
+    "data.max_length": int_at_least(64),  # 0 would turn truncation off
     "data.sampling": Rule(str, example="joint"),
     "data.temperature": Rule(
         float,
@@ -146,17 +145,17 @@ RULES: dict[str, Rule] = {
     "data.val_fraction": Rule(float, "at least 0 and below 1", lambda v: 0 <= v < 1, 0.1),
     "data.test_fraction": Rule(float, "at least 0 and below 1", lambda v: 0 <= v < 1, 0.1),
     "data.seed": Rule(int, example=42),
-    "data.num_workers": positive_int(2, least=0),
+    "data.num_workers": int_at_least(2, least=0),
     "data.bucket_pool": Rule(
         int, "at least 1", lambda v: v >= 1, fix=lambda v: "1 is random batching"
     ),
-    "data.max_train_examples": positive_int(1000, least=2, nullable=True),
+    "data.max_train_examples": int_at_least(1000, least=2, nullable=True),
     # conf/trainer/*.yaml (accelerator, devices and strategy: `check_trainer`)
     "trainer.max_epochs": Rule(int, "at least 1 (or -1 for no limit)", _limit_ok, 3, nullable=True),
     "trainer.max_steps": Rule(int, "at least 1 (or -1 for no limit)", _limit_ok, 1000),
-    "trainer.log_every_n_steps": positive_int(20),
-    "trainer.num_sanity_val_steps": positive_int(0, least=-1),
-    "trainer.accumulate_grad_batches": positive_int(1),
+    "trainer.log_every_n_steps": int_at_least(20),
+    "trainer.num_sanity_val_steps": int_at_least(0, least=-1),
+    "trainer.accumulate_grad_batches": int_at_least(1),
     "trainer.default_root_dir": Rule(str, example="logs"),
     "trainer.use_distributed_sampler": Rule(bool, example="false"),
 }
@@ -186,8 +185,8 @@ INFERENCE_RULES: dict[str, Rule] = {
     "input": Rule(str, example="sentences.txt", nullable=True),
     "output": Rule(str, example="out.jsonl", nullable=True),
     "device": Rule(str, example="auto"),
-    "batch_size": positive_int(64),
-    "max_length": positive_int(256),  # 0 would turn truncation off
+    "batch_size": int_at_least(64),
+    "max_length": int_at_least(256),  # 0 would turn truncation off
 }
 ENCODE_RULES: dict[str, Rule] = {
     **INFERENCE_RULES,
