@@ -160,8 +160,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update(_logged(trainer))
             best = trainer.checkpoint_callback
             has_best = best is not None and bool(best.best_model_path)  # none under fast_dev_run
-            if has_best and best.best_model_score is not None:  # None: monitor=None, e.g.
-                # ~callbacks.model_checkpoint leaves last.ckpt's callback as the first one.
+            # ~callbacks.model_checkpoint leaves last.ckpt's callback first: monitor=None, no score.
+            if has_best and best.best_model_score is not None:
                 # What is returned describes the best checkpoint: its monitored score, its test.
                 metrics[best.monitor] = float(best.best_model_score)
             best_path = best.best_model_path if has_best else None  # the first ModelCheckpoint's
