@@ -169,11 +169,12 @@ class Encoder(nn.Module):
     @contextmanager
     def capture_input(self, layer: int) -> Iterator[list[torch.Tensor]]:
         """Within the block, every forward appends the hidden states entering `layer` (>= 1)
-        to the list it yields: the output of layer `layer - 1`."""
+        to the list it yields: the output of layer `layer - 1`, not detached, so that a state
+        that depends on a trainable parameter says so (`requires_grad`)."""
         captured: list[torch.Tensor] = []
 
         def keep(module: nn.Module, args: tuple, output) -> None:
-            captured.append((output[0] if isinstance(output, tuple) else output).detach())
+            captured.append(output[0] if isinstance(output, tuple) else output)
 
         handle = self.stack[2][layer - 1].register_forward_hook(keep)
         try:
@@ -202,31 +203,6 @@ class Encoder(nn.Module):
             self.model._modules["embeddings"] = embeddings
             owner._modules[name] = layers
         return pool(hidden.last_hidden_state, attention_mask, self.pooling, self.normalize)
-
-    @torch.no_grad()
-    def forward_from_matches(
-        self, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> bool:
-        """Whether `forward_from(layer, ...)` gives this encoder's own output, checked on a batch
-        in eval mode (modes are put back). False where the stack is not a plain chain: models
-        whose embeddings are not `embeddings`, that add work between layers by index (DeBERTa-v2's
-        conv after layer 0) or project the embeddings (ELECTRA-small)."""
-        if embeddings_module(self.model) is None:
-            return False
-        modes = {module: module.training for module in self.modules()}
-        self.eval()
-        try:
-            with self.capture_input(layer) as captured:
-                expected = self(input_ids, attention_mask)
-            served = self.forward_from(layer, captured[0], input_ids, attention_mask)
-            return served.shape == expected.shape and torch.allclose(
-                served, expected, rtol=1e-4, atol=1e-5
-            )
-        except Exception:  # noqa: BLE001 - any failure means: not a plain chain of layers
-            return False
-        finally:
-            for module, training in modes.items():
-                module.training = training
 
 
 class _Given(nn.Module):
