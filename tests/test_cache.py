@@ -14,7 +14,11 @@ from mtl_lightning.train import train
 RECORD = "+callbacks.recorder._target_=helpers.Recorder"
 TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=3, num_attention_heads=2)
 TINY |= {"intermediate_size": 64, "max_position_embeddings": 128}
-RELATIVE = {"relative_attention": True, "position_biased_input": False}
+RELATIVE = {
+    "relative_attention": True,
+    "position_biased_input": False,
+    "pos_att_type": ["p2c", "c2p"],
+}
 # Encoders with parameters outside their embeddings and layers that every layer uses.
 SHARED_POSITIONS = {
     "mpnet": ("MPNetConfig", {"pad_token_id": 0}),
@@ -77,7 +81,8 @@ def test_a_frozen_encoder_evaluated_again_is_served_and_other_data_is_not(make_c
     )
 
     def test(datamodule) -> dict[str, float]:
-        return trainer.test(module, datamodule=datamodule, verbose=False)[0]
+        results = trainer.test(module, datamodule=datamodule, verbose=False)
+        return {k: v for per_loader in results for k, v in per_loader.items()}  # one per task
 
     once, twice = test(first), test(first)
     served = module.frozen_cache.embeddings.hits
@@ -308,3 +313,18 @@ def test_shared_position_parameters_stay_frozen_and_the_prefix_cache_exact(
     for key in ("val/acc_mean", "test/acc_mean", "test/sentiment/f1"):
         assert with_cache[key] == pytest.approx(without[key], abs=1e-6)
     assert with_cache["freeze/prefix_cache_hits"] > 0
+
+
+def test_the_one_time_check_fails_where_serving_would(tiny_encoders, monkeypatch):
+    """The check runs what serving runs: a `get` that misplaces states in a batch padded to
+    another length (here: shifted by one token) fails it, though the captured states are right."""
+    from mtl_lightning.model.embedding_cache import PrefixCache, prefix_serving_matches
+    from mtl_lightning.model.encoder import Encoder
+
+    encoder = Encoder(tiny_encoders["bert"])
+    ids = torch.randint(1000, 2000, (2, 6))
+    mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3])
+    assert prefix_serving_matches(encoder, 1, ids, mask)
+    get = PrefixCache.get
+    monkeypatch.setattr(PrefixCache, "get", lambda *args: get(*args).roll(1, dims=1))
+    assert not prefix_serving_matches(encoder, 1, ids, mask)

@@ -49,7 +49,11 @@ def test_layer_groups_are_discovered_for_any_encoder(config):
 
 TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=2)
 TINY |= {"intermediate_size": 64, "max_position_embeddings": 64}
-RELATIVE = {"relative_attention": True, "position_biased_input": False}
+RELATIVE = {
+    "relative_attention": True,
+    "position_biased_input": False,
+    "pos_att_type": ["p2c", "c2p"],
+}
 
 
 @pytest.mark.parametrize(
