@@ -47,6 +47,56 @@ def test_layer_groups_are_discovered_for_any_encoder(config):
     assert any(p is model.get_input_embeddings().weight for p in groups[0].params)
 
 
+TINY = dict(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=2)
+TINY |= {"intermediate_size": 64, "max_position_embeddings": 64}
+RELATIVE = {
+    "relative_attention": True,
+    "position_biased_input": False,
+    "pos_att_type": ["p2c", "c2p"],
+}
+
+
+@pytest.mark.parametrize(
+    ("config", "extra", "expected"),
+    [
+        ("MPNetConfig", {}, {"encoder.relative_attention_bias.weight": "embeddings"}),
+        ("DebertaV2Config", RELATIVE, {"encoder.rel_embeddings.weight": "layer_0"}),
+        (
+            "DebertaV2Config",
+            RELATIVE | {"norm_rel_ebd": "layer_norm"},  # normed before layer 0 runs
+            {"encoder.rel_embeddings.weight": "embeddings", "encoder.LayerNorm.bias": "embeddings"},
+        ),
+        ("DebertaV2Config", {"conv_kernel_size": 3}, {"encoder.conv.conv.weight": "layer_0"}),
+        ("ElectraConfig", {"embedding_size": 16}, {"embeddings_project.weight": "embeddings"}),
+        (
+            "AlbertConfig",
+            {"embedding_size": 16},
+            {"encoder.embedding_hidden_mapping_in.weight": "embeddings"},
+        ),
+        ("ModernBertConfig", {"pad_token_id": 0}, {"final_norm.weight": "layer_2"}),  # runs last
+    ],
+)
+def test_parameters_outside_the_layers_join_the_lowest_group_that_uses_them(
+    config, extra, expected
+):
+    import transformers
+
+    model = AutoModel.from_config(getattr(transformers, config)(**TINY, **extra))
+    training = {name: m.training for name, m in model.named_modules()}
+    state = torch.get_rng_state()
+    groups = layer_groups(model)
+    assert torch.equal(torch.get_rng_state(), state)  # the probe pass draws no random numbers
+    assert {name: m.training for name, m in model.named_modules()} == training
+    group_of = {id(p): g.name for g in groups for p in g.params}
+    assert len(group_of) == sum(len(g.params) for g in groups) == len(list(model.parameters()))
+    parameters = dict(model.named_parameters())
+    assert {name: group_of[id(parameters[name])] for name in expected} == expected
+    # The module holding such a parameter switches train/eval mode with its group.
+    for name, group in expected.items():
+        owner = model.get_submodule(name.rsplit(".", 1)[0])
+        assert any(owner is m for g in groups if g.name == group for m in g.modules)
+
+
 def test_missing_local_encoder_fails_in_one_sentence(tmp_path):
     with pytest.raises(ConfigError, match="model.encoder.name_or_path=.*does not exist"):
         resolve_encoder_path(str(tmp_path / "nope"))

@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from mtl_lightning.errors import ConfigError
@@ -167,11 +169,12 @@ class Encoder(nn.Module):
     @contextmanager
     def capture_input(self, layer: int) -> Iterator[list[torch.Tensor]]:
         """Within the block, every forward appends the hidden states entering `layer` (>= 1)
-        to the list it yields: the output of layer `layer - 1`."""
+        to the list it yields: the output of layer `layer - 1`, not detached, so that a state
+        that depends on a trainable parameter says so (`requires_grad`)."""
         captured: list[torch.Tensor] = []
 
         def keep(module: nn.Module, args: tuple, output) -> None:
-            captured.append((output[0] if isinstance(output, tuple) else output).detach())
+            captured.append(output[0] if isinstance(output, tuple) else output)
 
         handle = self.stack[2][layer - 1].register_forward_hook(keep)
         try:
@@ -200,31 +203,6 @@ class Encoder(nn.Module):
             self.model._modules["embeddings"] = embeddings
             owner._modules[name] = layers
         return pool(hidden.last_hidden_state, attention_mask, self.pooling, self.normalize)
-
-    @torch.no_grad()
-    def forward_from_matches(
-        self, layer: int, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> bool:
-        """Whether `forward_from(layer, ...)` gives this encoder's own output, checked on a batch
-        in eval mode (modes are put back). False where the stack is not a plain chain: models
-        whose embeddings are not `embeddings`, that add work between layers by index (DeBERTa-v2's
-        conv after layer 0) or project the embeddings (ELECTRA-small)."""
-        if embeddings_module(self.model) is None:
-            return False
-        modes = {module: module.training for module in self.modules()}
-        self.eval()
-        try:
-            with self.capture_input(layer) as captured:
-                expected = self(input_ids, attention_mask)
-            served = self.forward_from(layer, captured[0], input_ids, attention_mask)
-            return served.shape == expected.shape and torch.allclose(
-                served, expected, rtol=1e-4, atol=1e-5
-            )
-        except Exception:  # noqa: BLE001 - any failure means: not a plain chain of layers
-            return False
-        finally:
-            for module, training in modes.items():
-                module.training = training
 
 
 class _Given(nn.Module):
@@ -283,8 +261,11 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
     """Split any HF encoder into layer groups, bottom to top: embeddings, layer 0, ..., layer L-1.
 
     The layers are `layer_stack`'s; the embeddings are the module holding the input embeddings.
-    Parameters in neither (e.g. a final LayerNorm) sit above the last layer, so they join the
-    top group.
+    A parameter in neither (MPNet's relative attention bias, DeBERTa's relative embeddings,
+    ELECTRA's embedding projection, a final LayerNorm) joins the lowest group that uses it, seen
+    in one small forward pass: used before layer 0, it joins the embeddings; first used in or
+    after layer k (and before layer k + 1), layer k. So "frozen below layer k" holds for every
+    architecture. Parameters the pass never uses join the top group.
     """
     layers = layer_stack(model)[2]
     embeddings = embeddings_module(model) or model.get_input_embeddings()
@@ -294,5 +275,66 @@ def layer_groups(model: nn.Module) -> list[LayerGroup]:
         for i, block in enumerate(layers)
     ]
     grouped = {id(p) for group in groups for p in group.params}
-    groups[-1].params += [p for p in model.parameters() if id(p) not in grouped]
+    loose = {id(p): p for p in model.parameters() if id(p) not in grouped}
+    if not loose:
+        return groups
+    first_layer = _first_layer_using(model, layers, loose)
+    group_of = {key: first_layer.get(key, len(layers) - 1) + 1 for key in loose}
+    for key, param in loose.items():
+        groups[group_of[key]].params.append(param)
+    # A module all of whose parameters are loose and in one group (an nn.Embedding, a Linear)
+    # switches train/eval mode with that group.
+    for module in model.modules():
+        owners = {group_of.get(id(p)) for p in module.parameters()}
+        if len(owners) == 1 and None not in owners:
+            groups[owners.pop()].modules.append(module)
     return groups
+
+
+class _FirstUse(TorchFunctionMode):
+    """Records, for each watched parameter, `position` when a torch op first takes it."""
+
+    def __init__(self, watched: dict[int, nn.Parameter]) -> None:
+        super().__init__()
+        self.watched = watched
+        self.position = -1  # the index of the latest block to start; -1: before layer 0
+        self.first: dict[int, int] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        for value in tree_leaves((args, kwargs)):
+            if isinstance(value, torch.Tensor) and id(value) in self.watched:
+                self.first.setdefault(id(value), self.position)
+        return func(*args, **kwargs)
+
+
+@torch.no_grad()
+def _first_layer_using(
+    model: nn.Module, layers: nn.ModuleList, watched: dict[int, nn.Parameter]
+) -> dict[int, int]:
+    """For each watched parameter the pass uses: the index of the block that had last started
+    when an op first took it (-1: before layer 0). One forward of four tokens, in eval mode
+    (no dropout, so no random numbers drawn); modes are put back."""
+    probe = _FirstUse(watched)
+
+    def starts(index: int):
+        def hook(module: nn.Module, args) -> None:
+            probe.position = index
+
+        return hook
+
+    handles = [block.register_forward_pre_hook(starts(i)) for i, block in enumerate(layers)]
+    modes = {module: module.training for module in model.modules()}
+    vocab = model.get_input_embeddings().num_embeddings
+    device = next(model.parameters()).device
+    input_ids = ((torch.arange(4, device=device) + 1) % vocab).unsqueeze(0)
+    model.eval()
+    try:
+        with probe:
+            model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+    return probe.first

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, get_linear_sche
 
 from mtl_lightning.config_check import NO_END, check_values
 from mtl_lightning.errors import ConfigError
-from mtl_lightning.model.embedding_cache import EmbeddingCache, PrefixCache
+from mtl_lightning.model.embedding_cache import FrozenCache
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
 from mtl_lightning.model.heads import ClassificationHead
 
@@ -74,9 +74,7 @@ class MultiTaskModule(LightningModule):
         self.save_hyperparameters()
         # model.frozen_cache: a frozen encoder's embeddings, or the output of its frozen lower
         # layers, computed once per example and reused every epoch (see `sentence_embedding`).
-        self.embedding_cache = EmbeddingCache() if frozen_cache else None
-        self.prefix_cache = PrefixCache(int(frozen_cache_max_gb * 2**30)) if frozen_cache else None
-        self.prefix_cache_refused = False  # the data did not fit model.frozen_cache_max_gb
+        self.frozen_cache = FrozenCache(frozen_cache_max_gb) if frozen_cache else None
         encoder_settings = dict(encoder or {"name_or_path": PACKAGED_MINILM})
         self.encoder = Encoder(**encoder_settings, config=encoder_config)
         self.heads = nn.ModuleDict(
@@ -148,81 +146,23 @@ class MultiTaskModule(LightningModule):
         return count
 
     def sentence_embedding(self, batch: dict, stage: str) -> torch.Tensor:
-        """The encoder's output for a batch, computing only what is not frozen (model.frozen_cache).
-
-        A wholly frozen encoder: embeddings come from `embedding_cache` after the first time.
-        Only the top layers train (at least one layer below them frozen): the states entering
-        the lowest trainable layer come from `prefix_cache`, and only the trainable layers run.
-        Both are exact, so results match `model.frozen_cache=false` within float tolerance.
-        """
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        if self.embedding_cache is None:
-            return self.encoder(ids, mask)
-        frozen = self.frozen_groups()
-        if frozen < len(self.encoder_groups()):
-            self.embedding_cache.clear()  # the encoder can change from now on
-            return self._prefix_cached(batch, stage, layer=frozen - 1)
-        self.prefix_cache.clear()  # all frozen: the embedding cache serves instead
-        key = (stage, batch["task"])
-        embeddings = self.embedding_cache.get(key, batch["idx"])
-        if embeddings is None:
-            embeddings = self.encoder(ids, mask)
-            self.embedding_cache.put(key, batch["idx"], embeddings)
-        return embeddings
-
-    def _prefix_cached(self, batch: dict, stage: str, layer: int) -> torch.Tensor:
-        """The embedding with layers below `layer` (all frozen) served from `prefix_cache`."""
-        cache, ids, mask = self.prefix_cache, batch["input_ids"], batch["attention_mask"]
-        if cache.layer != layer:
-            cache.clear()
-            if layer >= 1 and not self.prefix_cache_refused:
-                if self.encoder.forward_from_matches(layer, ids, mask):
-                    cache.layer = layer
-                    log.info(
-                        "Frozen-prefix cache: the states entering encoder layer %d are computed "
-                        "once per example; afterwards only the layers from %d up run "
-                        "(model.frozen_cache=false turns this off).",
-                        layer,
-                        layer,
-                    )
-                else:
-                    self.prefix_cache_refused = True
-                    log.warning(
-                        "Frozen-prefix cache off for this run: running this encoder from its "
-                        "layer %d does not reproduce its output (its layers are not a plain "
-                        "chain); the frozen layers run every step.",
-                        layer,
-                    )
-        if cache.layer is None or stage == "test":  # nothing to skip, refused, or one pass
-            return self.encoder(ids, mask)
-        key = (stage, batch["task"])
-        states = cache.get(key, batch["idx"], mask)
-        if states is not None:
-            return self.encoder.forward_from(layer, states, ids, mask)
-        with self.encoder.capture_input(layer) as captured:
-            embeddings = self.encoder(ids, mask)
-        if not cache.put(key, batch["idx"], captured[0], mask):
-            log.warning(
-                "Frozen-prefix cache off for this run: the states entering layer %d of the data "
-                "need more than model.frozen_cache_max_gb=%s GB; the frozen layers run every "
-                "step (raise model.frozen_cache_max_gb to cache them).",
-                layer,
-                self.hparams.frozen_cache_max_gb,
-            )
-            cache.clear()
-            self.prefix_cache_refused = True
-        return embeddings
+        """The encoder's output for a batch, computing only what is not frozen (model.frozen_cache,
+        see `FrozenCache`)."""
+        if self.frozen_cache is None:
+            return self.encoder(batch["input_ids"], batch["attention_mask"])
+        return self.frozen_cache.sentence_embedding(
+            self.encoder, self.frozen_groups(), len(self.encoder_groups()), batch, stage
+        )
 
     def load_state_dict(self, *args, **kwargs):
-        if self.embedding_cache is not None:  # new weights: whatever was cached is stale
-            self.embedding_cache.clear()
-            self.prefix_cache.clear()
+        if self.frozen_cache is not None:  # new weights: whatever was cached is stale
+            self.frozen_cache.clear()
         self._encoder_groups = None  # loading may assign new parameter objects
         return super().load_state_dict(*args, **kwargs)
 
     def on_fit_end(self) -> None:
-        if self.prefix_cache is not None:
-            self.prefix_cache.clear()  # its memory is not needed after training
+        if self.frozen_cache is not None:
+            self.frozen_cache.prefix.clear()  # its memory is not needed after training
 
     def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and logits of one task's batch; logs the loss and updates the metrics."""
@@ -297,13 +237,9 @@ class MultiTaskModule(LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # Visible in the logs: what the frozen encoder, or its frozen layers, did not recompute.
-        if self.embedding_cache is not None and len(self.embedding_cache):
-            self.log("freeze/cached_embeddings", float(len(self.embedding_cache)))
-            self.log("freeze/cache_hits", float(self.embedding_cache.hits))
-        if self.prefix_cache is not None and len(self.prefix_cache):
-            self.log("freeze/prefix_cached_examples", float(len(self.prefix_cache)))
-            self.log("freeze/prefix_cache_mb", self.prefix_cache.bytes / 2**20)
-            self.log("freeze/prefix_cache_hits", float(self.prefix_cache.hits))
+        if self.frozen_cache is not None:
+            for name, value in self.frozen_cache.totals().items():
+                self.log(name, value)
 
     def on_validation_epoch_end(self) -> None:
         self._log_acc_mean("val")
