@@ -36,10 +36,8 @@ class TestPredictions(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         rows = self.rows[batch["task"]]
-        triples = zip(
-            batch["idx"].tolist(), outputs["labels"].tolist(), outputs["preds"].tolist(), strict=True
-        )
-        for index, label, pred in triples:
+        columns = (batch["idx"], outputs["labels"], outputs["preds"])
+        for index, label, pred in zip(*(c.tolist() for c in columns), strict=True):
             rows[index] = (label, pred)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
