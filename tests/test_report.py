@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -119,6 +120,14 @@ def test_report_reference_is_configurable(tmp_path):
     assert "vs_reference" not in numbers["deltas"]["only_head_frozen"]["classification"]
     with pytest.raises(SystemExit, match=r"^Error: --reference gradual is not a scenario of"):
         main([str(sweep), "--reference", "gradual"])
+    # Without full_finetune (any multirun's folder) and no --reference: baselines only.
+    for folder in ("0_full_finetune", "1_full_finetune"):
+        shutil.rmtree(sweep / folder)
+    text = write_report(sweep).read_text()
+    numbers = json.loads((sweep / "report.json").read_text())
+    assert numbers["reference"] is None
+    assert set(numbers["deltas"]["only_head_frozen"]["sentiment"]) == {"vs_single_task"}
+    assert "| scenario | Δ acc vs single_task | Δ F1 vs single_task |" in text
 
 
 def test_report_of_a_study_at_two_training_set_sizes(tmp_path):

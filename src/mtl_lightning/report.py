@@ -243,12 +243,15 @@ def _delta(pairs: list[tuple[int, stats.Replicates, stats.Replicates]]) -> dict 
 def study(
     runs: Sequence[Run],
     tasks: Sequence[str],
-    reference: str = REFERENCE,
+    reference: str | None = REFERENCE,
     samples: int = stats.BOOTSTRAP_SAMPLES,
 ) -> dict:
     """The numbers of report.json: per training-set size, per scenario and task, test accuracy
     and macro-F1 over seeds; the single-task baselines; and the paired differences of every
-    scenario from the baseline and from `reference`. The top level repeats the largest size."""
+    scenario from the baseline and from `reference` (None: none). The top level repeats the
+    largest size."""
+    if reference not in {run.label for run in runs}:
+        reference = None
     sizes = sorted({run.size_label for run in runs}, key=_size_order)
     notes: list[str] = []
     by_size = {}
@@ -294,7 +297,7 @@ def study(
             for label in sorted(labels - {BASELINE}):
                 entry = {}
                 for name, other in (("vs_single_task", BASELINE), ("vs_reference", reference)):
-                    if other == label:
+                    if other is None or other == label:
                         continue
                     pairs = [
                         (seed, replicates[(label, seed)], replicates[(other, seed)])
@@ -305,10 +308,12 @@ def study(
                 deltas.setdefault(label, {})[task] = entry
         by_size[size] = {"scenarios": scenarios, "baselines": baselines, "deltas": deltas}
     largest = by_size[sizes[-1]]
+    seconds = [run.train_seconds for run in runs if run.train_seconds is not None]
     return {
         "test": stats.TEST_NAME,
         "bootstrap_samples": samples,
         "reference": reference,
+        "train_seconds_total": sum(seconds),
         "seeds": sorted({run.seed for run in runs}, key=_seed_order),
         "sizes": sizes,
         "size": sizes[-1],
@@ -372,6 +377,7 @@ def _size_title(size: str) -> str:
 def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
     """The study's sections of report.md: spread over seeds, then paired differences."""
     reference = numbers["reference"]
+    versus = [BASELINE] + ([reference] if reference else [])
     lines = [
         "## Test accuracy and macro-F1 over seeds",
         "",
@@ -403,8 +409,10 @@ def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
         "",
         "## Differences from the single-task baseline and from the reference",
         "",
-        f"Scenario minus `{BASELINE}`, and minus the reference `{reference}`: the mean over "
-        "seeds of the difference in test accuracy (macro-F1), [its 95% interval] and the "
+        f"Scenario minus `{BASELINE}`, and minus the reference "
+        + (f"`{reference}`" if reference else "(none: give `--reference <scenario>`)")
+        + ": the mean over seeds of the difference in test accuracy (macro-F1), [its 95% "
+        "interval] and the "
         f"two-sided p-value of a {numbers['test']} ({numbers['bootstrap_samples']:,} resamples; "
         "runs of one seed and size share their test split, so each difference is paired on the "
         "same examples). ≈ marks a difference within noise: p ≥ 0.05, its interval holds 0. The "
@@ -419,23 +427,17 @@ def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
                 entry = by_task.get(task)
                 if not entry:
                     continue
-                single, ref = entry.get("vs_single_task"), entry.get("vs_reference")
+                found = [entry.get("vs_single_task"), entry.get("vs_reference")][: len(versus)]
                 rows.append(
                     [label]
-                    + [_difference(d and d["acc"]) for d in (single, ref)]
-                    + [_difference(d and d["f1"]) for d in (single, ref)]
+                    + [_difference(d and d["acc"]) for d in found]
+                    + [_difference(d and d["f1"]) for d in found]
                 )
             if not rows:
                 continue
             lines += ["", f"### `{task}`, {_size_title(size)}", ""]
-            header = [
-                "scenario",
-                f"Δ acc vs {BASELINE}",
-                f"Δ acc vs {reference}",
-                f"Δ F1 vs {BASELINE}",
-                f"Δ F1 vs {reference}",
-            ]
-            lines += _table(header, rows)
+            header = [f"Δ {metric} vs {other}" for metric in ("acc", "F1") for other in versus]
+            lines += _table(["scenario", *header], rows)
     if numbers["notes"]:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in numbers["notes"]]
     return lines
@@ -457,8 +459,9 @@ def markdown_report(
         "# Scenario study",
         "",
         f"{len(runs)} runs ({baselines} of them single-task baselines): seeds {seeds}; "
-        f"training examples per task: {sizes}. Test values are of the best checkpoint by "
-        "`val/acc_mean` (entire_network_frozen: of the model as loaded).",
+        f"training examples per task: {sizes}; {numbers['train_seconds_total']:.0f} s of "
+        "training in all. Test values are of the best checkpoint by `val/acc_mean` "
+        "(entire_network_frozen: of the model as loaded).",
         "",
     ]
     lines += study_markdown(numbers, tasks)
@@ -660,17 +663,19 @@ def plot_accuracy_vs_examples(runs: Sequence[Run], task: str) -> Figure:
     return figure
 
 
-def write_report(sweep_dir: str | Path, reference: str = REFERENCE) -> Path:
+def write_report(sweep_dir: str | Path, reference: str | None = None) -> Path:
     """Write `report.md`, `report.json` and the PNG plots into the sweep folder; return the
-    report's path. `reference`: the scenario every other one is also compared with."""
+    report's path. `reference`: the scenario every other one is also compared with (None:
+    full_finetune where the sweep has it)."""
     sweep = Path(sweep_dir).expanduser()
     runs = load_runs(sweep)
     tasks = task_names(runs)
     labels = {run.label for run in runs}
-    if reference not in labels:
+    if reference is not None and reference not in labels:
         raise ConfigError(
             f"--reference {reference} is not a scenario of {sweep}: use one of {sorted(labels)}."
         )
+    reference = reference or REFERENCE
     numbers = study(runs, tasks, reference)
     figures = {f"val_acc_{task}.png": plot_val_curves(runs, task) for task in tasks}
     figures[TIME_PLOT] = plot_time_vs_accuracy(runs)
@@ -695,9 +700,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("sweep_dir", help="a multirun's sweep folder, e.g. logs/compare/<time>")
     parser.add_argument(
         "--reference",
-        default=REFERENCE,
+        default=None,
         help=f"the scenario every other one is compared with, besides the single-task baselines "
-        f"(default {REFERENCE})",
+        f"(default {REFERENCE}, where the sweep has it)",
     )
     args = parser.parse_args(argv)
     print(f"Wrote {write_report(args.sweep_dir, args.reference)}")
