@@ -634,6 +634,7 @@ def plot_accuracy_vs_examples(runs: Sequence[Run], task: str) -> Figure:
     figure = _figure()
     axes = figure.add_subplot()
     sizes = sorted({run.size_label for run in runs}, key=_size_order)
+    ticks: set[float] = set()
     for index, label in enumerate(_labels(runs)):
         xs, ys, errors = [], [], []
         for size in sizes:
@@ -652,7 +653,11 @@ def plot_accuracy_vs_examples(runs: Sequence[Run], task: str) -> Figure:
             axes.errorbar(
                 xs, ys, yerr=errors, marker="o", capsize=3, label=label, color=_color(index)
             )
+            ticks.update(xs)
     axes.set_xscale("log")
+    # Ticks at the sizes trained, not at powers of ten.
+    axes.set_xticks(sorted(ticks), [f"{x:,.0f}" for x in sorted(ticks)])
+    axes.minorticks_off()
     axes.set(
         title=f"{task}: test accuracy against training examples",
         xlabel="training examples of the task",
