@@ -133,8 +133,8 @@ def test_sigterm_exits_non_zero_and_leaves_a_resumable_checkpoint(tiny_encoders,
     assert result.returncode == 143, result.stderr[-3000:]
     last = run / "checkpoints" / "last.ckpt"
     assert result.stderr.strip().splitlines()[-1] == (
-        "Stopped: Training was stopped by SIGTERM at epoch 0, step 3 (saved "
-        f"{last}): resume with ckpt_path={last}."
+        "Stopped: Training was stopped by SIGTERM at epoch 0, step 3, and saved "
+        f"{last}: resume with ckpt_path={last}."
     )
     assert not (run / "summary.json").exists()
     assert read_checkpoint(last, "ckpt_path")["global_step"] == 3

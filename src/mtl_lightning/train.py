@@ -189,18 +189,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     written[0].parent,
                 )
         else:
-            try:
-                trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-            except SIGTERMException:
-                saved = [
-                    c.ckpt_path for c in callbacks if isinstance(c, SigtermCheckpoint) and c.saved
-                ]
-                where = f"saved {saved[0]}" if saved else "no checkpoint was saved"
-                raise RunStopped(
-                    f"Training was stopped by SIGTERM at epoch {trainer.current_epoch}, step "
-                    f"{trainer.global_step} ({where}): resume with "
-                    f"ckpt_path={saved[0] if saved else '<run>/checkpoints/last.ckpt'}."
-                ) from None
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             train_seconds = fit_seconds(trainer)
             metrics.update(_logged(trainer))
             best = trainer.checkpoint_callback
@@ -210,6 +199,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 metrics[best.monitor] = float(best.best_model_score)
             best_path = best.best_model_path if has_best else None  # the first ModelCheckpoint's
             trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
+    except SIGTERMException:  # Lightning's: a SystemExit with code 0, which reads as success
+        saved = [c.ckpt_path for c in callbacks if isinstance(c, SigtermCheckpoint) and c.saved]
+        then = (
+            f"and saved {saved[0]}: resume with ckpt_path={saved[0]}"
+            if saved
+            else "with no checkpoint written at the stop: rerun it, or resume from its last.ckpt"
+        )
+        raise RunStopped(
+            f"Training was stopped by SIGTERM at epoch {trainer.current_epoch}, step "
+            f"{trainer.global_step}, {then}."
+        ) from None
     finally:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
