@@ -151,3 +151,22 @@ def test_the_best_checkpoint_holds_weights_only_and_last_the_optimizer(make_cfg,
     assert prediction["sentiment"]["label"] in ("negative", "positive")
     for name, tensor in best_checkpoint["state_dict"].items():
         torch.testing.assert_close(tensor, last_checkpoint["state_dict"][name], msg=name)
+
+
+def test_an_interrupted_write_keeps_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
+    writer, target = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    writer.save_checkpoint({"step": torch.tensor(1)}, target)
+    before = target.read_bytes()
+    real_save = torch.save
+
+    def interrupted(obj, file, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        file.write(buffer.getvalue()[: buffer.tell() // 2])
+        raise KeyboardInterrupt  # Ctrl-C, or a scheduler's signal, in the middle of the write
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        writer.save_checkpoint({"step": torch.tensor(2)}, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
