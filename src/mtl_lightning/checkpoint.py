@@ -46,10 +46,12 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
         raise ConfigError(
             f"{key}={path} is not a readable checkpoint of this project (not a torch file): {HINT}."
         ) from None
+    except MemoryError:
+        raise
     except Exception as error:  # empty: EOFError, truncated: RuntimeError, text: KeyError, ...
         raise ConfigError(
-            f"{key}={path} is not a readable checkpoint of this project (truncated or corrupt, "
-            f"{type(error).__name__}): {HINT}."
+            f"{key}={path} is not a readable checkpoint of this project (truncated, corrupt or "
+            f"unreadable: {type(error).__name__}): {HINT}."
         ) from None
     hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     if not (
