@@ -10,28 +10,23 @@ import torch
 from conftest import EXPERIMENTS
 from helpers import Recorder
 
+from mtl_lightning.callbacks.freezing import SCENARIOS
 from mtl_lightning.train import train
 
 RECORDER = "+callbacks.recorder._target_=helpers.Recorder"
 
 
+# experiment=single_task is the study baseline: one task fine-tuned alone (test_single_task.py).
+SCENARIO_EXPERIMENTS = [name for name in EXPERIMENTS if name != "single_task"]
+
+
 def test_all_five_scenarios_are_configured():
-    assert (
-        sorted(
-            [
-                "entire_network_frozen",
-                "full_finetune",
-                "gradual_unfreeze",
-                "only_head_frozen",
-                "only_transformer_frozen",
-            ]
-        )
-        == EXPERIMENTS
-    )
+    assert sorted(SCENARIOS) == SCENARIO_EXPERIMENTS
+    assert set(EXPERIMENTS) == {*SCENARIOS, "single_task"}
 
 
 @pytest.mark.parametrize("encoder", ["bert", "distilbert"])
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", SCENARIO_EXPERIMENTS)
 def test_experiment_runs_end_to_end(make_cfg, tmp_path, experiment, encoder):
     cfg = make_cfg(f"experiment={experiment}", "trainer.max_epochs=2", encoder=encoder)
     metrics = train(cfg)
