@@ -43,6 +43,8 @@ def write_summary(
         "test_seconds": timer.time_elapsed("test") if timer else None,
         "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in module.parameters()),
+        # Examples per task and split, for the exported model card.
+        "examples": _examples(trainer),
         # NaN is not JSON: a metric that never got a value is null.
         "metrics": {k: None if math.isnan(v) else v for k, v in sorted(metrics.items())},
     }
@@ -50,6 +52,14 @@ def write_summary(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def _examples(trainer: L.Trainer) -> dict[str, dict[str, int]]:
+    datasets = getattr(getattr(trainer, "datamodule", None), "datasets", None) or {}
+    return {
+        task: {split: len(data) for split, data in splits.items()}
+        for task, splits in datasets.items()
+    }
 
 
 def read_summary(run_dir: Path) -> dict:
