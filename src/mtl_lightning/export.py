@@ -143,11 +143,16 @@ def read_run(ckpt_path: Path) -> dict:
     return record
 
 
-def _schedule_rows(freezing: dict, config: dict, module: MultiTaskModule) -> list[str]:
-    """The freezing schedule, epoch by epoch, as the run's own `FreezingSchedule.plan` sees it."""
-    settings = {k: v for k, v in freezing.items() if not k.startswith("_")}
-    if settings.get("head_warmup_epochs") is None:  # as train.py resolves it
+def _freezing_settings(config: dict) -> dict:
+    """The run's `freezing` arguments, `head_warmup_epochs` resolved as train.py resolves it."""
+    settings = {k: v for k, v in (config.get("freezing") or {}).items() if not k.startswith("_")}
+    if settings and settings.get("head_warmup_epochs") is None:
         settings["head_warmup_epochs"] = 0 if (config.get("model") or {}).get("init_from") else 1
+    return settings
+
+
+def _schedule_rows(settings: dict, config: dict, module: MultiTaskModule) -> list[str]:
+    """The freezing schedule, epoch by epoch, as the run's own `FreezingSchedule.plan` sees it."""
     schedule = FreezingSchedule(**settings)
     groups = len(layer_groups(module.encoder.model))
     epochs = (config.get("trainer") or {}).get("max_epochs")
@@ -176,8 +181,9 @@ def model_card(
     summary = run["summary"]
     metrics = summary.get("metrics") or {}
     examples = summary.get("examples") or {}
-    freezing = config.get("freezing") or {}
+    freezing = _freezing_settings(config)
     scenario = freezing.get("scenario", "not recorded")
+    task = next(iter(module.tasks))  # the one shown in the usage example
     is_hub_id = not Path(base).expanduser().exists() and base.count("/") <= 1
     front = {
         "library_name": "sentence-transformers",
@@ -217,7 +223,7 @@ def model_card(
         lines += ["", "Data sizes: not recorded (the run has no summary.json with `examples`)."]
     lines += ["", "## Freezing", "", f"Scenario: `{scenario}`."]
     if freezing:
-        options = {k: v for k, v in freezing.items() if k not in ("_target_", "scenario")}
+        options = {k: v for k, v in freezing.items() if k != "scenario"}
         lines.append(
             "Settings: " + ", ".join(f"`freezing.{k}={v}`" for k, v in options.items()) + "."
         )
@@ -252,10 +258,9 @@ def model_card(
         "# The heads without mtl-lightning: logits = embedding @ weight.T + bias",
         "from safetensors.numpy import load_file",
         "",
-        f'heads = load_file("<this folder>/{HEADS_WEIGHTS}")',
-        f"task = next(iter(heads)).split('.')[0]  # label names: {HEADS_CONFIG}",
-        'logits = embeddings @ heads[f"{task}.classifier.weight"].T + '
-        'heads[f"{task}.classifier.bias"]',
+        f'heads = load_file("<this folder>/{HEADS_WEIGHTS}")  # label names: {HEADS_CONFIG}',
+        f'weight, bias = heads["{task}.classifier.weight"], heads["{task}.classifier.bias"]',
+        "logits = embeddings @ weight.T + bias",
         "```",
         "",
         "`AutoModel.from_pretrained(<this folder>)` loads the encoder; pool its "
@@ -310,8 +315,11 @@ def export_checkpoint(
         pooling=module.encoder.pooling,
         normalize=module.encoder.normalize,
         max_seq_length=predictor.max_length,
+        # sentence-transformers' own keys for the versions that wrote the folder.
         versions={
-            k: v for k, v in versions().items() if k in ("sentence-transformers", "transformers")
+            k.replace("-", "_"): v
+            for k, v in versions().items()
+            if k in ("sentence-transformers", "transformers")
         }
         | {"pytorch": torch.__version__},
     )
