@@ -219,6 +219,9 @@ def test_a_sentence_transformers_folder_round_trips(
     np.testing.assert_allclose(embeddings, predictor.encode(TEXTS), atol=1e-5)
     if normalize:
         np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    card = (output / "README.md").read_text()  # a run of train(cfg): its CSV logger's config
+    assert f"pooling: {pooling}; normalised: {'yes' if normalize else 'no'}" in card
+    assert "Scenario: `full_finetune`" in card and "Not recorded: the run was not started" in card
 
 
 def test_settings_given_win_over_the_folders(st_encoder):
@@ -244,3 +247,10 @@ def test_the_packaged_minilm_is_read_as_a_sentence_transformers_folder():
     encoder = Encoder(PACKAGED_MINILM)
     assert (encoder.pooling, encoder.normalize) == ("mean", True)  # its 1_Pooling, 2_Normalize
     assert load_tokenizer(PACKAGED_MINILM).model_max_length == 256  # its max_seq_length
+
+
+def test_data_max_length_above_the_folders_max_seq_length_is_refused(make_cfg, st_encoder):
+    folder = st_encoder("mean", False)  # max_seq_length 64
+    cfg = make_cfg(f"model.encoder.name_or_path={folder}", "data.max_length=100")
+    with pytest.raises(ConfigError, match="data.max_length=100 is above the 64 tokens"):
+        train(cfg)

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import hydra
 import torch
-import yaml
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -138,7 +137,7 @@ def read_run(ckpt_path: Path) -> dict:
             break
     overrides = run_dir / ".hydra" / "overrides.yaml"
     if overrides.is_file():
-        record["overrides"] = yaml.safe_load(overrides.read_text(encoding="utf-8")) or []
+        record["overrides"] = [str(o) for o in OmegaConf.load(overrides)]
     record["summary"] = read_summary(run_dir)
     return record
 
@@ -185,14 +184,16 @@ def model_card(
     scenario = freezing.get("scenario", "not recorded")
     task = next(iter(module.tasks))  # the one shown in the usage example
     is_hub_id = not Path(base).expanduser().exists() and base.count("/") <= 1
-    front = {
-        "library_name": "sentence-transformers",
-        "pipeline_tag": "sentence-similarity",
-        "tags": ["sentence-transformers", "feature-extraction", "text-classification"],
-    }
-    if is_hub_id:
-        front["base_model"] = base
-    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", ""]
+    # The Hub reads this front matter (YAML) as the model's metadata.
+    lines = [
+        "---",
+        "library_name: sentence-transformers",
+        "pipeline_tag: sentence-similarity",
+        "tags: [sentence-transformers, feature-extraction, text-classification, mtl-lightning]",
+        *([f"base_model: {base}"] if is_hub_id else []),
+        "---",
+        "",
+    ]
     lines += [
         f"# Multi-task sentence encoder ({', '.join(module.tasks)})",
         "",
