@@ -254,3 +254,20 @@ def test_data_max_length_above_the_folders_max_seq_length_is_refused(make_cfg, s
     cfg = make_cfg(f"model.encoder.name_or_path={folder}", "data.max_length=100")
     with pytest.raises(ConfigError, match="data.max_length=100 is above the 64 tokens"):
         train(cfg)
+
+
+def test_a_hub_models_sentence_transformers_files_are_read_from_the_cache(
+    st_encoder, tmp_path, monkeypatch
+):
+    """A hub id in the local HF cache (offline): its snapshot's ST files are read."""
+    from huggingface_hub import constants
+
+    from mtl_lightning.model.encoder import folder_settings
+
+    repo = tmp_path / "hub" / "models--someone--tiny-st"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(st_encoder("cls", True), repo / "snapshots" / ("0" * 40))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    settings = folder_settings("someone/tiny-st")
+    assert (settings.pooling, settings.normalize, settings.max_seq_length) == ("cls", True, 64)
