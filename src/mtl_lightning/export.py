@@ -105,7 +105,8 @@ def write_heads(folder: Path, module: MultiTaskModule) -> dict:
 
 
 def load_heads(folder: str | Path) -> tuple[nn.ModuleDict, dict[str, list[str]]]:
-    """The exported heads (in eval mode) and each task's label names, from safetensors + JSON."""
+    """The exported heads, ready for inference (eval mode, no gradients: they take
+    sentence-transformers' inference-mode tensors), and each task's label names."""
     folder = Path(folder)
     if not (folder / HEADS_CONFIG).is_file():
         raise ConfigError(f"{folder} has no {HEADS_CONFIG}: give a folder written by export.")
@@ -118,7 +119,7 @@ def load_heads(folder: str | Path) -> tuple[nn.ModuleDict, dict[str, list[str]]]
         head.load_state_dict(
             {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         )
-        heads[task] = head.eval()
+        heads[task] = head.eval().requires_grad_(False)  # for inference, on any tensor
     return heads, {task: spec["labels"] for task, spec in config["tasks"].items()}
 
 
