@@ -85,13 +85,14 @@ class Predictor:
     def from_encoder(
         cls,
         name_or_path: str = PACKAGED_MINILM,
-        pooling: str = "mean",
-        normalize: bool = False,
+        pooling: str | None = None,
+        normalize: bool | None = None,
         device: str = "auto",
         batch_size: int = 64,
         max_length: int = 256,
     ) -> Predictor:
-        """A plain pretrained encoder without heads: `encode` only."""
+        """A plain pretrained encoder without heads: `encode` only. Pooling and normalisation
+        left None are a sentence-transformers folder's, else mean and none (see `Encoder`)."""
         encoder = Encoder(name_or_path, pooling=pooling, normalize=normalize)
         tokenizer = load_tokenizer(name_or_path)
         return cls(encoder, tokenizer, device=device, batch_size=batch_size, max_length=max_length)

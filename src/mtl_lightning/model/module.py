@@ -77,6 +77,13 @@ class MultiTaskModule(LightningModule):
         self.frozen_cache = FrozenCache(frozen_cache_max_gb) if frozen_cache else None
         encoder_settings = dict(encoder or {"name_or_path": PACKAGED_MINILM})
         self.encoder = Encoder(**encoder_settings, config=encoder_config)
+        # Pooling and normalisation as resolved (from a sentence-transformers folder where the
+        # config left them null): the checkpoint must not need that folder to know them.
+        self.hparams.encoder = {
+            **encoder_settings,
+            "pooling": self.encoder.pooling,
+            "normalize": self.encoder.normalize,
+        }
         self.heads = nn.ModuleDict(
             {
                 task: ClassificationHead(self.encoder.hidden_size, len(labels), head_dropout)
