@@ -270,6 +270,9 @@ def test_outputs_replace_the_old_file_whole_or_not_at_all(tmp_path):
     write_embeddings(embeddings, ["a"], np.ones((1, 2), dtype=np.float32))
     assert np.load(embeddings).tolist() == [[1.0, 1.0]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy", "predictions.jsonl"]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("")  # the permissions any new file gets here
+    assert output.stat().st_mode == embeddings.stat().st_mode == plain.stat().st_mode
 
 
 def test_predict_says_when_it_replaces_an_output(ckpt, tmp_path, capsys):

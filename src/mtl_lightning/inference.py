@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -183,7 +182,7 @@ def read_texts(path: str | Path) -> list[str]:
     return [str(row["text"]) for row in rows]
 
 
-def check_output(path: str | Path, suffixes: tuple[str, ...], input: str | Path) -> Path:
+def check_output(path: str | Path, suffixes: tuple[str, ...], input_path: str | Path) -> Path:
     """Fail before any work if the output cannot be written, or would overwrite the input."""
     path = Path(path).expanduser()
     if path.suffix not in suffixes:
@@ -194,7 +193,7 @@ def check_output(path: str | Path, suffixes: tuple[str, ...], input: str | Path)
         raise ConfigError(
             f"output={path} is a folder: give a file name, e.g. output={path}/out{suffixes[0]}."
         )
-    source = Path(input).expanduser()
+    source = Path(input_path).expanduser()
     # resolve() sees through symlinks and `..`; samefile also through hard links.
     if path.resolve() == source.resolve() or (path.exists() and path.samefile(source)):
         raise ConfigError(
@@ -213,9 +212,7 @@ def replacing(path: Path) -> Iterator[Path]:
     """A new file beside `path`, moved onto it once written: a write that fails leaves any old
     file whole and no half-written one under the name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    os.close(handle)
-    partial = Path(name)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         yield partial
         os.replace(partial, path)
