@@ -249,9 +249,15 @@ def test_predict_refuses_to_overwrite_its_input(tmp_path):
     assert source.read_text() == '{"text": "ok"}\n'
 
 
-def test_folder_input_is_called_a_folder(tmp_path):
+def test_folders_given_as_files_are_called_folders(tmp_path):
     cfg = compose_cfg("predict", "ckpt_path=any.ckpt", f"input={tmp_path}", "output=o.jsonl")
     with pytest.raises(ConfigError, match=r"is a folder: give a file in it"):
+        predict(cfg)
+    source = tmp_path / "sentences.txt"
+    source.write_text("ok\n")
+    output = f"output={tmp_path / 'o.jsonl'}"
+    cfg = compose_cfg("predict", f"ckpt_path={tmp_path}", f"input={source}", output)
+    with pytest.raises(ConfigError, match=r"is a folder: give the \.ckpt file, e\.g\. ckpt_path="):
         predict(cfg)
 
 

@@ -75,6 +75,11 @@ class Predictor:
     ) -> Predictor:
         """Load a training checkpoint; it carries the encoder config, heads, labels, tokenizer."""
         path = Path(path).expanduser()
+        if path.is_dir():
+            raise ConfigError(
+                f"ckpt_path={path} is a folder: give the .ckpt file, e.g. "
+                f"ckpt_path={path}/checkpoints/last.ckpt for a run folder."
+            )
         if not path.is_file():
             raise ConfigError(
                 f"ckpt_path={path} does not exist: give a .ckpt file, e.g. "
