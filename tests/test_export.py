@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
+from mtl_lightning.checkpoint import load_module
 from mtl_lightning.errors import ConfigError
-from mtl_lightning.export import export_checkpoint, load_heads, read_checkpoint
+from mtl_lightning.export import export_checkpoint, load_heads
 from mtl_lightning.inference import Predictor
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, load_tokenizer, pool
 from mtl_lightning.st_folder import write_folder
@@ -118,7 +119,7 @@ def test_heads_reload_from_safetensors_with_the_checkpoints_logits(ckpt, exporte
     }
     heads, labels = load_heads(exported)
     assert labels == LABELS
-    module = read_checkpoint(ckpt).eval()
+    module = load_module(ckpt, "ckpt_path").eval()
     with torch.inference_mode():  # as sentence-transformers' encode(convert_to_tensor=True) gives
         embedding = torch.randn(5, 32)
         expected = {task: module.heads[task](embedding) for task in LABELS}

@@ -32,6 +32,7 @@ from torch import nn
 
 from mtl_lightning import st_folder
 from mtl_lightning.callbacks.freezing import FreezingSchedule
+from mtl_lightning.checkpoint import load_module
 from mtl_lightning.errors import ConfigError, one_line_errors
 from mtl_lightning.inference import Predictor
 from mtl_lightning.model.encoder import PACKAGED_MINILM, layer_groups
@@ -51,11 +52,6 @@ VERSIONED = (
     "sentence-transformers",
     "safetensors",
 )
-
-
-def read_checkpoint(path: Path) -> MultiTaskModule:
-    """The one place export reads a checkpoint (it carries encoder config, heads, tokenizer)."""
-    return MultiTaskModule.load_from_checkpoint(path, map_location="cpu")
 
 
 def versions() -> dict[str, str]:
@@ -292,18 +288,13 @@ def export_checkpoint(
 ) -> Path:
     """Write the export folder of a checkpoint (see the module docstring); return its path."""
     ckpt_path = Path(ckpt_path).expanduser()
-    if not ckpt_path.is_file():
-        raise ConfigError(
-            f"ckpt_path={ckpt_path} does not exist: give a .ckpt file, e.g. "
-            "<run>/checkpoints/last.ckpt."
-        )
+    module = load_module(ckpt_path, "ckpt_path")  # weights-only; a bad file is one sentence
     output = Path(output).expanduser()
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
         raise ConfigError(
             f"output={output} exists and is not an empty folder: give a new folder, or "
             "overwrite=true to write into it."
         )
-    module = read_checkpoint(ckpt_path)
     tokenizer = module.tokenizer()
     # The truncation `encode` applies (max_length, capped by positions and the tokenizer) is
     # the folder's max_seq_length: both then cut a long sentence at the same token.

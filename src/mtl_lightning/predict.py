@@ -30,7 +30,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     # Bad files fail before the model loads.
     if cfg.text is None:
         texts = read_texts(cfg.input)
-        output = check_output(cfg.output, (".jsonl",))
+        output = check_output(cfg.output, (".jsonl",), cfg.input)
     else:
         texts = [str(cfg.text)]  # Hydra parses e.g. text=42 as a number
     predictor = Predictor.from_checkpoint(
@@ -38,8 +38,9 @@ def predict(cfg: DictConfig) -> list[dict]:
     )
     predictions = predictor.predict(texts)
     if cfg.text is None:
+        replaced = " (replacing the file that was there)" if output.exists() else ""
         write_jsonl(output, predictions)
-        print(f"Wrote {len(predictions)} predictions to {output}.", file=sys.stderr)
+        print(f"Wrote {len(predictions)} predictions to {output}{replaced}.", file=sys.stderr)
     else:
         print(json.dumps(predictions[0], ensure_ascii=False))
     return predictions

@@ -35,11 +35,19 @@ class Source(Protocol):
 def read_label_tsv(text: str, origin: str) -> tuple[list[str], list[str]]:
     """Parse `label<TAB>text` rows under a `label	text` header."""
     reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
-    rows = list(reader)
-    if not rows or rows[0] != ["label", "text"]:
+    if next(reader, None) != ["label", "text"]:
         raise ConfigError(f"{origin} must start with the header 'label<TAB>text'.")
-    labels = [row[0] for row in rows[1:] if row]
-    texts = [row[1] for row in rows[1:] if row]
+    texts, labels = [], []
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != 2:  # a stray or missing tab: the label would be a piece of text
+            raise ConfigError(
+                f"{origin} line {reader.line_num} has {len(row)} field(s), not 2: write it as "
+                "label<TAB>text, escaping a tab inside the text as \\<TAB>."
+            )
+        labels.append(row[0])
+        texts.append(row[1])
     return texts, labels
 
 

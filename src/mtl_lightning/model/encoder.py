@@ -10,13 +10,13 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
-import socket
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -42,14 +42,19 @@ def packaged_minilm_path() -> Path | None:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub answers an HTTP request now, through the proxy in HTTPS_PROXY if set."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
     from huggingface_hub import constants
 
-    url = urlparse(constants.ENDPOINT)
+    # A fresh opener reads the *_PROXY / NO_PROXY variables now, as huggingface_hub's client
+    # does; a raw socket to the hub would bypass the proxy and fail behind one.
+    request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
     try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-    except OSError:
+        urllib.request.build_opener().open(request, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True  # the hub (or the proxy) answered, if not with 200
+    except OSError:  # URLError, timeouts, refused connections
         return False
     return True
 
