@@ -14,7 +14,12 @@ from helpers import Recorder
 from hydra.utils import instantiate
 
 from mtl_lightning.data.datamodule import MultiTaskDataModule
-from mtl_lightning.data.sampler import EpochSeed, LengthBucketBatchSampler, TaskScheduleBatchSampler
+from mtl_lightning.data.sampler import (
+    EpochSeed,
+    LengthBucketBatchSampler,
+    RoundRobinBatchSampler,
+    TaskScheduleBatchSampler,
+)
 from mtl_lightning.data.sources import TinySource
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.module import MultiTaskModule
@@ -193,3 +198,36 @@ def test_train_with_uncertainty_weighting(make_cfg, tmp_path):
         ]
         assert len(weights) == len(recorder.batches) and weights[0] == 1.0 and weights[-1] != 1.0
         assert any(r.get(f"train/weight/{task}_epoch") for r in rows)
+
+
+@pytest.mark.parametrize("replicas", [3, 5])
+def test_tiny_data_on_more_ranks_than_batches(replicas):
+    """2 batches of one task, 1 of the other, on more ranks than batches: every rank still
+    steps equally often, on the same task at each step, each taking real batches."""
+    sizes = [15, 4]  # batches of 8: 2 and 1
+
+    def rank_batches(rank: int) -> list[list[int]]:
+        clock, samplers = EpochSeed(3), []
+        for stream, (offset, size) in enumerate(zip([0, 15], sizes, strict=True)):
+            lengths = [random.Random(f"{size}:{i}").randint(3, 40) for i in range(size)]
+            samplers.append(
+                LengthBucketBatchSampler(
+                    lengths,
+                    8,
+                    clock,
+                    offset=offset,
+                    num_replicas=replicas,
+                    rank=rank,
+                    stream=str(stream),
+                )  # fmt: skip
+            )
+        assert [len(s) for s in samplers] == [1, 1]
+        return list(RoundRobinBatchSampler(samplers))
+
+    ranks = [rank_batches(rank) for rank in range(replicas)]
+    assert all(len(batches) == 2 for batches in ranks)
+    for batches in ranks:
+        assert [batch[0] >= 15 for batch in batches] == [False, True]  # the same task per step
+    # The ranks share both batches of the first task between them, repeated from the start.
+    first_task = {tuple(sorted(batches[0])) for batches in ranks}
+    assert len(first_task) == 2 and sorted(i for b in first_task for i in b) == list(range(15))

@@ -7,6 +7,7 @@ rank and on a resumed run.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator, Sequence
 
@@ -99,10 +100,11 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
 
     def _shard(self, batches: list[list[int]]) -> list[list[int]]:
         """This rank's share: every rank draws the same batches (same seed) and takes every
-        `num_replicas`-th, the list padded from its start so that all ranks step equally often."""
-        if self.num_replicas == 1:
+        `num_replicas`-th, the list padded by repeating it from its start so that all ranks step
+        equally often (even with fewer batches than ranks)."""
+        if self.num_replicas == 1 or not batches:
             return batches
-        batches = batches + batches[: len(self) * self.num_replicas - len(batches)]
+        batches = list(itertools.islice(itertools.cycle(batches), len(self) * self.num_replicas))
         return batches[self.rank :: self.num_replicas]
 
     def _cut(self, indices: list[int]) -> list[list[int]]:
@@ -137,9 +139,11 @@ class TaskSequenceBatchSampler(Sampler[list[int]]):
         skip, self.skip = self.skip, 0
         for step, position in enumerate(self.task_sequence()):
             batch = next(iterators[position], None) if position in iterators else None
-            if batch is None:
+            if batch is None:  # the task ran out: its next pass (a bare `next` would end the epoch)
                 iterators[position] = iter(self.samplers[position])
-                batch = next(iterators[position])
+                batch = next(iterators[position], None)
+                if batch is None:
+                    raise ValueError(f"task {position} of the schedule has no batches")
             if step >= skip:
                 yield batch
 
