@@ -231,3 +231,44 @@ def test_tiny_data_on_more_ranks_than_batches(replicas):
     # The ranks share both batches of the first task between them, repeated from the start.
     first_task = {tuple(sorted(batches[0])) for batches in ranks}
     assert len(first_task) == 2 and sorted(i for b in first_task for i in b) == list(range(15))
+
+
+def _train_batches(cfg) -> dict[str, int]:
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    size = cfg.data.batch_size
+    return {task: math.ceil(len(s["train"]) / size) for task, s in datamodule.datasets.items()}
+
+
+@pytest.mark.parametrize("sampling", ["joint", "alternating", "temperature"])
+def test_a_frozen_heads_task_leaves_the_train_loader(make_cfg, sampling):
+    """only_head_frozen: after warm-up the frozen task has no steps and no batches, the epochs
+    are as long as the other task alone makes them, and the LR schedule ends at the last step."""
+    cfg = make_cfg(
+        RECORDER, "experiment=only_head_frozen", "freezing.head=classification",
+        f"data.sampling={sampling}", "trainer.max_epochs=3",
+    )  # fmt: skip
+    train(cfg)
+    recorder = Recorder.last
+    batches = _train_batches(cfg)  # classification has the most batches
+    assert batches["classification"] > batches["sentiment"]
+    joint = sampling == "joint"
+    first = max(batches.values()) if joint else 2 * max(batches.values())
+    assert recorder.epoch_steps == {0: first, 1: batches["sentiment"], 2: batches["sentiment"]}
+    assert all(len(step) == (2 if joint else 1) for step in recorder.batches[:first])
+    assert all(list(step) == ["sentiment"] for step in recorder.batches[first:])
+    # The linear schedule reaches 0 exactly after the last step run, not before nor after.
+    (scheduler,) = recorder.schedulers
+    steps = len(recorder.batches)
+    assert scheduler.last_epoch == steps
+    assert scheduler.lr_lambdas[0](steps - 1) > 0 and scheduler.lr_lambdas[0](steps) == 0
+
+
+def test_no_task_left_to_train_names_the_keys(make_cfg):
+    datamodule = instantiate(make_cfg().data)
+    datamodule.setup("fit")
+    datamodule.train_tasks = lambda epoch: set() if epoch else {"sentiment"}
+    assert [len(datamodule.train_dataloader())] == [datamodule.train_batches(0)]
+    datamodule.start_epoch = 1
+    with pytest.raises(ConfigError, match="No task trains in epoch 1.*freezing.scenario"):
+        datamodule.train_dataloader()

@@ -25,9 +25,10 @@ class EpochSeed:
     k steps does not depend on the other streams (what a mid-epoch resume needs).
     """
 
-    def __init__(self, seed: int, epoch: int = 0) -> None:
+    def __init__(self, seed: int, epoch: int = 0, replay: bool = False) -> None:
         self.seed = seed
         self.epoch = epoch
+        self.replay = replay  # every epoch draws epoch 0's order (trainer.overfit_batches)
         self.passes: dict[str, int] = {}
 
     def set_epoch(self, epoch: int) -> None:
@@ -37,7 +38,8 @@ class EpochSeed:
     def next_rng(self, stream: str = "") -> random.Random:
         count = self.passes.get(stream, 0)
         self.passes[stream] = count + 1
-        return random.Random(f"{self.seed}:{self.epoch}:{stream}:{count}")
+        epoch = 0 if self.replay else self.epoch
+        return random.Random(f"{self.seed}:{epoch}:{stream}:{count}")
 
 
 class LengthBucketBatchSampler(Sampler[list[int]]):
