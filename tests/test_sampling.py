@@ -268,7 +268,9 @@ def test_no_task_left_to_train_names_the_keys(make_cfg):
     datamodule = instantiate(make_cfg().data)
     datamodule.setup("fit")
     datamodule.train_tasks = lambda epoch: set() if epoch else {"sentiment"}
-    assert [len(datamodule.train_dataloader())] == [datamodule.train_batches(0)]
+    first = datamodule.train_dataloader()  # joint: a CombinedLoader of the trained tasks
+    assert list(first.iterables) == ["sentiment"]
+    assert len(first.iterables["sentiment"]) == datamodule.train_batches(0)
     datamodule.start_epoch = 1
     with pytest.raises(ConfigError, match="No task trains in epoch 1.*freezing.scenario"):
         datamodule.train_dataloader()
