@@ -274,3 +274,10 @@ def test_no_task_left_to_train_names_the_keys(make_cfg):
     datamodule.start_epoch = 1
     with pytest.raises(ConfigError, match="No task trains in epoch 1.*freezing.scenario"):
         datamodule.train_dataloader()
+
+
+def test_a_task_without_batches_is_an_error_not_a_silent_stop():
+    clock = EpochSeed(3)
+    samplers = [LengthBucketBatchSampler([], 8, clock), LengthBucketBatchSampler([5] * 4, 8, clock)]
+    with pytest.raises(ValueError, match="task 0 of the schedule has no batches"):
+        list(RoundRobinBatchSampler(samplers))

@@ -15,6 +15,8 @@ batches):
 The last three share `TaskSequenceBatchSampler`: the order of tasks and of batches comes from one
 `EpochSeed` only, so every DDP rank picks the same task at the same step, and a resumed run the
 same as an uninterrupted one. Whatever the mode, `training_step` receives `{task: batch}`.
+N and M count only the tasks that train in the epoch: a task whose head is frozen then
+(`only_head_frozen`) is out of the loss, and out of the train loader too.
 Validation and test keep tasks apart: one DataLoader per task, each batch naming its task.
 Token ids are cached under `<data_dir>/.token_cache/` (`data.token_cache`, see `token_cache`).
 """
@@ -209,7 +211,7 @@ class MultiTaskDataModule(LightningDataModule):
         self.skip_steps = 0
         # Which tasks train in an epoch (set by the freezing schedule); None: every task.
         self.train_tasks: Callable[[int], Collection[str]] | None = None
-        self._train_batches: dict[tuple[str, ...], int] = {}
+        self._train_batches: dict[tuple, int] = {}  # (tasks, world size) -> batches per epoch
 
     def prepare_data(self) -> None:
         """Fetch whatever a source needs. Idempotent and atomic: every process may call it."""
@@ -353,13 +355,14 @@ class MultiTaskDataModule(LightningDataModule):
     def train_batches(self, epoch: int) -> int:
         """Steps (batches per DDP rank) of the train loader of `epoch`, before Lightning's
         `limit_train_batches`: epochs get shorter when a frozen head's task leaves them."""
-        tasks = tuple(self.tasks_training_in(epoch))
-        if tasks not in self._train_batches:  # asked for every epoch of the run: once per set
+        tasks = self.tasks_training_in(epoch)
+        key = (tuple(tasks), self.trainer.world_size if self.trainer else 1)
+        if key not in self._train_batches:  # asked for every epoch of the run: once per set
             samplers = [self._bucket_sampler(task, "train") for task in tasks]
             joint = self.sampling == "joint"  # max_size_cycle: as long as the longest task
             length = max(map(len, samplers)) if joint else len(TaskSequenceBatchSampler(samplers))
-            self._train_batches[tasks] = length
-        return self._train_batches[tasks]
+            self._train_batches[key] = length
+        return self._train_batches[key]
 
     def train_dataloader(self) -> CombinedLoader | DataLoader:
         # The epoch it serves: Lightning rebuilds it at the start of an epoch when the tasks

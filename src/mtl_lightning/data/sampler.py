@@ -141,7 +141,7 @@ class TaskSequenceBatchSampler(Sampler[list[int]]):
         skip, self.skip = self.skip, 0
         for step, position in enumerate(self.task_sequence()):
             batch = next(iterators[position], None) if position in iterators else None
-            if batch is None:  # the task ran out: its next pass (a bare `next` would end the epoch)
+            if batch is None:  # the task ran out: its next pass (never a bare `next` in here)
                 iterators[position] = iter(self.samplers[position])
                 batch = next(iterators[position], None)
                 if batch is None:
