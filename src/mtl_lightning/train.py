@@ -23,7 +23,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtl_lightning.callbacks.freezing import FreezingSchedule
 from mtl_lightning.data.datamodule import MultiTaskDataModule
-from mtl_lightning.embeddings import export_embeddings
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.module import MultiTaskModule
 from mtl_lightning.summary import fit_seconds, write_summary
@@ -144,18 +143,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     train_seconds: float | None = 0.0  # entire_network_frozen: nothing trains
     try:
         if freezing.trains_nothing:
+            # Its experiment's `frozen_readout` callback reads the frozen features out and
+            # writes them (mtl_lightning.readout.FrozenReadout).
             log.info("entire_network_frozen: nothing trains; evaluating and exporting embeddings.")
             freezing.apply(module, 0)
             trainer.validate(module, datamodule=datamodule)
             metrics.update(_logged(trainer))
             trainer.test(module, datamodule=datamodule)
-            if trainer.is_global_zero:
-                written = export_embeddings(module, datamodule, output_dir / "embeddings")
-                log.info(
-                    "Wrote sentence embeddings of %d task splits to %s.",
-                    len(written),
-                    written[0].parent,
-                )
         else:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             train_seconds = fit_seconds(trainer)

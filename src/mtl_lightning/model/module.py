@@ -103,6 +103,7 @@ class MultiTaskModule(LightningModule):
                 for stage in STAGES
             }
         )
+        self.readout: nn.ModuleDict | None = None  # see `attach_readout`
 
     @property
     def tasks(self) -> dict[str, list[str]]:
@@ -213,7 +214,8 @@ class MultiTaskModule(LightningModule):
     def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and logits of one task's batch; logs the loss and updates the metrics."""
         task = batch["task"]
-        logits = self.heads[task](self.sentence_embedding(batch, stage))
+        embedding = self.sentence_embedding(batch, stage)
+        logits = self.heads[task](embedding)
         loss = self.loss(logits, batch["labels"])
         metrics = self.metrics[f"{stage}_metrics"][task]
         metrics.update(logits, batch["labels"])
@@ -222,7 +224,33 @@ class MultiTaskModule(LightningModule):
         self.log(f"{stage}/{task}/loss", loss, on_step=stage == "train", **kwargs)
         for name, metric in metrics.items():
             self.log(f"{stage}/{task}/{name}", metric, on_step=False, **kwargs)
+        if self.readout is not None and stage != "train":
+            readout_metrics = self.readout_metrics[f"{stage}_metrics"][task]
+            readout_metrics.update(self.readout[task](embedding), batch["labels"])
+            for name, metric in readout_metrics.items():
+                self.log(f"{stage}/{task}/readout_{name}", metric, on_step=False, **kwargs)
         return loss, logits
+
+    def attach_readout(self, readouts: Mapping[str, nn.Module], replace_heads: bool) -> None:
+        """Score frozen embeddings with non-parametric readouts (`mtl_lightning.readout`).
+
+        `replace_heads`: the readouts take the heads' place, so `{stage}/{task}/acc|f1` are
+        theirs (untrained heads would score chance). Else the heads stay, and each readout's
+        metrics are logged beside theirs as `{stage}/{task}/readout_acc|readout_f1`.
+        """
+        if replace_heads:
+            for task, readout in readouts.items():
+                self.heads[task] = readout
+            return
+        self.readout = nn.ModuleDict(dict(readouts))
+        self.readout_metrics = nn.ModuleDict(
+            {
+                f"{stage}_metrics": nn.ModuleDict(
+                    {task: _task_metrics(len(labels)) for task, labels in self.tasks.items()}
+                )
+                for stage in ("val", "test")
+            }
+        )
 
     def training_step(self, batch: dict[str, dict], batch_idx: int) -> torch.Tensor | None:
         self._log_padding(batch.values())
