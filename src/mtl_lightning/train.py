@@ -32,8 +32,12 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
 
 
-def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> None:
-    """Start from the weights of an earlier run (`model.init_from`): encoder and heads."""
+def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> list[str]:
+    """Start from the weights of an earlier run (`model.init_from`): encoder and heads.
+
+    A task the checkpoint has no head for gets a fresh head (continual learning: stage 2 adds
+    task B to a model trained on task A alone); its names are returned and logged.
+    """
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError(f"model.init_from={ckpt_path} does not exist: give a .ckpt file.")
@@ -48,14 +52,20 @@ def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> None:
                 "task's labels."
             )
     state = checkpoint["state_dict"]
+    new_tasks = [t for t in module.tasks if not any(k.startswith(f"heads.{t}.") for k in state)]
+    fresh = tuple(f"{prefix}.{t}" for t in new_tasks for prefix in ("heads", "log_vars"))
     missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("metrics.")]
+    missing = [k for k in missing if not k.startswith(("metrics.", *fresh))]
     if unexpected or missing:
         raise ConfigError(
             f"model.init_from={ckpt_path} does not fit this model (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}): use a checkpoint of the same encoder and tasks."
         )
-    log.info("Initialised encoder and heads %s from %s.", sorted(saved_tasks), path)
+    loaded = sorted(set(module.tasks) - set(new_tasks))
+    log.info("Initialised the encoder and heads %s from %s.", loaded, path)
+    if new_tasks:
+        log.info("New heads, trained from scratch: %s (no head in %s).", new_tasks, path)
+    return new_tasks
 
 
 def build(node: DictConfig, **kwargs):
@@ -128,8 +138,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt file to resume.")
     datamodule = build_data(cfg.data)
     module = build_module(cfg.model, datamodule.label_names)
-    if init_from:
-        load_init_weights(module, init_from)
+    new_heads = load_init_weights(module, init_from) if init_from else []
+    if freezing.validates_before_fit and freezing.head in new_heads:
+        raise ConfigError(
+            f"freezing.head={freezing.head} has no head in model.init_from={init_from}, so it "
+            "would freeze untrained: freeze a task that checkpoint was trained on, or set "
+            "freezing.head_warmup_epochs=1 to train it first."
+        )
 
     freezing.check_tasks(list(datamodule.label_names))
     callbacks = [freezing] + [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
@@ -137,7 +152,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
     # trainer.loggers, not `loggers`: under fast_dev_run Lightning replaces them with a dummy.
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(
+            {**OmegaConf.to_container(cfg, resolve=True), "new_heads": new_heads}
+        )
 
     metrics: dict[str, float] = {}
     train_seconds: float | None = 0.0  # entire_network_frozen: nothing trains
@@ -151,6 +168,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update(_logged(trainer))
             trainer.test(module, datamodule=datamodule)
         else:
+            if freezing.validates_before_fit and not ckpt_path:
+                # The frozen head's accuracy before training, by Lightning's own validation
+                # (the same path as every later val/<head>/acc, so forgetting is comparable).
+                trainer.validate(module, datamodule=datamodule, verbose=False)
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             train_seconds = fit_seconds(trainer)
             metrics.update(_logged(trainer))

@@ -15,8 +15,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 
 from mtl_lightning.errors import ConfigError
 
@@ -81,6 +81,7 @@ class FreezingSchedule(Callback):
         self.keep_frozen_layers = keep_frozen_layers
         self.applied_epoch: int | None = None
         self.acc_at_freeze: float | None = None  # only_head_frozen: the frozen task's val accuracy
+        self.last_val_acc: float | None = None  # ... at the latest validation before it froze
 
     @property
     def trains_nothing(self) -> bool:
@@ -140,12 +141,26 @@ class FreezingSchedule(Callback):
         # run resumed mid-epoch gets no `on_train_epoch_start` for that epoch.
         self.apply(pl_module, trainer.current_epoch)
 
+    @property
+    def validates_before_fit(self) -> bool:
+        """`only_head_frozen` frozen from the first epoch (with `model.init_from`): the accuracy
+        it freezes at comes from a validation before training (`train()` runs it)."""
+        return self._head_frozen_in(0) and self.acc_at_freeze is None
+
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
         if self._head_frozen_in(epoch) and self.acc_at_freeze is None:
-            loader = trainer.datamodule.split_loaders("val")[self.head]
-            self.acc_at_freeze = val_accuracy(pl_module, self.head, loader)
-            log.info("Head %s freezes at val accuracy %.4f.", self.head, self.acc_at_freeze)
+            # The last validation before the head froze, read like every later one: the same
+            # loop, precision, sharding and synced metric, so forgetting is 0 if nothing changed.
+            self.acc_at_freeze = self.last_val_acc
+            if self.acc_at_freeze is None:
+                log.warning(
+                    "Head %s froze before any validation: val/%s/forgetting is not logged.",
+                    self.head,
+                    self.head,
+                )
+            else:
+                log.info("Head %s freezes at val accuracy %.4f.", self.head, self.acc_at_freeze)
         plan = self.apply(pl_module, epoch)
         trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
         groups = len(pl_module.encoder_groups())
@@ -164,9 +179,15 @@ class FreezingSchedule(Callback):
         )
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.acc_at_freeze is None or trainer.sanity_checking:
+        if self.scenario != "only_head_frozen" or trainer.sanity_checking:
             return
-        acc = pl_module.metrics["val_metrics"][self.head]["acc"].compute()
+        # What Lightning logs as val/<head>/acc (compute() caches it, synced across ranks).
+        acc = float(pl_module.metrics["val_metrics"][self.head]["acc"].compute())
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if not fitting or not self._head_frozen_in(trainer.current_epoch):
+            self.last_val_acc = acc  # the head still trains (or a validation before fit)
+        if self.acc_at_freeze is None or not fitting:
+            return
         pl_module.log(f"val/{self.head}/acc_at_freeze", self.acc_at_freeze)
         pl_module.log(f"val/{self.head}/forgetting", self.acc_at_freeze - acc)
 
@@ -175,6 +196,7 @@ class FreezingSchedule(Callback):
             "scenario": self.scenario,
             "applied_epoch": self.applied_epoch,
             "acc_at_freeze": self.acc_at_freeze,
+            "last_val_acc": self.last_val_acc,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -185,17 +207,4 @@ class FreezingSchedule(Callback):
             )
         self.applied_epoch = state_dict.get("applied_epoch")
         self.acc_at_freeze = state_dict.get("acc_at_freeze")
-
-
-@torch.inference_mode()
-def val_accuracy(module: LightningModule, task: str, loader) -> float:
-    """Accuracy of `task` on `loader`, in eval mode (the caller re-applies modes afterwards)."""
-    module.eval()
-    correct = total = 0
-    for batch in loader:
-        logits = module(
-            batch["input_ids"].to(module.device), batch["attention_mask"].to(module.device), task
-        )
-        correct += (logits.argmax(-1).cpu() == batch["labels"]).sum().item()
-        total += len(batch["labels"])
-    return correct / max(total, 1)
+        self.last_val_acc = state_dict.get("last_val_acc")
