@@ -12,12 +12,13 @@ from lightning import LightningModule
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.embedding_cache import EmbeddingCache, PrefixCache
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
 from mtl_lightning.model.heads import ClassificationHead
+from mtl_lightning.model.lr_schedule import staggered_warmup_schedule
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
@@ -370,13 +371,27 @@ class MultiTaskModule(LightningModule):
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.param_groups(), fused=True)
         steps = self.trainer.estimated_stepping_batches
-        scheduler = get_linear_schedule_with_warmup(
-            optimizer, int(self.hparams.warmup_ratio * steps), steps
+        scheduler = staggered_warmup_schedule(
+            optimizer, int(self.hparams.warmup_ratio * steps), steps, self._group_start_steps()
         )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _group_start_steps(self) -> dict[str, int]:
+        """{encoder group name: the optimizer step it starts training}, from the freezing
+        schedule (gradual_unfreeze: each group's warm-up starts when it unfreezes)."""
+        from mtl_lightning.callbacks.freezing import FreezingSchedule  # it imports no model
+
+        schedule = next(
+            (c for c in self.trainer.callbacks if isinstance(c, FreezingSchedule)), None
+        )
+        if schedule is None:
+            return {}
+        groups = list(reversed(self.encoder_groups()))  # top first, as the schedule counts
+        starts = schedule.group_start_steps(self.trainer, len(groups))
+        return {group.name: start for group, start in zip(groups, starts, strict=True)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The encoder's architecture and its tokenizer's files travel with the weights, so that
