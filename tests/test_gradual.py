@@ -53,7 +53,7 @@ def test_the_schedule_step_by_step(make_cfg):
     train(
         make_cfg(
             "experiment=gradual_unfreeze", "freezing.unfreeze_every_steps=3", RECORD,
-            "trainer.max_epochs=3", "model.warmup_ratio=0.2",
+            "trainer.max_epochs=3", "model.warmup_ratio=0.2", "model.lr=1e-4",
         )
     )  # fmt: skip
     steps = StepRecorder.last.steps
