@@ -12,28 +12,44 @@ from mtl_lightning.data.sources import SPLITS
 from mtl_lightning.model.module import MultiTaskModule
 
 
-def export_embeddings(
-    module: MultiTaskModule, datamodule: MultiTaskDataModule, out_dir: Path
-) -> list[Path]:
-    """Write `<task>_<split>.npz` (embeddings, labels, texts, label_names) in data order."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def compute_embeddings(
+    module: MultiTaskModule, datamodule: MultiTaskDataModule
+) -> dict[tuple[str, str], torch.Tensor]:
+    """`{(split, task): embeddings}` of every example, in data order (row i = example i)."""
     module.eval()
-    written = []
+    computed = {}
     for split in SPLITS:
         for task, loader in datamodule.split_loaders(split).items():
-            dataset = loader.dataset
-            embeddings = torch.empty(len(dataset), module.encoder.hidden_size)
+            embeddings = torch.empty(len(loader.dataset), module.encoder.hidden_size)
             for batch in loader:  # length-sorted batches; `idx` puts each row back in place
                 embeddings[batch["idx"]] = (
                     module.embed(batch["input_ids"], batch["attention_mask"]).float().cpu()
                 )
-            path = out_dir / f"{task}_{split}.npz"
-            np.savez(
-                path,
-                embeddings=embeddings.numpy(),
-                labels=np.asarray(dataset.labels),
-                texts=np.asarray(dataset.texts),
-                label_names=np.asarray(datamodule.label_names[task]),
-            )
-            written.append(path)
+            computed[split, task] = embeddings
+    return computed
+
+
+def export_embeddings(
+    module: MultiTaskModule,
+    datamodule: MultiTaskDataModule,
+    out_dir: Path,
+    embeddings: dict[tuple[str, str], torch.Tensor] | None = None,
+) -> list[Path]:
+    """Write `<task>_<split>.npz` (embeddings, labels, texts, label_names) in data order;
+    `embeddings` from `compute_embeddings` if already computed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if embeddings is None:
+        embeddings = compute_embeddings(module, datamodule)
+    written = []
+    for (split, task), values in embeddings.items():
+        dataset = datamodule.datasets[task][split]
+        path = out_dir / f"{task}_{split}.npz"
+        np.savez(
+            path,
+            embeddings=values.numpy(),
+            labels=np.asarray(dataset.labels),
+            texts=np.asarray(dataset.texts),
+            label_names=np.asarray(datamodule.label_names[task]),
+        )
+        written.append(path)
     return written
