@@ -84,6 +84,26 @@ def test_a_fraction_of_an_epoch_sets_the_pace_in_steps(make_cfg):
         assert seen["trainable"] - {"heads"} == set(GROUPS_TOP_DOWN[: seen["step"] // 4])
 
 
+@pytest.mark.parametrize("limit", ["trainer.max_epochs=2", "trainer.max_epochs=-1"])
+def test_a_fraction_of_an_epoch_paces_unfreezing_and_warmup_alike(make_cfg, limit):
+    # max_epochs=-1 + max_steps: Lightning has no train loader yet when the LR schedule is
+    # built; the stage length still comes from the data, so each group's LR warms up from
+    # the step it unfreezes (its LR is 0 exactly there).
+    train(
+        make_cfg(
+            "experiment=gradual_unfreeze", "freezing.every_n_epochs=0.5", RECORD, limit,
+            "+trainer.max_steps=14", "model.warmup_ratio=0.2",
+        )
+    )  # fmt: skip
+    steps = StepRecorder.last.steps
+    assert len(steps) == 14
+    for depth, name in enumerate(GROUPS_TOP_DOWN[:3]):
+        start = 4 * (depth + 1)  # round(0.5 * 7) = 4 steps per stage
+        assert name not in steps[start - 1]["trainable"]
+        assert name in steps[start]["trainable"] and steps[start]["lr"][name] == 0.0
+        assert steps[start + 1]["lr"][name] > 0.0
+
+
 def test_the_experiment_reaches_the_whole_encoder_with_ulmfit_rates():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=gradual_unfreeze"])

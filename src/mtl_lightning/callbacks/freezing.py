@@ -112,12 +112,14 @@ class FreezingSchedule(Callback):
         """Optimizer steps between two unfreezes of `gradual_unfreeze`."""
         if self.unfreeze_every_steps is not None:
             return self.unfreeze_every_steps
-        # estimated_stepping_batches sets the train data up, if not done yet.
-        total = trainer.estimated_stepping_batches
-        batches = trainer.num_training_batches
-        if batches == float("inf"):  # an iterable without length: only max_steps is known
-            batches = total
-        steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+        # From the data, not `trainer.num_training_batches`: with max_epochs=-1 Lightning has
+        # not built the train loader when the LR schedule asks (configure_optimizers).
+        steps_per_epoch = trainer.lightning_module.epoch_steps(0)
+        if steps_per_epoch is None:
+            raise ConfigError(
+                "freezing.every_n_epochs needs to know the epoch's length, which this datamodule "
+                "does not give: set freezing.unfreeze_every_steps instead."
+            )
         return max(1, round(self.every_n_epochs * steps_per_epoch))
 
     def group_start_steps(self, trainer: Trainer, num_groups: int) -> list[int]:
@@ -201,7 +203,8 @@ class FreezingSchedule(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A resumed run's epoch is only known now (loops restore after `on_fit_start`), and a
         # run resumed mid-epoch gets no `on_train_epoch_start` for that epoch.
-        if self.scenario == "gradual_unfreeze":
+        if self.scenario == "gradual_unfreeze" and self.stage_steps is None:
+            # Normally set already, with the LR schedule's group starts (one value for both).
             self.stage_steps = self.steps_per_stage(trainer)
         self.apply(pl_module, trainer.current_epoch, trainer.global_step)
 

@@ -326,23 +326,29 @@ class MultiTaskModule(LightningModule):
             )
         return param_groups
 
+    def epoch_steps(self, epoch: int) -> int | None:
+        """Optimizer steps of `epoch` (Lightning's `limit_train_batches` and gradient
+        accumulation applied), or None when the data cannot say (not a MultiTaskDataModule)."""
+        trainer = self.trainer
+        epoch_batches = getattr(trainer.datamodule, "train_batches", None)
+        if epoch_batches is None:
+            return None
+        batches, limit = epoch_batches(epoch), trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        return math.ceil(batches / trainer.accumulate_grad_batches)
+
     def stepping_batches(self) -> int | float:
         """Optimizer steps of the whole run, so that the LR schedule ends where training ends.
 
         Lightning's `estimated_stepping_batches` takes every epoch to be as long as the first;
-        with `MultiTaskDataModule.train_batches` each epoch is counted (they get shorter when a
-        frozen head's task leaves the train loader), then Lightning's limits are applied.
+        here each epoch is counted (they get shorter when a frozen head's task leaves the train
+        loader).
         """
         trainer = self.trainer
         estimate = trainer.estimated_stepping_batches
-        epoch_batches = getattr(trainer.datamodule, "train_batches", None)
-        if epoch_batches is None or trainer.max_epochs in (None, -1) or math.isinf(estimate):
+        if self.epoch_steps(0) is None or trainer.max_epochs in (None, -1) or math.isinf(estimate):
             return estimate
-        limit, total = trainer.limit_train_batches, 0
-        for epoch in range(trainer.max_epochs):
-            batches = epoch_batches(epoch)
-            batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-            total += math.ceil(batches / trainer.accumulate_grad_batches)
+        total = sum(self.epoch_steps(epoch) for epoch in range(trainer.max_epochs))
         return total if trainer.max_steps == -1 else min(total, trainer.max_steps)
 
     def configure_optimizers(self):
