@@ -151,6 +151,8 @@ def test_the_best_checkpoint_holds_weights_only_and_last_the_optimizer(make_cfg,
     assert prediction["sentiment"]["label"] in ("negative", "positive")
     for name, tensor in best_checkpoint["state_dict"].items():
         torch.testing.assert_close(tensor, last_checkpoint["state_dict"][name], msg=name)
+    with pytest.raises(ConfigError, match=f"^ckpt_path={best} holds weights only"):
+        train(make_cfg(f"ckpt_path={best}", output="resumed"))  # a resume needs last.ckpt
 
 
 def test_an_interrupted_write_keeps_the_previous_file_and_no_temporary(tmp_path, monkeypatch):

@@ -85,6 +85,16 @@ def load_module(path: str | Path, key: str) -> MultiTaskModule:
     )
 
 
+def check_resumable(checkpoint: Mapping[str, Any], key: str, path: str | Path) -> None:
+    """A resume needs the optimizer and loop state, which a weights-only best-*.ckpt lacks."""
+    if not {"optimizer_states", "loops"} <= checkpoint.keys():
+        raise ConfigError(
+            f"{key}={path} holds weights only (a best-*.ckpt): resume from "
+            f"<run>/checkpoints/last.ckpt, or start a new run from these weights with "
+            f"model.init_from={path}."
+        )
+
+
 def check_resume_tasks(
     checkpoint: Mapping[str, Any], tasks: Mapping[str, list[str]], key: str, path: str
 ) -> None:

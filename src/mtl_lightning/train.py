@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtl_lightning.callbacks.freezing import FreezingSchedule
 from mtl_lightning.callbacks.sigterm import SigtermCheckpoint
-from mtl_lightning.checkpoint import check_resume_tasks, read_checkpoint
+from mtl_lightning.checkpoint import check_resumable, check_resume_tasks, read_checkpoint
 from mtl_lightning.config_check import check_frozen_layers, check_train_config
 from mtl_lightning.console import quiet_loggers, quiet_third_party
 from mtl_lightning.data.datamodule import MultiTaskDataModule
@@ -163,6 +163,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume = read_checkpoint(ckpt_path, "ckpt_path") if ckpt_path else None
     datamodule = build_data(cfg.data)
     if resume is not None:
+        check_resumable(resume, "ckpt_path", ckpt_path)
         check_resume_tasks(resume, datamodule.label_names, "ckpt_path", ckpt_path)
     module = build_module(cfg.model, datamodule.label_names)
     check_frozen_layers(freezing.keep_frozen_layers, len(module.encoder_groups()) - 1)
