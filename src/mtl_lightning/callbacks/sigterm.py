@@ -27,6 +27,12 @@ class SigtermCheckpoint(Callback):
     def on_exception(
         self, trainer: Trainer, pl_module: LightningModule, exception: BaseException
     ) -> None:
-        if isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING:
-            trainer.save_checkpoint(self.ckpt_path, weights_only=False)  # all ranks: a barrier
-            self.saved = True
+        if not (isinstance(exception, SIGTERMException) and trainer.state.fn == TrainerFn.FITTING):
+            return
+        # No collective here (`trainer.save_checkpoint` ends in a barrier): under DDP a rank that
+        # saw the signal one batch later is inside the next step's collectives, and both would
+        # hang. The replicas hold the same state, so rank 0 writes it alone.
+        if trainer.is_global_zero:
+            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.ckpt_path)
+        self.saved = True
