@@ -48,7 +48,7 @@ def test_entire_network_frozen_evaluates_heads_from_init_from(make_cfg, tmp_path
     frozen = train(make_cfg("experiment=entire_network_frozen", f"model.init_from={ckpt}"))
     untrained = train(make_cfg("experiment=entire_network_frozen", output="untrained"))
     # Same weights, same data: the frozen run reproduces the trained model's test losses, which
-    # the same run without init_from (random heads) does not.
+    # the same run without init_from (scored by the frozen-feature readout) does not.
     for task in ("classification", "sentiment"):
         loss = f"test/{task}/loss"
         assert frozen[loss] == pytest.approx(trained[loss], rel=1e-5)
