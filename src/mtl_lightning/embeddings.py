@@ -15,25 +15,33 @@ from mtl_lightning.model.module import MultiTaskModule
 def export_embeddings(
     module: MultiTaskModule, datamodule: MultiTaskDataModule, out_dir: Path
 ) -> list[Path]:
-    """Write `<task>_<split>.npz` (embeddings, labels, texts, label_names) in data order."""
+    """Write `<task>_<split>.npz` (embeddings, labels, texts, label_names; for a pair task also
+    pair_embeddings and text_pairs) in data order."""
     out_dir.mkdir(parents=True, exist_ok=True)
     module.eval()
     written = []
     for split in SPLITS:
         for task, loader in datamodule.split_loaders(split).items():
             dataset = loader.dataset
-            embeddings = torch.empty(len(dataset), module.encoder.hidden_size)
+            columns = {"embeddings": ("input_ids", "attention_mask")}
+            pairs = {}
+            if dataset.text_pairs is not None:
+                columns["pair_embeddings"] = ("pair_input_ids", "pair_attention_mask")
+                pairs = {"text_pairs": np.asarray(dataset.text_pairs)}
+            arrays = {
+                name: torch.empty(len(dataset), module.encoder.hidden_size) for name in columns
+            }
             for batch in loader:  # length-sorted batches; `idx` puts each row back in place
-                embeddings[batch["idx"]] = (
-                    module.embed(batch["input_ids"], batch["attention_mask"]).float().cpu()
-                )
+                for name, (ids, mask) in columns.items():
+                    arrays[name][batch["idx"]] = module.embed(batch[ids], batch[mask]).float().cpu()
             path = out_dir / f"{task}_{split}.npz"
             np.savez(
                 path,
-                embeddings=embeddings.numpy(),
+                **{name: array.numpy() for name, array in arrays.items()},
                 labels=np.asarray(dataset.labels),
                 texts=np.asarray(dataset.texts),
                 label_names=np.asarray(datamodule.label_names[task]),
+                **pairs,
             )
             written.append(path)
     return written

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mtl_lightning.data.datamodule import pad
+from mtl_lightning.data.collate import pad
 from mtl_lightning.data.files import READERS, decode_utf8
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, load_tokenizer

@@ -15,7 +15,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from lightning import Callback, LightningModule, Trainer
 
 from mtl_lightning.config_check import check_values
@@ -172,7 +171,8 @@ class FreezingSchedule(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.acc_at_freeze is None or trainer.sanity_checking:
             return
-        acc = pl_module.metrics["val_metrics"][self.head]["acc"].compute()
+        primary = pl_module.task_types[self.head].primary  # accuracy, or a type's own
+        acc = pl_module.metrics["val_metrics"][self.head][primary].compute()
         pl_module.log(f"val/{self.head}/acc_at_freeze", self.acc_at_freeze)
         pl_module.log(f"val/{self.head}/forgetting", self.acc_at_freeze - acc)
 
@@ -193,15 +193,7 @@ class FreezingSchedule(Callback):
         self.acc_at_freeze = state_dict.get("acc_at_freeze")
 
 
-@torch.inference_mode()
 def val_accuracy(module: LightningModule, task: str, loader) -> float:
-    """Accuracy of `task` on `loader`, in eval mode (the caller re-applies modes afterwards)."""
-    module.eval()
-    correct = total = 0
-    for batch in loader:
-        logits = module(
-            batch["input_ids"].to(module.device), batch["attention_mask"].to(module.device), task
-        )
-        correct += (logits.argmax(-1).cpu() == batch["labels"]).sum().item()
-        total += len(batch["labels"])
-    return correct / max(total, 1)
+    """`task`'s primary metric (accuracy for classes) on `loader`, in eval mode (the caller
+    re-applies modes afterwards)."""
+    return module.primary_score(task, loader)
