@@ -154,7 +154,7 @@ class MultiTaskDataModule(LightningDataModule):
         `max_train_examples`: keep a fixed, seeded, stratified subsample of at most this many
         training examples per task (quick experiments, benchmarks); null keeps them all."""
         super().__init__()
-        if not tasks:
+        if not any(source is not None for source in tasks.values()):
             raise ConfigError("data.tasks is empty: give at least one task (data.tasks.<name>).")
         if sampling not in SAMPLINGS:
             raise ConfigError(f"data.sampling={sampling} is unknown: use one of {SAMPLINGS}.")
@@ -174,7 +174,9 @@ class MultiTaskDataModule(LightningDataModule):
             },
         )
         check_fractions(val_fraction, test_fraction)
-        self.sources = dict(tasks)
+        # A task set to null (`data.tasks.<task>: null`, e.g. in a config that extends another)
+        # is left out.
+        self.sources = {task: source for task, source in tasks.items() if source is not None}
         self.tokenizer_name = tokenizer
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
