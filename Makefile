@@ -6,8 +6,17 @@ BIN := $(VENV)/bin
 # The CPU build by default. GPU users: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.13.0
 ARGS ?=
-# make compare: the five scenarios, one multirun; its sweep folder is fixed once per make call.
+# make compare: the five scenarios, then the single-task baselines (experiment=single_task, one
+# per task of TASKS: the task names of your data config), each once per seed of SEEDS and per
+# training-set size of SIZES (per task; all = every example); two multiruns into one sweep
+# folder, fixed once per make call; then the report (REFERENCE: the reference scenario, default
+# full_finetune where the sweep has it).
 SCENARIOS := full_finetune,entire_network_frozen,only_transformer_frozen,only_head_frozen,gradual_unfreeze
+SEEDS ?= 1,2,3
+SIZES ?= all
+TASKS ?= classification,sentiment
+REFERENCE ?=
+STUDY_AXES = seed=$(SEEDS) data.max_train_examples=$(subst all,null,$(SIZES))
 SWEEP ?=
 COMPARE_DIR := $(or $(SWEEP),logs/compare/$(shell date +%Y-%m-%d_%H-%M-%S))
 
@@ -29,12 +38,13 @@ install: $(BIN)/.installed ## Make .venv and install torch (CPU unless TORCH=...
 train: install ## Train (default: full fine-tuning on TREC + Rotten Tomatoes); pass Hydra overrides as ARGS="..."
 	$(BIN)/python -m mtl_lightning.train $(ARGS)
 
-compare: install ## Train the five scenarios (same data, same seed) and write report.md + plots in logs/compare/<time>/; ARGS="trainer.max_epochs=1" to shorten
-	$(BIN)/python -m mtl_lightning.train -m experiment=$(SCENARIOS) hydra.sweep.dir=$(COMPARE_DIR) $(ARGS)
-	$(BIN)/python -m mtl_lightning.report $(COMPARE_DIR)
+compare: install ## The study: five scenarios + single-task baselines x SEEDS=1,2,3 x SIZES=all, then report.md/.json + plots in logs/compare/<time>/; ARGS="trainer.max_epochs=1" to shorten
+	$(BIN)/python -m mtl_lightning.train -m experiment=$(SCENARIOS) $(STUDY_AXES) hydra.sweep.dir=$(COMPARE_DIR) $(ARGS)
+	$(BIN)/python -m mtl_lightning.train -m experiment=single_task data.only_tasks=$(TASKS) $(STUDY_AXES) hydra.sweep.dir=$(COMPARE_DIR) $(ARGS)
+	$(BIN)/python -m mtl_lightning.report $(COMPARE_DIR) $(if $(REFERENCE),--reference $(REFERENCE))
 
-report: install ## Rebuild report.md and plots of SWEEP=<sweep folder> without training (default: the newest logs/compare/*)
-	$(BIN)/python -m mtl_lightning.report $(or $(SWEEP),$(lastword $(sort $(wildcard logs/compare/*))),logs/compare)
+report: install ## Rebuild report.md/.json and plots of SWEEP=<sweep folder> without training (default: the newest logs/compare/*)
+	$(BIN)/python -m mtl_lightning.report $(or $(SWEEP),$(lastword $(sort $(wildcard logs/compare/*))),logs/compare) $(if $(REFERENCE),--reference $(REFERENCE))
 
 bench: install ## Measure the speed claims side by side (about 30 min on 2 cores) and print one table; ARGS="--only plain_loop full_finetune" for some runs
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"

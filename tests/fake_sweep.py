@@ -74,3 +74,88 @@ def make_fake_sweep(sweep: Path) -> Path:
     (sweep / "multirun.yaml").write_text("hydra: {}\n")
     (sweep / "stray").mkdir()  # no .hydra/config.yaml: not a run
     return sweep
+
+
+# A two-seed study: two scenarios and the single-task baselines, each run with its per-example
+# test predictions. Every test split has STUDY_TEST_SIZE examples, the label of example i is
+# i % classes, and a run gets its first k examples wrong (k below): known accuracies, and
+# errors nested, so two runs differ on exactly the examples between their two k.
+STUDY_TASKS = {"classification": ["ABBR", "DESC", "NUM"], "sentiment": ["negative", "positive"]}
+STUDY_TEST_SIZE = 40
+STUDY_ERRORS = {  # (scenario, seed) -> task -> wrong test predictions
+    ("full_finetune", 1): {"classification": 8, "sentiment": 10},
+    ("full_finetune", 2): {"classification": 4, "sentiment": 12},
+    ("only_head_frozen", 1): {"classification": 20, "sentiment": 10},
+    ("only_head_frozen", 2): {"classification": 24, "sentiment": 12},
+    ("single_task", 1): {"classification": 6, "sentiment": 10},
+    ("single_task", 2): {"classification": 6, "sentiment": 12},
+}
+
+
+def study_predictions(task: str, wrong: int) -> tuple[list[int], list[int]]:
+    classes = len(STUDY_TASKS[task])
+    labels = [i % classes for i in range(STUDY_TEST_SIZE)]
+    preds = [(label + 1) % classes if i < wrong else label for i, label in enumerate(labels)]
+    return labels, preds
+
+
+def _macro_f1(labels: list[int], preds: list[int], classes: int) -> float:
+    scores = []
+    for c in range(classes):
+        tp = sum(1 for y, p in zip(labels, preds, strict=True) if y == p == c)
+        support = labels.count(c) + preds.count(c)
+        if support:
+            scores.append(2 * tp / support)
+    return sum(scores) / len(scores)
+
+
+def make_fake_study(sweep: Path, sizes: tuple[int | None, ...] = (None,)) -> Path:
+    """Run folders of `STUDY_ERRORS` at each training-set size; baselines as `make compare`
+    names them (`baseline_<n>_single_task_<task>`), the scenarios `<n>_<scenario>`."""
+    job = {"scenario": 0, "baseline": 0}
+    for size in sizes:
+        for (scenario, seed), errors in STUDY_ERRORS.items():
+            baseline = scenario == "single_task"
+            for only in list(errors) if baseline else [None]:
+                tasks = [only] if only else list(errors)
+                kind = "baseline" if baseline else "scenario"
+                prefix = "baseline_" if baseline else ""
+                name = f"{prefix}{job[kind]}_{scenario}" + (f"_{only}" if only else "")
+                job[kind] += 1
+                folder = sweep / name
+                (folder / ".hydra").mkdir(parents=True)
+                (folder / ".hydra" / "config.yaml").write_text(
+                    "freezing:\n  scenario: " + ("full_finetune" if baseline else scenario) + "\n"
+                    f"seed: {seed}\ndata:\n  seed: ${{seed}}\n"
+                    f"  max_train_examples: {'null' if size is None else size}\n"
+                    f"  only_tasks: {only or 'null'}\n"
+                )
+                (folder / ".hydra" / "overrides.yaml").write_text(
+                    f"- experiment={scenario}\n- seed={seed}\n"
+                )
+                val = {"epoch": 0} | {f"val/{t}/acc": 0.5 for t in tasks}
+                test = {"epoch": 1}
+                (folder / "test_predictions").mkdir()
+                for task in tasks:
+                    labels, preds = study_predictions(task, errors[task])
+                    test[f"test/{task}/acc"] = 1 - errors[task] / STUDY_TEST_SIZE
+                    test[f"test/{task}/f1"] = _macro_f1(labels, preds, len(STUDY_TASKS[task]))
+                    with (folder / "test_predictions" / f"{task}.csv").open("w") as file:
+                        file.write("idx,label,pred\n")
+                        # Stored out of order: the report pairs examples by idx, not by row.
+                        for i in reversed(range(STUDY_TEST_SIZE)):
+                            file.write(f"{i},{labels[i]},{preds[i]}\n")
+                test["test/acc_mean"] = sum(test[f"test/{t}/acc"] for t in tasks) / len(tasks)
+                columns = sorted(set(val) | set(test) | {"step"})
+                with (folder / "metrics.csv").open("w", newline="") as file:
+                    writer = csv.DictWriter(file, fieldnames=columns)
+                    writer.writeheader()
+                    writer.writerows([val, test])
+                summary = {
+                    "train_seconds": 10.0 * seed,
+                    "trainable_params": 100,
+                    "tasks": {t: STUDY_TASKS[t] for t in tasks},
+                    "train_examples": {t: 1000 if size is None else size for t in tasks},
+                }
+                (folder / "summary.json").write_text(json.dumps(summary))
+    return sweep

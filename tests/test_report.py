@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
-from fake_sweep import make_fake_sweep
+from fake_sweep import make_fake_study, make_fake_sweep
 
+from mtl_lightning import stats
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.report import load_runs, main, write_report
 
@@ -21,12 +24,20 @@ def test_report_tables_and_plots_from_a_sweep_folder(tmp_path):
     sweep = make_fake_sweep(tmp_path / "sweep")
     report = write_report(sweep)
     text = report.read_text()
-    assert "3 runs. Seed 42 in every run." in text
+    assert "3 runs (0 of them single-task baselines): seeds 42; training examples" in text
+    # One seed: the value, and no interval.
+    assert "| full_finetune | 1 | 0.7800 (n=1) | n=1, no CI |" in text
     # Overall: best val acc_mean (a max over epochs), test acc_mean, seconds, trainable params.
-    assert "| 0_full_finetune | full_finetune | 0.7500 | 0.7450 | 120.3 | 22,713,216 |" in text
-    assert "| 2_entire_network_frozen | entire_network_frozen | 0.3500 | 0.3350 | 0.0 | 0 |" in text
+    assert (
+        "| 0_full_finetune | full_finetune | 42 | all | 0.7500 | 0.7450 | 120.3 | 22,713,216 |"
+        in (text)
+    )
+    assert (
+        "| 2_entire_network_frozen | entire_network_frozen | 42 | all | 0.3500 | 0.3350 | 0.0 |"
+        in (text)
+    )
     # Per task: best val acc and F1 (maxima of their own), test acc and F1, forgetting.
-    classification = text.split("## Task `classification`")[1].split("## Task `sentiment`")[0]
+    classification = text.split("### Task `classification`")[1].split("### Task `sentiment`")[0]
     assert (
         "| 0_full_finetune | full_finetune | 0.8000 | 0.7500 | 0.7800 | — | — |" in classification
     )
@@ -43,6 +54,95 @@ def test_report_tables_and_plots_from_a_sweep_folder(tmp_path):
     assert names == ["0_full_finetune", "1_only_head_frozen", "2_entire_network_frozen"]
 
 
+def test_report_json_of_a_two_seed_study(tmp_path):
+    """Known numbers (fake_sweep.STUDY_ERRORS): spread over seeds, baselines, paired deltas."""
+    sweep = make_fake_study(tmp_path / "sweep")
+    text = write_report(sweep).read_text()
+    numbers = json.loads((sweep / "report.json").read_text())
+    assert numbers["seeds"] == [1, 2] and numbers["sizes"] == ["all"]
+    assert numbers["reference"] == "full_finetune" and "paired bootstrap" in numbers["test"]
+    # full_finetune, classification: 8 and 4 of 40 wrong -> 0.80, 0.90.
+    acc = numbers["scenarios"]["full_finetune"]["classification"]["acc"]
+    half = 12.7062 * math.sqrt(0.005) / math.sqrt(2)  # t(0.975, 1) * std / sqrt(n)
+    assert acc["mean"] == pytest.approx(0.85) and acc["std"] == pytest.approx(math.sqrt(0.005))
+    assert acc["ci95"] == pytest.approx([0.85 - half, 0.85 + half], abs=1e-4)
+    assert acc["n"] == 2 and acc["values"] == pytest.approx([0.8, 0.9])
+    assert set(numbers["scenarios"]) == {"full_finetune", "only_head_frozen"}
+    # The single-task baselines: 6 of 40 wrong on classification in both seeds.
+    baseline = numbers["baselines"]["classification"]["acc"]
+    assert baseline["mean"] == pytest.approx(0.85) and baseline["std"] == pytest.approx(0)
+    assert set(numbers["baselines"]) == {"classification", "sentiment"}
+    # only_head_frozen - full_finetune, classification: (0.5 - 0.8 + 0.4 - 0.9) / 2, every
+    # discordant example one way: far outside the noise.
+    deltas = numbers["deltas"]["only_head_frozen"]["classification"]
+    gap = deltas["vs_reference"]["acc"]
+    assert gap["delta"] == pytest.approx(-0.4) and gap["per_seed"] == pytest.approx([-0.3, -0.5])
+    assert gap["ci95"][0] < -0.4 < gap["ci95"][1] < 0 and gap["p"] < 0.001
+    assert gap["n"] == 2 and not gap["within_noise"]
+    versus_baseline = deltas["vs_single_task"]["acc"]
+    assert versus_baseline["delta"] == pytest.approx(-0.4)  # (0.5 - 0.85 + 0.4 - 0.85) / 2
+    assert versus_baseline["per_seed"] == pytest.approx([-0.35, -0.45])
+    assert set(deltas["vs_reference"]) == {"acc", "f1"}
+    # Sentiment: the same predictions in every scenario: no difference at all.
+    same = numbers["deltas"]["full_finetune"]["sentiment"]["vs_single_task"]["f1"]
+    assert same["delta"] == 0 and same["ci95"] == [0, 0] and same["p"] == 1
+    assert same["within_noise"]
+    # The reference is not compared with itself.
+    assert "vs_reference" not in numbers["deltas"]["full_finetune"]["classification"]
+    assert numbers["by_size"]["all"]["deltas"] == numbers["deltas"] and not numbers["notes"]
+    # report.md: the same numbers, the test named, gaps within noise marked.
+    assert "paired bootstrap over test examples" in text
+    assert "| full_finetune | 2 | 0.8500 ± 0.0707 | [0.2147, 1.4853] |" in text
+    assert "| only_head_frozen | -0.4000 [" in text and "p<0.001 |" in text
+    assert "+0.0000 [+0.0000, +0.0000] p=1.000 ≈" in text
+    assert "| baseline_0_single_task_classification | single_task | 1 | all |" in text
+
+
+def test_report_pairs_only_runs_on_the_same_test_examples(tmp_path):
+    sweep = make_fake_study(tmp_path / "sweep")
+    # A run whose test split is another one (e.g. other data): no paired test with it.
+    predictions = sweep / "2_only_head_frozen" / "test_predictions" / "classification.csv"
+    rows = predictions.read_text().splitlines()
+    predictions.write_text("\n".join([rows[0], *(r.replace(",0,", ",1,") for r in rows[1:])]))
+    write_report(sweep)
+    numbers = json.loads((sweep / "report.json").read_text())
+    gap = numbers["deltas"]["only_head_frozen"]["classification"]["vs_reference"]["acc"]
+    assert gap["seeds"] == [2] and gap["n"] == 1  # seed 1's run left out
+    assert any("2_only_head_frozen" in note for note in numbers["notes"])
+
+
+def test_report_reference_is_configurable(tmp_path):
+    sweep = make_fake_study(tmp_path / "sweep")
+    main([str(sweep), "--reference", "only_head_frozen"])
+    numbers = json.loads((sweep / "report.json").read_text())
+    gap = numbers["deltas"]["full_finetune"]["classification"]["vs_reference"]["acc"]
+    assert gap["delta"] == pytest.approx(0.4)
+    assert "vs_reference" not in numbers["deltas"]["only_head_frozen"]["classification"]
+    with pytest.raises(SystemExit, match=r"^Error: --reference gradual is not a scenario of"):
+        main([str(sweep), "--reference", "gradual"])
+    # Without full_finetune (any multirun's folder) and no --reference: baselines only.
+    for folder in ("0_full_finetune", "1_full_finetune"):
+        shutil.rmtree(sweep / folder)
+    text = write_report(sweep).read_text()
+    numbers = json.loads((sweep / "report.json").read_text())
+    assert numbers["reference"] is None
+    assert set(numbers["deltas"]["only_head_frozen"]["sentiment"]) == {"vs_single_task"}
+    assert "| scenario | Δ acc vs single_task | Δ F1 vs single_task |" in text
+
+
+def test_report_of_a_study_at_two_training_set_sizes(tmp_path):
+    sweep = make_fake_study(tmp_path / "sweep", sizes=(64, None))
+    text = write_report(sweep).read_text()
+    numbers = json.loads((sweep / "report.json").read_text())
+    assert numbers["sizes"] == ["64", "all"] and set(numbers["by_size"]) == {"64", "all"}
+    small = numbers["by_size"]["64"]["scenarios"]["only_head_frozen"]["classification"]["acc"]
+    assert small["n"] == 2 and small["mean"] == pytest.approx(0.45)
+    assert "### `classification`, 64 training examples per task" in text
+    for task in ("classification", "sentiment"):
+        plot = f"test_acc_vs_examples_{task}.png"
+        assert (sweep / plot).read_bytes().startswith(PNG_MAGIC) and f"]({plot})" in text
+
+
 def test_report_on_a_folder_without_runs_says_what_to_give(tmp_path):
     with pytest.raises(ConfigError, match=r"holds no run folders with \.hydra/config\.yaml"):
         write_report(tmp_path)
@@ -50,16 +150,14 @@ def test_report_on_a_folder_without_runs_says_what_to_give(tmp_path):
         main([str(tmp_path / "missing")])
 
 
-def test_two_scenario_multirun_then_report(tiny_encoders, tmp_path):
-    """As `make compare` does, with two scenarios: train, then report from the sweep folder."""
+def test_two_seed_study_multirun_then_report(tiny_encoders, tmp_path):
+    """As `make compare SEEDS=1,2` does, with two scenarios: the scenarios' multirun, the
+    single-task baselines' multirun into the same folder, then the report."""
     sweep = tmp_path / "compare"
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "mtl_lightning.train",
-        "-m",
-        "experiment=full_finetune,only_head_frozen",
+    common = [
+        "seed=1,2",
+        "data.max_train_examples=null",
         "data=tiny",
         f"model.encoder.name_or_path={tiny_encoders['bert']}",
         f"paths.root_dir={tmp_path}",
@@ -67,19 +165,37 @@ def test_two_scenario_multirun_then_report(tiny_encoders, tmp_path):
         "+trainer.enable_progress_bar=false",
         f"hydra.sweep.dir={sweep}",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    train = [sys.executable, "-m", "mtl_lightning.train", "-m"]
+    for axis in (
+        ["experiment=full_finetune,only_head_frozen"],
+        ["experiment=single_task", "data.only_tasks=classification,sentiment"],
+    ):
+        result = subprocess.run(
+            train + axis + common, capture_output=True, text=True, env=env, timeout=600
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
     report = [sys.executable, "-m", "mtl_lightning.report", str(sweep)]
     result = subprocess.run(report, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
     text = (sweep / "report.md").read_text()
-    assert "2 runs. Seed 42 in every run." in text
-    classification = text.split("## Task `classification`")[1].split("## Task `sentiment`")[0]
-    frozen_row = next(line for line in classification.splitlines() if "1_only_head_frozen" in line)
+    assert "8 runs (4 of them single-task baselines): seeds 1, 2;" in text
+    classification = text.split("### Task `classification`")[1].split("### Task `sentiment`")[0]
+    frozen_row = next(line for line in classification.splitlines() if "2_only_head_frozen" in line)
     assert frozen_row.split("|")[-2].strip()[0] in "+-"  # forgetting, a signed number
-    for plot in ("val_acc_classification.png", "val_acc_sentiment.png", "time_vs_accuracy.png"):
+    plots = ("val_acc_classification.png", "val_acc_sentiment.png", "time_vs_accuracy.png")
+    for plot in plots:
         assert (sweep / plot).read_bytes().startswith(PNG_MAGIC)
+    numbers = json.loads((sweep / "report.json").read_text())
+    assert not numbers["notes"]  # every baseline's test split is its multi-task run's
+    for task in ("classification", "sentiment"):
+        assert numbers["scenarios"]["only_head_frozen"][task]["acc"]["n"] == 2
+        assert numbers["baselines"][task]["f1"]["n"] == 2
+        for versus in ("vs_single_task", "vs_reference"):
+            delta = numbers["deltas"]["only_head_frozen"][task][versus]["acc"]
+            assert delta["n"] == 2 and 0 < delta["p"] <= 1
+    baseline = sweep / "baseline_0_single_task_classification"
+    assert json.loads((baseline / "summary.json").read_text())["tasks"].keys() == {"classification"}
 
     run = sweep / "0_full_finetune"
     summary = json.loads((run / "summary.json").read_text())
@@ -89,8 +205,8 @@ def test_two_scenario_multirun_then_report(tiny_encoders, tmp_path):
         columns = next(csv.reader(file))
     # The LR monitor logs one learning rate per named optimizer group.
     assert {"lr-AdamW/heads", "lr-AdamW/layer_0", "lr-AdamW/embeddings/no_decay"} <= set(columns)
-    # The confusion matrices: labelled, and their diagonal is the logged test accuracy.
     for task in ("classification", "sentiment"):
+        # The confusion matrices: labelled, and their diagonal is the logged test accuracy.
         with (run / f"confusion_{task}.csv").open() as file:
             header, *rows = list(csv.reader(file))
         assert header[0] == "true\\predicted" and [r[0] for r in rows] == header[1:]
@@ -98,6 +214,15 @@ def test_two_scenario_multirun_then_report(tiny_encoders, tmp_path):
         correct = sum(counts[i][i] for i in range(len(counts)))
         accuracy = correct / sum(map(sum, counts))
         assert accuracy == pytest.approx(summary["metrics"][f"test/{task}/acc"], abs=1e-6)
+        # The test predictions: one row per test example, the logged accuracy and macro-F1.
+        with (run / "test_predictions" / f"{task}.csv").open() as file:
+            rows = list(csv.DictReader(file))
+        assert [int(r["idx"]) for r in rows] == list(range(sum(map(sum, counts))))
+        labels, preds = ([int(r[key]) for r in rows] for key in ("label", "pred"))
+        assert stats.accuracy(labels, preds) == pytest.approx(accuracy)
+        f1 = stats.macro_f1(labels, preds, len(summary["tasks"][task]))
+        assert f1 == pytest.approx(summary["metrics"][f"test/{task}/f1"], abs=1e-6)
+        assert summary["train_examples"][task] > 0
         tables = list((run / "wandb").glob(f"offline-run-*/files/media/table/test/{task}/*.json"))
         assert len(tables) == 1  # the W&B confusion-matrix chart's table
 

@@ -1,18 +1,25 @@
-"""Compare the runs of a sweep folder: `report.md`, a table per task, and PNG plots beside it.
+"""Compare the runs of a sweep folder: `report.md`, `report.json` and PNG plots beside them.
 
-    python -m mtl_lightning.report logs/compare/<time>
+    python -m mtl_lightning.report logs/compare/<time> [--reference full_finetune]
 
-Each run folder (`<n>_<run_name>/`) is read from its `metrics.csv` (CSV logger),
-`.hydra/config.yaml`, `.hydra/overrides.yaml` and `summary.json` (written by `train()`); nothing
-is retrained. The plots need matplotlib (the `report` extra), imported only when plotting.
+Each run folder (`<n>_<run_name>/`, `baseline_<n>_<run_name>/`) is read from its `metrics.csv`
+(CSV logger), `.hydra/config.yaml`, `.hydra/overrides.yaml`, `summary.json` and
+`test_predictions/<task>.csv` (written by `train()` and its callbacks); nothing is retrained.
+Runs are grouped by scenario and training-set size (`data.max_train_examples`); their seeds are
+the repeats. A run of `data.only_tasks=<one task>` with full fine-tuning is that task's
+single-task baseline. Differences between scenarios are paired on the same test examples (same
+task, seed and size: the same test split), see `mtl_lightning.stats`. The plots need matplotlib
+(the `report` extra), imported only when plotting.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +27,8 @@ from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
+from mtl_lightning import stats
+from mtl_lightning.callbacks.test_predictions import PREDICTIONS_DIR, read_predictions
 from mtl_lightning.errors import ConfigError, one_line_errors
 from mtl_lightning.summary import read_summary
 
@@ -27,8 +36,13 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 REPORT_FILE = "report.md"
+REPORT_JSON = "report.json"
 TIME_PLOT = "time_vs_accuracy.png"
 MISSING = "—"
+ALL = "all"  # the size label of a run on all training examples (data.max_train_examples=null)
+BASELINE = "single_task"  # the scenario label of single-task baselines
+REFERENCE = "full_finetune"
+METRICS = {"acc": "accuracy", "f1": "macro-F1"}
 
 
 @dataclass
@@ -41,10 +55,32 @@ class Run:
     overrides: list[str]
     history: dict[str, list[tuple[int | None, float]]] = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    size: int | None = None  # data.max_train_examples
+    only_tasks: list[str] | None = None  # data.only_tasks
 
     @property
     def name(self) -> str:
         return self.folder.name
+
+    @property
+    def baseline_task(self) -> str | None:
+        """The task of a single-task baseline (full fine-tuning of one task alone), else None."""
+        one_task = self.only_tasks is not None and len(self.only_tasks) == 1
+        return self.only_tasks[0] if one_task and self.scenario == REFERENCE else None
+
+    @property
+    def label(self) -> str:
+        """The run's scenario in the study: its freezing scenario, or `single_task`."""
+        return BASELINE if self.baseline_task else self.scenario
+
+    @property
+    def size_label(self) -> str:
+        return ALL if self.size is None else str(self.size)
+
+    def predictions(self, task: str) -> tuple[list[int], list[int], list[int]] | None:
+        """`(idx, label, pred)` of the run's test examples of `task`, or None without the file."""
+        path = self.folder / PREDICTIONS_DIR / f"{task}.csv"
+        return read_predictions(path) if path.is_file() else None
 
     def curve(self, metric: str) -> list[tuple[int, float]]:
         """`(epoch, value)` per epoch, the last value of an epoch logged twice (a resume)."""
@@ -95,6 +131,9 @@ def load_run(folder: Path) -> Run:
     overrides_file = folder / ".hydra" / "overrides.yaml"
     overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
     # Literal keys only: the rest holds `${hydra:...}` interpolations, unresolvable out of Hydra.
+    only_tasks = OmegaConf.select(config, "data.only_tasks", default=None)
+    if isinstance(only_tasks, str):
+        only_tasks = [only_tasks]
     return Run(
         folder=folder,
         scenario=str(OmegaConf.select(config, "freezing.scenario", default=MISSING)),
@@ -102,6 +141,8 @@ def load_run(folder: Path) -> Run:
         overrides=[str(o) for o in overrides],
         history=_read_metrics(folder / "metrics.csv"),
         summary=read_summary(folder),
+        size=OmegaConf.select(config, "data.max_train_examples", default=None),
+        only_tasks=None if only_tasks is None else [str(t) for t in only_tasks],
     )
 
 
@@ -134,6 +175,154 @@ def task_names(runs: Sequence[Run]) -> list[str]:
     return list(tasks)
 
 
+def _size_order(size: str) -> float:
+    return math.inf if size == ALL else int(size)
+
+
+def _seed_order(seed: int | None) -> tuple[bool, int]:
+    return (seed is None, seed or 0)
+
+
+def _labels(runs: Sequence[Run]) -> list[str]:
+    """Scenario labels in order of first appearance, the single-task baseline last."""
+    labels = list(dict.fromkeys(run.label for run in runs if run.label != BASELINE))
+    return labels + ([BASELINE] if any(run.label == BASELINE for run in runs) else [])
+
+
+def _num_classes(runs: Sequence[Run], task: str, columns: Sequence[tuple]) -> int:
+    for run in runs:
+        names = run.summary.get("tasks", {}).get(task)
+        if names:
+            return len(names)
+    return 1 + max(max(labels + preds) for _, labels, preds in columns)
+
+
+def _rng_seed(*key: object) -> int:
+    """A fixed bootstrap seed per test split: the report is the same every time it is built."""
+    return zlib.crc32(":".join(map(str, key)).encode())
+
+
+def _paired_replicates(
+    runs: Sequence[Run], task: str, samples: int, notes: list[str]
+) -> dict[str, stats.Replicates]:
+    """Bootstrap replicates of the runs scored on one test split (same task, seed and size),
+    keyed by label; a run whose test examples differ from the first run's is left out."""
+    scored = [(run, run.predictions(task)) for run in runs]
+    scored = [(run, columns) for run, columns in scored if columns is not None]
+    if not scored:
+        return {}
+    first_run, (index, labels, _) = scored[0]
+    preds = {}
+    for run, (run_index, run_labels, run_preds) in scored:
+        if run_index != index or run_labels != labels:
+            notes.append(
+                f"`{run.name}` has other {task} test examples than `{first_run.name}` (same "
+                "seed and size): left out of the paired tests; was the data config the same?"
+            )
+            continue
+        preds[run.label] = run_preds
+    classes = _num_classes(runs, task, [columns for _, columns in scored])
+    key = (task, first_run.seed, first_run.size_label)
+    return stats.bootstrap_replicates(labels, preds, classes, samples, _rng_seed(*key))
+
+
+def _delta(pairs: list[tuple[int, stats.Replicates, stats.Replicates]]) -> dict | None:
+    if not pairs:
+        return None
+    result = {}
+    for metric in METRICS:
+        delta = stats.paired_delta([(a, b) for _, a, b in pairs], metric)
+        result[metric] = {
+            **delta,
+            "seeds": [seed for seed, _, _ in pairs],
+            "within_noise": stats.within_noise(delta),
+        }
+    return result
+
+
+def study(
+    runs: Sequence[Run],
+    tasks: Sequence[str],
+    reference: str | None = REFERENCE,
+    samples: int = stats.BOOTSTRAP_SAMPLES,
+) -> dict:
+    """The numbers of report.json: per training-set size, per scenario and task, test accuracy
+    and macro-F1 over seeds; the single-task baselines; and the paired differences of every
+    scenario from the baseline and from `reference` (None: none). The top level repeats the
+    largest size."""
+    if reference not in {run.label for run in runs}:
+        reference = None
+    sizes = sorted({run.size_label for run in runs}, key=_size_order)
+    notes: list[str] = []
+    by_size = {}
+    for size in sizes:
+        size_runs = [run for run in runs if run.size_label == size]
+        # (label, task) -> seed -> run; a later run of the same seed replaces an earlier one.
+        cells: dict[tuple[str, str], dict[int | None, Run]] = {}
+        for run in size_runs:
+            for task in tasks:
+                if run.last(f"test/{task}/acc") is None:
+                    continue
+                seeds = cells.setdefault((run.label, task), {})
+                if run.seed in seeds:
+                    notes.append(
+                        f"`{run.name}` repeats {run.label}, seed {run.seed}, size {size} of "
+                        f"`{seeds[run.seed].name}`: only `{run.name}` counts."
+                    )
+                seeds[run.seed] = run
+        scenarios: dict[str, dict] = {}
+        baselines: dict[str, dict] = {}
+        for (label, task), seeds in cells.items():
+            order = sorted(seeds, key=_seed_order)
+            numbers = {"seeds": order}
+            for metric in METRICS:
+                values = [seeds[seed].last(f"test/{task}/{metric}") for seed in order]
+                known = [(seed, v) for seed, v in zip(order, values, strict=True) if v is not None]
+                numbers[metric] = {
+                    **stats.over_seeds([v for _, v in known]),
+                    "seeds": [seed for seed, _ in known],
+                }
+            target = baselines if label == BASELINE else scenarios.setdefault(label, {})
+            target[task] = numbers
+        deltas: dict[str, dict] = {}
+        for task in tasks:
+            replicates: dict[tuple[str, int | None], stats.Replicates] = {}
+            task_seeds = {seed for (_, t), c in cells.items() if t == task for seed in c}
+            for seed in sorted(task_seeds, key=_seed_order):
+                split_runs = [c[seed] for (_, t), c in cells.items() if t == task and seed in c]
+                for label, reps in _paired_replicates(split_runs, task, samples, notes).items():
+                    replicates[(label, seed)] = reps
+            labels = {label for label, _ in replicates}
+            seeds = sorted({seed for _, seed in replicates}, key=_seed_order)
+            for label in sorted(labels - {BASELINE}):
+                entry = {}
+                for name, other in (("vs_single_task", BASELINE), ("vs_reference", reference)):
+                    if other is None or other == label:
+                        continue
+                    pairs = [
+                        (seed, replicates[(label, seed)], replicates[(other, seed)])
+                        for seed in seeds
+                        if (label, seed) in replicates and (other, seed) in replicates
+                    ]
+                    entry[name] = _delta(pairs)
+                deltas.setdefault(label, {})[task] = entry
+        by_size[size] = {"scenarios": scenarios, "baselines": baselines, "deltas": deltas}
+    largest = by_size[sizes[-1]]
+    seconds = [run.train_seconds for run in runs if run.train_seconds is not None]
+    return {
+        "test": stats.TEST_NAME,
+        "bootstrap_samples": samples,
+        "reference": reference,
+        "train_seconds_total": sum(seconds),
+        "seeds": sorted({run.seed for run in runs}, key=_seed_order),
+        "sizes": sizes,
+        "size": sizes[-1],
+        **largest,
+        "by_size": by_size,
+        "notes": list(dict.fromkeys(notes)),
+    }
+
+
 def _fmt(value: float | int | None, spec: str) -> str:
     return MISSING if value is None else format(value, spec)
 
@@ -143,29 +332,154 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def markdown_report(runs: Sequence[Run], tasks: Sequence[str], plots: Sequence[str]) -> str:
-    """The report's text: settings, an overall table, one table per task, the plots."""
-    seeds = sorted({str(run.seed) for run in runs})
-    seed_line = (
-        f"Seed {seeds[0]} in every run."
-        if len(seeds) == 1
-        else f"Seeds differ between runs ({', '.join(seeds)}): not a like-for-like comparison."
-    )
+def _spread(numbers: dict | None) -> str:
+    """`mean ± std`, or the one value with `n=1`."""
+    if not numbers or numbers["mean"] is None:
+        return MISSING
+    if numbers["n"] == 1:
+        return f"{numbers['mean']:.4f} (n=1)"
+    return f"{numbers['mean']:.4f} ± {numbers['std']:.4f}"
+
+
+def _interval(numbers: dict | None) -> str:
+    if not numbers or numbers["mean"] is None:
+        return MISSING
+    if numbers["ci95"] is None:
+        return "n=1, no CI"
+    low, high = numbers["ci95"]
+    return f"[{low:.4f}, {high:.4f}]"
+
+
+def _per_seed(numbers: dict | None) -> str:
+    if not numbers or not numbers["values"]:
+        return MISSING
+    pairs = zip(numbers["seeds"], numbers["values"], strict=True)
+    return ", ".join(f"{seed}: {value:.4f}" for seed, value in pairs)
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def _difference(delta: dict | None) -> str:
+    """`+0.0300 [+0.0100, +0.0500] p=0.004`, with `≈` when within noise."""
+    if not delta:
+        return MISSING
+    low, high = delta["ci95"]
+    text = f"{delta['delta']:+.4f} [{low:+.4f}, {high:+.4f}] {_p(delta['p'])}"
+    return text + (" ≈" if delta["within_noise"] else "")
+
+
+def _size_title(size: str) -> str:
+    return "all training examples" if size == ALL else f"{size} training examples per task"
+
+
+def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
+    """The study's sections of report.md: spread over seeds, then paired differences."""
+    reference = numbers["reference"]
+    versus = [BASELINE] + ([reference] if reference else [])
     lines = [
-        "# Scenario comparison",
+        "## Test accuracy and macro-F1 over seeds",
         "",
-        f"{len(runs)} runs. {seed_line} Best val values are maxima over epochs; test values are "
-        "of the best checkpoint by `val/acc_mean` (entire_network_frozen: of the model as "
-        "loaded); train time is the wall time of fitting, validation included (0 when nothing "
-        "trains); trainable params are those of the last epoch.",
+        "Mean ± sample std over seeds, the 95% t-interval of the mean, and each seed's number. "
+        f"`{BASELINE}`: the single-task baseline, full fine-tuning of the task alone (same "
+        "encoder, epochs and seeds).",
+    ]
+    for size in numbers["sizes"]:
+        section = numbers["by_size"][size]
+        rows_of = {**section["scenarios"], BASELINE: None}
+        for task in tasks:
+            rows = []
+            for label in rows_of:
+                cell = section["baselines"].get(task) if label == BASELINE else rows_of[label]
+                cell = cell.get(task) if cell and label != BASELINE else cell
+                if not cell:
+                    continue
+                acc, f1 = cell["acc"], cell["f1"]
+                rows.append(
+                    [label, str(acc["n"]), _spread(acc), _interval(acc), _spread(f1), _interval(f1)]
+                    + [_per_seed(acc), _per_seed(f1)]
+                )
+            if not rows:
+                continue
+            lines += ["", f"### `{task}`, {_size_title(size)}", ""]
+            header = ["scenario", "seeds", "test acc", "acc 95% CI", "test F1", "F1 95% CI"]
+            lines += _table(header + ["acc per seed", "F1 per seed"], rows)
+    lines += [
         "",
-        "## Overall",
+        "## Differences from the single-task baseline and from the reference",
+        "",
+        f"Scenario minus `{BASELINE}`, and minus the reference "
+        + (f"`{reference}`" if reference else "(none: give `--reference <scenario>`)")
+        + ": the mean over seeds of the difference in test accuracy (macro-F1), [its 95% "
+        "interval] and the "
+        f"two-sided p-value of a {numbers['test']} ({numbers['bootstrap_samples']:,} resamples; "
+        "runs of one seed and size share their test split, so each difference is paired on the "
+        "same examples). ≈ marks a difference within noise: p ≥ 0.05, its interval holds 0. The "
+        "interval covers the test examples' sampling noise given these trained models; the "
+        "spread over seeds is in the table above.",
+    ]
+    for size in numbers["sizes"]:
+        deltas = numbers["by_size"][size]["deltas"]
+        for task in tasks:
+            rows = []
+            for label, by_task in deltas.items():
+                entry = by_task.get(task)
+                if not entry:
+                    continue
+                found = [entry.get("vs_single_task"), entry.get("vs_reference")][: len(versus)]
+                rows.append(
+                    [label]
+                    + [_difference(d and d["acc"]) for d in found]
+                    + [_difference(d and d["f1"]) for d in found]
+                )
+            if not rows:
+                continue
+            lines += ["", f"### `{task}`, {_size_title(size)}", ""]
+            header = [f"Δ {metric} vs {other}" for metric in ("acc", "F1") for other in versus]
+            lines += _table(["scenario", *header], rows)
+    if numbers["notes"]:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in numbers["notes"]]
+    return lines
+
+
+def markdown_report(
+    runs: Sequence[Run],
+    tasks: Sequence[str],
+    plots: Sequence[str],
+    numbers: dict | None = None,
+) -> str:
+    """The report's text: the study (over seeds, paired differences), then every run's own
+    numbers, the plots. `numbers`: `study(runs, tasks)`, computed here when not given."""
+    numbers = study(runs, tasks) if numbers is None else numbers
+    seeds = ", ".join(str(seed) for seed in numbers["seeds"])
+    sizes = ", ".join(numbers["sizes"])
+    baselines = sum(1 for run in runs if run.label == BASELINE)
+    lines = [
+        "# Scenario study",
+        "",
+        f"{len(runs)} runs ({baselines} of them single-task baselines): seeds {seeds}; "
+        f"training examples per task: {sizes}; {numbers['train_seconds_total']:.0f} s of "
+        "training in all. Test values are of the best checkpoint by `val/acc_mean` "
+        "(entire_network_frozen: of the model as loaded).",
+        "",
+    ]
+    lines += study_markdown(numbers, tasks)
+    lines += [
+        "",
+        "## Every run",
+        "",
+        "Best val values are maxima over epochs; train time is the wall time of fitting, "
+        "validation included (0 when nothing trains); trainable params are those of the last "
+        "epoch.",
         "",
     ]
     lines += _table(
         [
             "run",
             "scenario",
+            "seed",
+            "size",
             "best val acc (mean)",
             "test acc (mean)",
             "train time (s)",
@@ -174,7 +488,9 @@ def markdown_report(runs: Sequence[Run], tasks: Sequence[str], plots: Sequence[s
         [
             [
                 run.name,
-                run.scenario,
+                run.label,
+                str(run.seed),
+                run.size_label,
                 _fmt(run.best("val/acc_mean"), ".4f"),
                 _fmt(run.last("test/acc_mean"), ".4f"),
                 _fmt(run.train_seconds, ".1f"),
@@ -184,13 +500,13 @@ def markdown_report(runs: Sequence[Run], tasks: Sequence[str], plots: Sequence[s
         ],
     )
     for task in tasks:
-        lines += ["", f"## Task `{task}`", ""]
+        lines += ["", f"### Task `{task}`", ""]
         lines += _table(
             ["run", "scenario", "best val acc", "best val F1", "test acc", "test F1", "forgetting"],
             [
                 [
                     run.name,
-                    run.scenario,
+                    run.label,
                     _fmt(run.best(f"val/{task}/acc"), ".4f"),
                     _fmt(run.best(f"val/{task}/f1"), ".4f"),
                     _fmt(run.last(f"test/{task}/acc"), ".4f"),
@@ -206,7 +522,7 @@ def markdown_report(runs: Sequence[Run], tasks: Sequence[str], plots: Sequence[s
             "Forgetting (only_head_frozen, the frozen head's task): val accuracy when the head "
             "froze minus at the last epoch; positive means the task got worse.",
         ]
-    lines += ["", "## Runs", ""]
+    lines += ["", "### Runs", ""]
     lines += [f"- `{run.name}`: {' '.join(run.overrides) or '(defaults)'}" for run in runs]
     if plots:
         lines += ["", "## Plots", ""]
@@ -227,21 +543,44 @@ def _figure() -> Figure:
 
 
 def _color(index: int) -> str:
-    """The same colour for a run in every plot, whichever runs a plot leaves out."""
+    """The same colour for a scenario in every plot, whichever scenarios a plot leaves out."""
     return f"C{index % 10}"
 
 
+def _largest_size(runs: Sequence[Run]) -> list[Run]:
+    """The runs at the study's largest training-set size (all examples, by default)."""
+    largest = max((run.size_label for run in runs), key=_size_order)
+    return [run for run in runs if run.size_label == largest]
+
+
+def _spread_of(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for one value): the point and the half-width of a band."""
+    numbers = stats.over_seeds(values)
+    return numbers["mean"], numbers["std"] or 0.0
+
+
 def plot_val_curves(runs: Sequence[Run], task: str) -> Figure:
-    """Validation accuracy of `task` per epoch, one line per run."""
+    """Validation accuracy of `task` per epoch, one line per scenario: the mean over seeds, with
+    a band of ± one std where there are several seeds (at the largest training-set size)."""
     from matplotlib.ticker import MaxNLocator
 
     figure = _figure()
     axes = figure.add_subplot()
-    for index, run in enumerate(runs):
-        points = run.curve(f"val/{task}/acc")
-        if points:
-            epochs, values = zip(*points, strict=True)
-            axes.plot(epochs, values, marker="o", label=run.name, color=_color(index))
+    runs = _largest_size(runs)
+    for index, label in enumerate(_labels(runs)):
+        curves = [dict(run.curve(f"val/{task}/acc")) for run in runs if run.label == label]
+        curves = [curve for curve in curves if curve]
+        if not curves:
+            continue
+        epochs = sorted({epoch for curve in curves for epoch in curve})
+        points = [_spread_of([c[e] for c in curves if e in c]) for e in epochs]
+        means = [mean for mean, _ in points]
+        name = f"{label} (n={len(curves)})"
+        axes.plot(epochs, means, marker="o", label=name, color=_color(index))
+        if len(curves) > 1:
+            low = [mean - std for mean, std in points]
+            high = [mean + std for mean, std in points]
+            axes.fill_between(epochs, low, high, color=_color(index), alpha=0.2, linewidth=0)
     axes.set(title=f"{task}: validation accuracy", xlabel="epoch", ylabel="val accuracy")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
@@ -250,20 +589,29 @@ def plot_val_curves(runs: Sequence[Run], task: str) -> Figure:
 
 
 def plot_time_vs_accuracy(runs: Sequence[Run]) -> Figure:
-    """Train time against mean test accuracy, one point per run."""
+    """Train time against mean test accuracy, one point per scenario (mean over seeds, error
+    bars of ± one std); single-task baselines, which test one task each, are left out."""
     figure = _figure()
     axes = figure.add_subplot()
-    for index, run in enumerate(runs):
-        accuracy = run.last("test/acc_mean")
-        if run.train_seconds is None or accuracy is None:
+    runs = _largest_size(runs)
+    for index, label in enumerate(_labels(runs)):
+        points = [
+            (run.train_seconds, run.last("test/acc_mean"))
+            for run in runs
+            if run.label == label and label != BASELINE
+        ]
+        points = [(t, a) for t, a in points if t is not None and a is not None]
+        if not points:
             continue
-        axes.scatter(run.train_seconds, accuracy, color=_color(index))
+        (seconds, seconds_std), (accuracy, accuracy_std) = (
+            _spread_of([t for t, _ in points]),
+            _spread_of([a for _, a in points]),
+        )
+        axes.errorbar(
+            seconds, accuracy, xerr=seconds_std, yerr=accuracy_std, fmt="o", color=_color(index)
+        )
         axes.annotate(
-            run.name,
-            (run.train_seconds, accuracy),
-            fontsize="small",
-            xytext=(4, 4),
-            textcoords="offset points",
+            label, (seconds, accuracy), fontsize="small", xytext=(4, 4), textcoords="offset points"
         )
     axes.margins(x=0.25, y=0.15)  # room for the labels of the outermost points
     axes.set(
@@ -275,17 +623,75 @@ def plot_time_vs_accuracy(runs: Sequence[Run]) -> Figure:
     return figure
 
 
-def write_report(sweep_dir: str | Path) -> Path:
-    """Write `report.md` and its PNG plots into the sweep folder; return the report's path."""
+def _train_examples(run: Run, task: str) -> float | None:
+    count = run.summary.get("train_examples", {}).get(task)
+    return float(count) if count is not None else (None if run.size is None else float(run.size))
+
+
+def plot_accuracy_vs_examples(runs: Sequence[Run], task: str) -> Figure:
+    """Test accuracy of `task` against its training examples, one line per scenario (mean over
+    seeds, error bars of ± one std): the data-size axis of the study."""
+    figure = _figure()
+    axes = figure.add_subplot()
+    sizes = sorted({run.size_label for run in runs}, key=_size_order)
+    ticks: set[float] = set()
+    for index, label in enumerate(_labels(runs)):
+        xs, ys, errors = [], [], []
+        for size in sizes:
+            points = [
+                (_train_examples(run, task), run.last(f"test/{task}/acc"))
+                for run in runs
+                if run.label == label and run.size_label == size
+            ]
+            points = [(x, y) for x, y in points if x is not None and y is not None]
+            if points:
+                xs.append(_spread_of([x for x, _ in points])[0])
+                mean, std = _spread_of([y for _, y in points])
+                ys.append(mean)
+                errors.append(std)
+        if xs:
+            axes.errorbar(
+                xs, ys, yerr=errors, marker="o", capsize=3, label=label, color=_color(index)
+            )
+            ticks.update(xs)
+    axes.set_xscale("log")
+    # Ticks at the sizes trained, not at powers of ten.
+    axes.set_xticks(sorted(ticks), [f"{x:,.0f}" for x in sorted(ticks)])
+    axes.minorticks_off()
+    axes.set(
+        title=f"{task}: test accuracy against training examples",
+        xlabel="training examples of the task",
+        ylabel="test accuracy",
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return figure
+
+
+def write_report(sweep_dir: str | Path, reference: str | None = None) -> Path:
+    """Write `report.md`, `report.json` and the PNG plots into the sweep folder; return the
+    report's path. `reference`: the scenario every other one is also compared with (None:
+    full_finetune where the sweep has it)."""
     sweep = Path(sweep_dir).expanduser()
     runs = load_runs(sweep)
     tasks = task_names(runs)
+    labels = {run.label for run in runs}
+    if reference is not None and reference not in labels:
+        raise ConfigError(
+            f"--reference {reference} is not a scenario of {sweep}: use one of {sorted(labels)}."
+        )
+    reference = reference or REFERENCE
+    numbers = study(runs, tasks, reference)
     figures = {f"val_acc_{task}.png": plot_val_curves(runs, task) for task in tasks}
     figures[TIME_PLOT] = plot_time_vs_accuracy(runs)
+    if len(numbers["sizes"]) > 1:
+        for task in tasks:
+            figures[f"test_acc_vs_examples_{task}.png"] = plot_accuracy_vs_examples(runs, task)
     for name, figure in figures.items():
         figure.savefig(sweep / name, dpi=120)
+    (sweep / REPORT_JSON).write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
     report = sweep / REPORT_FILE
-    report.write_text(markdown_report(runs, tasks, list(figures)), encoding="utf-8")
+    report.write_text(markdown_report(runs, tasks, list(figures), numbers), encoding="utf-8")
     return report
 
 
@@ -294,11 +700,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     """`python -m mtl_lightning.report <sweep_dir>`: a config mistake is one line, no trace."""
     parser = argparse.ArgumentParser(
         prog="python -m mtl_lightning.report",
-        description="Write report.md and PNG plots comparing the runs of a sweep folder.",
+        description="Write report.md, report.json and PNG plots comparing the runs of a sweep.",
     )
     parser.add_argument("sweep_dir", help="a multirun's sweep folder, e.g. logs/compare/<time>")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        help=f"the scenario every other one is compared with, besides the single-task baselines "
+        f"(default {REFERENCE}, where the sweep has it)",
+    )
     args = parser.parse_args(argv)
-    print(f"Wrote {write_report(args.sweep_dir)}")
+    print(f"Wrote {write_report(args.sweep_dir, args.reference)}")
 
 
 if __name__ == "__main__":

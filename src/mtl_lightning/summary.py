@@ -43,6 +43,10 @@ def write_summary(
         "test_seconds": timer.time_elapsed("test") if timer else None,
         "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in module.parameters()),
+        # Each task's label names, in class-id order (test_predictions/<task>.csv holds ids).
+        "tasks": {task: list(labels) for task, labels in getattr(module, "tasks", {}).items()},
+        # Training examples per task (after data.max_train_examples): the x of the size plot.
+        "train_examples": _train_examples(trainer),
         # NaN is not JSON: a metric that never got a value is null.
         "metrics": {k: None if math.isnan(v) else v for k, v in sorted(metrics.items())},
     }
@@ -50,6 +54,11 @@ def write_summary(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def _train_examples(trainer: L.Trainer) -> dict[str, int]:
+    datasets = getattr(getattr(trainer, "datamodule", None), "datasets", None) or {}
+    return {task: len(splits["train"]) for task, splits in datasets.items()}
 
 
 def read_summary(run_dir: Path) -> dict:

@@ -149,13 +149,25 @@ class MultiTaskDataModule(LightningDataModule):
         num_workers: int = 0,
         bucket_pool: int = 50,
         max_train_examples: int | None = None,
+        only_tasks: str | Sequence[str] | None = None,
     ) -> None:
         """`bucket_pool`: training batches per length-sorted pool (1: random batching).
         `max_train_examples`: keep a fixed, seeded, stratified subsample of at most this many
-        training examples per task (quick experiments, benchmarks); null keeps them all."""
+        training examples per task (quick experiments, benchmarks); null keeps them all.
+        `only_tasks`: the task (or list of tasks) of `tasks` to keep, e.g. for a single-task
+        baseline; null keeps them all."""
         super().__init__()
         if not any(source is not None for source in tasks.values()):
             raise ConfigError("data.tasks is empty: give at least one task (data.tasks.<name>).")
+        if only_tasks is not None:
+            keep = [only_tasks] if isinstance(only_tasks, str) else list(only_tasks)
+            unknown = [task for task in keep if task not in tasks]
+            if unknown or not keep:
+                raise ConfigError(
+                    f"data.only_tasks={keep} names tasks {unknown} that data.tasks lacks: use "
+                    f"some of {list(tasks)}, or null for all."
+                )
+            tasks = {task: tasks[task] for task in keep}
         if sampling not in SAMPLINGS:
             raise ConfigError(f"data.sampling={sampling} is unknown: use one of {SAMPLINGS}.")
         # The rules of conf/data (mtl_lightning.config_check), for Python users too.
