@@ -157,7 +157,10 @@ class MultiTaskDataModule(LightningDataModule):
         `only_tasks`: the task (or list of tasks) of `tasks` to keep, e.g. for a single-task
         baseline; null keeps them all."""
         super().__init__()
-        if not any(source is not None for source in tasks.values()):
+        # A task set to null (`data.tasks.<task>: null`, e.g. in a config that extends another)
+        # is left out.
+        tasks = {task: source for task, source in tasks.items() if source is not None}
+        if not tasks:
             raise ConfigError("data.tasks is empty: give at least one task (data.tasks.<name>).")
         if only_tasks is not None:
             keep = [only_tasks] if isinstance(only_tasks, str) else list(only_tasks)
@@ -186,9 +189,7 @@ class MultiTaskDataModule(LightningDataModule):
             },
         )
         check_fractions(val_fraction, test_fraction)
-        # A task set to null (`data.tasks.<task>: null`, e.g. in a config that extends another)
-        # is left out.
-        self.sources = {task: source for task, source in tasks.items() if source is not None}
+        self.sources = dict(tasks)
         self.tokenizer_name = tokenizer
         self.data_dir = Path(data_dir)
         self.batch_size = batch_size
