@@ -68,3 +68,17 @@ class ParamChecksum(Callback):
         path = Path(self.out) / f"rank{trainer.global_rank}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.sums))
+
+
+class SigtermAtStep(Callback):
+    """Sends this process SIGTERM after training step `step`, as a scheduler stopping a job."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import os
+        import signal
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)

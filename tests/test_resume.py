@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 from helpers import Recorder
 
-from mtl_lightning.train import train
+from mtl_lightning.checkpoint import read_checkpoint
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.train import RunStopped, train
 
 RECORD = "+callbacks.recorder._target_=helpers.Recorder"
 
@@ -63,5 +67,60 @@ def test_resume_from_the_middle_of_an_epoch_is_exact(make_cfg, tmp_path, samplin
         for task in theirs:
             assert torch.equal(mine[task]["idx"], theirs[task]["idx"])
     assert done > 0
+    for name, value in straight.after.items():
+        torch.testing.assert_close(resumed.after[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_with_other_tasks_or_labels_is_refused(make_cfg, tmp_path):
+    train(make_cfg("trainer.max_epochs=1", output="first"))
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ConfigError, match=r"only in the checkpoint: \['sentiment'\]"):
+        train(make_cfg("~data.tasks.sentiment", f"ckpt_path={ckpt}"))
+    # The same labels in another order would silently swap the classes.
+    swapped = "data.tasks.sentiment.label_names=[positive,negative]"
+    with pytest.raises(
+        ConfigError,
+        match=r"has labels \['negative', 'positive'\] for task sentiment, the data has "
+        r"\['positive', 'negative'\]",
+    ):
+        train(make_cfg(swapped, f"ckpt_path={ckpt}"))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
+
+
+def test_resuming_into_the_same_run_folder_keeps_its_metrics(make_cfg, tmp_path):
+    def logged_steps(folder: str) -> list[tuple[str, str]]:
+        with (tmp_path / folder / "metrics.csv").open(newline="") as file:
+            return [(r["epoch"], r["step"]) for r in csv.DictReader(file) if r["train/loss_step"]]
+
+    train(make_cfg(output="straight"))
+    stop = ("+callbacks.stop._target_=helpers.StopAfterEpoch", "+callbacks.stop.epoch=0")
+    train(make_cfg(*stop, output="run"))
+    train(make_cfg("ckpt_path=" + str(tmp_path / "run" / "checkpoints" / "last.ckpt")))
+    steps = logged_steps("run")
+    assert steps == logged_steps("straight")  # every step once, in order: none lost, none twice
+    assert {epoch for epoch, _ in steps} == {"0", "1"}
+    with (tmp_path / "run" / "metrics.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [r["epoch"] for r in rows if r["val/acc_mean"]] == ["0", "1"]
+    assert len([r for r in rows if r["test/acc_mean"]]) == 1  # the stopped run's test is gone
+
+
+def test_sigterm_mid_epoch_saves_last_ckpt_that_resumes_exactly(make_cfg, tmp_path):
+    common = ("experiment=gradual_unfreeze", "trainer.max_epochs=3", RECORD)
+    train(make_cfg(*common, output="straight"))
+    straight = Recorder.last
+
+    sigterm = ("+callbacks.sigterm._target_=helpers.SigtermAtStep", "+callbacks.sigterm.step=10")
+    with pytest.raises(RunStopped, match="stopped by SIGTERM at epoch 1, step 10"):
+        train(make_cfg(*common, *sigterm, output="stopped"))
+    assert not (tmp_path / "stopped" / "summary.json").exists()  # not a finished run
+    ckpt = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert read_checkpoint(ckpt, "ckpt_path")["global_step"] == 10  # mid-epoch 1 (7 per epoch)
+    train(make_cfg(*common, f"ckpt_path={ckpt}", output="resumed"))
+    resumed = Recorder.last
+    assert len(resumed.batches) == len(straight.batches) - 10
+    for mine, theirs in zip(resumed.batches, straight.batches[10:], strict=True):
+        for task in theirs:
+            assert torch.equal(mine[task]["idx"], theirs[task]["idx"])
     for name, value in straight.after.items():
         torch.testing.assert_close(resumed.after[name], value, rtol=1e-5, atol=1e-6, msg=name)

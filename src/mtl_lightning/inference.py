@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from mtl_lightning.checkpoint import read_checkpoint
 from mtl_lightning.data.collate import pad
 from mtl_lightning.data.files import READERS, decode_utf8
 from mtl_lightning.errors import ConfigError
@@ -82,12 +83,8 @@ class Predictor:
     ) -> Predictor:
         """Load a training checkpoint; it carries the encoder config, heads, labels, tokenizer."""
         path = Path(path).expanduser()
-        if not path.is_file():
-            raise ConfigError(
-                f"ckpt_path={path} does not exist: give a .ckpt file, e.g. "
-                "<run>/checkpoints/last.ckpt."
-            )
-        module = MultiTaskModule.load_from_checkpoint(path, map_location="cpu")
+        read_checkpoint(path, "ckpt_path")  # a bad or unsafe file: one sentence, nothing run
+        module = MultiTaskModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
         tokenizer = module.tokenizer()  # from the checkpoint just loaded, not read again
         return cls(
             module.encoder,

@@ -6,22 +6,26 @@ python -m mtl_lightning.train -m experiment=only_transformer_frozen,gradual_unfr
 
 from __future__ import annotations
 
+import csv
 import logging
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from mtl_lightning.callbacks.freezing import FreezingSchedule
+from mtl_lightning.callbacks.sigterm import SigtermCheckpoint
+from mtl_lightning.checkpoint import check_resume_tasks, read_checkpoint
 from mtl_lightning.config_check import check_frozen_layers, check_train_config
 from mtl_lightning.data.datamodule import MultiTaskDataModule
 from mtl_lightning.embeddings import export_embeddings
@@ -37,10 +41,8 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode a
 def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> None:
     """Start from the weights of an earlier run (`model.init_from`): encoder and heads."""
     path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"model.init_from={ckpt_path} does not exist: give a .ckpt file.")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    saved_tasks = checkpoint.get("hyper_parameters", {}).get("tasks", {})
+    checkpoint = read_checkpoint(path, "model.init_from")
+    saved_tasks = checkpoint["hyper_parameters"]["tasks"]
     for task, labels in module.tasks.items():
         if task in saved_tasks and list(saved_tasks[task]) != list(labels):
             saved = list(saved_tasks[task])
@@ -105,6 +107,29 @@ def build_loggers(cfg: DictConfig) -> list:
     return loggers
 
 
+class RunStopped(Exception):
+    """Training was stopped by SIGTERM; `last.ckpt` holds where it stood, to resume from."""
+
+
+def _earlier_csv_rows(loggers: list, resume: dict) -> dict[int, list[dict[str, str]]]:
+    """Rows of the CSV loggers' metrics.csv logged before the resumed checkpoint, by logger.
+
+    Resuming into the same run folder: Lightning's CSV writer starts the file afresh, and the
+    rows a run logged after that checkpoint are logged again by the resumed run.
+    """
+    loop = resume.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    resumed_step = loop.get("_batches_that_stepped", resume.get("global_step", 0))
+    kept: dict[int, list[dict[str, str]]] = {}
+    for index, logger in enumerate(loggers):
+        path = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+        if path is None or not path.is_file():
+            continue
+        with path.open(newline="", encoding="utf-8") as file:
+            rows = list(csv.DictReader(file))
+        kept[index] = [r for r in rows if r.get("step") and float(r["step"]) < resumed_step]
+    return kept
+
+
 def _logged(trainer: L.Trainer, prefix: str = "") -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
 
@@ -125,9 +150,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "ckpt_path resumes training, and entire_network_frozen trains nothing: to evaluate "
             "a checkpoint's heads, give it as model.init_from instead."
         )
-    if ckpt_path and not Path(ckpt_path).is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt file to resume.")
+    # Read here (weights-only, one-sentence errors) so that a bad file fails before any work.
+    resume = read_checkpoint(ckpt_path, "ckpt_path") if ckpt_path else None
     datamodule = build_data(cfg.data)
+    if resume is not None:
+        check_resume_tasks(resume, datamodule.label_names, "ckpt_path", ckpt_path)
     module = build_module(cfg.model, datamodule.label_names, datamodule.task_specs)
     check_frozen_layers(freezing.keep_frozen_layers, len(module.encoder_groups()) - 1)
     if init_from:
@@ -136,10 +163,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     freezing.check_tasks(list(datamodule.label_names))
     callbacks = [freezing] + [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = build_loggers(cfg)
+    earlier_rows = _earlier_csv_rows(loggers, resume) if resume is not None else {}
+    resume = None  # the trainer reads the file again; do not hold a second copy while training
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
     # trainer.loggers, not `loggers`: under fast_dev_run Lightning replaces them with a dummy.
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    for index, rows in earlier_rows.items():
+        if trainer.is_global_zero:
+            loggers[index].experiment.metrics.extend(rows)  # written with the next rows
 
     metrics: dict[str, float] = {}
     train_seconds: float | None = 0.0  # entire_network_frozen: nothing trains
@@ -158,7 +190,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                     written[0].parent,
                 )
         else:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             train_seconds = fit_seconds(trainer)
             metrics.update(_logged(trainer))
             best = trainer.checkpoint_callback
@@ -168,7 +200,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 # What is returned describes the best checkpoint: its monitored score, its test.
                 metrics[best.monitor] = float(best.best_model_score)
             best_path = best.best_model_path if has_best else None  # the first ModelCheckpoint's
-            trainer.test(module, datamodule=datamodule, ckpt_path=best_path)
+            trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
+    except SIGTERMException:  # Lightning's: a SystemExit with code 0, which reads as success
+        saved = [c.ckpt_path for c in callbacks if isinstance(c, SigtermCheckpoint) and c.saved]
+        then = (
+            f"and saved {saved[0]}: resume with ckpt_path={saved[0]}"
+            if saved
+            else "with no checkpoint written at the stop: rerun it, or resume from its last.ckpt"
+        )
+        raise RunStopped(
+            f"Training was stopped by SIGTERM at epoch {trainer.current_epoch}, step "
+            f"{trainer.global_step}, {then}."
+        ) from None
     finally:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
@@ -192,6 +235,10 @@ def main(cfg: DictConfig) -> float | None:
         if leftovers <= {".hydra", "train.log"}:
             shutil.rmtree(output_dir, ignore_errors=True)
         raise SystemExit(f"Error: {error}") from None
+    except RunStopped as stopped:
+        # Not a success: a scheduler must see that the run did not finish (128 + SIGTERM).
+        print(f"Stopped: {stopped}", file=sys.stderr)
+        raise SystemExit(143) from None
     return metrics.get(cfg.optimized_metric)
 
 

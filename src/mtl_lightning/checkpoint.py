@@ -1,0 +1,130 @@
+"""Checkpoint files: read weights-only with one-sentence errors, and written atomically.
+
+Every checkpoint this project reads (`ckpt_path` to resume, `model.init_from`, predict's and
+encode's `ckpt_path`) goes through `read_checkpoint`: `torch.load(weights_only=True)` unpickles
+tensors and plain containers only, so a crafted file cannot run code. The project's checkpoints
+hold nothing else (the RNG callback stores NumPy's state as lists for that reason).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from typing_extensions import override
+
+from mtl_lightning.errors import ConfigError
+
+HINT = "give a .ckpt written by mtl_lightning.train, such as <run>/checkpoints/last.ckpt"
+
+
+def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
+    """The checkpoint at `path` (given as config key `key`), loaded weights-only on the CPU.
+
+    Missing, empty, truncated, garbage and foreign files, and files holding Python objects other
+    than tensors and plain containers, all raise one ConfigError naming `key=path`.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{key}={path} does not exist: {HINT}.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"GLOBAL (\S+)", str(error))
+        if refused:
+            raise ConfigError(
+                f"{key}={path} is not a readable checkpoint of this project: it holds the Python "
+                f"object {refused.group(1)}, which is refused because loading it could run code; "
+                f"{HINT}."
+            ) from None
+        raise ConfigError(
+            f"{key}={path} is not a readable checkpoint of this project (not a torch file): {HINT}."
+        ) from None
+    except MemoryError:
+        raise
+    except Exception as error:  # empty: EOFError, truncated: RuntimeError, text: KeyError, ...
+        raise ConfigError(
+            f"{key}={path} is not a readable checkpoint of this project (truncated, corrupt or "
+            f"unreadable: {type(error).__name__}): {HINT}."
+        ) from None
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if not (
+        isinstance(hparams, dict)
+        and isinstance(hparams.get("tasks"), dict)
+        and isinstance(checkpoint.get("state_dict"), dict)
+    ):
+        raise ConfigError(
+            f"{key}={path} is not a readable checkpoint of this project (it has no state_dict "
+            f"and task labels): {HINT}."
+        )
+    return checkpoint
+
+
+def check_resume_tasks(
+    checkpoint: Mapping[str, Any], tasks: Mapping[str, list[str]], key: str, path: str
+) -> None:
+    """A resumed run trains the same tasks with the same labels in the same class order."""
+    saved = dict(checkpoint["hyper_parameters"]["tasks"])
+    if set(saved) != set(tasks):
+        only_saved = sorted(set(saved) - set(tasks))
+        only_data = sorted(set(tasks) - set(saved))
+        raise ConfigError(
+            f"{key}={path} was trained on tasks {sorted(saved)}, the data has {sorted(tasks)} "
+            f"(only in the checkpoint: {only_saved}, only in the data: {only_data}): resume with "
+            f"the same data.tasks, or start a new run from it with model.init_from={path}."
+        )
+    for task, labels in tasks.items():
+        if list(saved[task]) != list(labels):
+            raise ConfigError(
+                f"{key}={path} has labels {list(saved[task])} for task {task}, the data has "
+                f"{list(labels)} (class ids would not match): resume with the same "
+                f"data.tasks.{task}.label_names, in the same order."
+            )
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside its target, then renames it over it.
+
+    A run killed, or a disk that fills, while a checkpoint is written leaves the previous file
+    whole under the final name. Lightning's own writer stages in `$TMPDIR`, and a move from
+    another filesystem there is a copy into the final name. Loading is always weights-only.
+    """
+
+    @override
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or "://" in str(path):  # remote: fsspec's transaction
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")  # not *.ckpt: no glob
+        try:
+            with temporary.open("wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)  # same folder, so same filesystem: atomic
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        if hasattr(os, "O_DIRECTORY"):  # the rename itself survives a power cut
+            folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+
+    @override
+    def load_checkpoint(
+        self, path: str | Path, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        # Never unpickle arbitrary objects, whatever the caller asked for.
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
