@@ -213,3 +213,36 @@ def test_config_errors_name_the_key(make_cfg, tmp_path):
         build_data(make_cfg("+data.tasks.sentiment.type=regression").data)
     with pytest.raises(ConfigError, match=r"type_options.loss=l1 is unknown"):
         build_data(make_cfg(*TYPES, "data.tasks.similarity.type_options.loss=l1").data)
+
+
+def test_hf_source_reads_pairs_and_scores(tmp_path):
+    pytest.importorskip("datasets")
+    from mtl_lightning.data.hf import HFSource
+    from mtl_lightning.data.sources import Rows
+
+    rows = [("a cat", "a kitten", 4.5), ("a car", "the sea", 0.5), ("", "dropped", 1.0)]
+    csv_file = _write_csv(tmp_path / "sts.csv", ("sentence1", "sentence2", "score"), rows)
+    common = {"path": "csv", "data_files": str(csv_file), "text_column": "sentence1"}
+    source = HFSource(
+        "sts", **common, text_pair_column="sentence2", label_column="score", type="similarity"
+    )
+    assert source.load(tmp_path) == {
+        "train": Rows(["a cat", "a car"], ["4.5", "0.5"], ["a kitten", "the sea"])
+    }
+    with pytest.raises(ConfigError, match=r"no column 'text_pair'.*sts\.text_pair_column"):
+        HFSource("sts", **common, label_column="score", type="similarity").load(tmp_path)
+
+
+def test_predict_one_pair_from_the_command_line_keys(make_cfg, tmp_path):
+    train(make_cfg(*TYPES, "trainer.max_epochs=1"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    from conftest import CONF_DIR
+    from hydra import compose, initialize_config_dir
+
+    overrides = [f"ckpt_path={ckpt}", "text='A man sings.'", "text_pair='A man is singing.'"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        (row,) = predict(compose("predict", overrides=overrides))
+    assert set(row) == {"text", "text_pair", "classification", "paraphrase", "similarity"}
+    pair = {"text": "A man sings.", "text_pair": "A man is singing."}
+    expected = Predictor.from_checkpoint(ckpt, device="cpu").predict([pair])[0]
+    assert row["similarity"]["score"] == pytest.approx(expected["similarity"]["score"], abs=1e-5)
