@@ -246,3 +246,46 @@ def test_predict_one_pair_from_the_command_line_keys(make_cfg, tmp_path):
     pair = {"text": "A man sings.", "text_pair": "A man is singing."}
     expected = Predictor.from_checkpoint(ckpt, device="cpu").predict([pair])[0]
     assert row["similarity"]["score"] == pytest.approx(expected["similarity"]["score"], abs=1e-5)
+
+
+def test_report_uses_each_tasks_primary_metric(tmp_path):
+    """A sweep with a similarity task: its table shows Spearman and Pearson, and the overall
+    table the monitored mean of primaries, not the accuracies' mean."""
+    import csv
+
+    from mtl_lightning.report import write_report
+
+    folder = tmp_path / "sweep" / "0_full_finetune"
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text(
+        "freezing:\n  scenario: full_finetune\nseed: 1\n"
+    )
+    rows = [
+        {
+            "epoch": 0,
+            "val/primary_mean": 0.70,
+            "val/acc_mean": 0.6,
+            "val/qa/acc": 0.6,
+            "val/qa/f1": 0.5,
+            "val/sts/spearman": 0.80,
+            "val/sts/pearson": 0.75,
+        },
+        {
+            "epoch": 1,
+            "test/primary_mean": 0.65,
+            "test/acc_mean": 0.55,
+            "test/qa/acc": 0.55,
+            "test/sts/spearman": 0.75,
+            "test/sts/pearson": 0.70,
+        },
+    ]
+    with (folder / "metrics.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=sorted({k for r in rows for k in r} | {"step"}))
+        writer.writeheader()
+        writer.writerows(rows)
+    text = write_report(tmp_path / "sweep").read_text()
+    assert "| 0_full_finetune | full_finetune | 1 | all | 0.7000 | 0.6500 |" in text
+    sts = text.split("### Task `sts`")[1]
+    assert "best val Spearman | best val Pearson | test Spearman | test Pearson" in sts
+    assert "| 0_full_finetune | full_finetune | 0.8000 | 0.7500 | 0.7500 | 0.7000 |" in sts
+    assert (tmp_path / "sweep" / "val_acc_sts.png").is_file()
