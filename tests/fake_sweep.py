@@ -155,7 +155,7 @@ def make_fake_study(sweep: Path, sizes: tuple[int | None, ...] = (None,)) -> Pat
                     "train_seconds": 10.0 * seed,
                     "trainable_params": 100,
                     "tasks": {t: STUDY_TASKS[t] for t in tasks},
-                    "train_examples": {t: 1000 if size is None else size for t in tasks},
+                    "examples": {t: {"train": 1000 if size is None else size} for t in tasks},
                 }
                 (folder / "summary.json").write_text(json.dumps(summary))
     return sweep

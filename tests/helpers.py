@@ -20,6 +20,9 @@ class Recorder(Callback):
         self.batches: list[dict] = []
         self.rng: dict[int, torch.Tensor] = {}  # epoch -> torch RNG state at its first batch
         self.head_calls: list[str] = []
+        self.epoch_start: dict[int, dict[str, torch.Tensor]] = {}  # epoch -> params at its start
+        self.epoch_steps: dict[int, int] = {}  # epoch -> training steps
+        self.schedulers: list = []  # the LR schedulers, at the end of fit
         Recorder.last = self
 
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -30,13 +33,18 @@ class Recorder(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.batches.append(batch)
         epoch = trainer.current_epoch
+        self.epoch_steps[epoch] = self.epoch_steps.get(epoch, 0) + 1
         if epoch not in self.trainable:
+            self.epoch_start[epoch] = {
+                n: p.detach().clone() for n, p in pl_module.named_parameters()
+            }
             self.rng[epoch] = torch.get_rng_state()
             self.trainable[epoch] = {n for n, p in pl_module.named_parameters() if p.requires_grad}
             self.training[epoch] = {n: m.training for n, m in pl_module.named_modules()}
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self.after = {n: p.detach().clone() for n, p in pl_module.named_parameters()}
+        self.schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
 
 
 class StopAfterEpoch(Callback):

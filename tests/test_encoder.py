@@ -106,3 +106,42 @@ def test_uncached_hub_model_offline_fails_at_once(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="neither in the local Hugging Face cache nor reachable"):
         resolve_encoder_path("distilbert-base-uncased-not-cached-here")
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_hub_check_goes_through_the_proxy(monkeypatch, scheme):
+    """Behind a proxy the hub is reached through it: a raw socket to the hub would fail here."""
+    import socket
+    import threading
+
+    from huggingface_hub import constants
+
+    from mtl_lightning.model import encoder
+
+    proxy = socket.create_server(("127.0.0.1", 0))
+    seen: list[list[bytes]] = []
+
+    def answer_once() -> None:  # one request: its method and target
+        connection, _ = proxy.accept()
+        with connection:
+            seen.append(connection.recv(4096).split()[:2])
+            reply = b"200 OK" if scheme == "http" else b"403 Forbidden"
+            connection.sendall(b"HTTP/1.1 " + reply + b"\r\nContent-Length: 0\r\n\r\n")
+
+    thread = threading.Thread(target=answer_once, daemon=True)
+    thread.start()
+    # hub.invalid does not resolve: only the proxy can answer.
+    monkeypatch.setattr(constants, "ENDPOINT", f"{scheme}://hub.invalid")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    for name in ("http_proxy", "https_proxy", "no_proxy", "NO_PROXY", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(f"{scheme.upper()}_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+    try:
+        reachable = encoder._hub_reachable(timeout=5)
+        thread.join(5)
+    finally:
+        proxy.close()
+    if scheme == "http":  # the proxy relays the request and the hub's answer
+        assert seen == [[b"HEAD", b"http://hub.invalid"]] and reachable
+    else:  # HTTPS: the client asks the proxy for a tunnel; this one refuses it
+        assert seen == [[b"CONNECT", b"hub.invalid:443"]] and not reachable

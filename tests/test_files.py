@@ -177,7 +177,47 @@ BAD_INPUTS = {
     "blank_label": (
         {"q.csv": csv_bytes(questions() + [("Who?", " ")])},
         [TRAIN_Q],
-        r"q\.csv .* row 61 has label ' '",
+        r"q\.csv .* line 62 has label ' '",
+    ),
+    "nan_label": (
+        {"q.csv": csv_bytes(questions() + [("Who?", "NaN")])},
+        [TRAIN_Q],
+        r"q\.csv .* line 62 has label 'NaN', a missing value written out as text: label the "
+        r"example or remove it \(or list 'NaN' in data\.tasks\.classification\.label_names",
+    ),
+    "nan_label_in_jsonl": (
+        {
+            "q.csv": GOOD_CSV,
+            "bad.jsonl": jsonl_bytes(reviews() + [{"text": "Ok.", "label": "nan"}]),
+        },
+        [TRAIN_Q, "data.tasks.sentiment.train=bad.jsonl"],
+        r"bad\.jsonl .* line 41 has label 'nan', a missing value",
+    ),
+    "unterminated_quote": (
+        {"q.csv": GOOD_CSV + b'Who?,"HUM\nWhere?,LOC\nWhen?,NUM\n'},
+        [TRAIN_Q],
+        r"q\.csv line 62 is malformed \(unexpected end of data\): close every quoted field",
+    ),
+    "stray_tab": (
+        {"q.tsv": csv_bytes(questions(), delimiter="\t") + b"Who\twrote it?\tHUM\n"},
+        ["data.tasks.classification.train=q.tsv"],
+        r"q\.tsv line 62 has 3 tab-separated fields, but the header has 2: remove the stray tab",
+    ),
+    "semicolon_csv": (
+        {"q.csv": csv_bytes(questions(), delimiter=";")},
+        [TRAIN_Q],
+        r"q\.csv looks semicolon-separated \(header 'text;label'\), but a \.csv file must be "
+        r"comma-separated: re-export it with commas\.",
+    ),
+    "tab_separated_csv": (
+        {"q.csv": csv_bytes(questions(), delimiter="\t")},
+        [TRAIN_Q],
+        r"q\.csv looks tab-separated .* re-export it with commas or name it \.tsv\.",
+    ),
+    "folder_as_file": (
+        {},
+        ["data.tasks.classification.train=."],
+        r"^data\.tasks\.classification\.train=\.: .* is a folder; give a file in it",
     ),
     "not_utf8": (
         {"q.csv": "text,label\nWhat is a café?,HUM\n".encode("latin-1")},
@@ -229,3 +269,21 @@ def test_bad_input_is_one_clear_error_before_training(case, make_cfg, tmp_path, 
     with pytest.raises(ConfigError, match=message):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_declared_nan_label_is_a_class(tmp_path):
+    from mtl_lightning.data.files import FileSource
+
+    (tmp_path / "q.csv").write_bytes(csv_bytes([("Who?", "HUM"), ("What?", "nan")]))
+    source = FileSource("classification", train=str(tmp_path / "q.csv"), label_names=["HUM", "nan"])
+    assert source.load(tmp_path)["train"] == (["Who?", "What?"], ["HUM", "nan"])
+
+
+def test_shipped_tsv_rows_must_have_two_fields():
+    from mtl_lightning.data.sources import read_label_tsv
+
+    assert read_label_tsv("label\ttext\nHUM\tWho?\n", "t.tsv") == (["Who?"], ["HUM"])
+    with pytest.raises(ConfigError, match=r"^t\.tsv line 3 has 3 field\(s\), not 2"):
+        read_label_tsv("label\ttext\nHUM\tWho?\nLOC\tWhere\tis it?\n", "t.tsv")
+    with pytest.raises(ConfigError, match=r"^t\.tsv line 2 has 1 field\(s\), not 2"):
+        read_label_tsv("label\ttext\nHUM\n", "t.tsv")

@@ -226,3 +226,67 @@ def test_user_errors_name_the_key_and_the_fix(ckpt, tmp_path):
         encode(compose_cfg("encode", f"ckpt_path={ckpt}", f"input={good}", "output=e.txt"))
     with pytest.raises(ConfigError, match="ckpt_path=none for the plain encoder"):
         encode(compose_cfg("encode", f"input={good}", "output=e.npy"))
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_txt_lines_split_at_newlines_only(tmp_path, newline):
+    from mtl_lightning.inference import read_texts
+
+    # A form feed and U+2028 inside a sentence are part of it; "" is an empty line of its own.
+    lines = ["page one\fpage two", "first\u2028second", "", "last"]
+    source = tmp_path / "sentences.txt"
+    source.write_bytes((newline.join(lines) + newline).encode("utf-8"))
+    assert read_texts(source) == lines
+
+
+def test_predict_refuses_to_overwrite_its_input(tmp_path):
+    source = tmp_path / "sentences.jsonl"
+    source.write_text('{"text": "ok"}\n')
+    for output in (source, tmp_path / "sub" / ".." / "sentences.jsonl"):
+        cfg = compose_cfg("predict", "ckpt_path=any.ckpt", f"input={source}", f"output={output}")
+        with pytest.raises(ConfigError, match="is the input file, which writing would destroy"):
+            predict(cfg)
+    assert source.read_text() == '{"text": "ok"}\n'
+
+
+def test_folders_given_as_files_are_called_folders(tmp_path):
+    cfg = compose_cfg("predict", "ckpt_path=any.ckpt", f"input={tmp_path}", "output=o.jsonl")
+    with pytest.raises(ConfigError, match=r"is a folder: give a file in it"):
+        predict(cfg)
+    source = tmp_path / "sentences.txt"
+    source.write_text("ok\n")
+    output = f"output={tmp_path / 'o.jsonl'}"
+    cfg = compose_cfg("predict", f"ckpt_path={tmp_path}", f"input={source}", output)
+    with pytest.raises(ConfigError, match=r"is a folder: give the \.ckpt file, e\.g\. ckpt_path="):
+        predict(cfg)
+
+
+def test_outputs_replace_the_old_file_whole_or_not_at_all(tmp_path):
+    from mtl_lightning.inference import write_embeddings, write_jsonl
+
+    output = tmp_path / "predictions.jsonl"
+    output.write_text("old\n")
+    with pytest.raises(TypeError):  # the second record cannot be written
+        write_jsonl(output, [{"text": "fine"}, {"text": object()}])
+    assert output.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["predictions.jsonl"]
+    write_jsonl(output, [{"text": "new"}])
+    assert output.read_text() == '{"text": "new"}\n'
+    embeddings = tmp_path / "e.npy"
+    write_embeddings(embeddings, ["a"], np.ones((1, 2), dtype=np.float32))
+    assert np.load(embeddings).tolist() == [[1.0, 1.0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy", "predictions.jsonl"]
+    plain = tmp_path / "plain.txt"
+    plain.write_text("")  # the permissions any new file gets here
+    assert output.stat().st_mode == embeddings.stat().st_mode == plain.stat().st_mode
+
+
+def test_predict_says_when_it_replaces_an_output(ckpt, tmp_path, capsys):
+    source = tmp_path / "sentences.txt"
+    source.write_text("ok\n")
+    output = tmp_path / "predictions.jsonl"
+    cfg = compose_cfg("predict", f"ckpt_path={ckpt}", f"input={source}", f"output={output}")
+    predict(cfg)
+    assert "replacing" not in capsys.readouterr().err
+    predict(cfg)
+    assert f"{output} (replacing the file that was there)." in capsys.readouterr().err

@@ -222,7 +222,7 @@ def test_two_seed_study_multirun_then_report(tiny_encoders, tmp_path):
         assert stats.accuracy(labels, preds) == pytest.approx(accuracy)
         f1 = stats.macro_f1(labels, preds, len(summary["tasks"][task]))
         assert f1 == pytest.approx(summary["metrics"][f"test/{task}/f1"], abs=1e-6)
-        assert summary["train_examples"][task] > 0
+        assert summary["examples"][task]["train"] > 0
         tables = list((run / "wandb").glob(f"offline-run-*/files/media/table/test/{task}/*.json"))
         assert len(tables) == 1  # the W&B confusion-matrix chart's table
 

@@ -122,5 +122,34 @@ def test_sigterm_mid_epoch_saves_last_ckpt_that_resumes_exactly(make_cfg, tmp_pa
     for mine, theirs in zip(resumed.batches, straight.batches[10:], strict=True):
         for task in theirs:
             assert torch.equal(mine[task]["idx"], theirs[task]["idx"])
+
+
+def test_resume_after_a_head_froze_is_exact(make_cfg, tmp_path):
+    """only_head_frozen, alternating: epoch 0 has 14 steps (both tasks), later epochs only the
+    sentiment task's 4; a checkpoint 2 steps into epoch 1 resumes with its remaining batches."""
+    steps = tmp_path / "steps"
+    common = (
+        "experiment=only_head_frozen",
+        "freezing.head=classification",
+        "trainer.max_epochs=3",
+        "data.sampling=alternating",
+        RECORD,
+    )
+    every_16_steps = (
+        "+callbacks.steps._target_=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"+callbacks.steps.dirpath={steps}",
+        "+callbacks.steps.every_n_train_steps=16",
+        "+callbacks.steps.save_top_k=-1",
+    )
+    train(make_cfg(*common, *every_16_steps, output="straight"))
+    straight = Recorder.last
+    assert straight.epoch_steps == {0: 14, 1: 4, 2: 4}
+    (ckpt,) = steps.glob("*epoch=1-step=16.ckpt")
+    train(make_cfg(*common, f"ckpt_path='{ckpt}'", output="resumed"))
+    resumed = Recorder.last
+    assert resumed.epoch_steps == {1: 2, 2: 4}
+    for mine, theirs in zip(resumed.batches, straight.batches[16:], strict=True):
+        assert mine.keys() == theirs.keys() == {"sentiment"}
+        assert torch.equal(mine["sentiment"]["idx"], theirs["sentiment"]["idx"])
     for name, value in straight.after.items():
         torch.testing.assert_close(resumed.after[name], value, rtol=1e-5, atol=1e-6, msg=name)

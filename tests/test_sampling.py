@@ -14,7 +14,12 @@ from helpers import Recorder
 from hydra.utils import instantiate
 
 from mtl_lightning.data.datamodule import MultiTaskDataModule
-from mtl_lightning.data.sampler import EpochSeed, LengthBucketBatchSampler, TaskScheduleBatchSampler
+from mtl_lightning.data.sampler import (
+    EpochSeed,
+    LengthBucketBatchSampler,
+    RoundRobinBatchSampler,
+    TaskScheduleBatchSampler,
+)
 from mtl_lightning.data.sources import TinySource
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.module import MultiTaskModule
@@ -193,3 +198,86 @@ def test_train_with_uncertainty_weighting(make_cfg, tmp_path):
         ]
         assert len(weights) == len(recorder.batches) and weights[0] == 1.0 and weights[-1] != 1.0
         assert any(r.get(f"train/weight/{task}_epoch") for r in rows)
+
+
+@pytest.mark.parametrize("replicas", [3, 5])
+def test_tiny_data_on_more_ranks_than_batches(replicas):
+    """2 batches of one task, 1 of the other, on more ranks than batches: every rank still
+    steps equally often, on the same task at each step, each taking real batches."""
+    sizes = [15, 4]  # batches of 8: 2 and 1
+
+    def rank_batches(rank: int) -> list[list[int]]:
+        clock, samplers = EpochSeed(3), []
+        for stream, (offset, size) in enumerate(zip([0, 15], sizes, strict=True)):
+            lengths = [random.Random(f"{size}:{i}").randint(3, 40) for i in range(size)]
+            samplers.append(
+                LengthBucketBatchSampler(
+                    lengths,
+                    8,
+                    clock,
+                    offset=offset,
+                    num_replicas=replicas,
+                    rank=rank,
+                    stream=str(stream),
+                )  # fmt: skip
+            )
+        assert [len(s) for s in samplers] == [1, 1]
+        return list(RoundRobinBatchSampler(samplers))
+
+    ranks = [rank_batches(rank) for rank in range(replicas)]
+    assert all(len(batches) == 2 for batches in ranks)
+    for batches in ranks:
+        assert [batch[0] >= 15 for batch in batches] == [False, True]  # the same task per step
+    # The ranks share both batches of the first task between them, repeated from the start.
+    first_task = {tuple(sorted(batches[0])) for batches in ranks}
+    assert len(first_task) == 2 and sorted(i for b in first_task for i in b) == list(range(15))
+
+
+def _train_batches(cfg) -> dict[str, int]:
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    size = cfg.data.batch_size
+    return {task: math.ceil(len(s["train"]) / size) for task, s in datamodule.datasets.items()}
+
+
+@pytest.mark.parametrize("sampling", ["joint", "alternating", "temperature"])
+def test_a_frozen_heads_task_leaves_the_train_loader(make_cfg, sampling):
+    """only_head_frozen: after warm-up the frozen task has no steps and no batches, the epochs
+    are as long as the other task alone makes them, and the LR schedule ends at the last step."""
+    cfg = make_cfg(
+        RECORDER, "experiment=only_head_frozen", "freezing.head=classification",
+        f"data.sampling={sampling}", "trainer.max_epochs=3",
+    )  # fmt: skip
+    train(cfg)
+    recorder = Recorder.last
+    batches = _train_batches(cfg)  # classification has the most batches
+    assert batches["classification"] > batches["sentiment"]
+    joint = sampling == "joint"
+    first = max(batches.values()) if joint else 2 * max(batches.values())
+    assert recorder.epoch_steps == {0: first, 1: batches["sentiment"], 2: batches["sentiment"]}
+    assert all(len(step) == (2 if joint else 1) for step in recorder.batches[:first])
+    assert all(list(step) == ["sentiment"] for step in recorder.batches[first:])
+    # The linear schedule reaches 0 exactly after the last step run, not before nor after.
+    (scheduler,) = recorder.schedulers
+    steps = len(recorder.batches)
+    assert scheduler.last_epoch == steps
+    assert scheduler.lr_lambdas[0](steps - 1) > 0 and scheduler.lr_lambdas[0](steps) == 0
+
+
+def test_no_task_left_to_train_names_the_keys(make_cfg):
+    datamodule = instantiate(make_cfg().data)
+    datamodule.setup("fit")
+    datamodule.train_tasks = lambda epoch: set() if epoch else {"sentiment"}
+    first = datamodule.train_dataloader()  # joint: a CombinedLoader of the trained tasks
+    assert list(first.iterables) == ["sentiment"]
+    assert len(first.iterables["sentiment"]) == datamodule.train_batches(0)
+    datamodule.start_epoch = 1
+    with pytest.raises(ConfigError, match="No task trains in epoch 1.*freezing.scenario"):
+        datamodule.train_dataloader()
+
+
+def test_a_task_without_batches_is_an_error_not_a_silent_stop():
+    clock = EpochSeed(3)
+    samplers = [LengthBucketBatchSampler([], 8, clock), LengthBucketBatchSampler([5] * 4, 8, clock)]
+    with pytest.raises(ValueError, match="task 0 of the schedule has no batches"):
+        list(RoundRobinBatchSampler(samplers))

@@ -10,28 +10,23 @@ import torch
 from conftest import EXPERIMENTS
 from helpers import Recorder
 
+from mtl_lightning.callbacks.freezing import SCENARIOS
 from mtl_lightning.train import train
 
 RECORDER = "+callbacks.recorder._target_=helpers.Recorder"
 
 
+# experiment=single_task is the study baseline: one task fine-tuned alone (test_single_task.py).
+SCENARIO_EXPERIMENTS = [name for name in EXPERIMENTS if name != "single_task"]
+
+
 def test_all_five_scenarios_are_configured():
-    assert (
-        sorted(
-            [
-                "entire_network_frozen",
-                "full_finetune",
-                "gradual_unfreeze",
-                "only_head_frozen",
-                "only_transformer_frozen",
-            ]
-        )
-        == EXPERIMENTS
-    )
+    assert sorted(SCENARIOS) == SCENARIO_EXPERIMENTS
+    assert set(EXPERIMENTS) == {*SCENARIOS, "single_task"}
 
 
 @pytest.mark.parametrize("encoder", ["bert", "distilbert"])
-@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("experiment", SCENARIO_EXPERIMENTS)
 def test_experiment_runs_end_to_end(make_cfg, tmp_path, experiment, encoder):
     cfg = make_cfg(f"experiment={experiment}", "trainer.max_epochs=2", encoder=encoder)
     metrics = train(cfg)
@@ -98,8 +93,20 @@ def test_only_head_frozen_keeps_the_named_head_after_warmup(make_cfg, tmp_path):
         assert recorder.training[epoch]["heads.sentiment"] is False
         assert recorder.training[epoch]["encoder.model"] is True
         assert any(n.startswith("encoder.") for n in recorder.trainable[epoch])
-    # After warm-up only the classification task trains: its head is the only one called in
+    # The head trained in warm-up; from the freeze point (epoch 1's first step) to the end it is
+    # bit-identical, while the encoder and the other head go on training.
+    at_freeze = recorder.epoch_start[1]
+    assert any(not torch.equal(recorder.before[n], at_freeze[n]) for n in frozen)
+    for name in frozen:
+        assert torch.equal(recorder.after[name], at_freeze[name]), name
+    changed = {n for n in at_freeze if not torch.equal(at_freeze[n], recorder.after[n])}
+    assert any(n.startswith("heads.classification.") for n in changed)
+    assert any(n.startswith("encoder.") for n in changed)
+    # After warm-up only the classification task trains: its batches are the only ones in
     # training steps of epochs 1-2, while validation still evaluates both tasks every epoch.
+    assert all(
+        list(step) == ["classification"] for step in recorder.batches[recorder.epoch_steps[0] :]
+    )
     with open(tmp_path / "run" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("val/sentiment/acc")]
     assert sorted(int(r["epoch"]) for r in rows) == [0, 1, 2]

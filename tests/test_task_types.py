@@ -289,3 +289,29 @@ def test_report_uses_each_tasks_primary_metric(tmp_path):
     assert "best val Spearman | best val Pearson | test Spearman | test Pearson" in sts
     assert "| 0_full_finetune | full_finetune | 0.8000 | 0.7500 | 0.7500 | 0.7000 |" in sts
     assert (tmp_path / "sweep" / "val_acc_sts.png").is_file()
+
+
+def test_export_writes_and_reloads_every_types_head(make_cfg, tmp_path):
+    from mtl_lightning.checkpoint import load_module
+    from mtl_lightning.export import export_checkpoint, load_heads
+
+    train(make_cfg(*TYPES, "trainer.max_epochs=1"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    exported = export_checkpoint(ckpt, tmp_path / "exported")
+    spec = json.loads((exported / "heads.json").read_text())
+    assert {task: t["type"] for task, t in spec["tasks"].items()} == {
+        "classification": "classification",
+        "paraphrase": "pair_classification",
+        "similarity": "similarity",
+    }
+    assert spec["tasks"]["paraphrase"]["tensors"]["classifier.weight"] == [2, 3 * 32]
+    heads, labels = load_heads(exported)
+    assert labels["similarity"] == [] and labels["paraphrase"] == ["not_paraphrase", "paraphrase"]
+    module = load_module(ckpt, "ckpt_path").eval()
+    u, v = torch.randn(5, 32), torch.randn(5, 32)
+    with torch.inference_mode():
+        for task in ("paraphrase", "similarity"):
+            torch.testing.assert_close(heads[task](u, v), module.heads[task](u, v))
+    card = (exported / "README.md").read_text()
+    assert "| similarity | similarity | scores in [0.0, 5.0] |" in card
+    assert "| paraphrase | pair_classification | not_paraphrase, paraphrase |" in card

@@ -13,13 +13,16 @@ import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from typing_extensions import override
 
 from mtl_lightning.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mtl_lightning.model.module import MultiTaskModule
 
 HINT = "give a .ckpt written by mtl_lightning.train, such as <run>/checkpoints/last.ckpt"
 
@@ -31,6 +34,11 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
     than tensors and plain containers, all raise one ConfigError naming `key=path`.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(
+            f"{key}={path} is a folder: give the .ckpt file, e.g. "
+            f"{key}={path}/checkpoints/last.ckpt for a run folder."
+        )
     if not path.is_file():
         raise ConfigError(f"{key}={path} does not exist: {HINT}.")
     try:
@@ -64,6 +72,17 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
             f"and task labels): {HINT}."
         )
     return checkpoint
+
+
+def load_module(path: str | Path, key: str) -> MultiTaskModule:
+    """The trained module of a checkpoint (predict, encode, export): checked by
+    `read_checkpoint`, then loaded by Lightning, weights-only too."""
+    from mtl_lightning.model.module import MultiTaskModule  # the model imports this room
+
+    read_checkpoint(path, key)
+    return MultiTaskModule.load_from_checkpoint(
+        Path(path).expanduser(), map_location="cpu", weights_only=True
+    )
 
 
 def check_resume_tasks(

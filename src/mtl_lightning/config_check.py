@@ -108,10 +108,11 @@ RULES: dict[str, Rule] = {
     "freezing.keep_frozen_layers": int_at_least(2, least=0),
     # conf/model/*.yaml
     "model.encoder.name_or_path": Rule(str, example="sentence-transformers/all-MiniLM-L6-v2"),
+    # null: a sentence-transformers folder's own pooling and normalisation, else mean, none.
     "model.encoder.pooling": Rule(
-        str, f"one of {', '.join(POOLINGS)}", POOLINGS.__contains__, "mean"
+        str, f"one of {', '.join(POOLINGS)}", POOLINGS.__contains__, "mean", nullable=True
     ),
-    "model.encoder.normalize": Rule(bool, example="false"),
+    "model.encoder.normalize": Rule(bool, example="false", nullable=True),
     "model.head_dropout": Rule(
         float, "at least 0 and below 1", lambda v: 0 <= v < 1, 0.1
     ),  # a probability of zeroing
@@ -192,8 +193,10 @@ ENCODE_RULES: dict[str, Rule] = {
     **INFERENCE_RULES,
     "output": Rule(str, example="embeddings.npy", nullable=True),
     "encoder": Rule(str, example="sentence-transformers/all-MiniLM-L6-v2"),
-    "pooling": Rule(str, f"one of {', '.join(POOLINGS)}", POOLINGS.__contains__, "mean"),
-    "normalize": Rule(bool, example="false"),
+    "pooling": Rule(
+        str, f"one of {', '.join(POOLINGS)}", POOLINGS.__contains__, "mean", nullable=True
+    ),
+    "normalize": Rule(bool, example="false", nullable=True),
 }
 
 

@@ -46,7 +46,7 @@ def encode(cfg: DictConfig) -> np.ndarray:
         )
     # Bad files fail before the model loads.
     texts = read_texts(cfg.input)
-    output = check_output(cfg.output, (".npy", ".parquet"))
+    output = check_output(cfg.output, (".npy", ".parquet"), cfg.input)
     settings = {"device": cfg.device, "batch_size": cfg.batch_size, "max_length": cfg.max_length}
     if str(cfg.ckpt_path).lower() == "none":
         try:
@@ -58,9 +58,10 @@ def encode(cfg: DictConfig) -> np.ndarray:
     else:
         predictor = Predictor.from_checkpoint(cfg.ckpt_path, **settings)
     embeddings = predictor.encode(texts)
+    replaced = " (replacing the file that was there)" if output.exists() else ""
     write_embeddings(output, texts, embeddings)
     rows, width = embeddings.shape
-    print(f"Wrote {rows} x {width} embeddings to {output}.", file=sys.stderr)
+    print(f"Wrote {rows} x {width} embeddings to {output}{replaced}.", file=sys.stderr)
     return embeddings
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +23,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mtl_lightning.checkpoint import read_checkpoint
+from mtl_lightning.checkpoint import load_module
 from mtl_lightning.data.collate import pad
 from mtl_lightning.data.files import READERS, decode_utf8
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, load_tokenizer
-from mtl_lightning.model.module import MultiTaskModule
 from mtl_lightning.tasks import TaskType, build_task_type
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -83,8 +84,7 @@ class Predictor:
     ) -> Predictor:
         """Load a training checkpoint; it carries the encoder config, heads, labels, tokenizer."""
         path = Path(path).expanduser()
-        read_checkpoint(path, "ckpt_path")  # a bad or unsafe file: one sentence, nothing run
-        module = MultiTaskModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        module = load_module(path, "ckpt_path")  # weights-only; a bad file is one sentence
         tokenizer = module.tokenizer()  # from the checkpoint just loaded, not read again
         return cls(
             module.encoder,
@@ -101,13 +101,14 @@ class Predictor:
     def from_encoder(
         cls,
         name_or_path: str = PACKAGED_MINILM,
-        pooling: str = "mean",
-        normalize: bool = False,
+        pooling: str | None = None,
+        normalize: bool | None = None,
         device: str = "auto",
         batch_size: int = 64,
         max_length: int = 256,
     ) -> Predictor:
-        """A plain pretrained encoder without heads: `encode` only."""
+        """A plain pretrained encoder without heads: `encode` only. Pooling and normalisation
+        left None are a sentence-transformers folder's, else mean and none (see `Encoder`)."""
         encoder = Encoder(name_or_path, pooling=pooling, normalize=normalize)
         tokenizer = load_tokenizer(name_or_path)
         return cls(encoder, tokenizer, device=device, batch_size=batch_size, max_length=max_length)
@@ -187,7 +188,7 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
     texts = read_texts(path)
     if path.suffix.lower() == ".txt":
         return [{"text": text} for text in texts]
-    _, records = READERS[path.suffix.lower()](path)
+    records = READERS[path.suffix.lower()](path).rows
     rows = []
     for text, record in zip(texts, records, strict=True):
         pair = record.get("text_pair")
@@ -201,6 +202,8 @@ def read_texts(path: str | Path) -> list[str]:
     (`.csv`, `.tsv`, `.jsonl`, `.parquet`, read as `data=files` reads them)."""
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise ConfigError(f"input={path} is a folder: give a file in it, e.g. input={path}/a.txt.")
     if suffix not in INPUT_SUFFIXES:
         raise ConfigError(
             f"input={path} has an unknown extension: give a {', '.join(INPUT_SUFFIXES)} file."
@@ -208,8 +211,13 @@ def read_texts(path: str | Path) -> list[str]:
     if not path.is_file():
         raise ConfigError(f"input={path} does not exist: give an existing file.")
     if suffix == ".txt":
-        return decode_utf8(path).splitlines()
-    columns, rows = READERS[suffix](path)
+        # split("\n"), as read_jsonl does: splitlines() also splits at form feeds, U+2028 and
+        # other separators that may stand inside a sentence.
+        lines = decode_utf8(path).split("\n")
+        if lines[-1] == "":  # a final newline ends the last line; it starts no empty one
+            lines.pop()
+        return [line.removesuffix("\r") for line in lines]
+    columns, rows, _ = READERS[suffix](path)
     if "text" not in columns:
         raise ConfigError(
             f"input={path} has no `text` column (columns: {columns}): name the column "
@@ -223,12 +231,22 @@ def read_texts(path: str | Path) -> list[str]:
     return [str(row["text"]) for row in rows]
 
 
-def check_output(path: str | Path, suffixes: tuple[str, ...]) -> Path:
-    """Fail before any work if the output's extension is not one we can write."""
+def check_output(path: str | Path, suffixes: tuple[str, ...], input_path: str | Path) -> Path:
+    """Fail before any work if the output cannot be written, or would overwrite the input."""
     path = Path(path).expanduser()
     if path.suffix not in suffixes:
         raise ConfigError(
             f"output={path} has an unknown extension: give a {' or '.join(suffixes)} file."
+        )
+    if path.is_dir():
+        raise ConfigError(
+            f"output={path} is a folder: give a file name, e.g. output={path}/out{suffixes[0]}."
+        )
+    source = Path(input_path).expanduser()
+    # resolve() sees through symlinks and `..`; samefile also through hard links.
+    if path.resolve() == source.resolve() or (path.exists() and path.samefile(source)):
+        raise ConfigError(
+            f"output={path} is the input file, which writing would destroy: give another output."
         )
     if path.suffix == ".parquet" and importlib.util.find_spec("pyarrow") is None:
         raise ConfigError(
@@ -238,22 +256,36 @@ def check_output(path: str | Path, suffixes: tuple[str, ...]) -> Path:
     return path
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A new file beside `path`, moved onto it once written: a write that fails leaves any old
+    file whole and no half-written one under the name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as file:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    with replacing(path) as partial, partial.open("w", encoding="utf-8") as file:
         for record in records:
             file.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def write_embeddings(path: Path, texts: list[str], embeddings: np.ndarray) -> None:
     """`.npy`: the array alone; `.parquet`: columns `text` and `embedding` (one list per row)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npy":
-        np.save(path, embeddings)
+        # A file object: given a name not ending in .npy, np.save would append one.
+        with replacing(path) as partial, partial.open("wb") as file:
+            np.save(file, embeddings)
         return
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     flat = pa.array(embeddings.reshape(-1), type=pa.float32())
     column = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])
-    pq.write_table(pa.table({"text": texts, "embedding": column}), path)
+    with replacing(path) as partial:
+        pq.write_table(pa.table({"text": texts, "embedding": column}), partial)

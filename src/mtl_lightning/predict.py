@@ -34,7 +34,7 @@ def predict(cfg: DictConfig) -> list[dict]:
         raise ConfigError("text_pair is the second sentence of text=: give text= too.")
     if cfg.text is None:
         rows = read_rows(cfg.input)
-        output = check_output(cfg.output, (".jsonl",))
+        output = check_output(cfg.output, (".jsonl",), cfg.input)
     else:
         rows = [{"text": str(cfg.text)}]  # Hydra parses e.g. text=42 as a number
         if text_pair is not None:
@@ -44,8 +44,9 @@ def predict(cfg: DictConfig) -> list[dict]:
     )
     predictions = predictor.predict(rows)
     if cfg.text is None:
+        replaced = " (replacing the file that was there)" if output.exists() else ""
         write_jsonl(output, predictions)
-        print(f"Wrote {len(predictions)} predictions to {output}.", file=sys.stderr)
+        print(f"Wrote {len(predictions)} predictions to {output}{replaced}.", file=sys.stderr)
     else:
         print(json.dumps(predictions[0], ensure_ascii=False))
     return predictions

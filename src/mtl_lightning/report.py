@@ -653,7 +653,7 @@ def plot_time_vs_accuracy(runs: Sequence[Run]) -> Figure:
 
 
 def _train_examples(run: Run, task: str) -> float | None:
-    count = run.summary.get("train_examples", {}).get(task)
+    count = run.summary.get("examples", {}).get(task, {}).get("train")
     return float(count) if count is not None else (None if run.size is None else float(run.size))
 
 

@@ -45,8 +45,9 @@ def write_summary(
         "total_params": sum(p.numel() for p in module.parameters()),
         # Each task's label names, in class-id order (test_predictions/<task>.csv holds ids).
         "tasks": {task: list(labels) for task, labels in getattr(module, "tasks", {}).items()},
-        # Training examples per task (after data.max_train_examples): the x of the size plot.
-        "train_examples": _train_examples(trainer),
+        # Examples per task and split (after data.max_train_examples): the report's size axis
+        # and the exported model card.
+        "examples": _examples(trainer),
         # NaN is not JSON: a metric that never got a value is null.
         "metrics": {k: None if math.isnan(v) else v for k, v in sorted(metrics.items())},
     }
@@ -56,9 +57,12 @@ def write_summary(
     return path
 
 
-def _train_examples(trainer: L.Trainer) -> dict[str, int]:
+def _examples(trainer: L.Trainer) -> dict[str, dict[str, int]]:
     datasets = getattr(getattr(trainer, "datamodule", None), "datasets", None) or {}
-    return {task: len(splits["train"]) for task, splits in datasets.items()}
+    return {
+        task: {split: len(data) for split, data in splits.items()}
+        for task, splits in datasets.items()
+    }
 
 
 def read_summary(run_dir: Path) -> dict:

@@ -27,6 +27,7 @@ from mtl_lightning.callbacks.freezing import FreezingSchedule
 from mtl_lightning.callbacks.sigterm import SigtermCheckpoint
 from mtl_lightning.checkpoint import check_resume_tasks, read_checkpoint
 from mtl_lightning.config_check import check_frozen_layers, check_train_config
+from mtl_lightning.console import quiet_loggers, quiet_third_party
 from mtl_lightning.data.datamodule import MultiTaskDataModule
 from mtl_lightning.embeddings import export_embeddings
 from mtl_lightning.errors import ConfigError
@@ -36,6 +37,7 @@ from mtl_lightning.summary import fit_seconds, write_summary
 log = logging.getLogger(__name__)
 # Frozen modules are in eval mode on purpose (deterministic, so cacheable); Lightning warns.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start")
+quiet_third_party()
 
 
 def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> None:
@@ -104,6 +106,7 @@ def build_loggers(cfg: DictConfig) -> list:
             continue
         extra = {"group": _wandb_group()} if name == "wandb" else {}
         loggers.append(build(node, **{k: v for k, v in extra.items() if v}))
+    quiet_loggers(loggers)
     return loggers
 
 

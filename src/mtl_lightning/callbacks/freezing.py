@@ -134,6 +134,18 @@ class FreezingSchedule(Callback):
     def _head_frozen_in(self, epoch: int) -> bool:
         return self.scenario == "only_head_frozen" and epoch >= self.head_warmup_epochs
 
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Train loaders hold only the tasks whose head trains in their epoch (see
+        # `MultiTaskDataModule.tasks_training_in`); when that set changes during the run,
+        # Lightning rebuilds the train loader at every epoch start.
+        datamodule = trainer.datamodule
+        if stage != "fit" or not hasattr(datamodule, "train_tasks"):
+            return
+        tasks, groups = list(pl_module.heads), len(pl_module.encoder_groups())
+        datamodule.train_tasks = lambda epoch: self.plan(epoch, tasks, groups).heads
+        if self.scenario == "only_head_frozen" and self.head_warmup_epochs > 0:
+            trainer.reload_dataloaders_every_n_epochs = 1
+
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # After the strategy has wrapped the model (DDP registers every parameter that required
         # grad then), before the fit loop looks at train/eval modes.

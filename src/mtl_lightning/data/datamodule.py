@@ -15,6 +15,8 @@ batches):
 The last three share `TaskSequenceBatchSampler`: the order of tasks and of batches comes from one
 `EpochSeed` only, so every DDP rank picks the same task at the same step, and a resumed run the
 same as an uninterrupted one. Whatever the mode, `training_step` receives `{task: batch}`.
+N and M count only the tasks that train in the epoch: a task whose head is frozen then
+(`only_head_frozen`) is out of the loss, and out of the train loader too.
 Validation and test keep tasks apart: one DataLoader per task, each batch naming its task.
 Token ids are cached under `<data_dir>/.token_cache/` (`data.token_cache`, see `token_cache`).
 """
@@ -25,7 +27,7 @@ import bisect
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,6 +212,9 @@ class MultiTaskDataModule(LightningDataModule):
         self.pad_id = 0
         self.start_epoch = 0
         self.skip_steps = 0
+        # Which tasks train in an epoch (set by the freezing schedule); None: every task.
+        self.train_tasks: Callable[[int], Collection[str]] | None = None
+        self._train_batches: dict[tuple, int] = {}  # (tasks, world size) -> batches per epoch
 
     def prepare_data(self) -> None:
         """Fetch whatever a source needs. Idempotent and atomic: every process may call it."""
@@ -339,36 +344,70 @@ class MultiTaskDataModule(LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def task_weights(self) -> list[float]:
-        """Relative share of steps per task for `proportional` and `temperature` sampling."""
+    def task_weights(self, tasks: Sequence[str] | None = None) -> list[float]:
+        """Relative share of steps per task (of `tasks`, default all) for `proportional` and
+        `temperature` sampling."""
         exponent = 1.0 if self.sampling == "proportional" else 1.0 / self.temperature
-        return [len(splits["train"]) ** exponent for splits in self.datasets.values()]
+        return [len(self.datasets[task]["train"]) ** exponent for task in tasks or self.datasets]
 
     def _task_sequence_sampler(
-        self, samplers: list[LengthBucketBatchSampler]
+        self, samplers: list[LengthBucketBatchSampler], tasks: list[str]
     ) -> TaskSequenceBatchSampler:
         if self.sampling == "alternating":
             return RoundRobinBatchSampler(samplers)
-        schedule = TaskScheduleBatchSampler(samplers, self.task_weights())
-        steps = dict(zip(self.datasets, schedule.step_counts(), strict=True))
+        schedule = TaskScheduleBatchSampler(samplers, self.task_weights(tasks))
+        steps = dict(zip(tasks, schedule.step_counts(), strict=True))
         log.info("sampling=%s: training steps per task and epoch %s.", self.sampling, steps)
         return schedule
 
+    def tasks_training_in(self, epoch: int) -> list[str]:
+        """The tasks whose batches the train loader of `epoch` holds: all but those whose head is
+        frozen then (`train_tasks`): a frozen head's task is out of the loss, so its batches
+        would be loaded for nothing (joint) or be empty steps (one task per step)."""
+        chosen = set(self.datasets if self.train_tasks is None else self.train_tasks(epoch))
+        tasks = [task for task in self.datasets if task in chosen]
+        if not tasks:
+            raise ConfigError(
+                f"No task trains in epoch {epoch}: the freezing schedule freezes the head of "
+                f"every task in data.tasks {list(self.datasets)}; add a task whose head trains or "
+                "choose another freezing.scenario."
+            )
+        return tasks
+
+    def train_batches(self, epoch: int) -> int:
+        """Steps (batches per DDP rank) of the train loader of `epoch`, before Lightning's
+        `limit_train_batches`: epochs get shorter when a frozen head's task leaves them."""
+        tasks = self.tasks_training_in(epoch)
+        key = (tuple(tasks), self.trainer.world_size if self.trainer else 1)
+        if key not in self._train_batches:  # asked for every epoch of the run: once per set
+            samplers = [self._bucket_sampler(task, "train") for task in tasks]
+            joint = self.sampling == "joint"  # max_size_cycle: as long as the longest task
+            length = max(map(len, samplers)) if joint else len(TaskSequenceBatchSampler(samplers))
+            self._train_batches[key] = length
+        return self._train_batches[key]
+
     def train_dataloader(self) -> CombinedLoader | DataLoader:
-        epoch_seed = EpochSeed(self.seed, self.start_epoch)
+        # The epoch it serves: Lightning rebuilds it at the start of an epoch when the tasks
+        # change (see `FreezingSchedule.setup`), and a resumed run builds its first one before
+        # the trainer's epoch is restored, hence the saved `start_epoch`.
+        trainer = self.trainer
+        epoch = max(self.start_epoch, trainer.current_epoch if trainer else 0)
+        skip = self.skip_steps if epoch == self.start_epoch else 0
+        tasks = self.tasks_training_in(epoch)
+        # debug=overfit (trainer.overfit_batches): the same batches every epoch, those of epoch 0.
+        epoch_seed = EpochSeed(self.seed, epoch, replay=bool(trainer and trainer.overfit_batches))
         if self.sampling != "joint":
-            combined = ConcatTaskDataset([splits["train"] for splits in self.datasets.values()])
+            combined = ConcatTaskDataset([self.datasets[task]["train"] for task in tasks])
             samplers = [
                 self._bucket_sampler(task, "train", epoch_seed, offset)
-                for task, offset in zip(self.datasets, combined.offsets, strict=False)
+                for task, offset in zip(tasks, combined.offsets, strict=False)
             ]
-            schedule = self._task_sequence_sampler(samplers)
-            schedule.skip, self.skip_steps = self.skip_steps, 0
+            schedule = self._task_sequence_sampler(samplers, tasks)
+            schedule.skip = skip
             return self._loader(combined, schedule, by_task=True)
-        samplers = {task: self._bucket_sampler(task, "train", epoch_seed) for task in self.datasets}
+        samplers = {task: self._bucket_sampler(task, "train", epoch_seed) for task in tasks}
         for sampler in samplers.values():  # joint: every step took one batch of every task
-            sampler.skip = self.skip_steps
-        self.skip_steps = 0
+            sampler.skip = skip
         loaders = {
             task: self._loader(self.datasets[task]["train"], sampler)
             for task, sampler in samplers.items()

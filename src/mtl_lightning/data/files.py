@@ -14,7 +14,7 @@ import io
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
@@ -23,8 +23,16 @@ from mtl_lightning.data.sources import Examples, Rows, check_columns, check_drop
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.tasks import task_type_class
 
-# (column names, rows as {column: value})
-Table = tuple[list[str], list[dict[str, Any]]]
+
+class Table(NamedTuple):
+    columns: list[str]
+    rows: list[dict[str, Any]]  # {column: value}
+    lines: list[int] | None  # the line each row starts on, for text formats
+
+
+# How pandas writes a missing label as text (NaN, and pd.NA as <NA>): not a class of its own.
+MISSING_LABELS = {"nan", "<na>"}
+DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
 
 
 def launch_dir() -> Path:
@@ -45,22 +53,64 @@ def decode_utf8(path: Path) -> str:
 
 
 def read_delimited(path: Path, delimiter: str) -> Table:
-    """CSV or TSV with a header row, quoted the way spreadsheets and pandas write them."""
+    """CSV or TSV with a header row, quoted the way spreadsheets and pandas write them.
+
+    A row whose fields do not line up with the header (a stray delimiter, an unterminated
+    quote) is a ConfigError naming its line: read as is, its label would become a new class.
+    """
     # newline="": quoted fields may hold line breaks, which the csv module handles itself.
-    reader = csv.DictReader(io.StringIO(decode_utf8(path), newline=""), delimiter=delimiter)
+    # strict: an unclosed quote is an error, not a field that runs on to the end of the file.
+    text = io.StringIO(decode_utf8(path), newline="")
+    reader = csv.reader(text, delimiter=delimiter, strict=True)
+    name = DELIMITER_NAMES[delimiter]
+    columns: list[str] | None = None
+    rows, lines = [], []
+    start = 1  # the line the next record starts on
     try:
-        rows = list(reader)
+        for fields in reader:
+            line, start = start, reader.line_num + 1
+            if not fields:  # a blank line
+                continue
+            if columns is None:
+                columns = fields
+                check_delimiter(path, columns, delimiter)
+            elif len(fields) != len(columns):
+                raise ConfigError(
+                    f"{path} line {line} has {len(fields)} {name}-separated fields, but the "
+                    f"header has {len(columns)}: remove the stray {name}, or quote the field "
+                    f'that holds it ("...").'
+                )
+            else:
+                rows.append(dict(zip(columns, fields, strict=True)))
+                lines.append(line)
     except csv.Error as error:
         raise ConfigError(
-            f"{path} is not a readable delimited file ({error}): fix or re-export it."
+            f"{path} line {start} is malformed ({error}): close every quoted field with a "
+            'quote and double the quotes inside one (""), or fix or re-export the file.'
         ) from None
-    return list(reader.fieldnames or []), rows
+    return Table(columns or [], rows, lines)
+
+
+def check_delimiter(path: Path, header: list[str], delimiter: str) -> None:
+    """A one-column header holding another delimiter: the file is separated by that one."""
+    if len(header) != 1:
+        return
+    found = next((d for d in DELIMITER_NAMES if d != delimiter and d in header[0]), None)
+    if found is None:
+        return
+    expected = DELIMITER_NAMES[delimiter]
+    rename = " or name it .tsv" if found == "\t" else ""
+    raise ConfigError(
+        f"{path} looks {DELIMITER_NAMES[found]}-separated (header {header[0]!r}), but a "
+        f"{path.suffix} file must be {expected}-separated: re-export it with {expected}s"
+        f"{rename}."
+    )
 
 
 def read_jsonl(path: Path) -> Table:
     """One JSON object per line; blank lines are skipped."""
     columns: dict[str, None] = {}  # every key seen, in first-seen order
-    rows = []
+    rows, lines = [], []
     # split("\n"), not splitlines(): JSON strings may hold raw U+2028 and other line separators.
     for number, line in enumerate(decode_utf8(path).split("\n"), 1):
         if not line.strip():
@@ -79,7 +129,8 @@ def read_jsonl(path: Path) -> Table:
             )
         columns.update(dict.fromkeys(row))
         rows.append(row)
-    return list(columns), rows
+        lines.append(number)
+    return Table(list(columns), rows, lines)
 
 
 def read_parquet(path: Path) -> Table:
@@ -97,7 +148,7 @@ def read_parquet(path: Path) -> Table:
         raise ConfigError(
             f"{path} is not a readable Parquet file ({error}): fix or re-export it."
         ) from None
-    return table.column_names, table.to_pylist()
+    return Table(table.column_names, table.to_pylist(), None)
 
 
 READERS: dict[str, Callable[[Path], Table]] = {
@@ -158,6 +209,11 @@ class FileSource:
         """(texts, labels) of one split's file, empty texts dropped; `Rows` with the second
         sentences for a pair type (an example with either sentence empty dropped)."""
         path = launch_dir() / Path(file).expanduser()
+        if path.is_dir():
+            raise ConfigError(
+                f"{self.key(split)}={file}: {path} is a folder; give a file in it, e.g. "
+                f"{self.key(split)}={Path(file) / 'train.csv'}."
+            )
         if not path.is_file():
             raise ConfigError(
                 f"{self.key(split)}={file}: {path} does not exist; give an existing file "
@@ -169,7 +225,7 @@ class FileSource:
                 f"{self.key(split)}={file} has an unknown format: give a .csv, .tsv, .jsonl or "
                 ".parquet file."
             )
-        columns, rows = reader(path)
+        columns, rows, lines = reader(path)
         where = f"{path} ({self.key(split)})"
         if not rows:
             raise ConfigError(f"{where} is empty: give a file with at least one example.")
@@ -191,14 +247,22 @@ class FileSource:
             if pair is None or (self.text_pair_column and not str(pair).strip()):
                 continue
             label = row.get(self.label_column)
+            place = f"line {lines[number - 1]}" if lines else f"row {number}"
             if isinstance(label, bool) or not isinstance(label, kinds) or not str(label).strip():
                 wanted_label = "numeric score" if self.numeric_labels else "string or integer label"
                 raise ConfigError(
-                    f"{where} row {number} has label {label!r}: give every example a "
+                    f"{where} {place} has label {label!r}: give every example a "
                     f"{wanted_label} in column '{self.label_column}'."
                 )
+            label = str(label).strip()
+            if label.lower() in MISSING_LABELS and label not in (self.label_names or ()):
+                raise ConfigError(
+                    f"{where} {place} has label {label!r}, a missing value written out as text: "
+                    f"label the example or remove it (or list {label!r} in "
+                    f"{self.key('label_names')} if it is a class)."
+                )
             texts.append(str(text))
-            labels.append(str(label).strip())
+            labels.append(label)
             pairs.append(str(pair))
         check_dropped(where, len(texts), len(rows), self.text_column, self.key("text_column"))
         return Rows(texts, labels, pairs) if self.text_pair_column else (texts, labels)

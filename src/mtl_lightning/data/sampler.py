@@ -7,6 +7,7 @@ rank and on a resumed run.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator, Sequence
 
@@ -24,9 +25,10 @@ class EpochSeed:
     k steps does not depend on the other streams (what a mid-epoch resume needs).
     """
 
-    def __init__(self, seed: int, epoch: int = 0) -> None:
+    def __init__(self, seed: int, epoch: int = 0, replay: bool = False) -> None:
         self.seed = seed
         self.epoch = epoch
+        self.replay = replay  # every epoch draws epoch 0's order (trainer.overfit_batches)
         self.passes: dict[str, int] = {}
 
     def set_epoch(self, epoch: int) -> None:
@@ -36,7 +38,8 @@ class EpochSeed:
     def next_rng(self, stream: str = "") -> random.Random:
         count = self.passes.get(stream, 0)
         self.passes[stream] = count + 1
-        return random.Random(f"{self.seed}:{self.epoch}:{stream}:{count}")
+        epoch = 0 if self.replay else self.epoch
+        return random.Random(f"{self.seed}:{epoch}:{stream}:{count}")
 
 
 class LengthBucketBatchSampler(Sampler[list[int]]):
@@ -99,10 +102,11 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
 
     def _shard(self, batches: list[list[int]]) -> list[list[int]]:
         """This rank's share: every rank draws the same batches (same seed) and takes every
-        `num_replicas`-th, the list padded from its start so that all ranks step equally often."""
-        if self.num_replicas == 1:
+        `num_replicas`-th, the list padded by repeating it from its start so that all ranks step
+        equally often (even with fewer batches than ranks)."""
+        if self.num_replicas == 1 or not batches:
             return batches
-        batches = batches + batches[: len(self) * self.num_replicas - len(batches)]
+        batches = list(itertools.islice(itertools.cycle(batches), len(self) * self.num_replicas))
         return batches[self.rank :: self.num_replicas]
 
     def _cut(self, indices: list[int]) -> list[list[int]]:
@@ -137,9 +141,11 @@ class TaskSequenceBatchSampler(Sampler[list[int]]):
         skip, self.skip = self.skip, 0
         for step, position in enumerate(self.task_sequence()):
             batch = next(iterators[position], None) if position in iterators else None
-            if batch is None:
+            if batch is None:  # the task ran out: its next pass (never a bare `next` in here)
                 iterators[position] = iter(self.samplers[position])
-                batch = next(iterators[position])
+                batch = next(iterators[position], None)
+                if batch is None:
+                    raise ValueError(f"task {position} of the schedule has no batches")
             if step >= skip:
                 yield batch
 

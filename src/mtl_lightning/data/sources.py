@@ -65,13 +65,23 @@ def read_label_tsv(text: str, origin: str) -> tuple[list[str], list[str]] | Rows
     """Parse `label<TAB>text` rows under a `label	text` header (or `label	text	text_pair`
     rows, returned as `Rows`)."""
     reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
-    rows = list(reader)
-    if not rows or rows[0] not in (["label", "text"], ["label", "text", "text_pair"]):
+    header = next(reader, None)
+    if header not in (["label", "text"], ["label", "text", "text_pair"]):
         raise ConfigError(f"{origin} must start with the header 'label<TAB>text'.")
-    labels = [row[0] for row in rows[1:] if row]
-    texts = [row[1] for row in rows[1:] if row]
-    if len(rows[0]) == 3:
-        return Rows(texts, labels, [row[2] for row in rows[1:] if row])
+    texts, labels, pairs = [], [], []
+    for row in reader:
+        if not row:
+            continue
+        if len(row) != len(header):  # a stray or missing tab: the label would be a piece of text
+            raise ConfigError(
+                f"{origin} line {reader.line_num} has {len(row)} field(s), not {len(header)}: "
+                f"write it as {'<TAB>'.join(header)}, escaping a tab inside the text as \\<TAB>."
+            )
+        labels.append(row[0])
+        texts.append(row[1])
+        pairs += row[2:]
+    if len(header) == 3:
+        return Rows(texts, labels, pairs)
     return texts, labels
 
 

@@ -8,14 +8,15 @@ load without waiting on a network that is not there; `Encoder` wraps `AutoModel`
 from __future__ import annotations
 
 import importlib.resources
+import logging
 import os
-import socket
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -23,8 +24,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from mtl_lightning import st_folder
 from mtl_lightning.errors import ConfigError
 
+log = logging.getLogger(__name__)
 PACKAGED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 POOLINGS = ("mean", "cls", "max")
 
@@ -39,14 +42,19 @@ def packaged_minilm_path() -> Path | None:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub answers an HTTP request now, through the proxy in HTTPS_PROXY if set."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
     from huggingface_hub import constants
 
-    url = urlparse(constants.ENDPOINT)
+    # A fresh opener reads the *_PROXY / NO_PROXY variables now, as huggingface_hub's client
+    # does; a raw socket to the hub would bypass the proxy and fail behind one.
+    request = urllib.request.Request(constants.ENDPOINT, method="HEAD")
     try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
-    except OSError:
+        urllib.request.build_opener().open(request, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True  # the hub (or the proxy) answered, if not with 200
+    except OSError:  # URLError, timeouts, refused connections
         return False
     return True
 
@@ -98,9 +106,22 @@ def resolve_encoder_path(name_or_path: str) -> tuple[str, bool]:
     return name_or_path, False
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+def folder_settings(name_or_path: str) -> st_folder.SentenceTransformerSettings | None:
+    """What `name_or_path` declares as a sentence-transformers folder (local, packaged, or a hub
+    model's), or None for a plain Hugging Face model."""
     source, local_only = resolve_encoder_path(name_or_path)
-    return AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+    folder = Path(source) if Path(source).is_dir() else st_folder.hub_folder(source, local_only)
+    return st_folder.read_settings(folder) if folder is not None else None
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer; a sentence-transformers folder's `max_seq_length` becomes its
+    `model_max_length`, as sentence-transformers does, so that longer inputs are cut there."""
+    source, local_only = resolve_encoder_path(name_or_path)
+    settings = folder_settings(name_or_path)
+    length = settings.max_seq_length if settings is not None else None
+    extra = {"model_max_length": length} if length else {}
+    return AutoTokenizer.from_pretrained(source, local_files_only=local_only, **extra)
 
 
 def load_pretrained(name_or_path: str) -> nn.Module:
@@ -133,17 +154,24 @@ class Encoder(nn.Module):
     def __init__(
         self,
         name_or_path: str = PACKAGED_MINILM,
-        pooling: str = "mean",
-        normalize: bool = False,
+        pooling: str | None = None,
+        normalize: bool | None = None,
         config: dict | None = None,
     ) -> None:
         """`config` (a dict of `AutoConfig` fields) rebuilds the architecture without weights:
-        checkpoints store it so that they load where `name_or_path` is not available."""
+        checkpoints store it so that they load where `name_or_path` is not available.
+
+        `pooling` / `normalize` left None come from `name_or_path` when it is a
+        sentence-transformers folder (its `1_Pooling`, its `Normalize` module), else mean and
+        no normalisation; a value given wins over the folder's.
+        """
         super().__init__()
-        if pooling not in POOLINGS:
+        if pooling is not None and pooling not in POOLINGS:
             raise ConfigError(f"model.encoder.pooling={pooling} is unknown: use one of {POOLINGS}.")
-        self.pooling = pooling
-        self.normalize = normalize
+        if config is None and (pooling is None or normalize is None):
+            pooling, normalize = _folder_pooling(name_or_path, pooling, normalize)
+        self.pooling = pooling or "mean"
+        self.normalize = bool(normalize)
         if config is None:
             self.model = load_pretrained(name_or_path)
         else:
@@ -203,6 +231,31 @@ class Encoder(nn.Module):
             self.model._modules["embeddings"] = embeddings
             owner._modules[name] = layers
         return pool(hidden.last_hidden_state, attention_mask, self.pooling, self.normalize)
+
+
+def _folder_pooling(
+    name_or_path: str, pooling: str | None, normalize: bool | None
+) -> tuple[str | None, bool | None]:
+    """Fill in what is unset from a sentence-transformers folder (see `Encoder`)."""
+    settings = folder_settings(name_or_path)
+    if settings is None:
+        return pooling, normalize
+    if pooling is None:
+        if settings.pooling not in POOLINGS:
+            raise ConfigError(
+                f"model.encoder.name_or_path={name_or_path} pools by {settings.pooling} (its "
+                f"1_Pooling/config.json), which is not implemented here: set "
+                f"model.encoder.pooling to one of {POOLINGS}."
+            )
+        pooling = settings.pooling
+    if settings.unused_modules:
+        log.warning(
+            "model.encoder.name_or_path=%s also has the sentence-transformers modules %s, which "
+            "this encoder does not run: its embeddings are not that model's encode().",
+            name_or_path,
+            list(settings.unused_modules),
+        )
+    return pooling, settings.normalize if normalize is None else normalize
 
 
 class _Given(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,6 +73,13 @@ class MultiTaskModule(LightningModule):
         self.frozen_cache = FrozenCache(frozen_cache_max_gb) if frozen_cache else None
         encoder_settings = dict(encoder or {"name_or_path": PACKAGED_MINILM})
         self.encoder = Encoder(**encoder_settings, config=encoder_config)
+        # Pooling and normalisation as resolved (from a sentence-transformers folder where the
+        # config left them null): the checkpoint must not need that folder to know them.
+        self.hparams.encoder = {
+            **encoder_settings,
+            "pooling": self.encoder.pooling,
+            "normalize": self.encoder.normalize,
+        }
         self.task_types: dict[str, TaskType] = {
             task: build_task_type(task, labels, (task_types or {}).get(task))
             for task, labels in tasks.items()
@@ -332,9 +340,28 @@ class MultiTaskModule(LightningModule):
             )
         return param_groups
 
+    def stepping_batches(self) -> int | float:
+        """Optimizer steps of the whole run, so that the LR schedule ends where training ends.
+
+        Lightning's `estimated_stepping_batches` takes every epoch to be as long as the first;
+        with `MultiTaskDataModule.train_batches` each epoch is counted (they get shorter when a
+        frozen head's task leaves the train loader), then Lightning's limits are applied.
+        """
+        trainer = self.trainer
+        estimate = trainer.estimated_stepping_batches
+        epoch_batches = getattr(trainer.datamodule, "train_batches", None)
+        if epoch_batches is None or trainer.max_epochs in (None, -1) or math.isinf(estimate):
+            return estimate
+        limit, total = trainer.limit_train_batches, 0
+        for epoch in range(trainer.max_epochs):
+            batches = epoch_batches(epoch)
+            batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+            total += math.ceil(batches / trainer.accumulate_grad_batches)
+        return total if trainer.max_steps == -1 else min(total, trainer.max_steps)
+
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.param_groups(), fused=True)
-        steps = self.trainer.estimated_stepping_batches
+        steps = self.stepping_batches()
         if steps == float("inf"):  # max_epochs=-1 without max_steps: the schedule has no end
             raise ConfigError(NO_END)  # train() says so before building anything
         scheduler = get_linear_schedule_with_warmup(

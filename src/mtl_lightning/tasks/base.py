@@ -41,6 +41,7 @@ class TaskType(ABC):
     categorical: ClassVar[bool] = True  # labels are classes (stratified splits, confusion)
     primary: ClassVar[str]  # the metric that the monitored mean over tasks averages
     direction: ClassVar[str] = "max"  # whether the primary metric is better higher or lower
+    architecture: ClassVar[str]  # the head in words, for exported heads (heads.json)
 
     def __init__(self, task: str, labels: Sequence[str] = (), **options: Any) -> None:
         self.task = task

@@ -35,6 +35,7 @@ def class_names(
 class Classification(TaskType):
     name = "classification"
     primary = "acc"
+    architecture = "dropout, then linear: logits = embedding @ weight.T + bias"
 
     @classmethod
     def from_data(

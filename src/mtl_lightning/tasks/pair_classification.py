@@ -30,6 +30,10 @@ class PairHead(nn.Module):
 class PairClassification(Classification):
     name = "pair_classification"
     columns = ("text", "text_pair")
+    architecture = (
+        "u, v: the two sentences' embeddings; dropout, then linear on their concatenation "
+        "[u, v, |u - v|]: logits = [u, v, |u - v|] @ weight.T + bias"
+    )
 
     def build_head(self, hidden_size: int, dropout: float) -> nn.Module:
         return PairHead(hidden_size, len(self.labels), dropout)

@@ -63,6 +63,11 @@ class Similarity(TaskType):
     columns = ("text", "text_pair")
     categorical = False
     primary = "spearman"
+    architecture = (
+        "u, v: the two sentences' embeddings; p(x) = x @ projection.weight.T + projection.bias; "
+        "cosine = cos(p(u), p(v)); score = low + cosine * (high - low), [low, high] = "
+        "options.score_range"
+    )
 
     def __init__(self, task: str, labels: Sequence[str] = (), **options: Any) -> None:
         super().__init__(task, (), **options)
