@@ -315,3 +315,24 @@ def test_export_writes_and_reloads_every_types_head(make_cfg, tmp_path):
     card = (exported / "README.md").read_text()
     assert "| similarity | similarity | scores in [0.0, 5.0] |" in card
     assert "| paraphrase | pair_classification | not_paraphrase, paraphrase |" in card
+
+
+def test_data_resolves_tokenizers_below_model_and_inference_pads_without_the_datamodule():
+    """One job per room: `mtl_lightning.resolve` finds encoders and tokenizers for data/ and
+    model/ alike; inference pads with data/collate.py, not through the datamodule."""
+    import ast
+    from pathlib import Path
+
+    import mtl_lightning
+
+    package = Path(mtl_lightning.__file__).parent
+
+    def imports(path: Path) -> set[str]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+    for path in (package / "data").glob("*.py"):
+        assert not {m for m in imports(path) if m.startswith("mtl_lightning.model")}, path
+    assert "mtl_lightning.model" not in str(imports(package / "resolve.py"))
+    assert "mtl_lightning.data.datamodule" not in imports(package / "inference.py")
+    assert "mtl_lightning.data.collate" in imports(package / "inference.py")

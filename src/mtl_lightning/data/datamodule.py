@@ -48,7 +48,7 @@ from mtl_lightning.data.sampler import (
 from mtl_lightning.data.sources import SPLITS, Rows, Source, complete_splits
 from mtl_lightning.data.token_cache import TokenCache
 from mtl_lightning.errors import ConfigError
-from mtl_lightning.model.encoder import load_tokenizer
+from mtl_lightning.resolve import load_tokenizer
 from mtl_lightning.tasks import TaskType, task_type_class
 
 log = logging.getLogger(__name__)
