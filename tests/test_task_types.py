@@ -336,3 +336,51 @@ def test_data_resolves_tokenizers_below_model_and_inference_pads_without_the_dat
     assert "mtl_lightning.model" not in str(imports(package / "resolve.py"))
     assert "mtl_lightning.data.datamodule" not in imports(package / "inference.py")
     assert "mtl_lightning.data.collate" in imports(package / "inference.py")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("data.sampling=alternating",),
+        ("data.sampling=proportional",),
+        ("data.sampling=temperature", "model.loss_weighting=uncertainty"),
+        ("+model.loss_weights.similarity=0.5", "experiment=only_head_frozen"),
+        ("experiment=only_head_frozen", "freezing.head=similarity"),
+    ],
+)
+def test_pair_and_score_tasks_in_every_sampling_mode_and_weighting(make_cfg, overrides):
+    metrics = train(make_cfg(*TYPES, "trainer.max_epochs=2", *overrides))
+    for task, primary in PRIMARY.items():
+        assert f"test/{task}/{primary}" in metrics
+    if "freezing.head=similarity" in overrides:  # the frozen head's primary metric, tracked
+        assert "val/similarity/forgetting" in metrics
+    if "model.loss_weighting=uncertainty" in overrides:
+        assert metrics["train/weight/similarity"] != 1.0  # learned
+
+
+def test_ddp_replicas_stay_identical_with_pair_and_score_tasks(tiny_encoders, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    sums = tmp_path / "sums"
+    command = [
+        sys.executable, "-m", "mtl_lightning.train", "trainer=ddp", *TYPES, "logger=csv",
+        "experiment=gradual_unfreeze", "trainer.max_epochs=2",
+        "+trainer.enable_progress_bar=false",
+        f"model.encoder.name_or_path={tiny_encoders['bert']}",
+        f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}",
+        "+callbacks.checksum._target_=helpers.ParamChecksum", f"+callbacks.checksum.out={sums}",
+    ]  # fmt: skip
+    path = os.pathsep.join(p for p in (str(tests), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = json.loads((sums / "rank0.json").read_text())
+    rank1 = json.loads((sums / "rank1.json").read_text())
+    assert rank0 == rank1
+    assert any(name.startswith("heads.similarity.") for name in rank0["1"])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["metrics"]["test/similarity/spearman"] is not None
