@@ -279,6 +279,7 @@ class MultiTaskModule(LightningModule):
         self.eval()
         task_type = self.task_types[task]
         metric = task_type.metrics()[task_type.primary].to(self.device)
+        metric.sync_on_compute = False  # every rank reads the whole loader: nothing to gather
         for batch in loader:
             batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             columns = [COLUMN_KEYS[c] for c in task_type.columns]
