@@ -44,9 +44,18 @@ def shared_position_encoders(tmp_path_factory) -> dict[str, str]:
     return folders
 
 
-@pytest.mark.parametrize("experiment", ["only_transformer_frozen", "gradual_unfreeze"])
-def test_cached_and_fresh_training_agree(make_cfg, experiment):
-    common = (f"experiment={experiment}", "trainer.max_epochs=3", RECORD)
+@pytest.mark.parametrize(
+    ("experiment", "pace"),
+    [
+        ("only_transformer_frozen", "freezing.every_n_epochs=1"),
+        ("gradual_unfreeze", "freezing.every_n_epochs=1"),
+        # 7 steps per epoch: each 8-step stage sees every example of the classification task
+        # twice, so the caches serve inside a stage (the frozen encoder, then the frozen prefix).
+        ("gradual_unfreeze", "freezing.unfreeze_every_steps=8"),
+    ],
+)
+def test_cached_and_fresh_training_agree(make_cfg, experiment, pace):
+    common = (f"experiment={experiment}", pace, "trainer.max_epochs=3", RECORD)
     with_cache = train(make_cfg(*common, "model.frozen_cache=true", output="cached"))
     cached = Recorder.last
     without = train(make_cfg(*common, "model.frozen_cache=false", output="fresh"))
@@ -57,6 +66,8 @@ def test_cached_and_fresh_training_agree(make_cfg, experiment):
         assert with_cache[key] == pytest.approx(without[key], abs=1e-6)
     assert with_cache["freeze/cache_hits"] > 0  # the cache did serve, not just sit there
     assert "freeze/cache_hits" not in without
+    if "steps" in pace:
+        assert with_cache["freeze/prefix_cache_hits"] > 0
 
 
 def test_a_frozen_encoder_evaluated_again_is_served_and_other_data_is_not(make_cfg):

@@ -37,8 +37,8 @@ def compose_cfg(name: str, *overrides: str):
         (["data.batch_size=1.5"], r"^data\.batch_size=1\.5 must be an integer, at least 1"),
         (["data.token_cache=yes"], r"^data\.token_cache='yes' must be true or false"),
         (["freezing.unfreeze_embeddings=no"], r"^freezing\.unfreeze_embeddings='no' must be"),
-        (["model.lr=-1"], r"^model\.lr=-1 must be above 0"),
-        (["model.head_lr=0"], r"^model\.head_lr=0 must be above 0"),
+        (["model.lr=-1"], r"^model\.lr=-1 must be at least 0"),
+        (["model.head_lr=-0.1"], r"^model\.head_lr=-0\.1 must be at least 0"),
         (
             ["model.layerwise_lr_decay=0.9"],
             r"^model\.layerwise_lr_decay=0\.9 must be at least 1: it divides .* the multiplier "
@@ -59,7 +59,7 @@ def compose_cfg(name: str, *overrides: str):
         ),
         (["data.val_fraction=-0.1"], r"^data\.val_fraction=-0\.1 must be at least 0"),
         (["data.num_workers=-1"], r"^data\.num_workers=-1 must be at least 0"),
-        (["freezing.every_n_epochs=0"], r"^freezing\.every_n_epochs=0 must be at least 1"),
+        (["freezing.every_n_epochs=0"], r"^freezing\.every_n_epochs=0 must be above 0"),
         (["freezing.keep_frozen_layers=-1"], r"^freezing\.keep_frozen_layers=-1 must be at"),
         (["trainer.max_epochs=-3"], r"^trainer\.max_epochs=-3 must be at least 1"),
         (["trainer.max_epochs=-1"], r"^trainer\.max_epochs=-1 sets no end.*trainer\.max_steps="),
@@ -152,7 +152,7 @@ def test_python_constructors_use_the_same_rules(tiny_encoders):
         MultiTaskDataModule(source, "unused", val_fraction=0.7, test_fraction=0.7)
     with pytest.raises(ConfigError, match=r"^data\.batch_size=0 must be at least 1"):
         MultiTaskDataModule(source, "unused", batch_size=0)
-    with pytest.raises(ConfigError, match=r"^freezing\.every_n_epochs=0 must be at least 1"):
+    with pytest.raises(ConfigError, match=r"^freezing\.every_n_epochs=0 must be above 0"):
         FreezingSchedule(every_n_epochs=0)
 
 

@@ -21,7 +21,9 @@ def test_ddp_replicas_stay_identical_across_unfreezing(tiny_encoders, tmp_path):
         f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}",
         "+callbacks.checksum._target_=helpers.ParamChecksum", f"+callbacks.checksum.out={sums}",
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1"}
+    # This checkout's package, not whichever copy is installed.
+    path = os.pathsep.join([str(TESTS), str(TESTS.parent / "src")])
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "MEMBER: 2/2" in result.stderr + result.stdout

@@ -137,7 +137,11 @@ def test_only_head_frozen_head_is_bit_identical_once_frozen(make_cfg, tmp_path):
 @pytest.mark.parametrize("encoder", ["bert", "distilbert"])
 def test_gradual_unfreeze_follows_the_schedule(make_cfg, encoder):
     recorder, metrics = _run_recorded(
-        make_cfg, "experiment=gradual_unfreeze", "trainer.max_epochs=5", encoder=encoder
+        make_cfg,
+        "experiment=gradual_unfreeze",
+        "freezing.every_n_epochs=1",  # the pace in whole epochs (the experiment's is 0.25)
+        "trainer.max_epochs=5",
+        encoder=encoder,
     )
     # 3 layers + embeddings: epoch 0 heads only, then layer 2, 1, 0, then the embeddings.
     for epoch, names in recorder.trainable.items():

@@ -103,7 +103,8 @@ RULES: dict[str, Rule] = {
     "freezing.scenario": Rule(str, example="full_finetune"),
     "freezing.head": Rule(str, example="classification"),
     "freezing.head_warmup_epochs": int_at_least(1, least=0, nullable=True),
-    "freezing.every_n_epochs": int_at_least(1),
+    "freezing.every_n_epochs": Rule(float, "above 0 (0.25: a quarter epoch)", lambda v: v > 0, 1),
+    "freezing.unfreeze_every_steps": int_at_least(200, nullable=True),
     "freezing.unfreeze_embeddings": Rule(bool, example="true"),
     "freezing.keep_frozen_layers": int_at_least(2, least=0),
     # conf/model/*.yaml
@@ -117,8 +118,9 @@ RULES: dict[str, Rule] = {
         float, "at least 0 and below 1", lambda v: 0 <= v < 1, 0.1
     ),  # a probability of zeroing
     "model.loss_weighting": Rule(str, example="static"),
-    "model.lr": Rule(float, "above 0", lambda v: v > 0, "5e-5"),
-    "model.head_lr": Rule(float, "above 0", lambda v: v > 0, "1e-3"),
+    # 0 is allowed: those weights stay where they are (a control run, e.g. zero forgetting).
+    "model.lr": Rule(float, "at least 0", lambda v: v >= 0, "5e-5"),
+    "model.head_lr": Rule(float, "at least 0", lambda v: v >= 0, "1e-3"),
     "model.layerwise_lr_decay": Rule(float, "at least 1", lambda v: v >= 1, fix=_decay_fix),
     "model.weight_decay": Rule(float, "at least 0", lambda v: v >= 0, 0.01),
     "model.warmup_ratio": Rule(

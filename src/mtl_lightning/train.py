@@ -29,7 +29,6 @@ from mtl_lightning.checkpoint import check_resume_tasks, read_checkpoint
 from mtl_lightning.config_check import check_frozen_layers, check_train_config
 from mtl_lightning.console import quiet_loggers, quiet_third_party
 from mtl_lightning.data.datamodule import MultiTaskDataModule
-from mtl_lightning.embeddings import export_embeddings
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.module import MultiTaskModule
 from mtl_lightning.summary import fit_seconds, write_summary
@@ -40,8 +39,12 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode a
 quiet_third_party()
 
 
-def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> None:
-    """Start from the weights of an earlier run (`model.init_from`): encoder and heads."""
+def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> list[str]:
+    """Start from the weights of an earlier run (`model.init_from`): encoder and heads.
+
+    A task the checkpoint has no head for gets a fresh head (continual learning: stage 2 adds
+    task B to a model trained on task A alone); its names are returned and logged.
+    """
     path = Path(ckpt_path).expanduser()
     checkpoint = read_checkpoint(path, "model.init_from")
     saved_tasks = checkpoint["hyper_parameters"]["tasks"]
@@ -54,14 +57,20 @@ def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> None:
                 "task's labels."
             )
     state = checkpoint["state_dict"]
+    new_tasks = [t for t in module.tasks if not any(k.startswith(f"heads.{t}.") for k in state)]
+    fresh = tuple(f"{prefix}.{t}" for t in new_tasks for prefix in ("heads", "log_vars"))
     missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("metrics.")]
+    missing = [k for k in missing if not k.startswith(("metrics.", *fresh))]
     if unexpected or missing:
         raise ConfigError(
             f"model.init_from={ckpt_path} does not fit this model (missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}): use a checkpoint of the same encoder and tasks."
         )
-    log.info("Initialised encoder and heads %s from %s.", sorted(saved_tasks), path)
+    loaded = sorted(set(module.tasks) - set(new_tasks))
+    log.info("Initialised the encoder and heads %s from %s.", loaded, path)
+    if new_tasks:
+        log.info("New heads, trained from scratch: %s (no head in %s).", new_tasks, path)
+    return new_tasks
 
 
 def build(node: DictConfig, **kwargs):
@@ -160,8 +169,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_resume_tasks(resume, datamodule.label_names, "ckpt_path", ckpt_path)
     module = build_module(cfg.model, datamodule.label_names, datamodule.task_specs)
     check_frozen_layers(freezing.keep_frozen_layers, len(module.encoder_groups()) - 1)
-    if init_from:
-        load_init_weights(module, init_from)
+    new_heads = load_init_weights(module, init_from) if init_from else []
+    if freezing.validates_before_fit and freezing.head in new_heads:
+        raise ConfigError(
+            f"freezing.head={freezing.head} has no head in model.init_from={init_from}, so it "
+            "would freeze untrained: freeze a task that checkpoint was trained on, or set "
+            "freezing.head_warmup_epochs=1 to train it first."
+        )
 
     freezing.check_tasks(list(datamodule.label_names))
     callbacks = [freezing] + [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
@@ -171,7 +185,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
     # trainer.loggers, not `loggers`: under fast_dev_run Lightning replaces them with a dummy.
     for logger in trainer.loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(
+            {**OmegaConf.to_container(cfg, resolve=True), "new_heads": new_heads}
+        )
     for index, rows in earlier_rows.items():
         if trainer.is_global_zero:
             loggers[index].experiment.metrics.extend(rows)  # written with the next rows
@@ -180,19 +196,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     train_seconds: float | None = 0.0  # entire_network_frozen: nothing trains
     try:
         if freezing.trains_nothing:
+            # Its experiment's `frozen_readout` callback reads the frozen features out and
+            # writes them (mtl_lightning.readout.FrozenReadout).
             log.info("entire_network_frozen: nothing trains; evaluating and exporting embeddings.")
             freezing.apply(module, 0)
             trainer.validate(module, datamodule=datamodule)
             metrics.update(_logged(trainer))
             trainer.test(module, datamodule=datamodule)
-            if trainer.is_global_zero:
-                written = export_embeddings(module, datamodule, output_dir / "embeddings")
-                log.info(
-                    "Wrote sentence embeddings of %d task splits to %s.",
-                    len(written),
-                    written[0].parent,
-                )
         else:
+            if freezing.validates_before_fit and not ckpt_path:
+                # The frozen head's accuracy before training, by Lightning's own validation
+                # (the same path as every later val/<head>/acc, so forgetting is comparable).
+                trainer.validate(module, datamodule=datamodule, verbose=False)
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             train_seconds = fit_seconds(trainer)
             metrics.update(_logged(trainer))

@@ -12,10 +12,12 @@ groups added later, and DDP must see every parameter when it wraps the model).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 
 from mtl_lightning.config_check import check_values
 from mtl_lightning.errors import ConfigError
@@ -50,9 +52,13 @@ class FreezingSchedule(Callback):
       (before that everything trains, so the frozen head is a trained one); the encoder and
       the other heads train, and the frozen task leaves the loss. From then on, every
       validation logs `val/<head>/forgetting`: its accuracy when it froze minus now.
-    - `gradual_unfreeze`: epoch 0 trains the heads only; then one more encoder group unfreezes
-      every `every_n_epochs`, from the top layer down, the embeddings last (if
-      `unfreeze_embeddings`).
+    - `gradual_unfreeze`: the first stage trains the heads only; then one more encoder group
+      unfreezes every stage, from the top layer down, the embeddings last (if
+      `unfreeze_embeddings`). A stage is `unfreeze_every_steps` optimizer steps, or else
+      `every_n_epochs` epochs (a fraction such as 0.25 allowed); the position is read from
+      `trainer.global_step` before every batch, so a run resumed mid-stage is exact. Each
+      group's learning rate warms up from the step it unfreezes (`group_start_steps`, used by
+      the module's LR schedule).
 
     `keep_frozen_layers=N` keeps the embeddings and the bottom N layers frozen for the whole run,
     in every scenario ("lower layers capture syntax, best kept stable").
@@ -63,9 +69,10 @@ class FreezingSchedule(Callback):
         scenario: str = "full_finetune",
         head: str = "classification",
         head_warmup_epochs: int = 1,
-        every_n_epochs: int = 1,
+        every_n_epochs: float = 1,
         unfreeze_embeddings: bool = True,
         keep_frozen_layers: int = 0,
+        unfreeze_every_steps: int | None = None,
     ) -> None:
         if scenario not in SCENARIOS:
             raise ConfigError(f"freezing.scenario={scenario} is unknown: use one of {SCENARIOS}.")
@@ -74,6 +81,7 @@ class FreezingSchedule(Callback):
             {
                 "head_warmup_epochs": head_warmup_epochs,
                 "every_n_epochs": every_n_epochs,
+                "unfreeze_every_steps": unfreeze_every_steps,
                 "unfreeze_embeddings": unfreeze_embeddings,
                 "keep_frozen_layers": keep_frozen_layers,
             },
@@ -82,10 +90,15 @@ class FreezingSchedule(Callback):
         self.head = head
         self.head_warmup_epochs = head_warmup_epochs
         self.every_n_epochs = every_n_epochs
+        self.unfreeze_every_steps = unfreeze_every_steps
+        self.stage_steps: int | None = None  # optimizer steps per stage, once the data is known
+        self.applied_plan: Plan | None = None
+        self._trainable_params = 0
         self.unfreeze_embeddings = unfreeze_embeddings
         self.keep_frozen_layers = keep_frozen_layers
         self.applied_epoch: int | None = None
         self.acc_at_freeze: float | None = None  # only_head_frozen: the frozen task's val accuracy
+        self.last_val_acc: float | None = None  # ... at the latest validation before it froze
 
     @property
     def trains_nothing(self) -> bool:
@@ -95,8 +108,35 @@ class FreezingSchedule(Callback):
         if self.scenario == "only_head_frozen" and self.head not in tasks:
             raise ConfigError(f"freezing.head={self.head} is not a task: use one of {tasks}.")
 
-    def plan(self, epoch: int, tasks: list[str], num_groups: int) -> Plan:
-        """What trains in `epoch`, for an encoder of `num_groups` layer groups (embeddings + L)."""
+    def steps_per_stage(self, trainer: Trainer) -> int:
+        """Optimizer steps between two unfreezes of `gradual_unfreeze`."""
+        if self.unfreeze_every_steps is not None:
+            return self.unfreeze_every_steps
+        # estimated_stepping_batches sets the train data up, if not done yet.
+        total = trainer.estimated_stepping_batches
+        batches = trainer.num_training_batches
+        if batches == float("inf"):  # an iterable without length: only max_steps is known
+            batches = total
+        steps_per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
+        return max(1, round(self.every_n_epochs * steps_per_epoch))
+
+    def group_start_steps(self, trainer: Trainer, num_groups: int) -> list[int]:
+        """The optimizer step from which each encoder group trains, top group first (a group
+        that never trains: a step past the run). Heads train from step 0."""
+        total = trainer.estimated_stepping_batches
+        never = int(total) + 1 if math.isfinite(total) else 2**62
+        if self.scenario != "gradual_unfreeze":
+            return [
+                0 if g < self.plan(0, [], num_groups).encoder_groups else never
+                for g in range(num_groups)
+            ]
+        self.stage_steps = self.steps_per_stage(trainer)
+        deepest = self.plan(0, [], num_groups, self.stage_steps * num_groups).encoder_groups
+        return [(g + 1) * self.stage_steps if g < deepest else never for g in range(num_groups)]
+
+    def plan(self, epoch: int, tasks: list[str], num_groups: int, step: int | None = None) -> Plan:
+        """What trains in `epoch` (at optimizer `step`, when the pace is in steps), for an
+        encoder of `num_groups` layer groups (embeddings + L)."""
         heads = frozenset(tasks)
         depth = num_groups
         if self.scenario == "entire_network_frozen":
@@ -107,14 +147,18 @@ class FreezingSchedule(Callback):
             heads = heads - {self.head}
         elif self.scenario == "gradual_unfreeze":
             unfreezable = num_groups if self.unfreeze_embeddings else num_groups - 1
-            depth = min(unfreezable, epoch // self.every_n_epochs)
+            if step is not None and self.stage_steps is not None:
+                stage = step // self.stage_steps
+            else:
+                stage = int(epoch // self.every_n_epochs)
+            depth = min(unfreezable, stage)
         if self.keep_frozen_layers:
             depth = min(depth, max(0, num_groups - 1 - self.keep_frozen_layers))
         return Plan(heads, depth)
 
-    def apply(self, module: LightningModule, epoch: int) -> Plan:
+    def apply(self, module: LightningModule, epoch: int, step: int | None = None) -> Plan:
         groups = module.encoder_groups()  # bottom to top
-        plan = self.plan(epoch, list(module.heads), len(groups))
+        plan = self.plan(epoch, list(module.heads), len(groups), step)
         module.train()
         # Containers (the HF model itself, `encoder`, ...) are in train mode only when all of it
         # trains; each group then sets its own blocks, which hold every dropout.
@@ -129,6 +173,8 @@ class FreezingSchedule(Callback):
             head.requires_grad_(task in plan.heads)
             head.train(task in plan.heads)
         self.applied_epoch = epoch
+        self.applied_plan = plan
+        self._trainable_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
         return plan
 
     def _head_frozen_in(self, epoch: int) -> bool:
@@ -155,36 +201,77 @@ class FreezingSchedule(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A resumed run's epoch is only known now (loops restore after `on_fit_start`), and a
         # run resumed mid-epoch gets no `on_train_epoch_start` for that epoch.
-        self.apply(pl_module, trainer.current_epoch)
+        if self.scenario == "gradual_unfreeze":
+            self.stage_steps = self.steps_per_stage(trainer)
+        self.apply(pl_module, trainer.current_epoch, trainer.global_step)
+
+    def on_train_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        # The pace may be in steps: the plan can change within an epoch.
+        groups = len(pl_module.encoder_groups())
+        step = trainer.global_step
+        plan = self.plan(trainer.current_epoch, list(pl_module.heads), groups, step)
+        if plan != self.applied_plan:
+            self.apply(pl_module, trainer.current_epoch, step)
+            log.info(
+                "Step %d (%s): heads training %s, %d/%d encoder groups unfrozen, %d trainable "
+                "params.",
+                step,
+                self.scenario,
+                sorted(plan.heads),
+                plan.encoder_groups,
+                groups,
+                self._trainable_params,
+            )
+        # The most of the epoch (a step pace unfreezes within it).
+        kwargs = {"on_step": False, "on_epoch": True, "reduce_fx": "max", "batch_size": 1}
+        pl_module.log("freeze/trainable_params", float(self._trainable_params), **kwargs)
+        pl_module.log("freeze/unfrozen_layers", float(plan.encoder_groups), **kwargs)
+
+    @property
+    def validates_before_fit(self) -> bool:
+        """`only_head_frozen` frozen from the first epoch (with `model.init_from`): the accuracy
+        it freezes at comes from a validation before training (`train()` runs it)."""
+        return self._head_frozen_in(0) and self.acc_at_freeze is None
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         epoch = trainer.current_epoch
         if self._head_frozen_in(epoch) and self.acc_at_freeze is None:
-            loader = trainer.datamodule.split_loaders("val")[self.head]
-            self.acc_at_freeze = val_accuracy(pl_module, self.head, loader)
-            log.info("Head %s freezes at val accuracy %.4f.", self.head, self.acc_at_freeze)
-        plan = self.apply(pl_module, epoch)
-        trainable = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
-        groups = len(pl_module.encoder_groups())
+            # The last validation before the head froze, read like every later one: the same
+            # loop, precision, sharding and synced metric, so forgetting is 0 if nothing changed.
+            self.acc_at_freeze = self.last_val_acc
+            if self.acc_at_freeze is None:
+                log.warning(
+                    "Head %s froze before any validation: val/%s/forgetting is not logged.",
+                    self.head,
+                    self.head,
+                )
+            else:
+                log.info("Head %s freezes at val accuracy %.4f.", self.head, self.acc_at_freeze)
+        plan = self.apply(pl_module, epoch, trainer.global_step)
         log.info(
             "Epoch %d (%s): heads training %s, %d/%d encoder groups unfrozen, %d trainable params.",
             epoch,
             self.scenario,
             sorted(plan.heads),
             plan.encoder_groups,
-            groups,
-            trainable,
-        )
-        pl_module.log("freeze/trainable_params", float(trainable), on_step=False, on_epoch=True)
-        pl_module.log(
-            "freeze/unfrozen_layers", float(plan.encoder_groups), on_step=False, on_epoch=True
+            len(pl_module.encoder_groups()),
+            self._trainable_params,
         )
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.acc_at_freeze is None or trainer.sanity_checking:
+        if self.scenario != "only_head_frozen" or trainer.sanity_checking:
             return
-        primary = pl_module.task_types[self.head].primary  # accuracy, or a type's own
-        acc = pl_module.metrics["val_metrics"][self.head][primary].compute()
+        # What Lightning logs as val/<head>/acc (compute() caches it, synced across ranks), or
+        # the head's own primary metric for another task type (a similarity's Spearman).
+        primary = pl_module.task_types[self.head].primary
+        acc = float(pl_module.metrics["val_metrics"][self.head][primary].compute())
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if not fitting or not self._head_frozen_in(trainer.current_epoch):
+            self.last_val_acc = acc  # the head still trains (or a validation before fit)
+        if self.acc_at_freeze is None or not fitting:
+            return
         pl_module.log(f"val/{self.head}/acc_at_freeze", self.acc_at_freeze)
         pl_module.log(f"val/{self.head}/forgetting", self.acc_at_freeze - acc)
 
@@ -193,6 +280,7 @@ class FreezingSchedule(Callback):
             "scenario": self.scenario,
             "applied_epoch": self.applied_epoch,
             "acc_at_freeze": self.acc_at_freeze,
+            "last_val_acc": self.last_val_acc,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -203,9 +291,4 @@ class FreezingSchedule(Callback):
             )
         self.applied_epoch = state_dict.get("applied_epoch")
         self.acc_at_freeze = state_dict.get("acc_at_freeze")
-
-
-def val_accuracy(module: LightningModule, task: str, loader) -> float:
-    """`task`'s primary metric (accuracy for classes) on `loader`, in eval mode (the caller
-    re-applies modes afterwards)."""
-    return module.primary_score(task, loader)
+        self.last_val_acc = state_dict.get("last_val_acc")

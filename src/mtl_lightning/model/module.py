@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 from lightning import LightningModule
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, get_linear_schedule_with_warmup
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mtl_lightning.config_check import NO_END, check_values
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.embedding_cache import FrozenCache
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
+from mtl_lightning.model.lr_schedule import staggered_warmup_schedule
 from mtl_lightning.tasks import TaskType, build_task_type
 from mtl_lightning.tasks.base import COLUMN_KEYS
 
@@ -126,6 +127,7 @@ class MultiTaskModule(LightningModule):
                 for stage in STAGES
             }
         )
+        self.readout: nn.ModuleDict | None = None  # see `attach_readout`
 
     @property
     def tasks(self) -> dict[str, list[str]]:
@@ -206,7 +208,35 @@ class MultiTaskModule(LightningModule):
         self.log(f"{stage}/{task}/loss", loss, on_step=stage == "train", **kwargs)
         for name, metric in metrics.items():
             self.log(f"{stage}/{task}/{name}", metric, on_step=False, **kwargs)
+        if self.readout is not None and stage != "train" and task in self.readout:
+            # A readout reads a single sentence's embedding (the cache serves it again).
+            readout_metrics = self.readout_metrics[f"{stage}_metrics"][task]
+            embedding = self.sentence_embedding(batch, stage)
+            readout_metrics.update(self.readout[task](embedding), batch["labels"])
+            for name, metric in readout_metrics.items():
+                self.log(f"{stage}/{task}/readout_{name}", metric, on_step=False, **kwargs)
         return loss, outputs
+
+    def attach_readout(self, readouts: Mapping[str, nn.Module], replace_heads: bool) -> None:
+        """Score frozen embeddings with non-parametric readouts (`mtl_lightning.readout`).
+
+        `replace_heads`: the readouts take the heads' place, so `{stage}/{task}/acc|f1` are
+        theirs (untrained heads would score chance). Else the heads stay, and each readout's
+        metrics are logged beside theirs as `{stage}/{task}/readout_acc|readout_f1`.
+        """
+        if replace_heads:
+            for task, readout in readouts.items():
+                self.heads[task] = readout
+            return
+        self.readout = nn.ModuleDict(dict(readouts))
+        self.readout_metrics = nn.ModuleDict(
+            {
+                f"{stage}_metrics": nn.ModuleDict(
+                    {task: self.task_types[task].metrics() for task in readouts}
+                )
+                for stage in ("val", "test")
+            }
+        )
 
     def training_step(self, batch: dict[str, dict], batch_idx: int) -> torch.Tensor | None:
         self._log_padding(batch.values())
@@ -272,20 +302,6 @@ class MultiTaskModule(LightningModule):
         accs = [metrics[task]["acc"].compute() for task in self.tasks if "acc" in metrics[task]]
         if accs:
             self.log(f"{stage}/acc_mean", torch.stack(accs).mean())
-
-    @torch.inference_mode()
-    def primary_score(self, task: str, loader) -> float:
-        """`task`'s primary metric over `loader`, in eval mode (the caller re-applies modes)."""
-        self.eval()
-        task_type = self.task_types[task]
-        metric = task_type.metrics()[task_type.primary].to(self.device)
-        metric.sync_on_compute = False  # every rank reads the whole loader: nothing to gather
-        for batch in loader:
-            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            columns = [COLUMN_KEYS[c] for c in task_type.columns]
-            embeddings = [self.encoder(batch[ids], batch[mask]) for ids, mask in columns]
-            metric.update(task_type.outputs(self.heads[task], embeddings), batch["labels"])
-        return float(metric.compute())
 
     def on_train_epoch_end(self) -> None:
         # Visible in the logs: what the frozen encoder, or its frozen layers, did not recompute.
@@ -365,13 +381,27 @@ class MultiTaskModule(LightningModule):
         steps = self.stepping_batches()
         if steps == float("inf"):  # max_epochs=-1 without max_steps: the schedule has no end
             raise ConfigError(NO_END)  # train() says so before building anything
-        scheduler = get_linear_schedule_with_warmup(
-            optimizer, int(self.hparams.warmup_ratio * steps), steps
+        scheduler = staggered_warmup_schedule(
+            optimizer, int(self.hparams.warmup_ratio * steps), steps, self._group_start_steps()
         )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+    def _group_start_steps(self) -> dict[str, int]:
+        """{encoder group name: the optimizer step it starts training}, from the freezing
+        schedule (gradual_unfreeze: each group's warm-up starts when it unfreezes)."""
+        from mtl_lightning.callbacks.freezing import FreezingSchedule  # it imports no model
+
+        schedule = next(
+            (c for c in self.trainer.callbacks if isinstance(c, FreezingSchedule)), None
+        )
+        if schedule is None:
+            return {}
+        groups = list(reversed(self.encoder_groups()))  # top first, as the schedule counts
+        starts = schedule.group_start_steps(self.trainer, len(groups))
+        return {group.name: start for group, start in zip(groups, starts, strict=True)}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The encoder's architecture and its tokenizer's files travel with the weights, so that

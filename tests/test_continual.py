@@ -1,0 +1,118 @@
+"""Continual learning: stage 1 trains task A alone, stage 2 freezes its head and adds task B."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import Recorder
+
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.train import train
+
+RECORDER = "+callbacks.recorder._target_=helpers.Recorder"
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def stage1(make_cfg, tmp_path) -> Path:
+    """A checkpoint trained on the classification task alone: it has no sentiment head."""
+    train(make_cfg("~data.tasks.sentiment", "trainer.max_epochs=1", output="stage1"))
+    return tmp_path / "stage1" / "checkpoints" / "last.ckpt"
+
+
+def _val_rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as f:
+        return [r for r in csv.DictReader(f) if r.get("val/classification/acc")]
+
+
+def test_stage_two_adds_a_new_head_and_keeps_the_old_one(make_cfg, tmp_path, stage1, caplog):
+    saved = torch.load(stage1, map_location="cpu", weights_only=False)["state_dict"]
+    assert not any(k.startswith("heads.sentiment.") for k in saved)
+    with caplog.at_level(logging.INFO, logger="mtl_lightning.train"):
+        metrics = train(
+            make_cfg(
+                "experiment=only_head_frozen", f"model.init_from={stage1}", RECORDER,
+                "trainer.max_epochs=2",
+            )
+        )  # fmt: skip
+    assert "New heads, trained from scratch: ['sentiment']" in caplog.text
+    recorder = Recorder.last
+    for name, value in recorder.before.items():
+        if name.startswith("heads.classification."):  # loaded, then never touched
+            assert torch.equal(value, saved[name]) and torch.equal(recorder.after[name], value)
+    changed = {n for n in recorder.before if not torch.equal(recorder.before[n], recorder.after[n])}
+    assert any(n.startswith("heads.sentiment.") for n in changed)
+    assert any(n.startswith("encoder.") for n in changed)
+    hparams = (tmp_path / "run" / "hparams.yaml").read_text()
+    assert "new_heads:\n- sentiment" in hparams
+    rows = _val_rows(tmp_path / "run")
+    # The validation before training (step 0) is the accuracy the head freezes at.
+    assert float(rows[0]["val/classification/acc"]) == metrics["val/classification/acc_at_freeze"]
+    logged = [r for r in rows if r.get("val/classification/forgetting")]
+    assert sorted(int(r["epoch"]) for r in logged) == [0, 1]
+    for row in logged:
+        drop = float(row["val/classification/acc_at_freeze"]) - float(row["val/classification/acc"])
+        assert float(row["val/classification/forgetting"]) == pytest.approx(drop, abs=1e-6)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_forgetting_is_exactly_zero_when_nothing_changes(make_cfg, tmp_path, stage1, precision):
+    train(
+        make_cfg(
+            "experiment=only_head_frozen", f"model.init_from={stage1}", "model.lr=0",
+            "model.head_lr=0", f"trainer.precision={precision}", "trainer.max_epochs=2",
+        )
+    )  # fmt: skip
+    logged = [r for r in _val_rows(tmp_path / "run") if r.get("val/classification/forgetting")]
+    assert len(logged) == 2
+    assert all(float(r["val/classification/forgetting"]) == 0.0 for r in logged)
+
+
+def test_forgetting_after_a_joint_warmup_is_read_at_the_last_validation(make_cfg, tmp_path):
+    train(make_cfg("experiment=only_head_frozen", "trainer.max_epochs=3", "model.lr=0"))
+    rows = _val_rows(tmp_path / "run")
+    frozen_at = float(rows[0]["val/classification/acc"])  # epoch 0, the joint warm-up epoch
+    logged = [r for r in rows if r.get("val/classification/forgetting")]
+    assert [int(r["epoch"]) for r in logged] == [1, 2]
+    assert all(float(r["val/classification/acc_at_freeze"]) == frozen_at for r in logged)
+
+
+def test_freezing_a_head_the_checkpoint_lacks_is_refused(make_cfg, stage1):
+    with pytest.raises(ConfigError, match="freezing.head=sentiment"):
+        train(
+            make_cfg(
+                "experiment=only_head_frozen", "freezing.head=sentiment",
+                f"model.init_from={stage1}",
+            )
+        )  # fmt: skip
+
+
+def test_forgetting_is_exactly_zero_under_ddp_when_nothing_changes(tmp_path, stage1, tiny_encoders):
+    run = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "mtl_lightning.train",
+        "trainer=ddp", "data=tiny", "logger=csv", "experiment=only_head_frozen",
+        f"model.init_from={stage1}", "model.lr=0", "model.head_lr=0",
+        # 36 val examples in 9 batches of 4: the ranks share 10, one batch seen twice.
+        "data.eval_batch_size=4", "trainer.max_epochs=1", "+trainer.enable_progress_bar=false",
+        f"model.encoder.name_or_path={tiny_encoders['bert']}",
+        f"paths.root_dir={tmp_path}", f"paths.data_dir={tmp_path / 'data'}",
+        f"hydra.run.dir={run}",
+    ]  # fmt: skip
+    # This checkout's package, not whichever copy is installed.
+    path = os.pathsep.join([str(TESTS), str(TESTS.parent / "src")])
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = [r for r in _val_rows(run) if r.get("val/classification/forgetting")]
+    assert len(logged) == 1 and float(logged[0]["val/classification/forgetting"]) == 0.0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["metrics"]["val/classification/forgetting"] == 0.0
