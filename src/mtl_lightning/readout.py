@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from lightning import Callback, LightningModule, Trainer
 from torch import nn
 
-from mtl_lightning.data.datamodule import pad
+from mtl_lightning.data.collate import pad
 from mtl_lightning.embeddings import compute_embeddings, export_embeddings
 from mtl_lightning.errors import ConfigError
 
