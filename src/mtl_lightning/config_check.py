@@ -99,7 +99,7 @@ RULES: dict[str, Rule] = {
     # conf/train.yaml
     "seed": Rule(int, example=42),
     "ckpt_path": Rule(str, example="<run>/checkpoints/last.ckpt", nullable=True),
-    "optimized_metric": Rule(str, example="val/acc_mean"),
+    "optimized_metric": Rule(str, example="val/primary_mean"),
     "freezing.scenario": Rule(str, example="full_finetune"),
     "freezing.head": Rule(str, example="classification"),
     "freezing.head_warmup_epochs": int_at_least(1, least=0, nullable=True),

@@ -36,14 +36,13 @@ from mtl_lightning.checkpoint import load_module
 from mtl_lightning.errors import ConfigError, one_line_errors
 from mtl_lightning.inference import Predictor
 from mtl_lightning.model.encoder import PACKAGED_MINILM, layer_groups
-from mtl_lightning.model.heads import ClassificationHead
 from mtl_lightning.model.module import MultiTaskModule
 from mtl_lightning.summary import read_summary
+from mtl_lightning.tasks import build_task_type
 
 HEADS_WEIGHTS = "heads.safetensors"
 HEADS_CONFIG = "heads.json"
 HEADS_FORMAT = "mtl-lightning-heads/1"
-TASK_TYPE = "classification"  # the only task type so far: a ClassificationHead per task
 VERSIONED = (
     "mtl-lightning",
     "torch",
@@ -66,7 +65,9 @@ def versions() -> dict[str, str]:
 
 
 def write_heads(folder: Path, module: MultiTaskModule) -> dict:
-    """`heads.safetensors` (tensors `<task>.classifier.weight|bias`) and `heads.json`."""
+    """`heads.safetensors` (tensors `<task>.<name>`: `classifier.weight|bias`, a similarity
+    task's `projection.weight|bias`) and `heads.json` (each task's type, its options, labels,
+    architecture in words and tensor shapes)."""
     tensors = {
         f"{task}.{name}": tensor.detach().cpu().contiguous()
         for task, head in module.heads.items()
@@ -82,12 +83,13 @@ def write_heads(folder: Path, module: MultiTaskModule) -> dict:
         },
         "tasks": {
             task: {
-                "type": TASK_TYPE,
+                "type": module.task_types[task].name,
+                "options": module.task_types[task].options,  # e.g. a similarity's score_range
                 "labels": list(labels),
-                "architecture": "dropout, then linear: logits = embedding @ weight.T + bias",
-                "in_features": module.heads[task].classifier.in_features,
+                "architecture": module.task_types[task].architecture,
+                "in_features": module.encoder.hidden_size,
                 "num_labels": len(labels),
-                "dropout": module.heads[task].dropout.p,
+                "dropout": getattr(module.heads[task], "dropout", nn.Dropout(0.0)).p,
                 "tensors": {
                     name: list(tensors[f"{task}.{name}"].shape)
                     for name in module.heads[task].state_dict()
@@ -110,7 +112,10 @@ def load_heads(folder: str | Path) -> tuple[nn.ModuleDict, dict[str, list[str]]]
     tensors = load_file(str(folder / HEADS_WEIGHTS))
     heads = nn.ModuleDict()
     for task, spec in config["tasks"].items():
-        head = ClassificationHead(spec["in_features"], spec["num_labels"], spec["dropout"])
+        kind = build_task_type(
+            task, spec["labels"], {"type": spec["type"], **spec.get("options", {})}
+        )
+        head = kind.build_head(spec["in_features"], spec["dropout"])
         prefix = f"{task}."
         head.load_state_dict(
             {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -179,7 +184,8 @@ def model_card(
     examples = summary.get("examples") or {}
     freezing = _freezing_settings(config)
     scenario = freezing.get("scenario", "not recorded")
-    task = next(iter(module.tasks))  # the one shown in the usage example
+    # The task shown in the usage example: a single-sentence classification, where there is one.
+    task = next((t for t, k in module.task_types.items() if k.name == "classification"), None)
     is_hub_id = not Path(base).expanduser().exists() and base.count("/") <= 1
     # The Hub reads this front matter (YAML) as the model's metadata.
     lines = [
@@ -194,7 +200,7 @@ def model_card(
     lines += [
         f"# Multi-task sentence encoder ({', '.join(module.tasks)})",
         "",
-        "Trained with mtl-lightning: one shared encoder, one classification head per task. This "
+        "Trained with mtl-lightning: one shared encoder, one head per task. This "
         "folder is a sentence-transformers model, a plain Hugging Face model at its root, and "
         f"the task heads ({HEADS_WEIGHTS}, {HEADS_CONFIG}).",
         "",
@@ -214,9 +220,9 @@ def model_card(
     for task, labels in module.tasks.items():
         sizes = examples.get(task) or {}
         counts = " | ".join(str(sizes.get(split, "-")) for split in ("train", "val", "test"))
-        lines.append(
-            f"| {task} | {heads['tasks'][task]['type']} | {', '.join(labels)} | {counts} |"
-        )
+        kind = module.task_types[task]
+        shown = ", ".join(labels) or "scores in [{}, {}]".format(*kind.options["score_range"])
+        lines.append(f"| {task} | {kind.name} | {shown} | {counts} |")
     if not examples:
         lines += ["", "Data sizes: not recorded (the run has no summary.json with `examples`)."]
     lines += ["", "## Freezing", "", f"Scenario: `{scenario}`."]
@@ -235,13 +241,14 @@ def model_card(
         "forgetting` of `only_head_frozen` (the frozen task's accuracy when its head froze "
         "minus at the end); `-` where a value was not recorded.",
         "",
-        "| task | accuracy | macro F1 | forgetting |",
+        "| task | accuracy (similarity: Spearman) | macro F1 (similarity: Pearson) | forgetting |",
         "| --- | --- | --- | --- |",
     ]
-    for task in module.tasks:
+    for task, kind in module.task_types.items():
+        first, second = ("spearman", "pearson") if kind.primary == "spearman" else ("acc", "f1")
         lines.append(
-            f"| {task} | {_metric(metrics, f'test/{task}/acc')} | "
-            f"{_metric(metrics, f'test/{task}/f1')} | "
+            f"| {task} | {_metric(metrics, f'test/{task}/{first}')} | "
+            f"{_metric(metrics, f'test/{task}/{second}')} | "
             f"{_metric(metrics, f'val/{task}/forgetting')} |"
         )
     lines += [
@@ -253,12 +260,19 @@ def model_card(
         "",
         'embeddings = SentenceTransformer("<this folder>").encode(["Who wrote Hamlet?"])',
         "",
-        "# The heads without mtl-lightning: logits = embedding @ weight.T + bias",
-        "from safetensors.numpy import load_file",
-        "",
-        f'heads = load_file("<this folder>/{HEADS_WEIGHTS}")  # label names: {HEADS_CONFIG}',
-        f'weight, bias = heads["{task}.classifier.weight"], heads["{task}.classifier.bias"]',
-        "logits = embeddings @ weight.T + bias",
+    ]
+    if task is not None:
+        lines += [
+            "# The heads without mtl-lightning: logits = embedding @ weight.T + bias",
+            "from safetensors.numpy import load_file",
+            "",
+            f'heads = load_file("<this folder>/{HEADS_WEIGHTS}")  # label names: {HEADS_CONFIG}',
+            f'weight, bias = heads["{task}.classifier.weight"], heads["{task}.classifier.bias"]',
+            "logits = embeddings @ weight.T + bias",
+        ]
+    if any(len(k.columns) == 2 for k in module.task_types.values()):
+        lines.append(f"# Pair and similarity heads: their `architecture` in {HEADS_CONFIG}.")
+    lines += [
         "```",
         "",
         "`AutoModel.from_pretrained(<this folder>)` loads the encoder; pool its "

@@ -2,6 +2,7 @@
 
     p = Predictor.from_checkpoint("logs/runs/full_finetune/<time>/checkpoints/last.ckpt")
     p.predict(["What is the capital of France?"])  # [{"text": ..., "<task>": {...}, ...}]
+    p.predict([{"text": "A man sings.", "text_pair": "A man is singing."}])  # pair tasks too
     p.encode(["a sentence", "another"])            # np.ndarray (2, hidden)
 
 Texts are tokenized once, sorted by length, batched and padded to each batch's longest sentence;
@@ -13,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,10 +24,11 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from mtl_lightning.checkpoint import load_module
-from mtl_lightning.data.datamodule import pad
+from mtl_lightning.data.collate import pad
 from mtl_lightning.data.files import READERS, decode_utf8
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, load_tokenizer
+from mtl_lightning.tasks import TaskType, build_task_type
 
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")
@@ -55,13 +57,20 @@ class Predictor:
         device: str = "auto",
         batch_size: int = 64,
         max_length: int = 256,
+        task_types: Mapping[str, TaskType] | None = None,
     ) -> None:
+        """`task_types`: each task's type (default: classification with the labels of
+        `tasks`), which turns its head's outputs into predictions."""
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be at least 1.")
         self.device = resolve_device(device)
         self.encoder = encoder.to(self.device).eval()
         self.heads = heads.to(self.device).eval() if heads is not None else None
         self.tasks = dict(tasks or {})
+        self.task_types = {
+            task: (task_types or {}).get(task) or build_task_type(task, labels, None)
+            for task, labels in self.tasks.items()
+        }
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         # Longer inputs than the position embeddings would index past them.
@@ -78,7 +87,14 @@ class Predictor:
         module = load_module(path, "ckpt_path")  # weights-only; a bad file is one sentence
         tokenizer = module.tokenizer()  # from the checkpoint just loaded, not read again
         return cls(
-            module.encoder, tokenizer, module.heads, module.tasks, device, batch_size, max_length
+            module.encoder,
+            tokenizer,
+            module.heads,
+            module.tasks,
+            device,
+            batch_size,
+            max_length,
+            module.task_types,
         )
 
     @classmethod
@@ -123,25 +139,62 @@ class Predictor:
         return embeddings.numpy()
 
     @torch.inference_mode()
-    def predict(self, texts: Sequence[str]) -> list[dict]:
-        """One `{"text", <task>: {"label", "probs": {label: p}}}` per text, in input order."""
+    def _embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """Sentence embeddings on the model's device, in input order."""
+        embeddings = torch.empty(len(texts), self.encoder.hidden_size, device=self.device)
+        for rows, batch in self._batches(texts):
+            embeddings[rows] = self.encoder(**batch).to(embeddings.dtype)
+        return embeddings
+
+    @torch.inference_mode()
+    def predict(self, rows: Sequence[str | Mapping[str, str]]) -> list[dict]:
+        """One prediction per row, in input order: the row (`{"text"}`, and `"text_pair"` for
+        pair tasks; a plain string is a text), then per task its type's output:
+        `{"label", "probs": {label: p}}` for classes, `{"score"}` for a similarity. A task whose
+        input a row lacks (a pair task's `text_pair`) is left out of that row's output."""
         if self.heads is None:
             raise ConfigError(
                 "This Predictor is a plain encoder without task heads: load a trained one with "
                 "Predictor.from_checkpoint to predict."
             )
-        results: list[dict] = [{"text": text} for text in texts]
-        for rows, batch in self._batches(texts):
-            embedding = self.encoder(**batch)
-            for task, labels in self.tasks.items():
-                probs = self.heads[task](embedding).float().softmax(-1).cpu().tolist()
-                for index, row in zip(rows, probs, strict=True):
-                    best = max(range(len(labels)), key=row.__getitem__)
-                    results[index][task] = {
-                        "label": labels[best],
-                        "probs": dict(zip(labels, row, strict=True)),
-                    }
+        results: list[dict] = [{"text": row} if isinstance(row, str) else dict(row) for row in rows]
+        columns = {column for kind in self.task_types.values() for column in kind.columns}
+        embeddings = {}  # column -> (rows that have it, their embeddings)
+        for column in sorted(columns):
+            present = [i for i, row in enumerate(results) if row.get(column) is not None]
+            texts = [str(results[i][column]) for i in present]
+            embeddings[column] = (present, self._embed(texts))
+        for task, kind in self.task_types.items():
+            present = sorted(set.intersection(*(set(embeddings[c][0]) for c in kind.columns)))
+            if not present:
+                continue
+            selected = []
+            for column in kind.columns:
+                position = {row: i for i, row in enumerate(embeddings[column][0])}
+                selected.append(embeddings[column][1][[position[row] for row in present]])
+            outputs = []
+            for start in range(0, len(present), self.batch_size):  # heads in batches too
+                chunk = [emb[start : start + self.batch_size] for emb in selected]
+                outputs += kind.predictions(kind.outputs(self.heads[task], chunk))
+            for row, output in zip(present, outputs, strict=True):
+                results[row][task] = output
         return results
+
+
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """Rows to predict: a `.txt` has one sentence per line (`{"text"}`); a table file's rows
+    have its `text` column, and its `text_pair` column where a row has one (pair tasks)."""
+    path = Path(path).expanduser()
+    texts = read_texts(path)
+    if path.suffix.lower() == ".txt":
+        return [{"text": text} for text in texts]
+    records = READERS[path.suffix.lower()](path).rows
+    rows = []
+    for text, record in zip(texts, records, strict=True):
+        pair = record.get("text_pair")
+        has_pair = pair is not None and str(pair).strip()
+        rows.append({"text": text, "text_pair": str(pair)} if has_pair else {"text": text})
+    return rows
 
 
 def read_texts(path: str | Path) -> list[str]:

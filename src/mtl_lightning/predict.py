@@ -2,6 +2,7 @@
 
 python -m mtl_lightning.predict ckpt_path=<run>/checkpoints/last.ckpt input=a.txt output=b.jsonl
 python -m mtl_lightning.predict ckpt_path=<run>/checkpoints/last.ckpt text="Who wrote Hamlet?"
+python -m mtl_lightning.predict ckpt_path=<ckpt> text="A man sings." text_pair="A man is singing."
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from omegaconf import DictConfig
 
 from mtl_lightning.config_check import check_predict_config
 from mtl_lightning.errors import ConfigError, one_line_errors
-from mtl_lightning.inference import Predictor, check_output, read_texts, write_jsonl
+from mtl_lightning.inference import Predictor, check_output, read_rows, write_jsonl
 
 
 def predict(cfg: DictConfig) -> list[dict]:
@@ -28,15 +29,20 @@ def predict(cfg: DictConfig) -> list[dict]:
             f"got input={cfg.input}, output={cfg.output}, text={cfg.text}."
         )
     # Bad files fail before the model loads.
+    text_pair = cfg.get("text_pair")
+    if text_pair is not None and cfg.text is None:
+        raise ConfigError("text_pair is the second sentence of text=: give text= too.")
     if cfg.text is None:
-        texts = read_texts(cfg.input)
+        rows = read_rows(cfg.input)
         output = check_output(cfg.output, (".jsonl",), cfg.input)
     else:
-        texts = [str(cfg.text)]  # Hydra parses e.g. text=42 as a number
+        rows = [{"text": str(cfg.text)}]  # Hydra parses e.g. text=42 as a number
+        if text_pair is not None:
+            rows[0]["text_pair"] = str(text_pair)
     predictor = Predictor.from_checkpoint(
         cfg.ckpt_path, device=cfg.device, batch_size=cfg.batch_size, max_length=cfg.max_length
     )
-    predictions = predictor.predict(texts)
+    predictions = predictor.predict(rows)
     if cfg.text is None:
         replaced = " (replacing the file that was there)" if output.exists() else ""
         write_jsonl(output, predictions)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from lightning import Callback, LightningModule, Trainer
 from torch import nn
 
-from mtl_lightning.data.datamodule import pad
+from mtl_lightning.data.collate import pad
 from mtl_lightning.embeddings import compute_embeddings, export_embeddings
 from mtl_lightning.errors import ConfigError
 
@@ -122,6 +122,9 @@ class FrozenReadout(Callback):
                 self.k,
             ).to(module.device)
             for task, labels in datamodule.label_names.items()
+            # A readout scores one sentence's classes; other task types keep their heads (a
+            # similarity head starts as the encoder's own cosine).
+            if module.task_types[task].name == "classification"
         }
         module.attach_readout(readouts, replace_heads=self.heads_from is None)
         log.info(

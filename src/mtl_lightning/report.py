@@ -43,6 +43,10 @@ ALL = "all"  # the size label of a run on all training examples (data.max_train_
 BASELINE = "single_task"  # the scenario label of single-task baselines
 REFERENCE = "full_finetune"
 METRICS = {"acc": "accuracy", "f1": "macro-F1"}
+# A task's primary metric (what the monitored mean averages) and its companion, per task type:
+# classes (accuracy, macro-F1), similarity scores (Spearman, Pearson).
+TASK_METRICS = {"acc": "f1", "spearman": "pearson"}
+NAMES = {**METRICS, "spearman": "Spearman", "pearson": "Pearson"}
 
 
 @dataclass
@@ -165,14 +169,32 @@ def load_runs(sweep_dir: str | Path) -> list[Run]:
 
 
 def task_names(runs: Sequence[Run]) -> list[str]:
-    """Tasks with validation accuracy in any run, in order of first appearance."""
+    """Tasks with a validation primary metric (accuracy, Spearman) in any run, in order of
+    first appearance."""
     tasks: dict[str, None] = {}
+    primaries = "|".join(TASK_METRICS)
     for run in runs:
         for metric in run.history:
-            match = re.fullmatch(r"val/([^/]+)/acc", metric)
+            match = re.fullmatch(rf"val/([^/]+)/(?:{primaries})", metric)
             if match:
                 tasks.setdefault(match.group(1))
     return list(tasks)
+
+
+def task_metrics(runs: Sequence[Run], task: str) -> tuple[str, str]:
+    """`(primary, companion)` metric names of `task`, as its runs logged them."""
+    for primary, companion in TASK_METRICS.items():
+        if any(f"val/{task}/{primary}" in run.history for run in runs):
+            return primary, companion
+    return "acc", "f1"
+
+
+def primary_mean(run: Run, stage: str, best: bool = False) -> float | None:
+    """The run's mean over tasks of each one's primary metric (`val/primary_mean`; runs
+    written before it existed: `acc_mean`)."""
+    value = run.best if best else run.last
+    found = value(f"{stage}/primary_mean")
+    return found if found is not None else value(f"{stage}/acc_mean")
 
 
 def _size_order(size: str) -> float:
@@ -460,7 +482,8 @@ def markdown_report(
         "",
         f"{len(runs)} runs ({baselines} of them single-task baselines): seeds {seeds}; "
         f"training examples per task: {sizes}; {numbers['train_seconds_total']:.0f} s of "
-        "training in all. Test values are of the best checkpoint by `val/acc_mean` "
+        "training in all. Test values are of the best checkpoint by `val/primary_mean`, the "
+        "mean over tasks of each one's primary metric (accuracy; Spearman for similarity) "
         "(entire_network_frozen: of the model as loaded).",
         "",
     ]
@@ -480,8 +503,8 @@ def markdown_report(
             "scenario",
             "seed",
             "size",
-            "best val acc (mean)",
-            "test acc (mean)",
+            "best val primary (mean)",
+            "test primary (mean)",
             "train time (s)",
             "trainable params",
         ],
@@ -491,8 +514,8 @@ def markdown_report(
                 run.label,
                 str(run.seed),
                 run.size_label,
-                _fmt(run.best("val/acc_mean"), ".4f"),
-                _fmt(run.last("test/acc_mean"), ".4f"),
+                _fmt(primary_mean(run, "val", best=True), ".4f"),
+                _fmt(primary_mean(run, "test"), ".4f"),
                 _fmt(run.train_seconds, ".1f"),
                 _fmt(run.trainable_params, ","),
             ]
@@ -501,16 +524,20 @@ def markdown_report(
     )
     for task in tasks:
         lines += ["", f"### Task `{task}`", ""]
+        first, second = task_metrics(runs, task)
+        short = {m: "acc" if m == "acc" else NAMES[m] for m in (first, second)}
         lines += _table(
-            ["run", "scenario", "best val acc", "best val F1", "test acc", "test F1", "forgetting"],
+            ["run", "scenario"]
+            + [f"{stage} {short[m]}" for stage in ("best val", "test") for m in (first, second)]
+            + ["forgetting"],
             [
                 [
                     run.name,
                     run.label,
-                    _fmt(run.best(f"val/{task}/acc"), ".4f"),
-                    _fmt(run.best(f"val/{task}/f1"), ".4f"),
-                    _fmt(run.last(f"test/{task}/acc"), ".4f"),
-                    _fmt(run.last(f"test/{task}/f1"), ".4f"),
+                    _fmt(run.best(f"val/{task}/{first}"), ".4f"),
+                    _fmt(run.best(f"val/{task}/{second}"), ".4f"),
+                    _fmt(run.last(f"test/{task}/{first}"), ".4f"),
+                    _fmt(run.last(f"test/{task}/{second}"), ".4f"),
                     _fmt(run.last(f"val/{task}/forgetting"), "+.4f"),
                 ]
                 for run in runs
@@ -566,9 +593,10 @@ def plot_val_curves(runs: Sequence[Run], task: str) -> Figure:
 
     figure = _figure()
     axes = figure.add_subplot()
+    primary = task_metrics(runs, task)[0]  # accuracy, or a similarity task's Spearman
     runs = _largest_size(runs)
     for index, label in enumerate(_labels(runs)):
-        curves = [dict(run.curve(f"val/{task}/acc")) for run in runs if run.label == label]
+        curves = [dict(run.curve(f"val/{task}/{primary}")) for run in runs if run.label == label]
         curves = [curve for curve in curves if curve]
         if not curves:
             continue
@@ -581,7 +609,8 @@ def plot_val_curves(runs: Sequence[Run], task: str) -> Figure:
             low = [mean - std for mean, std in points]
             high = [mean + std for mean, std in points]
             axes.fill_between(epochs, low, high, color=_color(index), alpha=0.2, linewidth=0)
-    axes.set(title=f"{task}: validation accuracy", xlabel="epoch", ylabel="val accuracy")
+    name = NAMES[primary] if primary != "acc" else "accuracy"
+    axes.set(title=f"{task}: validation {name}", xlabel="epoch", ylabel=f"val {name}")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
@@ -596,7 +625,7 @@ def plot_time_vs_accuracy(runs: Sequence[Run]) -> Figure:
     runs = _largest_size(runs)
     for index, label in enumerate(_labels(runs)):
         points = [
-            (run.train_seconds, run.last("test/acc_mean"))
+            (run.train_seconds, primary_mean(run, "test"))
             for run in runs
             if run.label == label and label != BASELINE
         ]
@@ -617,7 +646,7 @@ def plot_time_vs_accuracy(runs: Sequence[Run]) -> Figure:
     axes.set(
         title="train time vs test accuracy",
         xlabel="train time (s)",
-        ylabel="test accuracy (mean over tasks)",
+        ylabel="test primary metric (mean over tasks)",
     )
     axes.grid(alpha=0.3)
     return figure

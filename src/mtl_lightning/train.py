@@ -91,11 +91,14 @@ def build_data(node: DictConfig) -> MultiTaskDataModule:
     return datamodule
 
 
-def build_module(node: DictConfig, tasks: dict[str, list[str]]) -> MultiTaskModule:
-    """The model of `cfg.model` for `tasks` (weights of `model.init_from` not loaded here)."""
+def build_module(
+    node: DictConfig, tasks: dict[str, list[str]], task_types: dict[str, dict] | None = None
+) -> MultiTaskModule:
+    """The model of `cfg.model` for `tasks` of `task_types` (their specs; default:
+    classification); weights of `model.init_from` are not loaded here."""
     settings = OmegaConf.to_container(node, resolve=True)
     settings.pop("init_from", None)
-    return MultiTaskModule(tasks=tasks, **settings)
+    return MultiTaskModule(tasks=tasks, task_types=task_types, **settings)
 
 
 def _wandb_group() -> str | None:
@@ -165,7 +168,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resume is not None:
         check_resumable(resume, "ckpt_path", ckpt_path)
         check_resume_tasks(resume, datamodule.label_names, "ckpt_path", ckpt_path)
-    module = build_module(cfg.model, datamodule.label_names)
+    module = build_module(cfg.model, datamodule.label_names, datamodule.task_specs)
     check_frozen_layers(freezing.keep_frozen_layers, len(module.encoder_groups()) - 1)
     new_heads = load_init_weights(module, init_from) if init_from else []
     if freezing.validates_before_fit and freezing.head in new_heads:

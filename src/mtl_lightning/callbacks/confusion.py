@@ -29,6 +29,7 @@ class ConfusionMatrix(Callback):
         self.counts = {
             task: torch.zeros(len(labels), len(labels), dtype=torch.long, device=pl_module.device)
             for task, labels in pl_module.tasks.items()
+            if pl_module.task_types[task].categorical  # a score has no classes to confuse
         }
 
     def on_test_batch_end(
@@ -40,6 +41,8 @@ class ConfusionMatrix(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if outputs is None:  # a task type without classes
+            return
         counts = self.counts[batch["task"]]
         n = counts.shape[0]
         flat = outputs["labels"].to(counts.device) * n + outputs["preds"].to(counts.device)

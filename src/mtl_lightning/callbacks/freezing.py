@@ -266,8 +266,10 @@ class FreezingSchedule(Callback):
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.scenario != "only_head_frozen" or trainer.sanity_checking:
             return
-        # What Lightning logs as val/<head>/acc (compute() caches it, synced across ranks).
-        acc = float(pl_module.metrics["val_metrics"][self.head]["acc"].compute())
+        # What Lightning logs as val/<head>/acc (compute() caches it, synced across ranks), or
+        # the head's own primary metric for another task type (a similarity's Spearman).
+        primary = pl_module.task_types[self.head].primary
+        acc = float(pl_module.metrics["val_metrics"][self.head][primary].compute())
         fitting = trainer.state.fn == TrainerFn.FITTING
         if not fitting or not self._head_frozen_in(trainer.current_epoch):
             self.last_val_acc = acc  # the head still trains (or a validation before fit)

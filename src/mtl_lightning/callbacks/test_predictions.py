@@ -24,7 +24,7 @@ class TestPredictions(Callback):
         self.rows: dict[str, dict[int, tuple[int, int]]] = {}
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.rows = {task: {} for task in pl_module.tasks}
+        self.rows = {task: {} for task in _class_tasks(pl_module)}
 
     def on_test_batch_end(
         self,
@@ -35,6 +35,8 @@ class TestPredictions(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        if outputs is None:  # a task type without classes (a similarity score)
+            return
         rows = self.rows[batch["task"]]
         columns = (batch["idx"], outputs["labels"], outputs["preds"])
         for index, label, pred in zip(*(c.tolist() for c in columns), strict=True):
@@ -46,7 +48,7 @@ class TestPredictions(Callback):
             # Each rank saw a shard; a padded shard repeats examples, which the dict keys merge.
             shards: list = [None] * trainer.world_size
             torch.distributed.all_gather_object(shards, rows)
-            rows = {task: {} for task in pl_module.tasks}
+            rows = {task: {} for task in _class_tasks(pl_module)}
             for shard in shards:
                 for task, task_rows in shard.items():
                     rows[task].update(task_rows)
@@ -56,6 +58,11 @@ class TestPredictions(Callback):
         folder.mkdir(parents=True, exist_ok=True)
         for task, task_rows in rows.items():
             write_predictions(folder / f"{task}.csv", task_rows)
+
+
+def _class_tasks(pl_module: LightningModule) -> list[str]:
+    """The tasks whose predictions are class ids (a score has no paired test here)."""
+    return [task for task, kind in pl_module.task_types.items() if kind.categorical]
 
 
 def write_predictions(path: Path, rows: dict[int, tuple[int, int]]) -> None:

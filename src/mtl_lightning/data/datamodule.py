@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning import LightningDataModule
@@ -44,10 +45,11 @@ from mtl_lightning.data.sampler import (
     TaskScheduleBatchSampler,
     TaskSequenceBatchSampler,
 )
-from mtl_lightning.data.sources import SPLITS, Source, complete_splits
+from mtl_lightning.data.sources import SPLITS, Rows, Source, complete_splits
 from mtl_lightning.data.token_cache import TokenCache
 from mtl_lightning.errors import ConfigError
-from mtl_lightning.model.encoder import load_tokenizer
+from mtl_lightning.resolve import load_tokenizer
+from mtl_lightning.tasks import TaskType, task_type_class
 
 log = logging.getLogger(__name__)
 SAMPLINGS = ("joint", "alternating", "proportional", "temperature")
@@ -55,18 +57,29 @@ SAMPLINGS = ("joint", "alternating", "proportional", "temperature")
 
 @dataclass
 class TaskDataset(Dataset):
-    """One task's split, tokenized: token ids without padding, label ids, and the raw texts."""
+    """One task's split, tokenized: token ids without padding, label values (class ids or
+    scores), and the raw texts; a pair task also has its second sentences and their ids."""
 
     task: str
     texts: list[str]
     input_ids: list[list[int]]
-    labels: list[int]
+    labels: list
+    text_pairs: list[str] | None = None
+    pair_ids: list[list[int]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[str, int, list[int], int]:
-        return self.task, index, self.input_ids[index], self.labels[index]
+    def __getitem__(self, index: int) -> tuple[str, int, tuple[list[int], ...], Any]:
+        ids = self.input_ids[index]
+        columns = (ids,) if self.pair_ids is None else (ids, self.pair_ids[index])
+        return self.task, index, columns, self.labels[index]
+
+    def lengths(self) -> list[int]:
+        """Tokens per example (both sentences of a pair), for length bucketing."""
+        if self.pair_ids is None:
+            return [len(ids) for ids in self.input_ids]
+        return [len(a) + len(b) for a, b in zip(self.input_ids, self.pair_ids, strict=True)]
 
 
 class ConcatTaskDataset(Dataset):
@@ -81,69 +94,42 @@ class ConcatTaskDataset(Dataset):
     def __len__(self) -> int:
         return self.offsets[-1]
 
-    def __getitem__(self, index: int) -> tuple[str, int, list[int], int]:
+    def __getitem__(self, index: int) -> tuple[str, int, tuple[list[int], ...], Any]:
         position = bisect.bisect_right(self.offsets, index) - 1
         return self.datasets[position][index - self.offsets[position]]
 
 
-def subsample(
-    examples: tuple[list[str], list[str]], count: int | None, seed: int
-) -> tuple[list[str], list[str]]:
-    """About `count` of `(texts, labels)`: each label's share, rounded but at least one example,
-    drawn with the label's own seeded shuffle (as `stratified_split`), in the original order."""
-    texts, labels = examples
-    if count is None or len(texts) <= count:
+def subsample(examples, count: int | None, seed: int, stratify: bool = True):
+    """About `count` of `(texts, labels)` (or of `Rows`): each label's share, rounded but at
+    least one example, drawn with the label's own seeded shuffle (as `stratified_split`), in the
+    original order; `stratify=False` (scores, not classes) draws from all examples alike."""
+    rows = Rows.of(examples)
+    if count is None or len(rows) <= count:
         return examples
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for index, label in enumerate(labels):
-        by_label[label].append(index)
+    groups = rows.labels if stratify else [""] * len(rows)
+    by_group: dict[str, list[int]] = defaultdict(list)
+    for index, group in enumerate(groups):
+        by_group[group].append(index)
     keep = []
-    for label, indices in sorted(by_label.items()):
-        random.Random(f"{seed}:{label}").shuffle(indices)
-        keep += indices[: max(1, round(len(indices) * count / len(texts)))]
+    for group, indices in sorted(by_group.items()):
+        random.Random(f"{seed}:{group}").shuffle(indices)
+        keep += indices[: max(1, round(len(indices) * count / len(rows)))]
     keep.sort()
-    return [texts[i] for i in keep], [labels[i] for i in keep]
-
-
-def pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`(input_ids, attention_mask)`, padded to the longest sequence (dynamic padding)."""
-    longest = max(len(ids) for ids in sequences)
-    input_ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attention_mask[row, : len(ids)] = 1
-    return input_ids, attention_mask
-
-
-def collate(items: list[tuple[str, int, list[int], int]], pad_id: int) -> dict:
-    """Pad to the longest sequence in the batch (dynamic padding); all items share one task.
-
-    `real_tokens` and `pad_tokens` count the batch's tokens and padding, so that the padded
-    fraction of an epoch costs a sum, not a pass over the masks.
-    """
-    input_ids, attention_mask = pad([ids for _, _, ids, _ in items], pad_id)
-    real_tokens = int(attention_mask.sum())
-    return {
-        "task": items[0][0],
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": torch.tensor([label for *_, label in items]),
-        "idx": torch.tensor([index for _, index, _, _ in items]),
-        "real_tokens": real_tokens,
-        "pad_tokens": attention_mask.numel() - real_tokens,
-    }
+    kept = rows.select(keep)
+    return kept if isinstance(examples, Rows) else (kept.texts, kept.labels)
 
 
 class Collator:
-    """Picklable collate (DataLoader workers); `by_task` wraps the batch as `{task: batch}`."""
+    """Picklable collate (DataLoader workers): each task's type pads its batch; `by_task`
+    wraps the batch as `{task: batch}`."""
 
-    def __init__(self, pad_id: int, by_task: bool = False) -> None:
+    def __init__(self, task_types: Mapping[str, TaskType], pad_id: int, by_task: bool = False):
+        self.task_types = dict(task_types)
         self.pad_id = pad_id
         self.by_task = by_task
 
     def __call__(self, items: list) -> dict:
-        batch = collate(items, self.pad_id)
+        batch = self.task_types[items[0][0]].collate(items, self.pad_id)
         return {batch["task"]: batch} if self.by_task else batch
 
 
@@ -173,6 +159,9 @@ class MultiTaskDataModule(LightningDataModule):
         `only_tasks`: the task (or list of tasks) of `tasks` to keep, e.g. for a single-task
         baseline; null keeps them all."""
         super().__init__()
+        # A task set to null (`data.tasks.<task>: null`, e.g. in a config that extends another)
+        # is left out.
+        tasks = {task: source for task, source in tasks.items() if source is not None}
         if not tasks:
             raise ConfigError("data.tasks is empty: give at least one task (data.tasks.<name>).")
         if only_tasks is not None:
@@ -218,6 +207,7 @@ class MultiTaskDataModule(LightningDataModule):
         self.bucket_pool = bucket_pool
         self.max_train_examples = max_train_examples
         self.label_names: dict[str, list[str]] = {}
+        self.task_types: dict[str, TaskType] = {}
         self.datasets: dict[str, dict[str, TaskDataset]] = {}
         self.pad_id = 0
         self.start_epoch = 0
@@ -249,42 +239,61 @@ class MultiTaskDataModule(LightningDataModule):
             tokenizer, self.max_length, self.data_dir / ".token_cache" if self.token_cache else None
         )
         for task, source in self.sources.items():
-            examples = complete_splits(
-                source.load(self.data_dir), self.val_fraction, self.test_fraction, self.seed
-            )
-            examples["train"] = subsample(examples["train"], self.max_train_examples, self.seed)
-            present = set(examples["train"][1])
-            # Integer labels sort as numbers (2 before 10), so class ids follow the integers.
-            numeric = all(label.removeprefix("-").isdecimal() for label in present)
-            names = list(source.label_names or sorted(present, key=int if numeric else None))
-            self.label_names[task] = names
-            label_ids = {name: i for i, name in enumerate(names)}
-            unknown = sorted({label for _, ls in examples.values() for label in ls} - set(names))
-            if unknown:
-                raise ConfigError(
-                    f"data.tasks.{task} has labels {unknown[:5]} outside its label_names {names}: "
-                    f"add them to data.tasks.{task}.label_names or fix the data."
-                )
-            if len(present) < 2:
-                raise ConfigError(
-                    f"data.tasks.{task} has a single class {sorted(present)} in its training "
-                    "data: a classifier needs at least two, so add examples of another class "
-                    "or check which column holds the labels."
-                )
-            self.datasets[task] = {}
-            for split in SPLITS:
-                texts, labels = examples[split]
-                if not texts:
-                    raise ConfigError(
-                        f"data.tasks.{task} has no {split} examples: give it more examples per "
-                        f"class (data.{split}_fraction of each is carved out of train) or its own "
-                        f"{split} file."
-                    )
-                self.datasets[task][split] = TaskDataset(
-                    task, texts, cache(texts), [label_ids[label] for label in labels]
-                )
+            task_type = self._load_task(task, source, cache)
+            self.task_types[task] = task_type
+            self.label_names[task] = task_type.labels
             sizes = ", ".join(f"{s} {len(self.datasets[task][s])}" for s in SPLITS)
-            log.info("Task %s: %d classes %s; %s examples.", task, len(names), names, sizes)
+            labels = task_type.labels
+            classes = f"{len(labels)} classes {labels}" if labels else "scores"
+            log.info("Task %s (%s) %s; %s examples.", task, task_type.name, classes, sizes)
+
+    def _load_task(self, task: str, source: Source, cache: TokenCache) -> TaskType:
+        """Read, split and tokenize one task into `self.datasets[task]`; return its type."""
+        kind = task_type_class(task, getattr(source, "type", None))
+        rows = {split: Rows.of(value) for split, value in source.load(self.data_dir).items()}
+        pair = len(kind.columns) == 2
+        if pair and any(r.text_pairs is None for r in rows.values()):
+            raise ConfigError(
+                f"data.tasks.{task}.type={kind.name} needs two sentences per example, and its "
+                f"source ({type(source).__name__}) gives one: use data=files or data=hf with "
+                f"data.tasks.{task}.text_pair_column, or a single-sentence type."
+            )
+        examples = complete_splits(
+            rows, self.val_fraction, self.test_fraction, self.seed, stratify=kind.categorical
+        )
+        examples["train"] = subsample(
+            examples["train"], self.max_train_examples, self.seed, stratify=kind.categorical
+        )
+        task_type = kind.from_data(
+            task,
+            examples["train"].labels,
+            getattr(source, "label_names", None),
+            getattr(source, "type_options", None) or {},
+        )
+        self.datasets[task] = {}
+        for split in SPLITS:
+            split_rows = examples[split]
+            if not split_rows.texts:
+                raise ConfigError(
+                    f"data.tasks.{task} has no {split} examples: give it more examples per "
+                    f"class (data.{split}_fraction of each is carved out of train) or its own "
+                    f"{split} file."
+                )
+            pairs = split_rows.text_pairs if pair else None
+            self.datasets[task][split] = TaskDataset(
+                task,
+                split_rows.texts,
+                cache(split_rows.texts),  # each sentence column is tokenized (and cached) alone
+                task_type.encode_labels(split_rows.labels, split),
+                pairs,
+                None if pairs is None else cache(pairs),
+            )
+        return task_type
+
+    @property
+    def task_specs(self) -> dict[str, dict]:
+        """Each task's type and resolved options, as the model stores them."""
+        return {task: task_type.spec() for task, task_type in self.task_types.items()}
 
     def _bucket_sampler(
         self,
@@ -296,7 +305,7 @@ class MultiTaskDataModule(LightningDataModule):
     ) -> LengthBucketBatchSampler:
         trainer = self.trainer if sharded else None
         return LengthBucketBatchSampler(
-            [len(ids) for ids in self.datasets[task][split].input_ids],
+            self.datasets[task][split].lengths(),
             self.batch_size if split == "train" else self.eval_batch_size,
             epoch_seed=epoch_seed,
             pool_factor=self.bucket_pool,
@@ -327,7 +336,7 @@ class MultiTaskDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_sampler=batch_sampler,
-            collate_fn=Collator(self.pad_id, by_task),
+            collate_fn=Collator(self.task_types, self.pad_id, by_task),
             # Its own generator: creating an iterator then draws nothing from the global RNG, so
             # dropout masks do not depend on how often loaders were (re)started, e.g. on resume.
             generator=torch.Generator().manual_seed(self.seed),

@@ -19,8 +19,9 @@ from typing import Any, NamedTuple
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 
-from mtl_lightning.data.sources import Examples, check_columns, check_dropped
+from mtl_lightning.data.sources import Examples, Rows, check_columns, check_dropped
 from mtl_lightning.errors import ConfigError
+from mtl_lightning.tasks import task_type_class
 
 
 class Table(NamedTuple):
@@ -164,6 +165,8 @@ class FileSource:
     `task` is the task's name under `data.tasks`, so that errors name the config key to fix.
     Labels may be strings or integers; both become strings, which are the label names stored
     with the model. `label_names` declares the label set (and its order); else it is inferred.
+    `type` is the task type (`mtl_lightning.tasks`); a pair type reads its second sentence from
+    `text_pair_column`, and `similarity` takes numbers as labels (its scores).
     """
 
     def __init__(
@@ -175,12 +178,20 @@ class FileSource:
         text_column: str = "text",
         label_column: str = "label",
         label_names: Sequence[str | int] | None = None,
+        type: str | None = None,  # noqa: A002 (the config key data.tasks.<task>.type)
+        type_options: dict | None = None,
+        text_pair_column: str = "text_pair",
     ) -> None:
         self.task = task
         self.files = {"train": train, "val": val, "test": test}
         self.text_column = text_column
         self.label_column = label_column
         self.label_names = None if label_names is None else [str(n) for n in label_names]
+        self.type = type
+        self.type_options = type_options
+        kind = task_type_class(task, type)
+        self.text_pair_column = text_pair_column if len(kind.columns) == 2 else None
+        self.numeric_labels = not kind.categorical
 
     def key(self, name: str) -> str:
         return f"data.tasks.{self.task}.{name}"
@@ -194,8 +205,9 @@ class FileSource:
             )
         return {split: self.read(split, str(file)) for split, file in self.files.items() if file}
 
-    def read(self, split: str, file: str) -> tuple[list[str], list[str]]:
-        """(texts, labels) of one split's file, empty texts dropped."""
+    def read(self, split: str, file: str) -> tuple[list[str], list[str]] | Rows:
+        """(texts, labels) of one split's file, empty texts dropped; `Rows` with the second
+        sentences for a pair type (an example with either sentence empty dropped)."""
         path = launch_dir() / Path(file).expanduser()
         if path.is_dir():
             raise ConfigError(
@@ -217,30 +229,30 @@ class FileSource:
         where = f"{path} ({self.key(split)})"
         if not rows:
             raise ConfigError(f"{where} is empty: give a file with at least one example.")
-        check_columns(
-            where,
-            columns,
-            {
-                self.key("text_column"): self.text_column,
-                self.key("label_column"): self.label_column,
-            },
-        )
-        texts, labels = [], []
+        wanted = {
+            self.key("text_column"): self.text_column,
+            self.key("label_column"): self.label_column,
+        }
+        if self.text_pair_column is not None:
+            wanted[self.key("text_pair_column")] = self.text_pair_column
+        check_columns(where, columns, wanted)
+        # A score may be a float; bool is an int subclass, but True/False are no labels.
+        kinds = str | int | float if self.numeric_labels else str | int
+        texts, labels, pairs = [], [], []
         for number, row in enumerate(rows, 1):
             text = row.get(self.text_column)
             if text is None or not str(text).strip():
                 continue
+            pair = row.get(self.text_pair_column) if self.text_pair_column else ""
+            if pair is None or (self.text_pair_column and not str(pair).strip()):
+                continue
             label = row.get(self.label_column)
             place = f"line {lines[number - 1]}" if lines else f"row {number}"
-            # bool is an int subclass, but True/False are not the integer labels meant here.
-            if (
-                isinstance(label, bool)
-                or not isinstance(label, str | int)
-                or not str(label).strip()
-            ):
+            if isinstance(label, bool) or not isinstance(label, kinds) or not str(label).strip():
+                wanted_label = "numeric score" if self.numeric_labels else "string or integer label"
                 raise ConfigError(
-                    f"{where} {place} has label {label!r}: give every example a string or "
-                    f"integer label in column '{self.label_column}'."
+                    f"{where} {place} has label {label!r}: give every example a "
+                    f"{wanted_label} in column '{self.label_column}'."
                 )
             label = str(label).strip()
             if label.lower() in MISSING_LABELS and label not in (self.label_names or ()):
@@ -251,5 +263,6 @@ class FileSource:
                 )
             texts.append(str(text))
             labels.append(label)
+            pairs.append(str(pair))
         check_dropped(where, len(texts), len(rows), self.text_column, self.key("text_column"))
-        return texts, labels
+        return Rows(texts, labels, pairs) if self.text_pair_column else (texts, labels)

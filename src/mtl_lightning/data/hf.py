@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from mtl_lightning.data.files import launch_dir
-from mtl_lightning.data.sources import SPLITS, Examples, check_columns, check_dropped
+from mtl_lightning.data.sources import SPLITS, Examples, Rows, check_columns, check_dropped
 from mtl_lightning.errors import ConfigError
-from mtl_lightning.model.encoder import _hub_reachable
+from mtl_lightning.resolve import _hub_reachable
+from mtl_lightning.tasks import task_type_class
 
 # `datasets`' packaged builders: they read `data_files` and never ask the hub.
 LOCAL_BUILDERS = frozenset({"csv", "json", "parquet", "text", "arrow", "pandas", "sql"})
@@ -49,6 +50,8 @@ class HFSource:
     `data_files` serves local builders such as `path=csv` (or picks a hub dataset's files);
     `cache_dir` is `datasets`' cache (default: its own). `label_names` declares the label set
     and its order; by default the `ClassLabel`'s names, else the labels found in train.
+    `type` is the task type (`mtl_lightning.tasks`): a pair type reads its second sentence from
+    `text_pair_column`, `similarity` a number per example from `label_column`.
     """
 
     def __init__(
@@ -62,8 +65,16 @@ class HFSource:
         label_names: Sequence[str | int] | None = None,
         data_files: Any = None,
         cache_dir: str | None = None,
+        type: str | None = None,  # noqa: A002 (the config key data.tasks.<task>.type)
+        type_options: dict | None = None,
+        text_pair_column: str = "text_pair",
     ) -> None:
         self.task = task
+        self.type = type
+        self.type_options = type_options
+        kind = task_type_class(task, type)
+        self.text_pair_column = text_pair_column if len(kind.columns) == 2 else None
+        self.numeric_labels = not kind.categorical
         self.path = path
         self.name = name
         self.splits = {"train": "train"} if splits is None else dict(splits)
@@ -98,7 +109,8 @@ class HFSource:
             if hf_split
         }
         feature = loaded["train"].features.get(self.label_column)
-        names = getattr(feature, "names", None)  # a ClassLabel's names, in class-id order
+        # A ClassLabel's names, in class-id order (a score has none).
+        names = None if self.numeric_labels else getattr(feature, "names", None)
         if self.label_names is None and names:
             self.label_names = list(names)
         return {split: self._examples(dataset, split, names) for split, dataset in loaded.items()}
@@ -139,20 +151,25 @@ class HFSource:
 
     def _examples(
         self, dataset: Any, split: str, names: Sequence[str] | None
-    ) -> tuple[list[str], list[str]]:
-        """(texts, string labels) of one split; empty texts dropped, ClassLabel ids named."""
+    ) -> tuple[list[str], list[str]] | Rows:
+        """(texts, string labels) of one split; empty texts dropped, ClassLabel ids named;
+        `Rows` with the second sentences for a pair type."""
         where = f"{self.path} split {self.splits[split]} ({self.key('splits')}.{split})"
-        check_columns(
-            where,
-            dataset.column_names,
-            {
-                self.key("text_column"): self.text_column,
-                self.key("label_column"): self.label_column,
-            },
-        )
-        texts, labels = [], []
-        for text, label in zip(dataset[self.text_column], dataset[self.label_column], strict=True):
+        wanted = {
+            self.key("text_column"): self.text_column,
+            self.key("label_column"): self.label_column,
+        }
+        if self.text_pair_column is not None:
+            wanted[self.key("text_pair_column")] = self.text_pair_column
+        check_columns(where, dataset.column_names, wanted)
+        second = dataset[self.text_pair_column] if self.text_pair_column else [""] * len(dataset)
+        texts, labels, pairs = [], [], []
+        for text, pair, label in zip(
+            dataset[self.text_column], second, dataset[self.label_column], strict=True
+        ):
             if text is None or not str(text).strip():
+                continue
+            if pair is None or (self.text_pair_column and not str(pair).strip()):
                 continue
             if names and isinstance(label, int) and not 0 <= label < len(names):
                 raise ConfigError(
@@ -167,5 +184,6 @@ class HFSource:
                 )
             texts.append(str(text))
             labels.append(names[label] if names and isinstance(label, int) else str(label))
+            pairs.append(str(pair))
         check_dropped(where, len(texts), len(dataset), self.text_column, self.key("text_column"))
-        return texts, labels
+        return Rows(texts, labels, pairs) if self.text_pair_column else (texts, labels)

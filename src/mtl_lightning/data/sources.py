@@ -2,7 +2,9 @@
 
 A source is any object with `load(data_dir) -> Examples` (and optionally `prepare(data_dir)`,
 which fetches files once, before any process reads them). `data.tasks.<task>` in the config is
-a `_target_` node that builds one, so a new source needs no change here.
+a `_target_` node that builds one, so a new source needs no change here. A split is
+`(texts, labels)`, or `Rows(texts, labels, text_pairs)` for tasks of two sentences; a source's
+optional `type` and `type_options` name its task type (`mtl_lightning.tasks`).
 """
 
 from __future__ import annotations
@@ -14,15 +16,42 @@ import logging
 import random
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Union
 
 from mtl_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# split name -> (texts, string labels)
-Examples = dict[str, tuple[list[str], list[str]]]
+
+@dataclass
+class Rows:
+    """One split's examples: texts, string labels, and the second sentences of a pair task."""
+
+    texts: list[str]
+    labels: list[str]
+    text_pairs: list[str] | None = None
+
+    @classmethod
+    def of(cls, split: Rows | Sequence[list[str]]) -> Rows:
+        """A source's split, given as `Rows` or as a `(texts, labels)` tuple."""
+        return split if isinstance(split, Rows) else cls(*split)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def select(self, indices: Sequence[int]) -> Rows:
+        pairs = self.text_pairs
+        return Rows(
+            [self.texts[i] for i in indices],
+            [self.labels[i] for i in indices],
+            None if pairs is None else [pairs[i] for i in indices],
+        )
+
+
+# split name -> (texts, string labels), or Rows
+Examples = dict[str, Union[tuple[list[str], list[str]], Rows]]  # noqa: UP007 (a runtime alias)
 SPLITS = ("train", "val", "test")
 
 
@@ -32,22 +61,27 @@ class Source(Protocol):
     def load(self, data_dir: Path) -> Examples: ...
 
 
-def read_label_tsv(text: str, origin: str) -> tuple[list[str], list[str]]:
-    """Parse `label<TAB>text` rows under a `label	text` header."""
+def read_label_tsv(text: str, origin: str) -> tuple[list[str], list[str]] | Rows:
+    """Parse `label<TAB>text` rows under a `label	text` header (or `label	text	text_pair`
+    rows, returned as `Rows`)."""
     reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\")
-    if next(reader, None) != ["label", "text"]:
+    header = next(reader, None)
+    if header not in (["label", "text"], ["label", "text", "text_pair"]):
         raise ConfigError(f"{origin} must start with the header 'label<TAB>text'.")
-    texts, labels = [], []
+    texts, labels, pairs = [], [], []
     for row in reader:
         if not row:
             continue
-        if len(row) != 2:  # a stray or missing tab: the label would be a piece of text
+        if len(row) != len(header):  # a stray or missing tab: the label would be a piece of text
             raise ConfigError(
-                f"{origin} line {reader.line_num} has {len(row)} field(s), not 2: write it as "
-                "label<TAB>text, escaping a tab inside the text as \\<TAB>."
+                f"{origin} line {reader.line_num} has {len(row)} field(s), not {len(header)}: "
+                f"write it as {'<TAB>'.join(header)}, escaping a tab inside the text as \\<TAB>."
             )
         labels.append(row[0])
         texts.append(row[1])
+        pairs += row[2:]
+    if len(header) == 3:
+        return Rows(texts, labels, pairs)
     return texts, labels
 
 
@@ -66,16 +100,24 @@ def write_label_tsv(path: Path, texts: Sequence[str], labels: Sequence[str]) -> 
 class TinySource:
     """The small corpus shipped in the package (`data/tiny/<file>.tsv`): never downloads."""
 
-    def __init__(self, file: str, label_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        file: str,
+        label_names: Sequence[str] | None = None,
+        type: str | None = None,  # noqa: A002 (the config key data.tasks.<task>.type)
+        type_options: dict | None = None,
+    ) -> None:
         self.file = file
         self.label_names = label_names
+        self.type = type
+        self.type_options = type_options
 
     def load(self, data_dir: Path) -> Examples:
         resource = importlib.resources.files("mtl_lightning.data") / "tiny" / f"{self.file}.tsv"
         if not resource.is_file():
             raise ConfigError(
                 f"data.tasks.*.file={self.file}: no shipped tiny corpus of that name; "
-                "use 'classification' or 'sentiment'."
+                "use 'classification', 'sentiment', 'paraphrase' or 'similarity'."
             )
         return {"train": read_label_tsv(resource.read_text("utf-8"), f"tiny/{self.file}.tsv")}
 
@@ -106,44 +148,65 @@ def check_dropped(where: str, kept: int, total: int, text_column: str, key: str)
         )
 
 
-def stratified_split(
-    texts: Sequence[str],
-    labels: Sequence[str],
-    fractions: dict[str, float],
-    seed: int,
-) -> Examples:
-    """Split into `train` plus the named fractions, per label, deterministically for a seed.
+def split_indices(
+    groups: Sequence[str], fractions: dict[str, float], seed: int
+) -> dict[str, list[int]]:
+    """Indices of `train` plus the named fractions, per group, deterministically for a seed.
 
-    Each label's examples are shuffled with their own seeded RNG and cut by rounding, so a
-    split does not depend on the other labels or on the order of the source rows' labels.
+    Each group's examples are shuffled with their own seeded RNG and cut by rounding, so a
+    split does not depend on the other groups or on the order of the source rows' groups. The
+    groups are the labels (a stratified split), or one group (a plain seeded split).
     """
-    by_label: dict[str, list[int]] = defaultdict(list)
-    for index, label in enumerate(labels):
-        by_label[label].append(index)
+    by_group: dict[str, list[int]] = defaultdict(list)
+    for index, group in enumerate(groups):
+        by_group[group].append(index)
     chosen: dict[str, list[int]] = {name: [] for name in ("train", *fractions)}
-    for label in sorted(by_label):
-        indices = by_label[label]
-        random.Random(f"{seed}:{label}").shuffle(indices)
+    for group in sorted(by_group):
+        indices = by_group[group]
+        random.Random(f"{seed}:{group}").shuffle(indices)
         start = 0
         for name, fraction in fractions.items():
             count = round(len(indices) * fraction)
             chosen[name] += indices[start : start + count]
             start += count
         chosen["train"] += indices[start:]
+    return {name: sorted(idx) for name, idx in chosen.items()}
+
+
+def stratified_split(
+    texts: Sequence[str],
+    labels: Sequence[str],
+    fractions: dict[str, float],
+    seed: int,
+) -> Examples:
+    """Split `(texts, labels)` into `train` plus the named fractions, stratified by label."""
+    rows = Rows(list(texts), list(labels))
     return {
-        name: ([texts[i] for i in sorted(idx)], [labels[i] for i in sorted(idx)])
-        for name, idx in chosen.items()
+        name: (part.texts, part.labels)
+        for name, part in (
+            (name, rows.select(idx)) for name, idx in split_indices(labels, fractions, seed).items()
+        )
     }
 
 
-def complete_splits(examples: Examples, val_fraction: float, test_fraction: float, seed: int):
-    """Carve whichever of val/test the source did not give out of its train split."""
+def complete_splits(
+    examples: Examples,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    stratify: bool = True,
+) -> dict[str, Rows]:
+    """Carve whichever of val/test the source did not give out of its train split: stratified
+    by label, or (`stratify=False`, e.g. a similarity score) a plain seeded split."""
+    rows = {split: Rows.of(value) for split, value in examples.items()}
     missing = {
         name: fraction
         for name, fraction in (("val", val_fraction), ("test", test_fraction))
-        if name not in examples
+        if name not in rows
     }
     if not missing:
-        return examples
-    carved = stratified_split(*examples["train"], missing, seed)
-    return {**examples, **carved}
+        return rows
+    train = rows["train"]
+    groups = train.labels if stratify else [""] * len(train)
+    carved = split_indices(groups, missing, seed)
+    return {**rows, **{name: train.select(idx) for name, idx in carved.items()}}

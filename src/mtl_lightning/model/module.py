@@ -11,36 +11,30 @@ from pathlib import Path
 import torch
 from lightning import LightningModule
 from torch import nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mtl_lightning.config_check import NO_END, check_values
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.embedding_cache import FrozenCache
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
-from mtl_lightning.model.heads import ClassificationHead
 from mtl_lightning.model.lr_schedule import staggered_warmup_schedule
+from mtl_lightning.tasks import TaskType, build_task_type
+from mtl_lightning.tasks.base import COLUMN_KEYS
 
 log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
 LOSS_WEIGHTINGS = ("static", "uncertainty")
-
-
-def _task_metrics(num_classes: int) -> MetricCollection:
-    return MetricCollection(
-        {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-        }
-    )
+# The monitored mean over tasks (checkpoints, sweeps): of each task's primary metric.
+PRIMARY_MEAN = "primary_mean"
 
 
 class MultiTaskModule(LightningModule):
-    """Encoder -> pooled sentence embedding -> `heads[task]` -> logits, one loss per task.
+    """Encoder -> pooled sentence embedding(s) -> `heads[task]` -> outputs, one loss per task.
 
-    `tasks` maps each task name to its label names (in class-id order); it comes from the data,
-    and is stored in the checkpoint with everything else needed to rebuild the model.
+    `tasks` maps each task name to its label names (in class-id order; empty for a score), and
+    `task_types` each task to its type's spec (`TaskType.spec()`; missing: classification); both
+    come from the data, and are stored in the checkpoint with everything else needed to rebuild
+    the model. The task types own heads, losses, metrics and outputs; this module routes.
     """
 
     def __init__(
@@ -58,6 +52,7 @@ class MultiTaskModule(LightningModule):
         encoder_config: Mapping | None = None,
         frozen_cache: bool = True,
         frozen_cache_max_gb: float = 4.0,
+        task_types: Mapping[str, Mapping] | None = None,
     ) -> None:
         super().__init__()
         check_values(  # the rules of conf/model (mtl_lightning.config_check), for Python users too
@@ -86,10 +81,19 @@ class MultiTaskModule(LightningModule):
             "pooling": self.encoder.pooling,
             "normalize": self.encoder.normalize,
         }
+        self.task_types: dict[str, TaskType] = {
+            task: build_task_type(task, labels, (task_types or {}).get(task))
+            for task, labels in tasks.items()
+        }
+        if any(t.direction != "max" for t in self.task_types.values()):
+            raise ConfigError(  # the checkpoint callback's mode is max (conf/callbacks)
+                "Every task type's primary metric must be better when higher, for the "
+                f"monitored {PRIMARY_MEAN}."
+            )
         self.heads = nn.ModuleDict(
             {
-                task: ClassificationHead(self.encoder.hidden_size, len(labels), head_dropout)
-                for task, labels in tasks.items()
+                task: task_type.build_head(self.encoder.hidden_size, head_dropout)
+                for task, task_type in self.task_types.items()
             }
         )
         unknown = sorted(set(loss_weights or {}) - set(tasks))
@@ -114,12 +118,11 @@ class MultiTaskModule(LightningModule):
             if loss_weighting == "uncertainty"
             else None
         )
-        self.loss = nn.CrossEntropyLoss()
         # Keys "train"/"val" would clash with nn.Module attributes, hence the suffix.
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_metrics": nn.ModuleDict(
-                    {task: _task_metrics(len(labels)) for task, labels in tasks.items()}
+                    {task: task_type.metrics() for task, task_type in self.task_types.items()}
                 )
                 for stage in STAGES
             }
@@ -141,7 +144,26 @@ class MultiTaskModule(LightningModule):
         return any(p.requires_grad for p in self.heads[task].parameters())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task: str):
-        return self.heads[task](self.encoder(input_ids, attention_mask))
+        """A single-sentence task's outputs (logits) for one padded batch."""
+        return self.task_types[task].outputs(
+            self.heads[task], [self.encoder(input_ids, attention_mask)]
+        )
+
+    def task_outputs(self, batch: dict, stage: str) -> torch.Tensor:
+        """The head's outputs for a batch of its task: each sentence column encoded alone (and
+        cached alone: a pair's second sentences are their own cache entries)."""
+        task_type = self.task_types[batch["task"]]
+        embeddings = []
+        for column in task_type.columns:
+            ids_key, mask_key = COLUMN_KEYS[column]
+            column_batch = {
+                "task": batch["task"] if column == "text" else f"{batch['task']}/{column}",
+                "input_ids": batch[ids_key],
+                "attention_mask": batch[mask_key],
+                "idx": batch["idx"],
+            }
+            embeddings.append(self.sentence_embedding(column_batch, stage))
+        return task_type.outputs(self.heads[batch["task"]], embeddings)
 
     def frozen_groups(self) -> int:
         """How many encoder layer groups, from the bottom (embeddings first), are frozen: no
@@ -175,24 +197,25 @@ class MultiTaskModule(LightningModule):
             self.frozen_cache.prefix.clear()  # its memory is not needed after training
 
     def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss and logits of one task's batch; logs the loss and updates the metrics."""
+        """Loss and outputs of one task's batch; logs the loss and updates the metrics."""
         task = batch["task"]
-        embedding = self.sentence_embedding(batch, stage)
-        logits = self.heads[task](embedding)
-        loss = self.loss(logits, batch["labels"])
+        outputs = self.task_outputs(batch, stage)
+        loss = self.task_types[task].loss(outputs, batch["labels"])
         metrics = self.metrics[f"{stage}_metrics"][task]
-        metrics.update(logits, batch["labels"])
+        metrics.update(outputs, batch["labels"])
         size = len(batch["labels"])
         kwargs = {"batch_size": size, "add_dataloader_idx": False, "on_epoch": True}
         self.log(f"{stage}/{task}/loss", loss, on_step=stage == "train", **kwargs)
         for name, metric in metrics.items():
             self.log(f"{stage}/{task}/{name}", metric, on_step=False, **kwargs)
-        if self.readout is not None and stage != "train":
+        if self.readout is not None and stage != "train" and task in self.readout:
+            # A readout reads a single sentence's embedding (the cache serves it again).
             readout_metrics = self.readout_metrics[f"{stage}_metrics"][task]
+            embedding = self.sentence_embedding(batch, stage)
             readout_metrics.update(self.readout[task](embedding), batch["labels"])
             for name, metric in readout_metrics.items():
                 self.log(f"{stage}/{task}/readout_{name}", metric, on_step=False, **kwargs)
-        return loss, logits
+        return loss, outputs
 
     def attach_readout(self, readouts: Mapping[str, nn.Module], replace_heads: bool) -> None:
         """Score frozen embeddings with non-parametric readouts (`mtl_lightning.readout`).
@@ -209,7 +232,7 @@ class MultiTaskModule(LightningModule):
         self.readout_metrics = nn.ModuleDict(
             {
                 f"{stage}_metrics": nn.ModuleDict(
-                    {task: _task_metrics(len(labels)) for task, labels in self.tasks.items()}
+                    {task: self.task_types[task].metrics() for task in readouts}
                 )
                 for stage in ("val", "test")
             }
@@ -262,15 +285,23 @@ class MultiTaskModule(LightningModule):
 
     def test_step(
         self, batch: dict, batch_idx: int, dataloader_idx: int = 0
-    ) -> dict[str, torch.Tensor]:
-        """Predictions and labels go to `on_test_batch_end` (the confusion-matrix callback)."""
-        _, logits = self._step(batch, "test")
-        return {"preds": logits.argmax(-1), "labels": batch["labels"]}
+    ) -> dict[str, torch.Tensor] | None:
+        """Predicted classes and labels go to `on_test_batch_end` (the confusion-matrix
+        callback); a type without classes returns nothing."""
+        _, outputs = self._step(batch, "test")
+        preds = self.task_types[batch["task"]].class_ids(outputs)
+        return None if preds is None else {"preds": preds, "labels": batch["labels"]}
 
-    def _log_acc_mean(self, stage: str) -> None:
+    def _log_means(self, stage: str) -> None:
+        """`<stage>/primary_mean`: the mean of each task's primary metric (accuracy for classes,
+        Spearman for similarity), the monitored value; `<stage>/acc_mean` over the tasks that
+        have an accuracy."""
         metrics = self.metrics[f"{stage}_metrics"]
-        accs = [metrics[task]["acc"].compute() for task in self.tasks]
-        self.log(f"{stage}/acc_mean", torch.stack(accs).mean())
+        primaries = [metrics[task][t.primary].compute() for task, t in self.task_types.items()]
+        self.log(f"{stage}/{PRIMARY_MEAN}", torch.stack(primaries).float().mean())
+        accs = [metrics[task]["acc"].compute() for task in self.tasks if "acc" in metrics[task]]
+        if accs:
+            self.log(f"{stage}/acc_mean", torch.stack(accs).mean())
 
     def on_train_epoch_end(self) -> None:
         # Visible in the logs: what the frozen encoder, or its frozen layers, did not recompute.
@@ -279,10 +310,10 @@ class MultiTaskModule(LightningModule):
                 self.log(name, value)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_acc_mean("val")
+        self._log_means("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_acc_mean("test")
+        self._log_means("test")
 
     @torch.inference_mode()
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

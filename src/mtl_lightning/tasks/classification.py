@@ -1,0 +1,89 @@
+"""`classification` (the default): one sentence, one class; cross-entropy, accuracy, macro-F1."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.model.heads import ClassificationHead
+from mtl_lightning.tasks.base import TaskType
+
+
+def class_names(
+    task: str, train_labels: Sequence[str], label_names: Sequence[str] | None
+) -> list[str]:
+    """The label set in class-id order: `label_names`, or the training labels, sorted (as
+    numbers when all are integers, so that class ids follow the integers: 2 before 10)."""
+    present = set(train_labels)
+    numeric = all(label.removeprefix("-").isdecimal() for label in present)
+    names = list(label_names or sorted(present, key=int if numeric else None))
+    if len(present) < 2:
+        raise ConfigError(
+            f"data.tasks.{task} has a single class {sorted(present)} in its training "
+            "data: a classifier needs at least two, so add examples of another class "
+            "or check which column holds the labels."
+        )
+    return names
+
+
+class Classification(TaskType):
+    name = "classification"
+    primary = "acc"
+    architecture = "dropout, then linear: logits = embedding @ weight.T + bias"
+
+    @classmethod
+    def from_data(
+        cls,
+        task: str,
+        train_labels: Sequence[str],
+        label_names: Sequence[str] | None,
+        options: Mapping[str, Any],
+    ) -> TaskType:
+        return cls(task, class_names(task, train_labels, label_names), **options)
+
+    def encode_labels(self, labels: Sequence[str], split: str) -> list[int]:
+        ids = {name: i for i, name in enumerate(self.labels)}
+        unknown = sorted(set(labels) - set(ids))
+        if unknown:
+            raise ConfigError(
+                f"data.tasks.{self.task} has labels {unknown[:5]} outside its label_names "
+                f"{self.labels}: add them to data.tasks.{self.task}.label_names or fix the data."
+            )
+        return [ids[label] for label in labels]
+
+    def build_head(self, hidden_size: int, dropout: float) -> nn.Module:
+        return ClassificationHead(hidden_size, len(self.labels), dropout)
+
+    def outputs(self, head: nn.Module, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
+        return head(embeddings[0])
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(outputs, labels)
+
+    def metrics(self) -> MetricCollection:
+        n = len(self.labels)
+        return MetricCollection(
+            {
+                "acc": MulticlassAccuracy(n, average="micro"),
+                "f1": MulticlassF1Score(n, average="macro"),
+            }
+        )
+
+    def class_ids(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.argmax(-1)
+
+    def predictions(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
+        probs = outputs.float().softmax(-1).cpu().tolist()
+        return [
+            {
+                "label": self.labels[max(range(len(row)), key=row.__getitem__)],
+                "probs": dict(zip(self.labels, row, strict=True)),
+            }
+            for row in probs
+        ]

@@ -1,0 +1,147 @@
+"""`similarity`: two sentences and a real-valued score (STS-B style, e.g. 0 to 5).
+
+The model's similarity is the cosine of the two sentence embeddings, each passed through the
+task's head: a linear map that starts as the identity, so an untrained head scores the
+encoder's own cosine (and a frozen encoder still has something to train). Scores are scaled to
+[0, 1] by `score_range` (default: the training split's lowest and highest score).
+
+Losses (`type_options.loss`): `cosent` (default; Su 2022, as sentence-transformers' CoSENTLoss:
+a ranking loss over the batch's pairs, which uses only the scores' order, so their scale does
+not matter) or `cosine_mse` (the squared error between the cosine and the scaled score, as
+sentence-transformers' CosineSimilarityLoss). Metrics: Spearman (primary) and Pearson.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
+
+from mtl_lightning.errors import ConfigError
+from mtl_lightning.tasks.base import TaskType
+
+LOSSES = ("cosent", "cosine_mse")
+
+
+def parse_score(value: str) -> float | None:
+    try:
+        score = float(value)
+    except ValueError:
+        return None
+    return score if math.isfinite(score) else None
+
+
+class SimilarityHead(nn.Module):
+    """A linear map of the sentence embedding, initialised to the identity."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.projection = nn.Linear(in_features, in_features)
+        with torch.no_grad():
+            self.projection.weight.copy_(torch.eye(in_features))
+            self.projection.bias.zero_()
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cosine_similarity(self.projection(u), self.projection(v), dim=-1)
+
+
+def cosent_loss(cosines: torch.Tensor, scores: torch.Tensor, scale: float) -> torch.Tensor:
+    """log(1 + sum over pairs (i, j) with score_i < score_j of exp(scale * (cos_i - cos_j)))."""
+    differences = scale * (cosines[:, None] - cosines[None, :])
+    wrong_order = scores[:, None] < scores[None, :]
+    differences = differences.masked_fill(~wrong_order, float("-inf"))
+    return torch.logsumexp(torch.cat([differences.new_zeros(1), differences.reshape(-1)]), dim=0)
+
+
+class Similarity(TaskType):
+    name = "similarity"
+    columns = ("text", "text_pair")
+    categorical = False
+    primary = "spearman"
+    architecture = (
+        "u, v: the two sentences' embeddings; p(x) = x @ projection.weight.T + projection.bias; "
+        "cosine = cos(p(u), p(v)); score = low + cosine * (high - low), [low, high] = "
+        "options.score_range"
+    )
+
+    def __init__(self, task: str, labels: Sequence[str] = (), **options: Any) -> None:
+        super().__init__(task, (), **options)
+        self.loss_name = self.options.setdefault("loss", "cosent")
+        if self.loss_name not in LOSSES:
+            raise ConfigError(
+                f"data.tasks.{task}.type_options.loss={self.loss_name} is unknown: use one of "
+                f"{LOSSES}."
+            )
+        self.scale = float(self.options.setdefault("scale", 20.0))  # CoSENT's temperature
+        score_range = self.options.get("score_range")
+        if score_range is not None:
+            low, high = (float(x) for x in score_range)
+            if not low < high:
+                raise ConfigError(
+                    f"data.tasks.{task}.type_options.score_range={list(score_range)} must be "
+                    "[lowest, highest] with lowest < highest."
+                )
+            self.options["score_range"] = [low, high]
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return ("loss", "scale", "score_range")
+
+    @classmethod
+    def from_data(
+        cls,
+        task: str,
+        train_labels: Sequence[str],
+        label_names: Sequence[str] | None,
+        options: Mapping[str, Any],
+    ) -> TaskType:
+        options = dict(options)
+        if options.get("score_range") is None:
+            scores = [parse_score(label) for label in train_labels]
+            scores = [s for s in scores if s is not None]
+            if scores and min(scores) == max(scores):
+                raise ConfigError(
+                    f"data.tasks.{task} has a single score {scores[0]} in its training data: a "
+                    "similarity task needs different scores; check which column holds them."
+                )
+            options["score_range"] = [min(scores), max(scores)] if scores else [0.0, 1.0]
+        return cls(task, (), **options)
+
+    def encode_labels(self, labels: Sequence[str], split: str) -> list[float]:
+        low, high = self.options["score_range"]
+        scores = []
+        for label in labels:
+            score = parse_score(label)
+            if score is None:
+                raise ConfigError(
+                    f"data.tasks.{self.task} has score {label!r} in its {split} split, which is "
+                    "not a number: a similarity task needs a numeric score per example in its "
+                    "label column."
+                )
+            scores.append((score - low) / (high - low))
+        return scores
+
+    def build_head(self, hidden_size: int, dropout: float) -> nn.Module:
+        return SimilarityHead(hidden_size)
+
+    def outputs(self, head: nn.Module, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
+        return head(*embeddings).float()  # the correlation metrics want float32
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.loss_name == "cosine_mse":
+            return nn.functional.mse_loss(outputs, labels.to(outputs.dtype))
+        return cosent_loss(outputs, labels, self.scale)
+
+    def metrics(self) -> MetricCollection:
+        return MetricCollection({"spearman": SpearmanCorrCoef(), "pearson": PearsonCorrCoef()})
+
+    def predictions(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
+        """The cosine mapped onto the score range (what `cosine_mse` trains it to match; for
+        `cosent` a monotone map of the cosine, whose order is what it learned)."""
+        low, high = self.options["score_range"]
+        return [{"score": low + c * (high - low)} for c in outputs.float().cpu().tolist()]
