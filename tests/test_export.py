@@ -58,6 +58,7 @@ def run_root(tiny_encoders, tmp_path_factory) -> Path:
     run_cli(
         "train",
         "experiment=gradual_unfreeze",
+        "freezing.every_n_epochs=1",  # whole-epoch stages: the card's table shows each
         "data=tiny",
         "logger=csv",
         f"model.encoder.name_or_path={encoder}",
@@ -141,7 +142,8 @@ def test_model_card_holds_what_the_run_recorded(run_root, exported):
     assert "| 1 | classification, sentiment | 1 of 4 |" in card
     assert "forgetting" in card
     assert "transformers " in card and "torch " in card and "lightning " in card
-    assert "python -m mtl_lightning.train experiment=gradual_unfreeze data=tiny" in card
+    command = "python -m mtl_lightning.train experiment=gradual_unfreeze freezing.every_n_epochs=1"
+    assert command in card
 
 
 def test_export_needs_no_sentence_transformers(ckpt, tmp_path):

@@ -164,6 +164,12 @@ def _schedule_rows(settings: dict, config: dict, module: MultiTaskModule) -> lis
         plan = schedule.plan(epoch, list(module.tasks), groups)
         heads = ", ".join(sorted(plan.heads)) or "none"
         rows.append(f"| {epoch} | {heads} | {plan.encoder_groups} of {groups} |")
+    if schedule.scenario == "gradual_unfreeze" and schedule.unfreeze_every_steps is not None:
+        # The pace is in optimizer steps, which the epochs above do not show.
+        rows = [
+            f"Heads first; then one more encoder layer group (of {groups}, from the top) every "
+            f"{schedule.unfreeze_every_steps} optimizer steps."
+        ]
     return rows
 
 
