@@ -137,7 +137,7 @@ def test_hub_check_goes_through_the_proxy(monkeypatch, scheme):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(f"{scheme.upper()}_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
     try:
-        reachable = encoder._hub_reachable(timeout=5)
+        reachable = encoder.hub_reachable(timeout=5)
         thread.join(5)
     finally:
         proxy.close()

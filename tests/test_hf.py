@@ -84,7 +84,7 @@ def test_unreachable_hub_fails_fast(monkeypatch):
     datasets = pytest.importorskip("datasets")
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
-    monkeypatch.setattr(hf, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hf, "hub_reachable", lambda: False)
     monkeypatch.setattr("datasets.load_dataset", pytest.fail)  # never reached
     with pytest.raises(ConfigError, match="data.tasks.a.path=someone/data: the Hugging Face hub"):
         HFSource("a", "someone/data").load(Path("unused"))

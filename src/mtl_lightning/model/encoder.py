@@ -24,8 +24,8 @@ from mtl_lightning.errors import ConfigError
 # names stay importable from here.
 from mtl_lightning.resolve import (  # noqa: F401
     PACKAGED_MINILM,
-    _hub_reachable,
     folder_settings,
+    hub_reachable,
     load_pretrained,
     load_tokenizer,
     packaged_minilm_path,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import tempfile
 from collections.abc import Mapping
@@ -21,7 +20,6 @@ from mtl_lightning.model.lr_schedule import staggered_warmup_schedule
 from mtl_lightning.tasks import TaskType, build_task_type
 from mtl_lightning.tasks.base import COLUMN_KEYS
 
-log = logging.getLogger(__name__)
 STAGES = ("train", "val", "test")
 LOSS_WEIGHTINGS = ("static", "uncertainty")
 # The monitored mean over tasks (checkpoints, sweeps): of each task's primary metric.
