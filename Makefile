@@ -9,17 +9,18 @@ UV ?=
 PIP = $(BIN)/pip install -q --disable-pip-version-check
 ARGS ?=
 # make compare: the five scenarios, then the single-task baselines (experiment=single_task, one
-# per task of TASKS: the task names of your data config), each once per seed of SEEDS and per
-# training-set size of SIZES (per task; all = every example); two multiruns into one sweep
-# folder, fixed once per make call; then the report (REFERENCE: the reference scenario, default
-# full_finetune where the sweep has it).
+# per task of TASKS: the task names of your data config), at each training-set size of SIZES (per
+# task; all = every example); seed by seed (SEEDS), so that a study stopped early holds whole
+# seeds; all into one sweep folder, fixed once per make call (run folders <job>_<name>_seed<s>);
+# then the report (REFERENCE: the reference scenario, default full_finetune where the sweep has it).
 SCENARIOS := full_finetune,entire_network_frozen,only_transformer_frozen,only_head_frozen,gradual_unfreeze
 SEEDS ?= 1,2,3
 SIZES ?= all
 TASKS ?= classification,sentiment
 REFERENCE ?=
-STUDY_AXES = seed=$(SEEDS) data.max_train_examples=$(subst all,null,$(SIZES))
+SIZE_AXIS = data.max_train_examples=$(subst all,null,$(SIZES))
 SWEEP ?=
+comma := ,
 COMPARE_DIR := $(or $(SWEEP),logs/compare/$(shell date +%Y-%m-%d_%H-%M-%S))
 
 .PHONY: help install train test lint format clean compare report bench
@@ -52,8 +53,13 @@ train: install ## Train (default: full fine-tuning on TREC + Rotten Tomatoes); p
 	$(BIN)/python -m mtl_lightning.train $(ARGS)
 
 compare: install ## The study: five scenarios + single-task baselines x SEEDS=1,2,3 x SIZES=all, then report.md/.json + plots in logs/compare/<time>/; ARGS="trainer.max_epochs=1" to shorten
-	$(BIN)/python -m mtl_lightning.train -m experiment=$(SCENARIOS) $(STUDY_AXES) hydra.sweep.dir=$(COMPARE_DIR) $(ARGS)
-	$(BIN)/python -m mtl_lightning.train -m experiment=single_task data.only_tasks=$(TASKS) $(STUDY_AXES) hydra.sweep.dir=$(COMPARE_DIR) $(ARGS)
+	@set -e; for seed in $(subst $(comma), ,$(SEEDS)); do \
+		$(BIN)/python -m mtl_lightning.train -m experiment=$(SCENARIOS) seed=$$seed $(SIZE_AXIS) \
+			hydra.sweep.dir=$(COMPARE_DIR) 'hydra.sweep.subdir=$${hydra.job.num}_$${run_name}_seed'$$seed $(ARGS); \
+		$(BIN)/python -m mtl_lightning.train -m experiment=single_task data.only_tasks=$(TASKS) seed=$$seed \
+			$(SIZE_AXIS) hydra.sweep.dir=$(COMPARE_DIR) \
+			'hydra.sweep.subdir=baseline_$${hydra.job.num}_$${run_name}_seed'$$seed $(ARGS); \
+	done
 	$(BIN)/python -m mtl_lightning.report $(COMPARE_DIR) $(if $(REFERENCE),--reference $(REFERENCE))
 
 report: install ## Rebuild report.md/.json and plots of SWEEP=<sweep folder> without training (default: the newest logs/compare/*)
