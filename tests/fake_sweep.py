@@ -159,3 +159,49 @@ def make_fake_study(sweep: Path, sizes: tuple[int | None, ...] = (None,)) -> Pat
                 }
                 (folder / "summary.json").write_text(json.dumps(summary))
     return sweep
+
+
+# A two-seed study of one similarity task: true scores in [0, 1] with ties, each run's predicted
+# cosines a known distortion of them (the baseline's a monotone map: Spearman 1).
+SCORES = [round((i * 7 % 11) / 10, 1) for i in range(STUDY_TEST_SIZE)]  # 0.0 .. 1.0, tied
+SIMILARITY_RUNS = {  # (scenario, seed) -> how far each prediction strays from its score
+    ("full_finetune", 1): 0.3,
+    ("full_finetune", 2): 0.4,
+    ("single_task", 1): 0.0,
+    ("single_task", 2): 0.0,
+}
+
+
+def similarity_predictions(stray: float) -> list[float]:
+    return [score**2 + stray * ((i * 5 % 7) / 7 - 0.5) for i, score in enumerate(SCORES)]
+
+
+def make_fake_similarity_study(sweep: Path) -> Path:
+    """`SIMILARITY_RUNS` of the task `sts`: logged Spearman and Pearson, predictions beside."""
+    from mtl_lightning import stats
+
+    for job, ((scenario, seed), stray) in enumerate(SIMILARITY_RUNS.items()):
+        baseline = scenario == "single_task"
+        folder = sweep / (f"baseline_{job}_single_task_sts" if baseline else f"{job}_{scenario}")
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text(
+            f"freezing:\n  scenario: full_finetune\nseed: {seed}\n"
+            f"data:\n  max_train_examples: null\n  only_tasks: {'[sts]' if baseline else 'null'}\n"
+        )
+        preds = similarity_predictions(stray)
+        spearman, pearson = stats.spearman(SCORES, preds), stats.pearson(SCORES, preds)
+        (folder / "test_predictions").mkdir()
+        with (folder / "test_predictions" / "sts.csv").open("w") as file:
+            file.write("idx,label,pred\n")
+            file.writelines(f"{i},{SCORES[i]!r},{preds[i]!r}\n" for i in range(STUDY_TEST_SIZE))
+        rows = [
+            {"epoch": 0, "val/sts/spearman": 0.5, "val/primary_mean": 0.5},
+            {"epoch": 1, "test/sts/spearman": spearman, "test/sts/pearson": pearson},
+        ]
+        with (folder / "metrics.csv").open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=sorted({k for r in rows for k in r} | {"step"}))
+            writer.writeheader()
+            writer.writerows(rows)
+        summary = {"train_seconds": 1.0, "trainable_params": 1, "tasks": {"sts": []}}
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return sweep

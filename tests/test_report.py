@@ -11,7 +11,14 @@ import subprocess
 import sys
 
 import pytest
-from fake_sweep import make_fake_study, make_fake_sweep
+from fake_sweep import (
+    SCORES,
+    SIMILARITY_RUNS,
+    make_fake_similarity_study,
+    make_fake_study,
+    make_fake_sweep,
+    similarity_predictions,
+)
 
 from mtl_lightning import stats
 from mtl_lightning.errors import ConfigError
@@ -96,6 +103,30 @@ def test_report_json_of_a_two_seed_study(tmp_path):
     assert "| only_head_frozen | -0.4000 [" in text and "p<0.001 |" in text
     assert "+0.0000 [+0.0000, +0.0000] p=1.000 ≈" in text
     assert "| baseline_0_single_task_classification | single_task | 1 | all |" in text
+
+
+def test_report_of_a_similarity_task_uses_spearman_and_pearson(tmp_path):
+    """A similarity task's numbers are its primary metric (Spearman) and Pearson, over seeds and
+    as paired bootstrap differences of the predicted scores, not accuracies."""
+    sweep = make_fake_similarity_study(tmp_path / "sweep")
+    text = write_report(sweep).read_text()
+    numbers = json.loads((sweep / "report.json").read_text())
+    assert numbers["metrics"] == {"sts": ["spearman", "pearson"]}
+    expected = {
+        seed: stats.spearman(SCORES, similarity_predictions(stray))
+        for (scenario, seed), stray in SIMILARITY_RUNS.items()
+        if scenario == "full_finetune"
+    }
+    cell = numbers["scenarios"]["full_finetune"]["sts"]
+    assert set(cell) == {"seeds", "spearman", "pearson"}
+    assert cell["spearman"]["values"] == pytest.approx([expected[1], expected[2]])
+    assert numbers["baselines"]["sts"]["spearman"]["mean"] == pytest.approx(1.0)
+    gap = numbers["deltas"]["full_finetune"]["sts"]["vs_single_task"]["spearman"]
+    assert gap["per_seed"] == pytest.approx([expected[1] - 1, expected[2] - 1])
+    assert gap["ci95"][0] < gap["delta"] < gap["ci95"][1] < 0 and gap["p"] < 0.05
+    assert "| scenario | seeds | test Spearman | Spearman 95% CI | test Pearson |" in text
+    header = "| scenario | Δ Spearman vs single_task | Δ Spearman vs full_finetune | Δ Pearson vs"
+    assert header in text
 
 
 def test_report_pairs_only_runs_on_the_same_test_examples(tmp_path):

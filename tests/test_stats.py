@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from torchmetrics.classification import MulticlassF1Score
+from torchmetrics.regression import SpearmanCorrCoef
 
 from mtl_lightning import stats
 
@@ -59,14 +60,14 @@ def test_bootstrap_replicates_are_the_metrics_of_resamples():
     draws = np.random.default_rng(7).integers(0, 30, size=(5, 30))  # the generator's own draws
     for row, sample in enumerate(draws):
         for name in preds:
-            assert reps[name].acc[row] == pytest.approx(
+            assert reps[name].values["acc"][row] == pytest.approx(
                 stats.accuracy(labels[sample], preds[name][sample])
             )
-            assert reps[name].f1[row] == pytest.approx(
+            assert reps[name].values["f1"][row] == pytest.approx(
                 stats.macro_f1(labels[sample], preds[name][sample], 3)
             )
     assert reps["b"].point == {"acc": 1.0, "f1": 1.0}
-    assert np.all(reps["b"].acc == 1.0)
+    assert np.all(reps["b"].values["acc"] == 1.0)
 
 
 def _pair(labels, preds_a, preds_b, seed=0, samples=4000):
@@ -119,3 +120,35 @@ def test_paired_delta_pools_seeds_and_sees_balanced_differences_as_noise():
     alone = stats.paired_delta(pairs[:1], "acc")
     assert alone["delta"] == pytest.approx(0.1) and alone["p"] < 0.01
     assert 0 < alone["ci95"][0] < 0.1 < alone["ci95"][1]
+
+
+def test_spearman_and_pearson_known_answers():
+    assert stats.spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 - 6*4/120
+    # Ties at their mean rank: x ranks 1, 2.5, 2.5, 4.
+    assert stats.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(4.5 * 5))
+    assert stats.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert stats.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert stats.spearman([1, 2, 3, 4], [1, 8, 27, 64]) == pytest.approx(1.0)  # ranks, not values
+    # As the metric training logs (torchmetrics), ties included.
+    labels, preds = [0.2, 0.4, 0.4, 0.8, 1.0, 0.0], [0.1, 0.5, 0.3, 0.3, 0.9, 0.2]
+    logged = SpearmanCorrCoef()(torch.tensor(preds), torch.tensor(labels))
+    assert stats.spearman(labels, preds) == pytest.approx(float(logged), abs=1e-6)
+
+
+def test_bootstrap_correlations_are_the_correlations_of_resamples():
+    """Each replicate equals Spearman (ties, and the resample's own repeats, at their mean rank)
+    and Pearson of the resample written out example by example."""
+    rng = np.random.default_rng(2)
+    labels = np.round(rng.uniform(0, 1, 25), 1)  # many ties
+    preds = {"a": labels + rng.normal(0, 0.3, 25), "b": np.round(labels * 3)}
+    reps = stats.bootstrap_correlations(labels, preds, samples=6, seed=5)
+    draws = np.random.default_rng(5).integers(0, 25, size=(6, 25))
+    for row, sample in enumerate(draws):
+        for name in preds:
+            assert reps[name].values["spearman"][row] == pytest.approx(
+                stats.spearman(labels[sample], preds[name][sample]), abs=1e-12
+            )
+            assert reps[name].values["pearson"][row] == pytest.approx(
+                stats.pearson(labels[sample], preds[name][sample]), abs=1e-12
+            )
+    assert reps["a"].point["spearman"] == pytest.approx(stats.spearman(labels, preds["a"]))

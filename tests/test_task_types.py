@@ -11,6 +11,8 @@ import torch
 from conftest import EXPERIMENTS
 from helpers import Recorder
 
+from mtl_lightning import stats
+from mtl_lightning.callbacks.test_predictions import PREDICTIONS_DIR, read_predictions
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.inference import Predictor, read_rows
 from mtl_lightning.predict import predict
@@ -45,10 +47,13 @@ def test_each_type_runs_through_each_scenario(make_cfg, tmp_path, experiment):
     frozen = {"only_head_frozen": {"classification"}}.get(experiment, set())
     assert trained_heads == set(PRIMARY) - frozen or experiment == "only_head_frozen"
     assert {"paraphrase", "similarity"} <= trained_heads  # both new heads learn everywhere
-    # Only classification has a confusion matrix and per-example class predictions; the pair
-    # task has them too (it has classes), the score does not.
+    # The pair task has a confusion matrix (it has classes), the score does not; every task
+    # has per-example test predictions, the score's as scores, for the report's paired tests.
     assert (run / "confusion_paraphrase.csv").is_file()
     assert not (run / "confusion_similarity.csv").exists()
+    _, scores, cosines = read_predictions(run / PREDICTIONS_DIR / "similarity.csv")
+    logged = metrics["test/similarity/spearman"]
+    assert stats.spearman(scores, cosines) == pytest.approx(logged, abs=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,7 @@ METRICS = {"acc": "accuracy", "f1": "macro-F1"}
 # classes (accuracy, macro-F1), similarity scores (Spearman, Pearson).
 TASK_METRICS = {"acc": "f1", "spearman": "pearson"}
 NAMES = {**METRICS, "spearman": "Spearman", "pearson": "Pearson"}
+SHORT = {"acc": "acc", "f1": "F1", "spearman": "Spearman", "pearson": "Pearson"}  # table headers
 
 
 @dataclass
@@ -243,16 +244,20 @@ def _paired_replicates(
             )
             continue
         preds[run.label] = run_preds
+    key = _rng_seed(task, first_run.seed, first_run.size_label)
+    if task_metrics(runs, task)[0] != "acc":  # scores: Spearman and Pearson
+        return stats.bootstrap_correlations(labels, preds, samples, key)
     classes = _num_classes(runs, task, [columns for _, columns in scored])
-    key = (task, first_run.seed, first_run.size_label)
-    return stats.bootstrap_replicates(labels, preds, classes, samples, _rng_seed(*key))
+    return stats.bootstrap_replicates(labels, preds, classes, samples, key)
 
 
-def _delta(pairs: list[tuple[int, stats.Replicates, stats.Replicates]]) -> dict | None:
+def _delta(
+    pairs: list[tuple[int, stats.Replicates, stats.Replicates]], metrics: Sequence[str]
+) -> dict | None:
     if not pairs:
         return None
     result = {}
-    for metric in METRICS:
+    for metric in metrics:
         delta = stats.paired_delta([(a, b) for _, a, b in pairs], metric)
         result[metric] = {
             **delta,
@@ -268,13 +273,14 @@ def study(
     reference: str | None = REFERENCE,
     samples: int = stats.BOOTSTRAP_SAMPLES,
 ) -> dict:
-    """The numbers of report.json: per training-set size, per scenario and task, test accuracy
-    and macro-F1 over seeds; the single-task baselines; and the paired differences of every
+    """The numbers of report.json: per training-set size, per scenario and task, each task's
+    primary metric and its companion over seeds (accuracy and macro-F1; Spearman and Pearson); the single-task baselines; and the paired differences of every
     scenario from the baseline and from `reference` (None: none). The top level repeats the
     largest size."""
     if reference not in {run.label for run in runs}:
         reference = None
     sizes = sorted({run.size_label for run in runs}, key=_size_order)
+    metrics_of = {task: task_metrics(runs, task) for task in tasks}
     notes: list[str] = []
     by_size = {}
     for size in sizes:
@@ -283,7 +289,7 @@ def study(
         cells: dict[tuple[str, str], dict[int | None, Run]] = {}
         for run in size_runs:
             for task in tasks:
-                if run.last(f"test/{task}/acc") is None:
+                if run.last(f"test/{task}/{metrics_of[task][0]}") is None:
                     continue
                 seeds = cells.setdefault((run.label, task), {})
                 if run.seed in seeds:
@@ -297,7 +303,7 @@ def study(
         for (label, task), seeds in cells.items():
             order = sorted(seeds, key=_seed_order)
             numbers = {"seeds": order}
-            for metric in METRICS:
+            for metric in metrics_of[task]:
                 values = [seeds[seed].last(f"test/{task}/{metric}") for seed in order]
                 known = [(seed, v) for seed, v in zip(order, values, strict=True) if v is not None]
                 numbers[metric] = {
@@ -326,13 +332,14 @@ def study(
                         for seed in seeds
                         if (label, seed) in replicates and (other, seed) in replicates
                     ]
-                    entry[name] = _delta(pairs)
+                    entry[name] = _delta(pairs, metrics_of[task])
                 deltas.setdefault(label, {})[task] = entry
         by_size[size] = {"scenarios": scenarios, "baselines": baselines, "deltas": deltas}
     largest = by_size[sizes[-1]]
     seconds = [run.train_seconds for run in runs if run.train_seconds is not None]
     return {
         "test": stats.TEST_NAME,
+        "metrics": {task: list(metrics_of[task]) for task in tasks},
         "bootstrap_samples": samples,
         "reference": reference,
         "train_seconds_total": sum(seconds),
@@ -399,11 +406,14 @@ def _size_title(size: str) -> str:
 def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
     """The study's sections of report.md: spread over seeds, then paired differences."""
     reference = numbers["reference"]
+    metrics = numbers["metrics"]
     versus = [BASELINE] + ([reference] if reference else [])
     lines = [
-        "## Test accuracy and macro-F1 over seeds",
+        "## Test metrics over seeds",
         "",
-        "Mean ± sample std over seeds, the 95% t-interval of the mean, and each seed's number. "
+        "Each task's primary metric and its companion (accuracy and macro-F1; Spearman and "
+        "Pearson for a similarity task): mean ± sample std over seeds, the 95% t-interval of the "
+        "mean, and each seed's number. "
         f"`{BASELINE}`: the single-task baseline, full fine-tuning of the task alone (same "
         "encoder, epochs and seeds).",
     ]
@@ -417,23 +427,24 @@ def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
                 cell = cell.get(task) if cell and label != BASELINE else cell
                 if not cell:
                     continue
-                acc, f1 = cell["acc"], cell["f1"]
+                first, second = (cell[metric] for metric in metrics[task])
                 rows.append(
-                    [label, str(acc["n"]), _spread(acc), _interval(acc), _spread(f1), _interval(f1)]
-                    + [_per_seed(acc), _per_seed(f1)]
+                    [label, str(first["n"]), _spread(first), _interval(first)]
+                    + [_spread(second), _interval(second), _per_seed(first), _per_seed(second)]
                 )
             if not rows:
                 continue
             lines += ["", f"### `{task}`, {_size_title(size)}", ""]
-            header = ["scenario", "seeds", "test acc", "acc 95% CI", "test F1", "F1 95% CI"]
-            lines += _table(header + ["acc per seed", "F1 per seed"], rows)
+            a, b = (SHORT[metric] for metric in metrics[task])
+            header = ["scenario", "seeds", f"test {a}", f"{a} 95% CI", f"test {b}", f"{b} 95% CI"]
+            lines += _table(header + [f"{a} per seed", f"{b} per seed"], rows)
     lines += [
         "",
         "## Differences from the single-task baseline and from the reference",
         "",
         f"Scenario minus `{BASELINE}`, and minus the reference "
         + (f"`{reference}`" if reference else "(none: give `--reference <scenario>`)")
-        + ": the mean over seeds of the difference in test accuracy (macro-F1), [its 95% "
+        + ": the mean over seeds of the difference in each test metric, [its 95% "
         "interval] and the "
         f"two-sided p-value of a {numbers['test']} ({numbers['bootstrap_samples']:,} resamples; "
         "runs of one seed and size share their test split, so each difference is paired on the "
@@ -452,13 +463,12 @@ def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
                 found = [entry.get("vs_single_task"), entry.get("vs_reference")][: len(versus)]
                 rows.append(
                     [label]
-                    + [_difference(d and d["acc"]) for d in found]
-                    + [_difference(d and d["f1"]) for d in found]
+                    + [_difference(d and d[m]) for m in metrics[task] for d in found]
                 )
             if not rows:
                 continue
             lines += ["", f"### `{task}`, {_size_title(size)}", ""]
-            header = [f"Δ {metric} vs {other}" for metric in ("acc", "F1") for other in versus]
+            header = [f"Δ {SHORT[m]} vs {other}" for m in metrics[task] for other in versus]
             lines += _table(["scenario", *header], rows)
     if numbers["notes"]:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in numbers["notes"]]
@@ -658,8 +668,10 @@ def _train_examples(run: Run, task: str) -> float | None:
 
 
 def plot_accuracy_vs_examples(runs: Sequence[Run], task: str) -> Figure:
-    """Test accuracy of `task` against its training examples, one line per scenario (mean over
-    seeds, error bars of ± one std): the data-size axis of the study."""
+    """Test primary metric (accuracy; Spearman) of `task` against its training examples, one
+    line per scenario (mean over seeds, error bars of ± one std): the study's data-size axis."""
+    primary = task_metrics(runs, task)[0]
+    name = "accuracy" if primary == "acc" else NAMES[primary]
     figure = _figure()
     axes = figure.add_subplot()
     sizes = sorted({run.size_label for run in runs}, key=_size_order)
@@ -668,7 +680,7 @@ def plot_accuracy_vs_examples(runs: Sequence[Run], task: str) -> Figure:
         xs, ys, errors = [], [], []
         for size in sizes:
             points = [
-                (_train_examples(run, task), run.last(f"test/{task}/acc"))
+                (_train_examples(run, task), run.last(f"test/{task}/{primary}"))
                 for run in runs
                 if run.label == label and run.size_label == size
             ]
@@ -688,9 +700,9 @@ def plot_accuracy_vs_examples(runs: Sequence[Run], task: str) -> Figure:
     axes.set_xticks(sorted(ticks), [f"{x:,.0f}" for x in sorted(ticks)])
     axes.minorticks_off()
     axes.set(
-        title=f"{task}: test accuracy against training examples",
+        title=f"{task}: test {name} against training examples",
         xlabel="training examples of the task",
-        ylabel="test accuracy",
+        ylabel=f"test {name}",
     )
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")

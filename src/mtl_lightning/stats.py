@@ -1,9 +1,10 @@
 """The study's statistics: spread over seeds, and paired differences on the same test examples.
 
 - `over_seeds(values)`: mean, sample std and a Student-t 95% interval of one number per seed.
-- `BootstrapReplicates`: a paired bootstrap of test accuracy and macro-F1. Every run scored on
-  one test split (same task, seed and training-set size: the same examples) is scored on the same
-  resamples of its examples, so the difference of two runs' replicates is paired.
+- `bootstrap_replicates` / `bootstrap_correlations`: a paired bootstrap of test accuracy and
+  macro-F1 (classes), or of Spearman and Pearson (similarity scores). Every run scored on one test
+  split (same task, seed and training-set size: the same examples) is scored on the same resamples
+  of its examples, so the difference of two runs' replicates is paired.
 - `paired_delta(...)`: the mean over seeds of `metric(a) - metric(b)`, with the percentile 95%
   interval and the two-sided p-value of its bootstrap, resampled within each seed (stratified by
   seed: each seed has its own test split) and pooled over seeds.
@@ -117,11 +118,20 @@ def macro_f1(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> float:
 
 @dataclass
 class Replicates:
-    """One run's metric on each bootstrap resample of one test split, and on the split itself."""
+    """One run's metrics (`values[name]`) on each bootstrap resample of one test split, and on
+    the split itself (`point[name]`)."""
 
-    acc: np.ndarray
-    f1: np.ndarray
+    values: dict[str, np.ndarray]
     point: dict[str, float]
+
+
+def _resample_weights(rng: np.random.Generator, n: int, samples: int, chunk: int):
+    """How often each of `n` examples is drawn in each resample (with replacement): `(rows, n)`
+    count matrices, `samples` rows in all, `chunk` at a time."""
+    for start in range(0, samples, chunk):
+        rows = min(chunk, samples - start)
+        draws = rng.integers(0, n, size=(rows, n)) + n * np.arange(rows)[:, None]
+        yield np.bincount(draws.ravel(), minlength=rows * n).reshape(rows, n).astype(float)
 
 
 def bootstrap_replicates(
@@ -137,37 +147,102 @@ def bootstrap_replicates(
     with true label `labels[i]`: the same example order for every run."""
     labels = np.asarray(labels)
     n = len(labels)
-    rng = np.random.default_rng(seed)
     classes = np.arange(num_classes)
     true = (labels[:, None] == classes).astype(float)
     per_run = {}
-    for name, preds in preds_by_run.items():
-        preds = np.asarray(preds)
-        if preds.shape != labels.shape:
-            raise ValueError(f"run {name} has {len(preds)} predictions for {n} test examples")
+    for name, preds in _checked(labels, preds_by_run).items():
         predicted = (preds[:, None] == classes).astype(float)
         per_run[name] = (preds == labels).astype(float), predicted, true * predicted
     acc = {name: [] for name in per_run}
     f1 = {name: [] for name in per_run}
-    for start in range(0, samples, chunk):
-        rows = min(chunk, samples - start)
-        # How often each example is drawn in each resample: a (rows, n) count matrix.
-        draws = rng.integers(0, n, size=(rows, n)) + n * np.arange(rows)[:, None]
-        weights = np.bincount(draws.ravel(), minlength=rows * n).reshape(rows, n).astype(float)
+    for weights in _resample_weights(np.random.default_rng(seed), n, samples, chunk):
         true_counts = weights @ true
         for name, (correct, predicted, hits) in per_run.items():
             acc[name].append(weights @ correct / n)
             f1[name].append(_macro_f1_from_counts(weights @ hits, weights @ predicted, true_counts))
     return {
         name: Replicates(
-            acc=np.concatenate(acc[name]),
-            f1=np.concatenate(f1[name]),
+            values={"acc": np.concatenate(acc[name]), "f1": np.concatenate(f1[name])},
             point={
                 "acc": accuracy(labels, preds_by_run[name]),
                 "f1": macro_f1(labels, preds_by_run[name], num_classes),
             },
         )
         for name in per_run
+    }
+
+
+def _checked(labels: np.ndarray, preds_by_run: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    found = {name: np.asarray(preds) for name, preds in preds_by_run.items()}
+    for name, preds in found.items():
+        if preds.shape != labels.shape:
+            raise ValueError(f"run {name} has {len(preds)} predictions for {len(labels)} examples")
+    return found
+
+
+def _weighted_ranks(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Each example's average rank (from 1) in each resample, the resample being `weights[r, i]`
+    copies of example `i`: ties, within the data or between the copies, share their mean rank.
+    So the Pearson correlation of these ranks, weighted alike, is the resample's Spearman."""
+    order = np.argsort(values, kind="stable")
+    _, start, counts = np.unique(values[order], return_index=True, return_counts=True)
+    group = np.repeat(np.arange(len(start)), counts)  # tie group of each sorted position
+    cumulative = np.cumsum(weights[:, order], axis=1)
+    end = cumulative[:, start + counts - 1]  # weight up to and including each tie group
+    below = np.concatenate([np.zeros((len(weights), 1)), end[:, :-1]], axis=1)  # weight before
+    total = end - below
+    ranks = np.empty_like(weights)
+    ranks[:, order] = below[:, group] + (total[:, group] + 1) / 2
+    return ranks
+
+
+def _weighted_pearson(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Pearson's r of each resample (row of `weights`); `x`, `y` per example or per resample."""
+    total = weights.sum(1, keepdims=True)
+    dx = x - (weights * x).sum(1, keepdims=True) / total
+    dy = y - (weights * y).sum(1, keepdims=True) / total
+    covariance = (weights * dx * dy).sum(1)
+    spread = np.sqrt((weights * dx**2).sum(1) * (weights * dy**2).sum(1))
+    return np.divide(covariance, spread, out=np.zeros_like(covariance), where=spread > 0)
+
+
+def pearson(labels: np.ndarray, preds: np.ndarray) -> float:
+    ones = np.ones((1, len(labels)))
+    return float(_weighted_pearson(np.asarray(labels, float), np.asarray(preds, float), ones)[0])
+
+
+def spearman(labels: np.ndarray, preds: np.ndarray) -> float:
+    """Spearman's rho with ties at their mean rank (as scipy.stats.spearmanr)."""
+    ones = np.ones((1, len(labels)))
+    ranks = [_weighted_ranks(np.asarray(v, float), ones) for v in (labels, preds)]
+    return float(_weighted_pearson(*ranks, ones)[0])
+
+
+def bootstrap_correlations(
+    labels: np.ndarray,
+    preds_by_run: Mapping[str, np.ndarray],
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+    chunk: int = 500,
+) -> dict[str, Replicates]:
+    """Spearman and Pearson correlation of every run's scores with the true scores `labels`, on
+    the same `samples` resamples of one test split's examples (as `bootstrap_replicates`)."""
+    labels = np.asarray(labels, dtype=float)
+    n = len(labels)
+    per_run = {name: preds.astype(float) for name, preds in _checked(labels, preds_by_run).items()}
+    found = {name: {"spearman": [], "pearson": []} for name in per_run}
+    for weights in _resample_weights(np.random.default_rng(seed), n, samples, chunk):
+        label_ranks = _weighted_ranks(labels, weights)
+        for name, preds in per_run.items():
+            found[name]["pearson"].append(_weighted_pearson(labels, preds, weights))
+            ranks = _weighted_ranks(preds, weights)
+            found[name]["spearman"].append(_weighted_pearson(label_ranks, ranks, weights))
+    return {
+        name: Replicates(
+            values={metric: np.concatenate(rows) for metric, rows in found[name].items()},
+            point={"spearman": spearman(labels, preds), "pearson": pearson(labels, preds)},
+        )
+        for name, preds in per_run.items()
     }
 
 
@@ -184,7 +259,7 @@ def paired_delta(
     if not pairs:
         raise ValueError("paired_delta needs at least one (a, b) pair")
     per_seed = [a.point[metric] - b.point[metric] for a, b in pairs]
-    replicates = np.mean([getattr(a, metric) - getattr(b, metric) for a, b in pairs], axis=0)
+    replicates = np.mean([a.values[metric] - b.values[metric] for a, b in pairs], axis=0)
     count = len(replicates)
     low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
     below = (np.sum(replicates <= 0) + 1) / (count + 1)

@@ -41,9 +41,9 @@ class ConfusionMatrix(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if outputs is None:  # a task type without classes
+        counts = self.counts.get(batch["task"])
+        if counts is None:  # a task type without classes
             return
-        counts = self.counts[batch["task"]]
         n = counts.shape[0]
         flat = outputs["labels"].to(counts.device) * n + outputs["preds"].to(counts.device)
         counts += torch.bincount(flat, minlength=n * n).reshape(n, n)

@@ -1,7 +1,8 @@
 """Per-example test predictions: `test_predictions/<task>.csv` in the run folder.
 
 One row per test example: `idx` (its index in the task's test split, from the batch), `label`
-and `pred` (class ids, in the order of `summary.json`'s `tasks`). Two runs with the same data,
+and `pred`: class ids (in the order of `summary.json`'s `tasks`), or for a similarity task the
+true score (scaled to [0, 1]) and the predicted cosine. Two runs with the same data,
 seed and training-set size have the same test split, so their rows pair up by `idx`: the
 report's paired tests (`mtl_lightning.stats`) are computed on them.
 """
@@ -21,10 +22,10 @@ PREDICTIONS_DIR = "test_predictions"
 class TestPredictions(Callback):
     def __init__(self, dirpath: str | Path | None = None) -> None:
         self.dirpath = dirpath  # None: the trainer's default_root_dir (the run folder)
-        self.rows: dict[str, dict[int, tuple[int, int]]] = {}
+        self.rows: dict[str, dict[int, tuple[float, float]]] = {}
 
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.rows = {task: {} for task in _class_tasks(pl_module)}
+        self.rows = {task: {} for task in pl_module.tasks}
 
     def on_test_batch_end(
         self,
@@ -35,8 +36,6 @@ class TestPredictions(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if outputs is None:  # a task type without classes (a similarity score)
-            return
         rows = self.rows[batch["task"]]
         columns = (batch["idx"], outputs["labels"], outputs["preds"])
         for index, label, pred in zip(*(c.tolist() for c in columns), strict=True):
@@ -48,7 +47,7 @@ class TestPredictions(Callback):
             # Each rank saw a shard; a padded shard repeats examples, which the dict keys merge.
             shards: list = [None] * trainer.world_size
             torch.distributed.all_gather_object(shards, rows)
-            rows = {task: {} for task in _class_tasks(pl_module)}
+            rows = {task: {} for task in pl_module.tasks}
             for shard in shards:
                 for task, task_rows in shard.items():
                     rows[task].update(task_rows)
@@ -60,12 +59,7 @@ class TestPredictions(Callback):
             write_predictions(folder / f"{task}.csv", task_rows)
 
 
-def _class_tasks(pl_module: LightningModule) -> list[str]:
-    """The tasks whose predictions are class ids (a score has no paired test here)."""
-    return [task for task, kind in pl_module.task_types.items() if kind.categorical]
-
-
-def write_predictions(path: Path, rows: dict[int, tuple[int, int]]) -> None:
+def write_predictions(path: Path, rows: dict[int, tuple[float, float]]) -> None:
     with path.open("w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file)
         writer.writerow(["idx", "label", "pred"])
@@ -73,9 +67,19 @@ def write_predictions(path: Path, rows: dict[int, tuple[int, int]]) -> None:
             writer.writerow([index, *rows[index]])
 
 
-def read_predictions(path: Path) -> tuple[list[int], list[int], list[int]]:
+def _number(text: str) -> int | float:
+    """A class id as an int, a score as a float."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def read_predictions(path: Path) -> tuple[list[int], list[float], list[float]]:
     """`(idx, label, pred)` columns of a `test_predictions/<task>.csv`, in `idx` order."""
     with path.open(newline="", encoding="utf-8") as file:
-        rows = [(int(r["idx"]), int(r["label"]), int(r["pred"])) for r in csv.DictReader(file)]
+        rows = [
+            (int(r["idx"]), _number(r["label"]), _number(r["pred"])) for r in csv.DictReader(file)
+        ]
     rows.sort()
     return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]

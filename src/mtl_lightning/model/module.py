@@ -283,12 +283,12 @@ class MultiTaskModule(LightningModule):
 
     def test_step(
         self, batch: dict, batch_idx: int, dataloader_idx: int = 0
-    ) -> dict[str, torch.Tensor] | None:
-        """Predicted classes and labels go to `on_test_batch_end` (the confusion-matrix
-        callback); a type without classes returns nothing."""
+    ) -> dict[str, torch.Tensor]:
+        """Labels and predictions go to `on_test_batch_end` (the confusion matrices and the
+        per-example test predictions): class ids, or a type without classes' scores."""
         _, outputs = self._step(batch, "test")
         preds = self.task_types[batch["task"]].class_ids(outputs)
-        return None if preds is None else {"preds": preds, "labels": batch["labels"]}
+        return {"preds": outputs if preds is None else preds, "labels": batch["labels"]}
 
     def _log_means(self, stage: str) -> None:
         """`<stage>/primary_mean`: the mean of each task's primary metric (accuracy for classes,
