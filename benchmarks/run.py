@@ -2,7 +2,7 @@
 
 Every run below trains for real, in a fresh child process of its own (`run.py --one NAME`), one
 after the other: each has the machine to itself, and its peak memory is its own. The parent
-prints the machine, one row per run and the ratios the README quotes:
+prints the machine, one row per run and the ratios docs/speed.md quotes:
 
 1. Lightning full fine-tuning vs a plain PyTorch loop doing the same work (`plain_loop.py`).
 2. `only_transformer_frozen` with the frozen-encoder cache vs without it.

@@ -199,7 +199,8 @@ def make_fake_similarity_study(sweep: Path) -> Path:
             {"epoch": 1, "test/sts/spearman": spearman, "test/sts/pearson": pearson},
         ]
         with (folder / "metrics.csv").open("w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=sorted({k for r in rows for k in r} | {"step"}))
+            columns = sorted({key for row in rows for key in row} | {"step"})
+            writer = csv.DictWriter(file, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
         summary = {"train_seconds": 1.0, "trainable_params": 1, "tasks": {"sts": []}}

@@ -2,9 +2,10 @@
 
     python -m mtl_lightning.report logs/compare/<time> [--reference full_finetune]
 
-Each run folder (`<n>_<run_name>/`, `baseline_<n>_<run_name>/`) is read from its `metrics.csv`
-(CSV logger), `.hydra/config.yaml`, `.hydra/overrides.yaml`, `summary.json` and
-`test_predictions/<task>.csv` (written by `train()` and its callbacks); nothing is retrained.
+Each run folder (`make compare` names them `<n>_<run_name>_seed<s>/` and
+`baseline_<n>_<run_name>_seed<s>/`) is read from its `metrics.csv` (CSV logger),
+`.hydra/config.yaml`, `.hydra/overrides.yaml`, `summary.json` and `test_predictions/<task>.csv`
+(written by `train()` and its callbacks); nothing is retrained.
 Runs are grouped by scenario and training-set size (`data.max_train_examples`); their seeds are
 the repeats. A run of `data.only_tasks=<one task>` with full fine-tuning is that task's
 single-task baseline. Differences between scenarios are paired on the same test examples (same
@@ -274,9 +275,9 @@ def study(
     samples: int = stats.BOOTSTRAP_SAMPLES,
 ) -> dict:
     """The numbers of report.json: per training-set size, per scenario and task, each task's
-    primary metric and its companion over seeds (accuracy and macro-F1; Spearman and Pearson); the single-task baselines; and the paired differences of every
-    scenario from the baseline and from `reference` (None: none). The top level repeats the
-    largest size."""
+    primary metric and its companion over seeds (accuracy and macro-F1; Spearman and Pearson);
+    the single-task baselines; and the paired differences of every scenario from the baseline
+    and from `reference` (None: none). The top level repeats the largest size."""
     if reference not in {run.label for run in runs}:
         reference = None
     sizes = sorted({run.size_label for run in runs}, key=_size_order)
@@ -462,8 +463,7 @@ def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
                     continue
                 found = [entry.get("vs_single_task"), entry.get("vs_reference")][: len(versus)]
                 rows.append(
-                    [label]
-                    + [_difference(d and d[m]) for m in metrics[task] for d in found]
+                    [label] + [_difference(d and d[m]) for m in metrics[task] for d in found]
                 )
             if not rows:
                 continue
