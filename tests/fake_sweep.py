@@ -6,6 +6,8 @@ import csv
 import json
 from pathlib import Path
 
+from mtl_lightning import stats
+
 # Per run: scenario, train seconds, trainable params, and per epoch the validation metrics.
 RUNS = {
     "0_full_finetune": {
@@ -178,8 +180,6 @@ def similarity_predictions(stray: float) -> list[float]:
 
 def make_fake_similarity_study(sweep: Path) -> Path:
     """`SIMILARITY_RUNS` of the task `sts`: logged Spearman and Pearson, predictions beside."""
-    from mtl_lightning import stats
-
     for job, ((scenario, seed), stray) in enumerate(SIMILARITY_RUNS.items()):
         baseline = scenario == "single_task"
         folder = sweep / (f"baseline_{job}_single_task_sts" if baseline else f"{job}_{scenario}")

@@ -227,7 +227,7 @@ def _rng_seed(*key: object) -> int:
 
 
 def _paired_replicates(
-    runs: Sequence[Run], task: str, samples: int, notes: list[str]
+    runs: Sequence[Run], task: str, primary: str, samples: int, notes: list[str]
 ) -> dict[str, stats.Replicates]:
     """Bootstrap replicates of the runs scored on one test split (same task, seed and size),
     keyed by label; a run whose test examples differ from the first run's is left out."""
@@ -246,7 +246,7 @@ def _paired_replicates(
             continue
         preds[run.label] = run_preds
     key = _rng_seed(task, first_run.seed, first_run.size_label)
-    if task_metrics(runs, task)[0] != "acc":  # scores: Spearman and Pearson
+    if primary != "acc":  # scores: Spearman and Pearson
         return stats.bootstrap_correlations(labels, preds, samples, key)
     classes = _num_classes(runs, task, [columns for _, columns in scored])
     return stats.bootstrap_replicates(labels, preds, classes, samples, key)
@@ -319,7 +319,8 @@ def study(
             task_seeds = {seed for (_, t), c in cells.items() if t == task for seed in c}
             for seed in sorted(task_seeds, key=_seed_order):
                 split_runs = [c[seed] for (_, t), c in cells.items() if t == task and seed in c]
-                for label, reps in _paired_replicates(split_runs, task, samples, notes).items():
+                found = _paired_replicates(split_runs, task, metrics_of[task][0], samples, notes)
+                for label, reps in found.items():
                     replicates[(label, seed)] = reps
             labels = {label for label, _ in replicates}
             seeds = sorted({seed for _, seed in replicates}, key=_seed_order)
