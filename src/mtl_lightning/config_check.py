@@ -10,7 +10,7 @@ directly check their own arguments with `check_values`, against the same rules.
 from __future__ import annotations
 
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +99,7 @@ RULES: dict[str, Rule] = {
     # conf/train.yaml
     "seed": Rule(int, example=42),
     "ckpt_path": Rule(str, example="<run>/checkpoints/last.ckpt", nullable=True),
+    "fork_from": Rule(str, example="<run>/checkpoints/epoch00.ckpt", nullable=True),
     "optimized_metric": Rule(str, example="val/primary_mean"),
     "freezing.scenario": Rule(str, example="full_finetune"),
     "freezing.head": Rule(str, example="classification"),
@@ -315,6 +316,26 @@ def check_train_config(cfg: DictConfig) -> None:
         problem = weight_rule.problem(f"model.loss_weights.{task}", weight)
         if problem:
             raise ConfigError(problem)
+    points = cfg.get("fork_points")
+    if points is not None and not (
+        isinstance(points, Sequence)
+        and not isinstance(points, str)
+        and all(_is_int(p) and p >= 0 for p in points)
+    ):
+        raise ConfigError(
+            f"fork_points={points} must be a list of epochs (integers from 0): e.g. "
+            "fork_points=[0], or [] for none."
+        )
+    if cfg.get("fork_from") and cfg.get("ckpt_path"):
+        raise ConfigError(
+            "ckpt_path and fork_from both say where training starts: give ckpt_path to resume "
+            "this run, or fork_from to start from another run's epoch, not both."
+        )
+    if cfg.get("fork_from") and cfg.model.get("init_from"):
+        raise ConfigError(
+            "model.init_from and fork_from both say where the weights come from: a fork starts "
+            "from the source run's whole state; drop model.init_from."
+        )
     check_trainer(cfg.trainer)
 
 

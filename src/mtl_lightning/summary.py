@@ -28,18 +28,21 @@ def write_summary(
     module: L.LightningModule,
     metrics: dict[str, float],
     train_seconds: float | None,
+    fork: dict | None = None,
 ) -> Path | None:
     """Write train/test wall seconds, parameter counts and the final metrics; rank 0 only.
 
     `trainable_params` counts what trained in the last epoch (gradual_unfreeze: the most;
     only_head_frozen: without the frozen head). `train_seconds` (see `fit_seconds`) includes
-    the validation inside fit, and sums over resumes.
+    the validation inside fit, and sums over resumes and a fork's source epochs (`fork`, from
+    `Forked.summary`: those seconds were spent once, by the source run).
     """
     if not trainer.is_global_zero:
         return None
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     summary = {
         "train_seconds": train_seconds,
+        "fork": fork,
         "test_seconds": timer.time_elapsed("test") if timer else None,
         "trainable_params": sum(p.numel() for p in module.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in module.parameters()),

@@ -30,6 +30,7 @@ from mtl_lightning.config_check import check_frozen_layers, check_train_config
 from mtl_lightning.console import quiet_loggers, quiet_third_party
 from mtl_lightning.data.datamodule import MultiTaskDataModule
 from mtl_lightning.errors import ConfigError
+from mtl_lightning.fork import Fork, Forked
 from mtl_lightning.model.module import MultiTaskModule
 from mtl_lightning.summary import fit_seconds, write_summary
 
@@ -123,23 +124,57 @@ class RunStopped(Exception):
     """Training was stopped by SIGTERM; `last.ckpt` holds where it stood, to resume from."""
 
 
-def _earlier_csv_rows(loggers: list, resume: dict) -> dict[int, list[dict[str, str]]]:
+def _earlier_csv_rows(
+    loggers: list, resume: dict, output_dir: Path, source_dir: Path | None = None
+) -> dict[int, list[dict[str, str]]]:
     """Rows of the CSV loggers' metrics.csv logged before the resumed checkpoint, by logger.
 
     Resuming into the same run folder: Lightning's CSV writer starts the file afresh, and the
-    rows a run logged after that checkpoint are logged again by the resumed run.
+    rows a run logged after that checkpoint are logged again by the resumed run. A fork
+    (`source_dir`: the run it forked from) takes them from that run's metrics.csv.
     """
     loop = resume.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
     resumed_step = loop.get("_batches_that_stepped", resume.get("global_step", 0))
     kept: dict[int, list[dict[str, str]]] = {}
     for index, logger in enumerate(loggers):
         path = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+        if path is not None and source_dir is not None:
+            path = source_dir / path.relative_to(output_dir)
         if path is None or not path.is_file():
             continue
         with path.open(newline="", encoding="utf-8") as file:
             rows = list(csv.DictReader(file))
         kept[index] = [r for r in rows if r.get("step") and float(r["step"]) < resumed_step]
     return kept
+
+
+def start_fork(
+    cfg: DictConfig,
+    fork_from: Path,
+    freezing: FreezingSchedule,
+    datamodule: MultiTaskDataModule,
+    module: MultiTaskModule,
+    callbacks: list,
+    output_dir: Path,
+) -> Forked | None:
+    """The fork this run starts from (`fork_from`: a fork point, or a sweep folder to find one
+    in), written into its folder; None when a folder holds none that fits (from scratch)."""
+    fork = Fork(cfg, freezing, datamodule, len(module.encoder_groups()))
+    source: Path | None = fork_from
+    if fork_from.is_dir():
+        source = fork.find(fork_from)
+        if source is None:
+            log.info(
+                "fork_from=%s holds no fork point whose first epochs train what this run's do: "
+                "training from scratch.",
+                fork_from,
+            )
+            return None
+    try:
+        return fork.write(source, callbacks)
+    except ConfigError:
+        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)  # no half-made run
+        raise
 
 
 def _logged(trainer: L.Trainer, prefix: str = "") -> dict[str, float]:
@@ -157,6 +192,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.freezing, head_warmup_epochs=(0 if init_from else 1) if warmup is None else warmup
     )
     ckpt_path = cfg.get("ckpt_path")
+    fork_from = Path(cfg.fork_from).expanduser() if cfg.get("fork_from") else None
+    if fork_from is not None and fork_from.is_file() and freezing.trains_nothing:
+        raise ConfigError(
+            f"fork_from={fork_from} starts training from another run's epoch, and "
+            "entire_network_frozen trains nothing: drop fork_from."
+        )
     if ckpt_path and freezing.trains_nothing:
         raise ConfigError(
             "ckpt_path resumes training, and entire_network_frozen trains nothing: to evaluate "
@@ -180,8 +221,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     freezing.check_tasks(list(datamodule.label_names))
     callbacks = [freezing] + [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    forked = None
+    if fork_from is not None and not freezing.trains_nothing:
+        forked = start_fork(cfg, fork_from, freezing, datamodule, module, callbacks, output_dir)
+    if forked is not None:
+        ckpt_path, resume = str(forked.path), forked.checkpoint
     loggers = build_loggers(cfg)
-    earlier_rows = _earlier_csv_rows(loggers, resume) if resume is not None else {}
+    source_dir = forked.source.parent.parent if forked is not None else None
+    earlier_rows = (
+        _earlier_csv_rows(loggers, resume, output_dir, source_dir) if resume is not None else {}
+    )
+    if forked is not None:
+        forked.checkpoint = None
     resume = None  # the trainer reads the file again; do not hold a second copy while training
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
     # trainer.loggers, not `loggers`: under fast_dev_run Lightning replaces them with a dummy.
@@ -211,6 +262,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 trainer.validate(module, datamodule=datamodule, verbose=False)
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
             train_seconds = fit_seconds(trainer)
+            if forked is not None:  # last.ckpt holds more; the source still has this state
+                forked.path.unlink(missing_ok=True)
             metrics.update(_logged(trainer))
             best = trainer.checkpoint_callback
             has_best = best is not None and bool(best.best_model_path)  # none under fast_dev_run
@@ -237,7 +290,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 logger.experiment.finish()
     metrics.update(_logged(trainer, prefix="test/"))
     log.info("Final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
-    write_summary(output_dir, trainer, module, metrics, train_seconds)  # for the report
+    fork = forked.summary() if forked is not None else None
+    write_summary(output_dir, trainer, module, metrics, train_seconds, fork)  # for the report
     return metrics
 
 

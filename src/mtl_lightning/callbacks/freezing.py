@@ -97,7 +97,9 @@ class FreezingSchedule(Callback):
         self.unfreeze_embeddings = unfreeze_embeddings
         self.keep_frozen_layers = keep_frozen_layers
         self.acc_at_freeze: float | None = None  # only_head_frozen: the frozen task's val accuracy
-        self.last_val_acc: float | None = None  # ... at the latest validation before it froze
+        # {task: its primary val metric} at the latest validation while its head trained: the
+        # frozen head's is what it freezes at (kept in every scenario, for a fork; fork.py).
+        self.last_val: dict[str, float] = {}
 
     @property
     def trains_nothing(self) -> bool:
@@ -241,7 +243,7 @@ class FreezingSchedule(Callback):
         if self._head_frozen_in(epoch) and self.acc_at_freeze is None:
             # The last validation before the head froze, read like every later one: the same
             # loop, precision, sharding and synced metric, so forgetting is 0 if nothing changed.
-            self.acc_at_freeze = self.last_val_acc
+            self.acc_at_freeze = self.last_val.get(self.head)
             if self.acc_at_freeze is None:
                 log.warning(
                     "Head %s froze before any validation: val/%s/forgetting is not logged.",
@@ -262,25 +264,30 @@ class FreezingSchedule(Callback):
         )
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.scenario != "only_head_frozen" or trainer.sanity_checking:
+        # Kept in every scenario that trains, so that an only_head_frozen run forked from this
+        # one (mtl_lightning.fork) freezes at the accuracy it would have read itself.
+        if self.trains_nothing or trainer.sanity_checking:
             return
-        # What Lightning logs as val/<head>/acc (compute() caches it, synced across ranks), or
-        # the head's own primary metric for another task type (a similarity's Spearman).
-        primary = pl_module.task_types[self.head].primary
-        acc = float(pl_module.metrics["val_metrics"][self.head][primary].compute())
         fitting = trainer.state.fn == TrainerFn.FITTING
-        if not fitting or not self._head_frozen_in(trainer.current_epoch):
-            self.last_val_acc = acc  # the head still trains (or a validation before fit)
-        if self.acc_at_freeze is None or not fitting:
+        frozen = self.head if fitting and self._head_frozen_in(trainer.current_epoch) else None
+        # What Lightning logs as val/<task>/acc (compute() caches it, synced across ranks), or
+        # the task's own primary metric for another type (a similarity's Spearman).
+        values = {
+            task: float(pl_module.metrics["val_metrics"][task][task_type.primary].compute())
+            for task, task_type in pl_module.task_types.items()
+        }
+        # Each task whose head still trains (or a validation before fit).
+        self.last_val.update({task: v for task, v in values.items() if task != frozen})
+        if self.scenario != "only_head_frozen" or self.acc_at_freeze is None or not fitting:
             return
         pl_module.log(f"val/{self.head}/acc_at_freeze", self.acc_at_freeze)
-        pl_module.log(f"val/{self.head}/forgetting", self.acc_at_freeze - acc)
+        pl_module.log(f"val/{self.head}/forgetting", self.acc_at_freeze - values[self.head])
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
             "acc_at_freeze": self.acc_at_freeze,
-            "last_val_acc": self.last_val_acc,
+            "last_val": dict(self.last_val),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -290,4 +297,6 @@ class FreezingSchedule(Callback):
                 f"{self.scenario}: resume with the same experiment."
             )
         self.acc_at_freeze = state_dict.get("acc_at_freeze")
-        self.last_val_acc = state_dict.get("last_val_acc")
+        self.last_val = dict(state_dict.get("last_val") or {})
+        if state_dict.get("last_val_acc") is not None:  # written before last_val (one head)
+            self.last_val.setdefault(self.head, state_dict["last_val_acc"])

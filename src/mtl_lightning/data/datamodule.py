@@ -374,10 +374,14 @@ class MultiTaskDataModule(LightningDataModule):
             )
         return tasks
 
-    def train_batches(self, epoch: int) -> int:
+    def train_batches(self, epoch: int, tasks: Collection[str] | None = None) -> int:
         """Steps (batches per DDP rank) of the train loader of `epoch`, before Lightning's
-        `limit_train_batches`: epochs get shorter when a frozen head's task leaves them."""
-        tasks = self.tasks_training_in(epoch)
+        `limit_train_batches`: epochs get shorter when a frozen head's task leaves them.
+        `tasks`: the tasks training then, if not this run's (a fork compares two schedules)."""
+        if tasks is None:
+            tasks = self.tasks_training_in(epoch)
+        else:
+            tasks = [task for task in self.datasets if task in set(tasks)]
         key = (tuple(tasks), self.trainer.world_size if self.trainer else 1)
         if key not in self._train_batches:  # asked for every epoch of the run: once per set
             samplers = [self._bucket_sampler(task, "train") for task in tasks]
@@ -396,6 +400,12 @@ class MultiTaskDataModule(LightningDataModule):
         tasks = self.tasks_training_in(epoch)
         # debug=overfit (trainer.overfit_batches): the same batches every epoch, those of epoch 0.
         epoch_seed = EpochSeed(self.seed, epoch, replay=bool(trainer and trainer.overfit_batches))
+        if epoch > self.start_epoch:
+            # Rebuilt at this epoch's start (the tasks changed): Lightning iterates the new loader
+            # once, then calls set_epoch, then iterates it again for the epoch. Starting one
+            # epoch behind makes set_epoch start the passes afresh, so the epoch trains pass 0 of
+            # each task, as a loader built once (and a run resumed at this epoch) does.
+            epoch_seed.epoch = epoch - 1
         if self.sampling != "joint":
             combined = ConcatTaskDataset([self.datasets[task]["train"] for task in tasks])
             samplers = [

@@ -1,0 +1,339 @@
+"""`fork_from`: start a run from another run's state at an epoch's end, where that is exact.
+
+`only_head_frozen`'s first epoch trains everything jointly: it is `full_finetune`'s first epoch
+for the same seed, bit for bit. A fork starts from that epoch instead of training it again. The
+source's full training state (weights, optimizer, LR schedule, RNG, loops, the best-checkpoint
+bookkeeping) is written into this run's folder as `checkpoints/fork-epochNN.ckpt`, as if this
+run had trained those epochs itself. The source's metrics.csv rows up to then are carried over,
+and training resumes from there. So the result is the run from scratch: `tests/test_fork.py`
+checks the weights, the metrics and the forgetting.
+
+It is exact only when these hold, and a fork is refused, naming the reason, otherwise:
+- the source is a full-state checkpoint written at an epoch's end (`fork_points=[0]` keeps
+  `checkpoints/epoch00.ckpt`), inside its Hydra run folder (`.hydra/config.yaml` beside
+  `checkpoints/`);
+- both configs agree on every key except the freezing node and `BOOKKEEPING` (paths, loggers,
+  progress bars, the checkpoint and metric-writing callbacks, the exact frozen caches);
+- the two freezing schedules train the same heads and encoder groups in every epoch before the
+  fork, and give every epoch of the run the same number of steps (the LR schedule spans the run);
+- neither is `gradual_unfreeze` (it unfreezes, and warms groups up, within epochs) or
+  `entire_network_frozen` (it trains nothing).
+
+`fork_from=<folder>` (what `make compare` passes: its sweep folder) looks through the runs in
+it for the latest fork point this run can start from, and trains from scratch when none fits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from mtl_lightning.callbacks.freezing import FreezingSchedule
+from mtl_lightning.checkpoint import (
+    AtomicCheckpointIO,
+    check_resumable,
+    check_resume_tasks,
+    read_checkpoint,
+)
+from mtl_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Config keys a fork's source may differ in: where things are written and how progress is
+# shown, never what trains. Dotted; a callback entry by its _target_ (`CALLBACK_TARGETS`).
+BOOKKEEPING = (
+    "paths",
+    "run_name",
+    "ckpt_path",
+    "fork_from",
+    "fork_points",
+    "logger",
+    "freezing",  # compared as schedules, epoch by epoch (`schedule_problem`)
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "model.frozen_cache",  # the caches are exact (tests/test_cache.py)
+    "model.frozen_cache_max_gb",
+)
+CALLBACK_TARGETS = {
+    "lightning.pytorch.callbacks.ModelCheckpoint",
+    "lightning.pytorch.callbacks.LearningRateMonitor",
+    "lightning.pytorch.callbacks.Timer",
+    "mtl_lightning.callbacks.sigterm.SigtermCheckpoint",
+    "mtl_lightning.callbacks.rng_state.RNGStateCheckpoint",
+    "mtl_lightning.callbacks.confusion.ConfusionMatrix",
+    "mtl_lightning.callbacks.test_predictions.TestPredictions",
+    "mtl_lightning.callbacks.fork_point.ForkPoint",
+    "mtl_lightning.readout.FrozenReadout",
+}
+NO_FORK = ("gradual_unfreeze", "entire_network_frozen")
+
+
+def boundary_epoch(checkpoint: dict[str, Any]) -> int | None:
+    """The epoch a run resumed from `checkpoint` starts with, if it was written at an epoch's
+    end (after that epoch's validation); None for a checkpoint written mid-epoch."""
+    loop = checkpoint["loops"]["fit_loop"]
+    epochs = loop["epoch_progress"]["current"]
+    batches = loop["epoch_loop.batch_progress"]
+    if batches["is_last_batch"] and epochs["processed"] == epochs["started"]:
+        return epochs["processed"]
+    return None
+
+
+def _comparable(cfg: DictConfig) -> dict[str, Any]:
+    """The config as Hydra saved it (unresolved), without the keys a fork may differ in."""
+    config = OmegaConf.to_container(cfg, resolve=False)
+    for key in BOOKKEEPING:
+        *parents, last = key.split(".")
+        node = config
+        for parent in parents:
+            node = node.get(parent) or {}
+        node.pop(last, None)
+    callbacks = config.get("callbacks") or {}
+    for name in [n for n, c in callbacks.items() if c and c.get("_target_") in CALLBACK_TARGETS]:
+        if name == "model_checkpoint":  # which epoch is "best" is chosen by it: compared
+            callbacks[name] = {k: v for k, v in callbacks[name].items() if k != "dirpath"}
+        else:
+            del callbacks[name]
+    return config
+
+
+def config_problem(source: DictConfig, cfg: DictConfig) -> str | None:
+    """Why the two configs may not share their first epochs, or None."""
+    mine, theirs = _comparable(cfg), _comparable(source)
+    differ = sorted(_differences(mine, theirs))
+    if not differ:
+        return None
+    shown = ", ".join(
+        f"{key} ({theirs_value!r} there, {mine_value!r} here)"
+        for key, theirs_value, mine_value in differ[:3]
+    )
+    return f"its config differs in {shown}"
+
+
+def _differences(mine: Any, theirs: Any, prefix: str = "") -> Iterable[tuple[str, Any, Any]]:
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        for key in sorted(set(mine) | set(theirs)):
+            yield from _differences(mine.get(key), theirs.get(key), f"{prefix}{key}.")
+    elif mine != theirs:
+        yield prefix.rstrip("."), theirs, mine
+
+
+def schedule_problem(
+    source: FreezingSchedule,
+    mine: FreezingSchedule,
+    epoch: int,
+    tasks: Sequence[str],
+    num_groups: int,
+    max_epochs: int,
+    epoch_batches,
+) -> str | None:
+    """Why `mine` may not continue `source`'s first `epoch` epochs, or None.
+
+    `epoch_batches(epoch, tasks)`: the train loader's batches of that epoch with those tasks.
+    """
+    for scenario in (source.scenario, mine.scenario):
+        if scenario in NO_FORK:
+            return f"{scenario} neither forks nor is forked from (see mtl_lightning.fork)"
+    for e in range(epoch):
+        theirs, ours = (
+            source.plan(e, list(tasks), num_groups),
+            mine.plan(e, list(tasks), num_groups),
+        )
+        if theirs != ours:
+            return (
+                f"in epoch {e} {source.scenario} trains heads {sorted(theirs.heads)} and "
+                f"{theirs.encoder_groups} encoder groups, {mine.scenario} {sorted(ours.heads)} "
+                f"and {ours.encoder_groups}"
+            )
+    for e in range(max_epochs):
+        theirs = epoch_batches(e, source.plan(e, list(tasks), num_groups).heads)
+        ours = epoch_batches(e, mine.plan(e, list(tasks), num_groups).heads)
+        if theirs != ours:
+            return (
+                f"epoch {e} has {theirs} batches in {source.scenario} and {ours} here, so the LR "
+                "schedule, which spans the run, differs from its first step"
+            )
+    return None
+
+
+def source_config(path: Path) -> DictConfig:
+    """The Hydra config of the run a checkpoint belongs to: `<run>/.hydra/config.yaml`."""
+    config = path.parent.parent / ".hydra" / "config.yaml"
+    if not config.is_file():
+        raise ConfigError(
+            f"fork_from={path} has no {config}: fork from a checkpoint in its Hydra run folder "
+            "(<run>/checkpoints/epochNN.ckpt), whose config says what trained."
+        )
+    return OmegaConf.load(config)
+
+
+def source_schedule(config: DictConfig) -> FreezingSchedule:
+    """The source run's freezing schedule, with `head_warmup_epochs` resolved as train() does."""
+    node = OmegaConf.to_container(config.freezing, resolve=True)
+    node.pop("_target_", None)
+    if node.get("head_warmup_epochs") is None:
+        node["head_warmup_epochs"] = 0 if config.model.get("init_from") else 1
+    return FreezingSchedule(**node)
+
+
+def fork_points(folder: Path) -> list[Path]:
+    """The fork points of the runs in a sweep folder, latest epoch first."""
+    found = [p for p in folder.glob("*/checkpoints/epoch*.ckpt") if p.stem[5:].isdigit()]
+    return sorted(found, key=lambda p: (-int(p.stem[5:]), str(p)))
+
+
+@dataclass
+class Forked:
+    """A fork written into this run's folder: resume from `path`; `checkpoint` its content
+    (until the CSV rows are carried over), the source's `seconds` of training included."""
+
+    path: Path
+    source: Path
+    epochs: int
+    scenario: str | None
+    seconds: float | None
+    checkpoint: dict[str, Any] | None
+
+    def summary(self) -> dict[str, Any]:
+        """summary.json's `fork`: the report counts `train_seconds` once, in the source."""
+        return {
+            "from": str(self.source),
+            "scenario": self.scenario,
+            "epochs": self.epochs,
+            "train_seconds": self.seconds,
+        }
+
+
+class Fork:
+    """The checks, then the fork checkpoint; `problem` (a reason) when not exact."""
+
+    def __init__(self, cfg: DictConfig, freezing: FreezingSchedule, datamodule, num_groups: int):
+        self.cfg, self.freezing, self.datamodule = cfg, freezing, datamodule
+        self.num_groups = num_groups
+
+    def problem(self, path: Path, checkpoint: dict[str, Any] | None = None) -> str | None:
+        """Why this run cannot continue from `path`, or None; reads only its run's config when
+        that already says no."""
+        source = source_config(path)
+        reason = config_problem(source, self.cfg)
+        if reason is None:
+            checkpoint = checkpoint or read_checkpoint(path, "fork_from")
+            epoch = self.epoch(checkpoint)
+            reason = (
+                "it was written mid-epoch (fork from an epochNN.ckpt of fork_points)"
+                if epoch is None
+                else schedule_problem(
+                    source_schedule(source),
+                    self.freezing,
+                    epoch,
+                    list(self.datamodule.label_names),
+                    self.num_groups,
+                    self.cfg.trainer.max_epochs,
+                    self.datamodule.train_batches,
+                )
+            )
+        return reason
+
+    @staticmethod
+    def epoch(checkpoint: dict[str, Any]) -> int | None:
+        if "loops" not in checkpoint:
+            return None
+        return boundary_epoch(checkpoint)
+
+    def find(self, folder: Path) -> Path | None:
+        """The latest fork point in `folder` this run can start from exactly, or None."""
+        output = Path(self.cfg.paths.output_dir).resolve()
+        for path in fork_points(folder):
+            if path.resolve().parent.parent == output:
+                continue
+            if self.problem(path) is None:
+                return path
+        return None
+
+    def write(self, path: Path, callbacks: Sequence[Callback]) -> Forked:
+        """The source's state as this run's own checkpoint, `checkpoints/fork-epochNN.ckpt`:
+        the callbacks' paths moved into this run's folder, its best checkpoint written there."""
+        checkpoint = read_checkpoint(path, "fork_from")
+        check_resumable(checkpoint, "fork_from", path)
+        check_resume_tasks(checkpoint, self.datamodule.label_names, "fork_from", str(path))
+        reason = self.problem(path, checkpoint)
+        if reason is not None:
+            raise ConfigError(f"fork_from={path} cannot start this run exactly: {reason}.")
+        epoch = self.epoch(checkpoint)
+        saved = checkpoint["callbacks"]
+        states: dict[str, Any] = {}
+        for callback in callbacks:
+            state = saved.get(callback.state_key)
+            if isinstance(callback, FreezingSchedule):
+                source = saved.get("FreezingSchedule") or {}
+                last = dict(source.get("last_val") or {})
+                state = {"scenario": callback.scenario, "acc_at_freeze": None, "last_val": last}
+            elif isinstance(callback, ModelCheckpoint) and state is not None:
+                state = self._moved(state, callback, checkpoint, path)
+            if state is not None:
+                states[callback.state_key] = state
+        checkpoint["callbacks"] = states  # the source's others (its fork point) stay behind
+        target = Path(self.cfg.paths.output_dir) / "checkpoints" / f"fork-epoch{epoch - 1:02d}.ckpt"
+        AtomicCheckpointIO().save_checkpoint(checkpoint, target)
+        scenario = (saved.get("FreezingSchedule") or {}).get("scenario")
+        seconds = (saved.get("Timer") or {}).get("time_elapsed", {}).get("train")
+        log.info(
+            "Forked from %s (%s): its epochs 0-%d are this run's, and training resumes at epoch "
+            "%d.",
+            path,
+            scenario,
+            epoch - 1,
+            epoch,
+        )
+        return Forked(target, path, epoch, scenario, seconds, checkpoint)
+
+    @staticmethod
+    def _moved(
+        state: dict[str, Any], callback: ModelCheckpoint, checkpoint: dict[str, Any], path: Path
+    ) -> dict[str, Any]:
+        """A ModelCheckpoint's state with its files in this run's folder; its best files are
+        written there (the boundary epoch's from the checkpoint itself, earlier ones copied)."""
+        folder = Path(callback.dirpath)
+
+        def here(name: str | None) -> str:
+            return str(folder / Path(name).name) if name else ""
+
+        kept = {}
+        for source_file, score in (state.get("best_k_models") or {}).items():
+            target = folder / Path(source_file).name
+            current = state.get("current_score")
+            if current is not None and float(score) == float(current):
+                _write_weights(checkpoint, target, callback.save_weights_only)
+            elif Path(source_file).is_file():
+                AtomicCheckpointIO().save_checkpoint(
+                    read_checkpoint(source_file, "fork_from"), target
+                )
+            else:
+                raise ConfigError(
+                    f"fork_from={path}: its best checkpoint {source_file} is gone, so this run "
+                    "could not pick its best epoch as a run from scratch would; fork from a "
+                    "run that still has it, or train from scratch (fork_from=null)."
+                )
+            kept[str(target)] = score
+        moved = dict(state)
+        moved.update(
+            dirpath=str(folder),
+            best_k_models=kept,
+            best_model_path=here(state.get("best_model_path")),
+            kth_best_model_path=here(state.get("kth_best_model_path")),
+            last_model_path=here(state.get("last_model_path")),
+        )
+        return moved
+
+
+def _write_weights(checkpoint: dict[str, Any], target: Path, weights_only: bool) -> None:
+    """What Lightning writes for this epoch's best checkpoint, from the epoch's full state."""
+    full_state = ("callbacks", "optimizer_states", "lr_schedulers")
+    content = {k: v for k, v in checkpoint.items() if not (weights_only and k in full_state)}
+    AtomicCheckpointIO().save_checkpoint(content, target)
