@@ -183,7 +183,9 @@ def test_report_on_a_folder_without_runs_says_what_to_give(tmp_path):
 
 def test_two_seed_study_multirun_then_report(tiny_encoders, tmp_path):
     """As `make compare SEEDS=1,2` does, with two scenarios: the scenarios' multirun, the
-    single-task baselines' multirun into the same folder, then the report."""
+    single-task baselines' multirun into the same folder, then the report. only_head_frozen
+    forks full_finetune's first epoch of its seed (freezing sentiment's head: on data=tiny
+    classification's epochs are the longer, so the epochs keep their length)."""
     sweep = tmp_path / "compare"
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     common = [
@@ -198,7 +200,12 @@ def test_two_seed_study_multirun_then_report(tiny_encoders, tmp_path):
     ]
     train = [sys.executable, "-m", "mtl_lightning.train", "-m"]
     for axis in (
-        ["experiment=full_finetune,only_head_frozen"],
+        [
+            "experiment=full_finetune,only_head_frozen",
+            "freezing.head=sentiment",
+            "fork_points=[0]",
+            f"fork_from={sweep}",
+        ],
         ["experiment=single_task", "data.only_tasks=classification,sentiment"],
     ):
         result = subprocess.run(
@@ -211,14 +218,20 @@ def test_two_seed_study_multirun_then_report(tiny_encoders, tmp_path):
 
     text = (sweep / "report.md").read_text()
     assert "8 runs (4 of them single-task baselines): seeds 1, 2;" in text
-    classification = text.split("### Task `classification`")[1].split("### Task `sentiment`")[0]
-    frozen_row = next(line for line in classification.splitlines() if "2_only_head_frozen" in line)
+    assert "2 runs forked from another run's first epochs" in text
+    sentiment = text.split("### Task `sentiment`")[1]
+    frozen_row = next(line for line in sentiment.splitlines() if "2_only_head_frozen" in line)
     assert frozen_row.split("|")[-2].strip()[0] in "+-"  # forgetting, a signed number
     plots = ("val_acc_classification.png", "val_acc_sentiment.png", "time_vs_accuracy.png")
     for plot in plots:
         assert (sweep / plot).read_bytes().startswith(PNG_MAGIC)
     numbers = json.loads((sweep / "report.json").read_text())
     assert not numbers["notes"]  # every baseline's test split is its multi-task run's
+    assert numbers["forks"] == {
+        f"{job}_only_head_frozen": str(sweep / f"{source}_full_finetune/checkpoints/epoch00.ckpt")
+        for job, source in ((2, 0), (3, 1))  # seed 1, seed 2
+    }
+    assert 0 < numbers["reused_seconds"] < numbers["train_seconds_total"]
     for task in ("classification", "sentiment"):
         assert numbers["scenarios"]["only_head_frozen"][task]["acc"]["n"] == 2
         assert numbers["baselines"][task]["f1"]["n"] == 2

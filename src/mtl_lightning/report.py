@@ -105,7 +105,13 @@ class Run:
 
     @property
     def train_seconds(self) -> float | None:
+        """What training this run cost, a fork's source epochs included (summary.json)."""
         return self.summary.get("train_seconds")
+
+    @property
+    def reused_seconds(self) -> float:
+        """Of `train_seconds`, those a fork took over from its source (spent there, once)."""
+        return float((self.summary.get("fork") or {}).get("train_seconds") or 0.0)
 
     @property
     def trainable_params(self) -> int | None:
@@ -338,13 +344,16 @@ def study(
                 deltas.setdefault(label, {})[task] = entry
         by_size[size] = {"scenarios": scenarios, "baselines": baselines, "deltas": deltas}
     largest = by_size[sizes[-1]]
-    seconds = [run.train_seconds for run in runs if run.train_seconds is not None]
+    seconds = [run.train_seconds - run.reused_seconds for run in runs if run.train_seconds]
+    forks = [run for run in runs if run.reused_seconds]
     return {
         "test": stats.TEST_NAME,
         "metrics": {task: list(metrics_of[task]) for task in tasks},
         "bootstrap_samples": samples,
         "reference": reference,
-        "train_seconds_total": sum(seconds),
+        "train_seconds_total": sum(seconds),  # each second once: a fork's reused ones not again
+        "reused_seconds": sum(run.reused_seconds for run in forks),
+        "forks": {run.name: run.summary["fork"]["from"] for run in forks},
         "seeds": sorted({run.seed for run in runs}, key=_seed_order),
         "sizes": sizes,
         "size": sizes[-1],
@@ -498,6 +507,14 @@ def markdown_report(
         "(entire_network_frozen: of the model as loaded).",
         "",
     ]
+    if numbers["forks"]:
+        lines += [
+            f"{len(numbers['forks'])} runs forked from another run's first epochs, which they "
+            f"share exactly (`fork_from`): {numbers['reused_seconds']:.0f} s of training not "
+            "done twice. Their train time below includes those epochs; the total above counts "
+            "them once.",
+            "",
+        ]
     lines += study_markdown(numbers, tasks)
     lines += [
         "",
