@@ -133,3 +133,41 @@ def test_fork_from_needs_an_epoch_end_in_a_run_folder(make_cfg, tmp_path, source
         _run(make_cfg, *OHF, f"fork_from={source}", f"ckpt_path={source}", output="no")
     with pytest.raises(ConfigError, match=r"fork_points=.* must be a list of epochs"):
         _run(make_cfg, "fork_points=[-1]", output="no")
+
+
+def test_a_later_fork_point_copies_the_best_checkpoint_and_a_resumed_fork_keeps_its_record(
+    make_cfg, tmp_path
+):
+    """Epoch 1's state, the best checkpoint of epoch 0 (nothing learns: every score ties and the
+    first stays best) copied from the source; then the fork resumed one epoch further."""
+    still = ("model.lr=0", "model.head_lr=0")
+    _run(make_cfg, "trainer.max_epochs=3", "fork_points=[1]", *still, output="full")
+    point = tmp_path / "full" / "checkpoints" / "epoch01.ckpt"
+    later = (*OHF, "freezing.head_warmup_epochs=2", *still)
+    scratch = _run(make_cfg, *later, output="scratch")
+    forked = _run(make_cfg, *later, f"fork_from={point}", output="forked")
+    assert forked["test/primary_mean"] == scratch["test/primary_mean"]
+    assert forked["val/sentiment/forgetting"] == scratch["val/sentiment/forgetting"] == 0.0
+    names = {p.name for p in (tmp_path / "forked" / "checkpoints").glob("*.ckpt")}
+    assert names == {"best-epoch00.ckpt", "last.ckpt"}
+    assert json.loads((tmp_path / "forked" / "summary.json").read_text())["fork"]["epochs"] == 2
+    last = tmp_path / "forked" / "checkpoints" / "last.ckpt"
+    further = (*later, "trainer.max_epochs=4")
+    _run(make_cfg, *further, f"ckpt_path={last}", output="forked")
+    summary = json.loads((tmp_path / "forked" / "summary.json").read_text())
+    assert summary["fork"]["from"] == str(point.resolve())
+    # Gone from the source: the fork could not choose its best epoch as the run from scratch did.
+    (tmp_path / "full" / "checkpoints" / "best-epoch00.ckpt").unlink()
+    with pytest.raises(ConfigError, match=r"best checkpoint .*best-epoch00\.ckpt .* is gone"):
+        _run(make_cfg, *later, f"fork_from={point}", output="refused")
+    assert not (tmp_path / "refused" / "checkpoints").exists()
+
+
+def test_a_folder_search_passes_over_what_it_cannot_read(make_cfg, tmp_path, source):
+    broken = tmp_path / "broken" / "checkpoints"
+    broken.mkdir(parents=True)
+    (broken / "epoch05.ckpt").write_text("not a checkpoint")  # the latest epoch: tried first
+    _run(make_cfg, *OHF, f"fork_from={tmp_path}", output="ohf")
+    assert json.loads((tmp_path / "ohf" / "summary.json").read_text())["fork"]["epochs"] == 1
+    with pytest.raises(ConfigError, match="it is this run's own folder"):
+        _run(make_cfg, *OHF, f"fork_from={source}", output="full")

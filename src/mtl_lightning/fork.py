@@ -21,6 +21,8 @@ It is exact only when these hold, and a fork is refused, naming the reason, othe
 
 `fork_from=<folder>` (what `make compare` passes: its sweep folder) looks through the runs in
 it for the latest fork point this run can start from, and trains from scratch when none fits.
+Not covered: the check counts batches for one process (under DDP, joint sampling's per-rank
+counts follow from them; the other modes' are not checked), and every rank makes the fork.
 """
 
 from __future__ import annotations
@@ -63,9 +65,7 @@ BOOKKEEPING = (
 CALLBACK_TARGETS = {
     "lightning.pytorch.callbacks.ModelCheckpoint",
     "lightning.pytorch.callbacks.LearningRateMonitor",
-    "lightning.pytorch.callbacks.Timer",
     "mtl_lightning.callbacks.sigterm.SigtermCheckpoint",
-    "mtl_lightning.callbacks.rng_state.RNGStateCheckpoint",
     "mtl_lightning.callbacks.confusion.ConfusionMatrix",
     "mtl_lightning.callbacks.test_predictions.TestPredictions",
     "mtl_lightning.callbacks.fork_point.ForkPoint",
@@ -157,7 +157,9 @@ def schedule_problem(
         if theirs != ours:
             return (
                 f"epoch {e} has {theirs} batches in {source.scenario} and {ours} here, so the LR "
-                "schedule, which spans the run, differs from its first step"
+                "schedule, which spans the run, differs from its first step (a frozen head's task "
+                "leaves the epochs; with data.sampling=joint they keep their length unless it "
+                "was the longest task); train this run from scratch"
             )
     return None
 
@@ -211,34 +213,60 @@ class Forked:
 
 
 class Fork:
-    """The checks, then the fork checkpoint; `problem` (a reason) when not exact."""
+    """The checks, then the fork checkpoint; `problem` (a reason) when not exact. `callbacks`:
+    this run's, whose states the fork checkpoint carries."""
 
-    def __init__(self, cfg: DictConfig, freezing: FreezingSchedule, datamodule, num_groups: int):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        freezing: FreezingSchedule,
+        datamodule,
+        num_groups: int,
+        callbacks: Sequence[Callback],
+    ):
         self.cfg, self.freezing, self.datamodule = cfg, freezing, datamodule
-        self.num_groups = num_groups
+        self.num_groups, self.callbacks = num_groups, list(callbacks)
+        self.output = Path(cfg.paths.output_dir)
+        self.written: list[Path] = []
 
     def problem(self, path: Path, checkpoint: dict[str, Any] | None = None) -> str | None:
         """Why this run cannot continue from `path`, or None; reads only its run's config when
         that already says no."""
+        if path.resolve().parent.parent == self.output.resolve():
+            return "it is this run's own folder (give the fork another hydra.run.dir)"
         source = source_config(path)
         reason = config_problem(source, self.cfg)
+        if reason is not None:
+            return reason
+        checkpoint = checkpoint or read_checkpoint(path, "fork_from")
+        epoch = self.epoch(checkpoint)
+        if epoch is None:
+            return "it was written mid-epoch (fork from an epochNN.ckpt of fork_points)"
+        reason = schedule_problem(
+            source_schedule(source),
+            self.freezing,
+            epoch,
+            list(self.datamodule.label_names),
+            self.num_groups,
+            self.cfg.trainer.max_epochs,
+            self.datamodule.train_batches,
+        )
         if reason is None:
-            checkpoint = checkpoint or read_checkpoint(path, "fork_from")
-            epoch = self.epoch(checkpoint)
-            reason = (
-                "it was written mid-epoch (fork from an epochNN.ckpt of fork_points)"
-                if epoch is None
-                else schedule_problem(
-                    source_schedule(source),
-                    self.freezing,
-                    epoch,
-                    list(self.datamodule.label_names),
-                    self.num_groups,
-                    self.cfg.trainer.max_epochs,
-                    self.datamodule.train_batches,
-                )
-            )
+            plans = [
+                self._best_files(state, c, checkpoint, epoch)
+                for c, state in self._states(checkpoint)
+            ]
+            reason = next((plan for plan in plans if isinstance(plan, str)), None)
         return reason
+
+    def _states(self, checkpoint: dict[str, Any]) -> list[tuple[ModelCheckpoint, dict]]:
+        """This run's ModelCheckpoints with their state in the source checkpoint."""
+        saved = checkpoint.get("callbacks") or {}
+        return [
+            (c, saved[c.state_key])
+            for c in self.callbacks
+            if isinstance(c, ModelCheckpoint) and c.state_key in saved
+        ]
 
     @staticmethod
     def epoch(checkpoint: dict[str, Any]) -> int | None:
@@ -247,18 +275,28 @@ class Fork:
         return boundary_epoch(checkpoint)
 
     def find(self, folder: Path) -> Path | None:
-        """The latest fork point in `folder` this run can start from exactly, or None."""
-        output = Path(self.cfg.paths.output_dir).resolve()
+        """The latest fork point in `folder` this run can start from exactly, or None (a
+        candidate that cannot be read, or lacks its run's config, is passed over)."""
         for path in fork_points(folder):
-            if path.resolve().parent.parent == output:
-                continue
-            if self.problem(path) is None:
-                return path
+            try:
+                if self.problem(path) is None:
+                    return path
+            except ConfigError as error:
+                log.debug("fork_from: passing over %s: %s", path, error)
         return None
 
-    def write(self, path: Path, callbacks: Sequence[Callback]) -> Forked:
+    def write(self, path: Path) -> Forked:
         """The source's state as this run's own checkpoint, `checkpoints/fork-epochNN.ckpt`:
-        the callbacks' paths moved into this run's folder, its best checkpoint written there."""
+        the callbacks' paths moved into this run's folder, its best checkpoints written there.
+        On an error, what it wrote is removed."""
+        try:
+            return self._write(path)
+        except BaseException:
+            for written in self.written:
+                written.unlink(missing_ok=True)
+            raise
+
+    def _write(self, path: Path) -> Forked:
         checkpoint = read_checkpoint(path, "fork_from")
         check_resumable(checkpoint, "fork_from", path)
         check_resume_tasks(checkpoint, self.datamodule.label_names, "fork_from", str(path))
@@ -267,22 +305,33 @@ class Fork:
             raise ConfigError(f"fork_from={path} cannot start this run exactly: {reason}.")
         epoch = self.epoch(checkpoint)
         saved = checkpoint["callbacks"]
+        source = saved.get("FreezingSchedule") or {}
+        scenario = source.get("scenario")
+        seconds = (saved.get("Timer") or {}).get("time_elapsed", {}).get("train")
+        forked = Forked(
+            self.output / "checkpoints" / f"fork-epoch{epoch - 1:02d}.ckpt",
+            path.resolve(),
+            epoch,
+            scenario,
+            seconds,
+            checkpoint,
+        )
         states: dict[str, Any] = {}
-        for callback in callbacks:
+        for callback in self.callbacks:
             state = saved.get(callback.state_key)
             if isinstance(callback, FreezingSchedule):
-                source = saved.get("FreezingSchedule") or {}
-                last = dict(source.get("last_val") or {})
-                state = {"scenario": callback.scenario, "acc_at_freeze": None, "last_val": last}
+                state = {
+                    "scenario": callback.scenario,
+                    "acc_at_freeze": None,
+                    "last_val": dict(source.get("last_val") or {}),
+                    "fork": forked.summary(),  # kept by every later checkpoint, for a resume
+                }
             elif isinstance(callback, ModelCheckpoint) and state is not None:
-                state = self._moved(state, callback, checkpoint, path)
+                state = self._moved(state, callback, checkpoint, epoch)
             if state is not None:
                 states[callback.state_key] = state
-        checkpoint["callbacks"] = states  # the source's others (its fork point) stay behind
-        target = Path(self.cfg.paths.output_dir) / "checkpoints" / f"fork-epoch{epoch - 1:02d}.ckpt"
-        AtomicCheckpointIO().save_checkpoint(checkpoint, target)
-        scenario = (saved.get("FreezingSchedule") or {}).get("scenario")
-        seconds = (saved.get("Timer") or {}).get("time_elapsed", {}).get("train")
+        checkpoint["callbacks"] = states  # states of callbacks this run lacks stay behind
+        self._save(checkpoint, forked.path)
         log.info(
             "Forked from %s (%s): its epochs 0-%d are this run's, and training resumes at epoch "
             "%d.",
@@ -291,35 +340,63 @@ class Fork:
             epoch - 1,
             epoch,
         )
-        return Forked(target, path, epoch, scenario, seconds, checkpoint)
+        return forked
+
+    def _save(self, checkpoint: dict[str, Any], target: Path) -> None:
+        self.written.append(target)
+        AtomicCheckpointIO().save_checkpoint(checkpoint, target)
 
     @staticmethod
+    def _best_files(
+        state: dict[str, Any], callback: ModelCheckpoint, checkpoint: dict[str, Any], epoch: int
+    ) -> dict[str, Path | None] | str:
+        """{file name: the source file to copy, or None: rebuild it from the fork point (it is
+        the boundary epoch's)} for a ModelCheckpoint's kept files, or why they cannot be had."""
+
+        def name(e: int) -> str:
+            metrics = {"epoch": e, "step": checkpoint["global_step"]}
+            return Path(callback.format_checkpoint_name(metrics)).name
+
+        boundary = name(epoch - 1)
+        unique = boundary not in (name(epoch - 2), name(epoch))  # the name says the epoch
+        files: dict[str, Path | None] = {}
+        for source_file in state.get("best_k_models") or {}:
+            source = Path(source_file)
+            if unique and source.name == boundary:
+                files[source.name] = None  # the source may have replaced it since
+            elif source.is_file() and (unique or _epoch_of(source) < epoch):
+                files[source.name] = source
+            else:
+                return (
+                    f"its best checkpoint {source} (of an epoch before {epoch}) is gone or "
+                    "overwritten, so this run could not pick its best epoch as a run from "
+                    "scratch would"
+                )
+        return files
+
     def _moved(
-        state: dict[str, Any], callback: ModelCheckpoint, checkpoint: dict[str, Any], path: Path
+        self,
+        state: dict[str, Any],
+        callback: ModelCheckpoint,
+        checkpoint: dict[str, Any],
+        epoch: int,
     ) -> dict[str, Any]:
-        """A ModelCheckpoint's state with its files in this run's folder; its best files are
-        written there (the boundary epoch's from the checkpoint itself, earlier ones copied)."""
+        """A ModelCheckpoint's state with its files in this run's folder, written there."""
         folder = Path(callback.dirpath)
 
         def here(name: str | None) -> str:
             return str(folder / Path(name).name) if name else ""
 
+        files = self._best_files(state, callback, checkpoint, epoch)
+        assert not isinstance(files, str)  # problem() said so before
         kept = {}
         for source_file, score in (state.get("best_k_models") or {}).items():
             target = folder / Path(source_file).name
-            current = state.get("current_score")
-            if current is not None and float(score) == float(current):
-                _write_weights(checkpoint, target, callback.save_weights_only)
-            elif Path(source_file).is_file():
-                AtomicCheckpointIO().save_checkpoint(
-                    read_checkpoint(source_file, "fork_from"), target
-                )
+            source = files[target.name]
+            if source is None:
+                self._save(_weights(checkpoint, callback.save_weights_only), target)
             else:
-                raise ConfigError(
-                    f"fork_from={path}: its best checkpoint {source_file} is gone, so this run "
-                    "could not pick its best epoch as a run from scratch would; fork from a "
-                    "run that still has it, or train from scratch (fork_from=null)."
-                )
+                self._save(read_checkpoint(source, "fork_from"), target)
             kept[str(target)] = score
         moved = dict(state)
         moved.update(
@@ -332,8 +409,11 @@ class Fork:
         return moved
 
 
-def _write_weights(checkpoint: dict[str, Any], target: Path, weights_only: bool) -> None:
+def _weights(checkpoint: dict[str, Any], weights_only: bool) -> dict[str, Any]:
     """What Lightning writes for this epoch's best checkpoint, from the epoch's full state."""
     full_state = ("callbacks", "optimizer_states", "lr_schedulers")
-    content = {k: v for k, v in checkpoint.items() if not (weights_only and k in full_state)}
-    AtomicCheckpointIO().save_checkpoint(content, target)
+    return {k: v for k, v in checkpoint.items() if not (weights_only and k in full_state)}
+
+
+def _epoch_of(path: Path) -> int:
+    return int(read_checkpoint(path, "fork_from").get("epoch", 2**31))

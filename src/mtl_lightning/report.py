@@ -109,6 +109,12 @@ class Run:
         return self.summary.get("train_seconds")
 
     @property
+    def fork_source(self) -> str | None:
+        """The run folder's name this run forked from, if it did."""
+        fork = self.summary.get("fork")
+        return Path(fork["from"]).parent.parent.name if fork else None
+
+    @property
     def reused_seconds(self) -> float:
         """Of `train_seconds`, those a fork took over from its source (spent there, once)."""
         return float((self.summary.get("fork") or {}).get("train_seconds") or 0.0)
@@ -344,8 +350,14 @@ def study(
                 deltas.setdefault(label, {})[task] = entry
         by_size[size] = {"scenarios": scenarios, "baselines": baselines, "deltas": deltas}
     largest = by_size[sizes[-1]]
-    seconds = [run.train_seconds - run.reused_seconds for run in runs if run.train_seconds]
-    forks = [run for run in runs if run.reused_seconds]
+    # A fork's reused seconds were spent by its source: counted once, there, if it is here.
+    names = {run.name for run in runs}
+    forks = [run for run in runs if run.reused_seconds and run.fork_source in names]
+    seconds = [
+        run.train_seconds - (run.reused_seconds if run in forks else 0.0)
+        for run in runs
+        if run.train_seconds
+    ]
     return {
         "test": stats.TEST_NAME,
         "metrics": {task: list(metrics_of[task]) for task in tasks},

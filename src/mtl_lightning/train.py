@@ -155,11 +155,10 @@ def start_fork(
     datamodule: MultiTaskDataModule,
     module: MultiTaskModule,
     callbacks: list,
-    output_dir: Path,
 ) -> Forked | None:
     """The fork this run starts from (`fork_from`: a fork point, or a sweep folder to find one
     in), written into its folder; None when a folder holds none that fits (from scratch)."""
-    fork = Fork(cfg, freezing, datamodule, len(module.encoder_groups()))
+    fork = Fork(cfg, freezing, datamodule, len(module.encoder_groups()), callbacks)
     source: Path | None = fork_from
     if fork_from.is_dir():
         source = fork.find(fork_from)
@@ -170,11 +169,7 @@ def start_fork(
                 fork_from,
             )
             return None
-    try:
-        return fork.write(source, callbacks)
-    except ConfigError:
-        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)  # no half-made run
-        raise
+    return fork.write(source)  # on an error, it removes what it wrote
 
 
 def _logged(trainer: L.Trainer, prefix: str = "") -> dict[str, float]:
@@ -223,7 +218,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [freezing] + [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
     forked = None
     if fork_from is not None and not freezing.trains_nothing:
-        forked = start_fork(cfg, fork_from, freezing, datamodule, module, callbacks, output_dir)
+        forked = start_fork(cfg, fork_from, freezing, datamodule, module, callbacks)
     if forked is not None:
         ckpt_path, resume = str(forked.path), forked.checkpoint
     loggers = build_loggers(cfg)
@@ -290,8 +285,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 logger.experiment.finish()
     metrics.update(_logged(trainer, prefix="test/"))
     log.info("Final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
-    fork = forked.summary() if forked is not None else None
-    write_summary(output_dir, trainer, module, metrics, train_seconds, fork)  # for the report
+    # A fork's record travels in its checkpoints, so a resumed fork still says where it began.
+    write_summary(output_dir, trainer, module, metrics, train_seconds, freezing.fork)
     return metrics
 
 

@@ -100,6 +100,7 @@ class FreezingSchedule(Callback):
         # {task: its primary val metric} at the latest validation while its head trained: the
         # frozen head's is what it freezes at (kept in every scenario, for a fork; fork.py).
         self.last_val: dict[str, float] = {}
+        self.fork: dict[str, Any] | None = None  # where this run forked from (mtl_lightning.fork)
 
     @property
     def trains_nothing(self) -> bool:
@@ -288,6 +289,7 @@ class FreezingSchedule(Callback):
             "scenario": self.scenario,
             "acc_at_freeze": self.acc_at_freeze,
             "last_val": dict(self.last_val),
+            "fork": self.fork,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -298,5 +300,6 @@ class FreezingSchedule(Callback):
             )
         self.acc_at_freeze = state_dict.get("acc_at_freeze")
         self.last_val = dict(state_dict.get("last_val") or {})
+        self.fork = state_dict.get("fork")
         if state_dict.get("last_val_acc") is not None:  # written before last_val (one head)
             self.last_val.setdefault(self.head, state_dict["last_val_acc"])
