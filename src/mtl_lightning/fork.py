@@ -228,6 +228,7 @@ class Fork:
         self.num_groups, self.callbacks = num_groups, list(callbacks)
         self.output = Path(cfg.paths.output_dir)
         self.written: list[Path] = []
+        self._last_read: tuple[Path, dict[str, Any]] | None = None
 
     def problem(self, path: Path, checkpoint: dict[str, Any] | None = None) -> str | None:
         """Why this run cannot continue from `path`, or None; reads only its run's config when
@@ -238,7 +239,7 @@ class Fork:
         reason = config_problem(source, self.cfg)
         if reason is not None:
             return reason
-        checkpoint = checkpoint or read_checkpoint(path, "fork_from")
+        checkpoint = checkpoint or self._read(path)
         epoch = self.epoch(checkpoint)
         if epoch is None:
             return "it was written mid-epoch (fork from an epochNN.ckpt of fork_points)"
@@ -296,8 +297,14 @@ class Fork:
                 written.unlink(missing_ok=True)
             raise
 
+    def _read(self, path: Path) -> dict[str, Any]:
+        """The fork point, read once: a folder search's winner is not read again to write it."""
+        if self._last_read is None or self._last_read[0] != path:
+            self._last_read = (path, read_checkpoint(path, "fork_from"))
+        return self._last_read[1]
+
     def _write(self, path: Path) -> Forked:
-        checkpoint = read_checkpoint(path, "fork_from")
+        checkpoint = self._read(path)
         check_resumable(checkpoint, "fork_from", path)
         check_resume_tasks(checkpoint, self.datamodule.label_names, "fork_from", str(path))
         reason = self.problem(path, checkpoint)
