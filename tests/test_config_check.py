@@ -61,6 +61,8 @@ def compose_cfg(name: str, *overrides: str):
         (["data.num_workers=-1"], r"^data\.num_workers=-1 must be at least 0"),
         (["freezing.every_n_epochs=0"], r"^freezing\.every_n_epochs=0 must be above 0"),
         (["freezing.keep_frozen_layers=-1"], r"^freezing\.keep_frozen_layers=-1 must be at"),
+        (["freezing.plateau_patience=0"], r"^freezing\.plateau_patience=0 must be at least 1"),
+        (["freezing.plateau_mode=median"], r"^freezing\.plateau_mode=median must be max or min"),
         (["trainer.max_epochs=-3"], r"^trainer\.max_epochs=-3 must be at least 1"),
         (["trainer.max_epochs=-1"], r"^trainer\.max_epochs=-1 sets no end.*trainer\.max_steps="),
         (["trainer.devices=2"], r"^trainer\.devices=2 starts 2 processes.*use trainer=ddp"),

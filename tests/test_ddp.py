@@ -11,7 +11,8 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent
 
 
-def test_ddp_replicas_stay_identical_across_unfreezing(tiny_encoders, tmp_path):
+def _run_ddp(tiny_encoders, tmp_path, *overrides: str) -> tuple[dict, dict]:
+    """Train gradual_unfreeze under DDP; each rank's parameter sums, epoch by epoch."""
     sums = tmp_path / "sums"
     command = [
         sys.executable, "-m", "mtl_lightning.train",
@@ -20,6 +21,7 @@ def test_ddp_replicas_stay_identical_across_unfreezing(tiny_encoders, tmp_path):
         f"model.encoder.name_or_path={tiny_encoders['bert']}",
         f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}",
         "+callbacks.checksum._target_=helpers.ParamChecksum", f"+callbacks.checksum.out={sums}",
+        *overrides,
     ]  # fmt: skip
     # This checkout's package, not whichever copy is installed.
     path = os.pathsep.join([str(TESTS), str(TESTS.parent / "src")])
@@ -29,6 +31,11 @@ def test_ddp_replicas_stay_identical_across_unfreezing(tiny_encoders, tmp_path):
     assert "MEMBER: 2/2" in result.stderr + result.stdout
     rank0 = json.loads((sums / "rank0.json").read_text())
     rank1 = json.loads((sums / "rank1.json").read_text())
+    return rank0, rank1
+
+
+def test_ddp_replicas_stay_identical_across_unfreezing(tiny_encoders, tmp_path):
+    rank0, rank1 = _run_ddp(tiny_encoders, tmp_path)
     assert rank0.keys() == rank1.keys() == {"0", "1", "2"}
     for epoch in rank0:
         for name, value in rank0[epoch].items():
@@ -36,3 +43,18 @@ def test_ddp_replicas_stay_identical_across_unfreezing(tiny_encoders, tmp_path):
     # Training did move them: the layer unfrozen in epoch 1 changed between epochs 0 and 2.
     top = [n for n in rank0["0"] if ".layer.2." in n]
     assert any(rank0["0"][n] != rank0["2"][n] for n in top)
+
+
+def test_ddp_ranks_unfreeze_together_on_rank_zeros_plateau(tiny_encoders, tmp_path):
+    # The pace (100 steps) is never reached: only plateaus unfreeze. The monitor plateaus on
+    # rank 0 and never on rank 1; both ranks act on rank 0's reading.
+    rank0, rank1 = _run_ddp(
+        tiny_encoders, tmp_path,
+        "freezing.unfreeze_every_steps=100", "freezing.plateau_patience=1",
+        "freezing.plateau_monitor=val/probe", "+callbacks.probe._target_=helpers.RankProbe",
+        "+trainer.val_check_interval=1",
+    )  # fmt: skip
+    assert rank0 == rank1
+    # Layer 0, third from the top, trained: three plateaus came.
+    lower = [n for n in rank0["0"] if ".layer.0." in n]
+    assert any(rank0["0"][n] != rank0["2"][n] for n in lower)

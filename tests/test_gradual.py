@@ -127,23 +127,96 @@ def test_unfreeze_every_steps_must_be_positive():
         FreezingSchedule("gradual_unfreeze", unfreeze_every_steps=0)
 
 
-def test_resume_in_the_middle_of_a_stage_is_exact(make_cfg, tmp_path):
+def straight_then_resumed(make_cfg, tmp_path, common, every: int, at: int, steps: int):
+    """A run saving every `every` steps, and one resumed from its step `at`: each step from
+    `at` to `steps` and the final weights are the same in both."""
     saved = tmp_path / "steps"
-    common = ("experiment=gradual_unfreeze", "freezing.unfreeze_every_steps=4", RECORD)
-    every_5_steps = (
+    every_n_steps = (
         "+callbacks.steps._target_=lightning.pytorch.callbacks.ModelCheckpoint",
         f"+callbacks.steps.dirpath={saved}",
-        "+callbacks.steps.every_n_train_steps=5",
+        f"+callbacks.steps.every_n_train_steps={every}",
         "+callbacks.steps.save_top_k=-1",
     )
-    train(make_cfg(*common, *every_5_steps, output="straight"))
+    train(make_cfg(*common, *every_n_steps, output="straight"))
     straight = StepRecorder.last
-    # Step 10: the third stage (steps 8-11, layer 1 unfrozen at 8, still warming up), epoch 1.
-    (ckpt,) = saved.glob("*step=10.ckpt")
+    (ckpt,) = saved.glob(f"*step={at}.ckpt")
     train(make_cfg(*common, f"ckpt_path='{ckpt}'", output="resumed"))
     resumed = StepRecorder.last
-    assert [s["step"] for s in resumed.steps] == list(range(10, 14))
-    for mine, theirs in zip(resumed.steps, straight.steps[10:], strict=True):
+    assert [s["step"] for s in resumed.steps] == list(range(at, steps))
+    for mine, theirs in zip(resumed.steps, straight.steps[at:], strict=True):
         assert mine == theirs
     for name, value in straight.after.items():
         torch.testing.assert_close(resumed.after[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_in_the_middle_of_a_stage_is_exact(make_cfg, tmp_path):
+    common = ("experiment=gradual_unfreeze", "freezing.unfreeze_every_steps=4", RECORD)
+    # Step 10: the third stage (steps 8-11, layer 1 unfrozen at 8, still warming up), epoch 1.
+    straight_then_resumed(make_cfg, tmp_path, common, every=5, at=10, steps=14)
+
+
+class Probe(Callback):
+    """Logs `val/probe` at every validation: the step it ran at, except where `FLAT` says
+    otherwise (a plateau). A function of the step, so a resumed run logs what a straight one
+    does."""
+
+    FLAT = {4: 2.0, 13: 11.0}  # no better than the validation before (steps 2 and 11)
+    last: Probe | None = None
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, float]] = []
+        Probe.last = self
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            step = trainer.global_step
+            value = self.FLAT.get(step, float(step))
+            self.seen.append((step, value))
+            pl_module.log("val/probe", value)
+
+
+PLATEAU = (
+    "experiment=gradual_unfreeze", "freezing.unfreeze_every_steps=6", RECORD,
+    "freezing.plateau_patience=1", "freezing.plateau_monitor=val/probe",
+    "+callbacks.probe._target_=test_gradual.Probe", "+trainer.val_check_interval=2",
+    "trainer.max_epochs=3", "model.warmup_ratio=0.2", "model.lr=1e-4",
+)  # fmt: skip
+
+
+def test_a_plateau_unfreezes_the_next_group_before_the_pace(make_cfg):
+    # 7 steps per epoch, 21 in all; a validation every 2 batches (steps 2, 4, 6, 9, 11, ...).
+    # Stage 0 would last to step 6, but val/probe does not improve at step 4: layer_2 unfreezes
+    # there. The pace then counts from 4: layer_1 at 10. The plateau at 13 unfreezes layer_0,
+    # and the pace the embeddings at 19. Each group warms up from its own start.
+    train(make_cfg(*PLATEAU))
+    assert [step for step, _ in Probe.last.seen] == [2, 4, 6, 9, 11, 13, 16, 18, 20]
+    starts = dict(zip(GROUPS_TOP_DOWN, [4, 10, 13, 19], strict=True))
+    steps = StepRecorder.last.steps
+    assert [s["step"] for s in steps] == list(range(21))
+    total, warmup, lr = 21, 4, 1e-4
+    for seen in steps:
+        step = seen["step"]
+        unfrozen = {name for name, start in starts.items() if step >= start}
+        assert seen["trainable"] == {"heads", *unfrozen}, step
+        decay = (total - step) / (total - warmup)
+        for depth, name in enumerate(GROUPS_TOP_DOWN):
+            ramp = (step - starts[name]) / warmup
+            expected = lr / 2.6**depth * max(0.0, min(ramp, decay))
+            assert seen["lr"][name] == pytest.approx(expected, abs=1e-12), (step, name)
+
+
+def test_resume_after_a_plateau_is_exact(make_cfg, tmp_path):
+    # Step 12: after the plateau at 4 (without it, layer_1 would start at 12, not 10), and
+    # after stage 2's first validation (11), which the plateau at 13 compares with.
+    straight_then_resumed(make_cfg, tmp_path, PLATEAU, every=6, at=12, steps=21)
+
+
+def test_a_plateau_monitor_that_is_not_logged_is_named(make_cfg):
+    from mtl_lightning.errors import ConfigError
+
+    cfg = make_cfg(
+        "experiment=gradual_unfreeze", "freezing.plateau_patience=1",
+        "freezing.plateau_monitor=val/nope",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"freezing.plateau_monitor=val/nope .*val/primary_mean"):
+        train(cfg)

@@ -108,6 +108,9 @@ RULES: dict[str, Rule] = {
     "freezing.unfreeze_every_steps": int_at_least(200, nullable=True),
     "freezing.unfreeze_embeddings": Rule(bool, example="true"),
     "freezing.keep_frozen_layers": int_at_least(2, least=0),
+    "freezing.plateau_patience": int_at_least(2, nullable=True),
+    "freezing.plateau_monitor": Rule(str, example="val/primary_mean"),
+    "freezing.plateau_mode": Rule(str, "max or min", ("max", "min").__contains__, "max"),
     # conf/model/*.yaml
     "model.encoder.name_or_path": Rule(str, example="sentence-transformers/all-MiniLM-L6-v2"),
     # null: a sentence-transformers folder's own pooling and normalisation, else mean, none.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,8 +58,10 @@ class FreezingSchedule(Callback):
       `unfreeze_embeddings`). A stage is `unfreeze_every_steps` optimizer steps, or else
       `every_n_epochs` epochs (a fraction such as 0.25 allowed); the position is read from
       `trainer.global_step` before every batch, so a run resumed mid-stage is exact. Each
-      group's learning rate warms up from the step it unfreezes (`group_start_steps`, used by
-      the module's LR schedule).
+      group's learning rate warms up from the step it unfreezes (`group_starts`, used by the
+      module's LR schedule). With `plateau_patience`, a stage also ends early, FTS-style, once
+      `plateau_monitor` has not improved (`plateau_mode`) on its best in the stage for that
+      many validations; the pace is then each stage's longest.
 
     `keep_frozen_layers=N` keeps the embeddings and the bottom N layers frozen for the whole run,
     in every scenario ("lower layers capture syntax, best kept stable").
@@ -73,6 +76,9 @@ class FreezingSchedule(Callback):
         unfreeze_embeddings: bool = True,
         keep_frozen_layers: int = 0,
         unfreeze_every_steps: int | None = None,
+        plateau_patience: int | None = None,
+        plateau_monitor: str = "val/primary_mean",
+        plateau_mode: str = "max",
     ) -> None:
         if scenario not in SCENARIOS:
             raise ConfigError(f"freezing.scenario={scenario} is unknown: use one of {SCENARIOS}.")
@@ -84,6 +90,9 @@ class FreezingSchedule(Callback):
                 "unfreeze_every_steps": unfreeze_every_steps,
                 "unfreeze_embeddings": unfreeze_embeddings,
                 "keep_frozen_layers": keep_frozen_layers,
+                "plateau_patience": plateau_patience,
+                "plateau_monitor": plateau_monitor,
+                "plateau_mode": plateau_mode,
             },
         )
         self.scenario = scenario
@@ -101,6 +110,15 @@ class FreezingSchedule(Callback):
         # frozen head's is what it freezes at (kept in every scenario, for a fork; fork.py).
         self.last_val: dict[str, float] = {}
         self.fork: dict[str, Any] | None = None  # where this run forked from (mtl_lightning.fork)
+        self.plateau_patience = plateau_patience
+        self.plateau_monitor = plateau_monitor
+        self.plateau_mode = plateau_mode
+        # gradual_unfreeze with plateau_patience: {stage: the step the next one began at}, for
+        # each stage a plateau ended before its pace did; and the current stage's best and
+        # validations since it (all in the checkpoint, so a resumed run is exact).
+        self.plateaus: dict[int, int] = {}
+        self._plateau = {"stage": None, "best": None, "wait": 0}
+        self._deepest: int | None = None  # encoder groups gradual_unfreeze reaches
 
     @property
     def trains_nothing(self) -> bool:
@@ -124,19 +142,45 @@ class FreezingSchedule(Callback):
             )
         return max(1, round(self.every_n_epochs * steps_per_epoch))
 
-    def group_start_steps(self, trainer: Trainer, num_groups: int) -> list[int]:
-        """The optimizer step from which each encoder group trains, top group first (a group
-        that never trains: a step past the run). Heads train from step 0."""
+    def group_starts(self, trainer: Trainer, names: list[str]) -> Mapping[str, int]:
+        """{encoder group name (top group first): the optimizer step from which it trains}, for
+        the LR schedule. A group that never trains: a step past the run. Heads train from step 0.
+        Read live: a plateau (`plateau_patience`) moves the next groups' starts earlier."""
         total = trainer.estimated_stepping_batches
         never = int(total) + 1 if math.isfinite(total) else 2**62
+        num_groups = len(names)
         if self.scenario != "gradual_unfreeze":
-            return [
-                0 if g < self.plan(0, [], num_groups).encoder_groups else never
-                for g in range(num_groups)
-            ]
+            depth = self.plan(0, [], num_groups).encoder_groups
+            return {name: 0 if g < depth else never for g, name in enumerate(names)}
         self.stage_steps = self.steps_per_stage(trainer)
-        deepest = self.plan(0, [], num_groups, self.stage_steps * num_groups).encoder_groups
-        return [(g + 1) * self.stage_steps if g < deepest else never for g in range(num_groups)]
+        self._deepest = self._depth_limit(num_groups)
+        return GroupStarts(self, names, never)
+
+    def _depth_limit(self, num_groups: int) -> int:
+        """How many encoder groups gradual_unfreeze unfreezes in the end."""
+        unfreezable = num_groups if self.unfreeze_embeddings else num_groups - 1
+        if self.keep_frozen_layers:
+            unfreezable = min(unfreezable, max(0, num_groups - 1 - self.keep_frozen_layers))
+        return unfreezable
+
+    def stage_start(self, stage: int) -> int:
+        """The optimizer step at which gradual_unfreeze's `stage` begins (stage 0: step 0)."""
+        begin = 0
+        for ended in range(stage):
+            begin = self.plateaus.get(ended, begin + self.stage_steps)
+        return begin
+
+    def stage_at(self, step: int, cap: int) -> int:
+        """gradual_unfreeze's stage at optimizer `step` (at most `cap`)."""
+        if not self.plateaus:
+            return min(cap, step // self.stage_steps)
+        stage, begin = 0, 0
+        while stage < cap:
+            begin = self.plateaus.get(stage, begin + self.stage_steps)
+            if step < begin:
+                break
+            stage += 1
+        return stage
 
     def plan(self, epoch: int, tasks: list[str], num_groups: int, step: int | None = None) -> Plan:
         """What trains in `epoch` (at optimizer `step`, when the pace is in steps), for an
@@ -150,12 +194,11 @@ class FreezingSchedule(Callback):
         elif self.scenario == "only_head_frozen" and epoch >= self.head_warmup_epochs:
             heads = heads - {self.head}
         elif self.scenario == "gradual_unfreeze":
-            unfreezable = num_groups if self.unfreeze_embeddings else num_groups - 1
+            cap = self._depth_limit(num_groups)
             if step is not None and self.stage_steps is not None:
-                stage = step // self.stage_steps
+                depth = self.stage_at(step, cap)
             else:
-                stage = int(epoch // self.every_n_epochs)
-            depth = min(unfreezable, stage)
+                depth = min(cap, int(epoch // self.every_n_epochs))
         if self.keep_frozen_layers:
             depth = min(depth, max(0, num_groups - 1 - self.keep_frozen_layers))
         return Plan(heads, depth)
@@ -207,6 +250,7 @@ class FreezingSchedule(Callback):
         if self.scenario == "gradual_unfreeze" and self.stage_steps is None:
             # Normally set already, with the LR schedule's group starts (one value for both).
             self.stage_steps = self.steps_per_stage(trainer)
+            self._deepest = self._depth_limit(len(pl_module.encoder_groups()))
         self.apply(pl_module, trainer.current_epoch, trainer.global_step)
 
     def on_train_batch_start(
@@ -284,12 +328,58 @@ class FreezingSchedule(Callback):
         pl_module.log(f"val/{self.head}/acc_at_freeze", self.acc_at_freeze)
         pl_module.log(f"val/{self.head}/forgetting", self.acc_at_freeze - values[self.head])
 
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # After every metric of the validation is logged (as EarlyStopping reads them).
+        if (
+            self.plateau_patience is None
+            or self.scenario != "gradual_unfreeze"
+            or trainer.sanity_checking
+            or trainer.state.fn != TrainerFn.FITTING
+            or self.stage_steps is None
+        ):
+            return
+        value = trainer.callback_metrics.get(self.plateau_monitor)
+        if value is None:
+            logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/"))
+            raise ConfigError(
+                f"freezing.plateau_monitor={self.plateau_monitor} is not logged at validation: "
+                f"use one of {logged}."
+            )
+        value = float(value)
+        step = trainer.global_step  # the next step to train
+        stage = self.stage_at(step, self._deepest)
+        if stage >= self._deepest:  # everything that unfreezes has
+            return
+        state = self._plateau
+        if state["stage"] != stage:  # a new stage: this validation is where it starts from
+            state.update(stage=stage, best=value, wait=0)
+            return
+        better = value > state["best"] if self.plateau_mode == "max" else value < state["best"]
+        if better:
+            state.update(best=value, wait=0)
+        else:
+            state["wait"] += 1
+        # Every rank acts on rank 0's reading, so that replicas unfreeze together.
+        plateaued = trainer.strategy.broadcast(state["wait"] >= self.plateau_patience)
+        if plateaued and step > self.stage_start(stage):
+            self.plateaus[stage] = step
+            log.info(
+                "Step %d: %s has not improved on %.4f for %d validations: the next encoder "
+                "group unfreezes now.",
+                step,
+                self.plateau_monitor,
+                state["best"],
+                state["wait"],
+            )
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
             "acc_at_freeze": self.acc_at_freeze,
             "last_val": dict(self.last_val),
             "fork": self.fork,
+            "plateaus": dict(self.plateaus),
+            "plateau": dict(self._plateau),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -301,5 +391,28 @@ class FreezingSchedule(Callback):
         self.acc_at_freeze = state_dict.get("acc_at_freeze")
         self.last_val = dict(state_dict.get("last_val") or {})
         self.fork = state_dict.get("fork")
+        self.plateaus = dict(state_dict.get("plateaus") or {})
+        self._plateau = dict(state_dict.get("plateau") or {"stage": None, "best": None, "wait": 0})
         if state_dict.get("last_val_acc") is not None:  # written before last_val (one head)
             self.last_val.setdefault(self.head, state_dict["last_val_acc"])
+
+
+class GroupStarts(Mapping[str, int]):
+    """gradual_unfreeze's {encoder group: the step it unfreezes}, read live from the schedule
+    (a plateau moves a start earlier); `never` for a group that stays frozen."""
+
+    def __init__(self, schedule: FreezingSchedule, names: list[str], never: int) -> None:
+        self.schedule, self.never = schedule, never
+        self.depths = {name: depth for depth, name in enumerate(names)}  # 0: the top group
+
+    def __getitem__(self, name: str) -> int:
+        depth = self.depths[name]  # the top group unfreezes in stage 1
+        if depth >= self.schedule._deepest:
+            return self.never
+        return self.schedule.stage_start(depth + 1)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.depths)
+
+    def __len__(self) -> int:
+        return len(self.depths)

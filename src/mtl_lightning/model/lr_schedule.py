@@ -19,16 +19,18 @@ def staggered_warmup_schedule(
     instead of step 0, so a layer that has just unfrozen is not hit with the full rate.
 
     With every start at 0 this is transformers' `get_linear_schedule_with_warmup`. A function
-    of the step count only: a resumed run (any step) continues it exactly.
+    of the step count and `start_steps` only, which is read at every step (a plateau can move a
+    start; it lies in the freezing schedule's checkpointed state): a resumed run (any step)
+    continues it exactly.
     """
 
-    def factor(start: int):
+    def factor(name: str):
         def at(step: int) -> float:
-            ramp = (step - start) / max(1, warmup_steps)
+            ramp = (step - start_steps.get(name, 0)) / max(1, warmup_steps)
             decay = (total_steps - step) / max(1, total_steps - warmup_steps)
             return max(0.0, min(ramp, decay))
 
         return at
 
     names = [group.get("name", "").removesuffix("/no_decay") for group in optimizer.param_groups]
-    return LambdaLR(optimizer, [factor(start_steps.get(name, 0)) for name in names])
+    return LambdaLR(optimizer, [factor(name) for name in names])

@@ -393,9 +393,10 @@ class MultiTaskModule(LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
-    def _group_start_steps(self) -> dict[str, int]:
+    def _group_start_steps(self) -> Mapping[str, int]:
         """{encoder group name: the optimizer step it starts training}, from the freezing
-        schedule (gradual_unfreeze: each group's warm-up starts when it unfreezes)."""
+        schedule (gradual_unfreeze: each group's warm-up starts when it unfreezes; read live,
+        as a plateau can move a start)."""
         from mtl_lightning.callbacks.freezing import FreezingSchedule  # it imports no model
 
         schedule = next(
@@ -403,9 +404,8 @@ class MultiTaskModule(LightningModule):
         )
         if schedule is None:
             return {}
-        groups = list(reversed(self.encoder_groups()))  # top first, as the schedule counts
-        starts = schedule.group_start_steps(self.trainer, len(groups))
-        return {group.name: start for group, start in zip(groups, starts, strict=True)}
+        names = [group.name for group in reversed(self.encoder_groups())]  # top first
+        return schedule.group_starts(self.trainer, names)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The encoder's architecture and its tokenizer's files travel with the weights, so that
