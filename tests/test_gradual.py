@@ -220,3 +220,59 @@ def test_a_plateau_monitor_that_is_not_logged_is_named(make_cfg):
     )  # fmt: skip
     with pytest.raises(ConfigError, match=r"freezing.plateau_monitor=val/nope .*val/primary_mean"):
         train(cfg)
+
+
+class Flat(Callback):
+    """Logs the same `val/flat` at every validation: a plateau at every second one."""
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            pl_module.log("val/flat", 0.5)
+
+
+def test_a_plateau_waits_for_the_end_of_an_accumulation_window(make_cfg):
+    # Windows of 2 batches, a validation every 3 (batches 2 and 5 of each epoch of 7): the
+    # first falls inside a window. With patience 2 the first plateau comes at epoch 1's batch
+    # 2, inside a window. The micro-batches of one optimizer step must all see the same
+    # trainable groups.
+    train(
+        make_cfg(
+            "experiment=gradual_unfreeze", "freezing.unfreeze_every_steps=100", RECORD,
+            "freezing.plateau_patience=2", "freezing.plateau_monitor=val/flat",
+            "+callbacks.flat._target_=test_gradual.Flat", "+trainer.val_check_interval=3",
+            "+trainer.accumulate_grad_batches=2", "trainer.max_epochs=3",
+        )
+    )  # fmt: skip
+    steps = StepRecorder.last.steps
+    by_step: dict[int, list[set]] = {}
+    for seen in steps:
+        by_step.setdefault(seen["step"], []).append(seen["trainable"])
+    for step, trainable in by_step.items():
+        assert all(t == trainable[0] for t in trainable), step
+    assert len(steps[-1]["trainable"]) > 1  # a plateau did unfreeze (the pace never comes)
+
+
+def test_a_plateau_in_min_mode_counts_validations_since_the_best():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    schedule = FreezingSchedule(
+        "gradual_unfreeze", unfreeze_every_steps=100, plateau_patience=2,
+        plateau_monitor="val/loss", plateau_mode="min",
+    )  # fmt: skip
+    schedule.stage_steps, schedule._deepest = 100, 4
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        state=SimpleNamespace(fn=TrainerFn.FITTING),
+        strategy=SimpleNamespace(broadcast=lambda decision: decision),
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_should_accumulate=lambda: False)),
+    )
+    # A lower loss is better: 0.9 and 0.8 improve, and each resets the count; 0.85 twice after
+    # the best, 0.8, is the plateau (patience 2), at step 6.
+    for step, loss in [(1, 1.0), (2, 0.9), (3, 0.95), (4, 0.8), (5, 0.85), (6, 0.85)]:
+        trainer.global_step, trainer.callback_metrics = step, {"val/loss": torch.tensor(loss)}
+        schedule.on_validation_end(trainer, None)
+        assert schedule.plateaus == ({0: 6} if step == 6 else {}), step
+    assert schedule.stage_at(5, 4) == 0 and schedule.stage_at(6, 4) == 1
+    assert schedule.stage_start(2) == 106  # the pace counts from the plateau

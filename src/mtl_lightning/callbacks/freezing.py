@@ -362,7 +362,10 @@ class FreezingSchedule(Callback):
         # Every rank acts on rank 0's reading, so that replicas unfreeze together.
         plateaued = trainer.strategy.broadcast(state["wait"] >= self.plateau_patience)
         if plateaued and step > self.stage_start(stage):
-            self.plateaus[stage] = step
+            # Validated in the middle of an accumulation window (accumulate_grad_batches): the
+            # window's last micro-batches still belong to this step; the next group joins after.
+            mid_window = trainer.fit_loop.epoch_loop._should_accumulate()
+            self.plateaus[stage] = step + 1 if mid_window else step
             log.info(
                 "Step %d: %s has not improved on %.4f for %d validations: the next encoder "
                 "group unfreezes now.",
