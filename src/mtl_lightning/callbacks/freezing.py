@@ -25,6 +25,8 @@ from mtl_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+NO_PLATEAU = {"stage": None, "best": None, "wait": 0}  # a stage's best and validations since
+
 SCENARIOS = (
     "full_finetune",
     "entire_network_frozen",
@@ -117,7 +119,7 @@ class FreezingSchedule(Callback):
         # each stage a plateau ended before its pace did; and the current stage's best and
         # validations since it (all in the checkpoint, so a resumed run is exact).
         self.plateaus: dict[int, int] = {}
-        self._plateau = {"stage": None, "best": None, "wait": 0}
+        self._plateau = dict(NO_PLATEAU)
         self._deepest: int | None = None  # encoder groups gradual_unfreeze reaches
 
     @property
@@ -154,14 +156,18 @@ class FreezingSchedule(Callback):
             return {name: 0 if g < depth else never for g, name in enumerate(names)}
         self.stage_steps = self.steps_per_stage(trainer)
         self._deepest = self._depth_limit(num_groups)
-        return GroupStarts(self, names, never)
+        return GroupStarts(self, names, self._deepest, never)
+
+    def _kept_frozen_cap(self, num_groups: int) -> int:
+        """The most encoder groups that may train under `keep_frozen_layers`."""
+        if not self.keep_frozen_layers:
+            return num_groups
+        return max(0, num_groups - 1 - self.keep_frozen_layers)
 
     def _depth_limit(self, num_groups: int) -> int:
         """How many encoder groups gradual_unfreeze unfreezes in the end."""
         unfreezable = num_groups if self.unfreeze_embeddings else num_groups - 1
-        if self.keep_frozen_layers:
-            unfreezable = min(unfreezable, max(0, num_groups - 1 - self.keep_frozen_layers))
-        return unfreezable
+        return min(unfreezable, self._kept_frozen_cap(num_groups))
 
     def stage_start(self, stage: int) -> int:
         """The optimizer step at which gradual_unfreeze's `stage` begins (stage 0: step 0)."""
@@ -172,13 +178,8 @@ class FreezingSchedule(Callback):
 
     def stage_at(self, step: int, cap: int) -> int:
         """gradual_unfreeze's stage at optimizer `step` (at most `cap`)."""
-        if not self.plateaus:
-            return min(cap, step // self.stage_steps)
-        stage, begin = 0, 0
-        while stage < cap:
-            begin = self.plateaus.get(stage, begin + self.stage_steps)
-            if step < begin:
-                break
+        stage = 0
+        while stage < cap and self.stage_start(stage + 1) <= step:
             stage += 1
         return stage
 
@@ -199,9 +200,7 @@ class FreezingSchedule(Callback):
                 depth = self.stage_at(step, cap)
             else:
                 depth = min(cap, int(epoch // self.every_n_epochs))
-        if self.keep_frozen_layers:
-            depth = min(depth, max(0, num_groups - 1 - self.keep_frozen_layers))
-        return Plan(heads, depth)
+        return Plan(heads, min(depth, self._kept_frozen_cap(num_groups)))
 
     def apply(self, module: LightningModule, epoch: int, step: int | None = None) -> Plan:
         groups = module.encoder_groups()  # bottom to top
@@ -395,7 +394,7 @@ class FreezingSchedule(Callback):
         self.last_val = dict(state_dict.get("last_val") or {})
         self.fork = state_dict.get("fork")
         self.plateaus = dict(state_dict.get("plateaus") or {})
-        self._plateau = dict(state_dict.get("plateau") or {"stage": None, "best": None, "wait": 0})
+        self._plateau = dict(state_dict.get("plateau") or NO_PLATEAU)
         if state_dict.get("last_val_acc") is not None:  # written before last_val (one head)
             self.last_val.setdefault(self.head, state_dict["last_val_acc"])
 
@@ -404,13 +403,15 @@ class GroupStarts(Mapping[str, int]):
     """gradual_unfreeze's {encoder group: the step it unfreezes}, read live from the schedule
     (a plateau moves a start earlier); `never` for a group that stays frozen."""
 
-    def __init__(self, schedule: FreezingSchedule, names: list[str], never: int) -> None:
-        self.schedule, self.never = schedule, never
+    def __init__(
+        self, schedule: FreezingSchedule, names: list[str], deepest: int, never: int
+    ) -> None:
+        self.schedule, self.deepest, self.never = schedule, deepest, never
         self.depths = {name: depth for depth, name in enumerate(names)}  # 0: the top group
 
     def __getitem__(self, name: str) -> int:
         depth = self.depths[name]  # the top group unfreezes in stage 1
-        if depth >= self.schedule._deepest:
+        if depth >= self.deepest:
             return self.never
         return self.schedule.stage_start(depth + 1)
 
