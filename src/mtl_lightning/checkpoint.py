@@ -8,6 +8,7 @@ hold nothing else (the RNG callback stores NumPy's state as lists for that reaso
 
 from __future__ import annotations
 
+import inspect
 import os
 import pickle
 import re
@@ -20,6 +21,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from typing_extensions import override
 
 from mtl_lightning.errors import ConfigError
+from mtl_lightning.names import check_file_name, check_task_names
 
 if TYPE_CHECKING:
     from mtl_lightning.model.module import MultiTaskModule
@@ -71,7 +73,59 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
             f"{key}={path} is not a readable checkpoint of this project (it has no state_dict "
             f"and task labels): {HINT}."
         )
+    check_stored_names(checkpoint, f"{key}={path}")
     return checkpoint
+
+
+def check_stored_names(checkpoint: Mapping[str, Any], where: str) -> None:
+    """Refuse a checkpoint whose stored names could reach a path or a class: task names that
+    are not plain names, tokenizer files that are not plain file names, and settings this
+    project never stores (a `_target_`, an argument the model does not take). Nothing is
+    written or built before this check."""
+    from mtl_lightning.model.encoder import Encoder  # the model imports this room
+    from mtl_lightning.model.module import MultiTaskModule
+
+    hparams = checkpoint["hyper_parameters"]
+    for section in ("tasks", "task_types", "loss_weights"):
+        check_task_names(hparams.get(section) or {}, f"{where} (hyper_parameters.{section})")
+    _check_settings(hparams, MultiTaskModule, "hyper_parameters", where)
+    encoder = hparams.get("encoder")
+    if encoder is not None:
+        _check_settings(encoder, Encoder, "hyper_parameters.encoder", where)
+    files = checkpoint.get("tokenizer_files")
+    if files is not None:
+        if not isinstance(files, Mapping) or not all(isinstance(v, bytes) for v in files.values()):
+            raise ConfigError(
+                f"{where} holds tokenizer_files that are not file names with their bytes: it "
+                f"is not a checkpoint this project wrote; {HINT}."
+            )
+        for name in files:
+            check_file_name(name, f"{where} (tokenizer_files)")
+
+
+def _check_settings(settings: object, target: type, section: str, where: str) -> None:
+    """`settings` are keyword arguments of `target`, with no `_target_` at any depth."""
+    if not isinstance(settings, Mapping):
+        raise ConfigError(
+            f"{where} holds {section} that is not a mapping: it is not a checkpoint this project "
+            f"wrote; {HINT}."
+        )
+    accepted = set(inspect.signature(target).parameters)
+    unknown = sorted(str(k) for k in settings if k not in accepted)
+    if unknown or _holds_target(settings):
+        named = unknown or ["_target_"]
+        raise ConfigError(
+            f"{where} stores {section} {named}, which this project never writes: it is not a "
+            f"checkpoint this project wrote, and nothing in it was built; {HINT}."
+        )
+
+
+def _holds_target(value: object) -> bool:
+    if isinstance(value, Mapping):
+        return "_target_" in value or any(_holds_target(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_target(v) for v in value)
+    return False
 
 
 def load_module(path: str | Path, key: str) -> MultiTaskModule:

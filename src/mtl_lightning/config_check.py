@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.encoder import POOLINGS
+from mtl_lightning.names import check_task_names
 
 _ABSENT = object()
 # Lightning's estimated_stepping_batches is infinite then; `configure_optimizers` needs steps.
@@ -307,6 +308,9 @@ def check_trainer(trainer: DictConfig) -> None:
 def check_train_config(cfg: DictConfig) -> None:
     """Refuse any bad value of conf/train.yaml's keys before anything is built."""
     _check_table(cfg, RULES)
+    tasks = cfg.data.get("tasks")
+    if isinstance(tasks, Mapping):
+        check_task_names([t for t, source in tasks.items() if source is not None], "data.tasks")
     check_fractions(cfg.data.get("val_fraction", 0.1), cfg.data.get("test_fraction", 0.1))
     loss_weights = cfg.model.get("loss_weights")
     if loss_weights is not None and not isinstance(loss_weights, Mapping):

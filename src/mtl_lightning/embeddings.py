@@ -10,6 +10,7 @@ import torch
 from mtl_lightning.data.datamodule import MultiTaskDataModule
 from mtl_lightning.data.sources import SPLITS
 from mtl_lightning.model.module import MultiTaskModule
+from mtl_lightning.names import inside
 from mtl_lightning.tasks.base import COLUMN_KEYS
 
 
@@ -58,7 +59,7 @@ def export_embeddings(
                 "pair_embeddings": pair_embeddings[split, task].numpy(),
                 "text_pairs": np.asarray(dataset.text_pairs),
             }
-        path = out_dir / f"{task}_{split}.npz"
+        path = inside(out_dir, f"{task}_{split}.npz")
         np.savez(
             path,
             embeddings=values.numpy(),

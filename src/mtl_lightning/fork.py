@@ -44,6 +44,7 @@ from mtl_lightning.checkpoint import (
     read_checkpoint,
 )
 from mtl_lightning.errors import ConfigError
+from mtl_lightning.names import inside
 
 log = logging.getLogger(__name__)
 
@@ -398,7 +399,7 @@ class Fork:
         assert not isinstance(files, str)  # problem() said so before
         kept = {}
         for source_file, score in (state.get("best_k_models") or {}).items():
-            target = folder / Path(source_file).name
+            target = inside(folder, Path(source_file).name)
             source = files[target.name]
             if source is None:
                 self._save(_weights(checkpoint, callback.save_weights_only), target)

@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from mtl_lightning import stats
 from mtl_lightning.callbacks.test_predictions import PREDICTIONS_DIR, read_predictions
 from mtl_lightning.errors import ConfigError, one_line_errors
+from mtl_lightning.names import inside
 from mtl_lightning.summary import read_summary
 
 if TYPE_CHECKING:
@@ -759,7 +760,7 @@ def write_report(sweep_dir: str | Path, reference: str | None = None) -> Path:
         for task in tasks:
             figures[f"test_acc_vs_examples_{task}.png"] = plot_accuracy_vs_examples(runs, task)
     for name, figure in figures.items():
-        figure.savefig(sweep / name, dpi=120)
+        figure.savefig(inside(sweep, name), dpi=120)
     (sweep / REPORT_JSON).write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
     report = sweep / REPORT_FILE
     report.write_text(markdown_report(runs, tasks, list(figures), numbers), encoding="utf-8")

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtl_lightning.errors import ConfigError
+
 MODULES_FILE = "modules.json"
 ST_CONFIG_FILE = "sentence_bert_config.json"
 # sentence-transformers' pooling modes, old boolean keys and 6.x names, as our pooling names;
@@ -58,7 +60,7 @@ def read_settings(folder: str | Path) -> SentenceTransformerSettings | None:
     if not (folder / MODULES_FILE).is_file():
         return None
     modules = _read_json(folder / MODULES_FILE)
-    kinds = {_module_kind(m["type"]): m.get("path", "") for m in modules}
+    kinds = {_module_kind(m["type"]): module_path(folder, m) for m in modules}
     transformer_path = kinds.get("Transformer", "")
     pooling = "mean"  # sentence-transformers' own default when a folder names no Pooling
     if "Pooling" in kinds:
@@ -73,6 +75,20 @@ def read_settings(folder: str | Path) -> SentenceTransformerSettings | None:
         transformer_path=transformer_path,
         unused_modules=unused,
     )
+
+
+def module_path(folder: Path, module: dict) -> str:
+    """A module's `path` from `modules.json`, refused when it leaves `folder` (`../x`, `/x`):
+    a folder's modules are read from inside it only."""
+    path = module.get("path", "")
+    root = folder.resolve()
+    if not isinstance(path, str) or not (root / path).resolve().is_relative_to(root):
+        raise ConfigError(
+            f"{folder / MODULES_FILE} gives module {module.get('name', '?')} the path {path!r}, "
+            "which leaves the folder: a sentence-transformers folder's modules lie inside it; "
+            "fix modules.json or use another model folder."
+        )
+    return path
 
 
 def pooling_name(config: dict) -> str:
@@ -100,7 +116,7 @@ def hub_folder(repo_id: str, local_files_only: bool) -> Path | None:
     if modules is None:
         return None
     for module in _read_json(modules):
-        kind, path = _module_kind(module["type"]), module.get("path", "")
+        kind, path = _module_kind(module["type"]), module_path(modules.parent, module)
         if kind == "Pooling":
             fetch(f"{path}/config.json")
         elif kind == "Transformer":

@@ -15,6 +15,8 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
+from mtl_lightning.names import inside
+
 
 class ConfusionMatrix(Callback):
     """Rows are true labels, columns predicted ones, in each task's class-id order."""
@@ -60,7 +62,7 @@ class ConfusionMatrix(Callback):
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         for task, matrix in counts.items():
             labels = pl_module.tasks[task]
-            write_confusion_csv(folder / f"confusion_{task}.csv", labels, matrix)
+            write_confusion_csv(inside(folder, f"confusion_{task}.csv"), labels, matrix)
             if wandb_loggers:
                 chart = _wandb_chart(task, labels, matrix)
                 for logger in wandb_loggers:

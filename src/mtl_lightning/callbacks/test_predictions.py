@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from lightning import Callback, LightningModule, Trainer
 
+from mtl_lightning.names import inside
+
 PREDICTIONS_DIR = "test_predictions"
 
 
@@ -56,7 +58,7 @@ class TestPredictions(Callback):
         folder = Path(self.dirpath or trainer.default_root_dir) / PREDICTIONS_DIR
         folder.mkdir(parents=True, exist_ok=True)
         for task, task_rows in rows.items():
-            write_predictions(folder / f"{task}.csv", task_rows)
+            write_predictions(inside(folder, f"{task}.csv"), task_rows)
 
 
 def write_predictions(path: Path, rows: dict[int, tuple[float, float]]) -> None:

@@ -48,6 +48,7 @@ from mtl_lightning.data.sampler import (
 from mtl_lightning.data.sources import SPLITS, Rows, Source, complete_splits
 from mtl_lightning.data.token_cache import TokenCache
 from mtl_lightning.errors import ConfigError
+from mtl_lightning.names import check_task_names
 from mtl_lightning.resolve import load_tokenizer
 from mtl_lightning.tasks import TaskType, task_type_class
 
@@ -164,6 +165,7 @@ class MultiTaskDataModule(LightningDataModule):
         tasks = {task: source for task, source in tasks.items() if source is not None}
         if not tasks:
             raise ConfigError("data.tasks is empty: give at least one task (data.tasks.<name>).")
+        check_task_names(tasks, "data.tasks")
         if only_tasks is not None:
             keep = [only_tasks] if isinstance(only_tasks, str) else list(only_tasks)
             unknown = [task for task in keep if task not in tasks]

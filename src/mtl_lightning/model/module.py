@@ -17,6 +17,7 @@ from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.embedding_cache import FrozenCache
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
 from mtl_lightning.model.lr_schedule import staggered_warmup_schedule
+from mtl_lightning.names import check_task_names, inside
 from mtl_lightning.tasks import TaskType, build_task_type
 from mtl_lightning.tasks.base import COLUMN_KEYS
 
@@ -53,6 +54,7 @@ class MultiTaskModule(LightningModule):
         task_types: Mapping[str, Mapping] | None = None,
     ) -> None:
         super().__init__()
+        check_task_names(tasks, "tasks")
         check_values(  # the rules of conf/model (mtl_lightning.config_check), for Python users too
             "model",
             {
@@ -431,5 +433,5 @@ class MultiTaskModule(LightningModule):
             return load_tokenizer((self.hparams.encoder or {}).get("name_or_path", PACKAGED_MINILM))
         with tempfile.TemporaryDirectory() as folder:
             for name, content in files.items():
-                (Path(folder) / name).write_bytes(content)
+                inside(folder, name).write_bytes(content)
             return AutoTokenizer.from_pretrained(folder, local_files_only=True)
