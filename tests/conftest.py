@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from transformers import AutoModel, AutoTokenizer, BertConfig, DistilBertConfig
@@ -42,6 +43,7 @@ def tiny_encoders(tmp_path_factory) -> dict[str, str]:
     folders = {}
     for name, config in TINY_CONFIGS.items():
         folder = tmp_path_factory.mktemp(f"tiny_{name}")
+        torch.manual_seed(0)  # the same random weights in every session (test_behaviour_lock)
         AutoModel.from_config(config).save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         folders[name] = str(folder)
