@@ -141,8 +141,8 @@ def encoder(tiny_encoders) -> dict:
 def test_static_weights_scale_the_loss_exactly(encoder):
     module = MultiTaskModule(TASKS, encoder, loss_weights={"classification": 0.25, "sentiment": 2})
     losses = {"classification": torch.tensor(1.5), "sentiment": torch.tensor(0.5)}
-    assert module.weighted_loss(losses).item() == 0.25 * 1.5 + 2 * 0.5
-    assert module.log_vars is None
+    assert module.weighting.combine(losses)[0].item() == 0.25 * 1.5 + 2 * 0.5
+    assert list(module.weighting.parameters()) == []
     assert "loss_weights" not in {g["name"] for g in module.param_groups()}
 
 
@@ -150,17 +150,17 @@ def test_static_weights_scale_the_loss_exactly(encoder):
 def test_uncertainty_weighting_learns_log_variances(encoder):
     module = MultiTaskModule(TASKS, encoder, loss_weighting="uncertainty", head_lr=1e-3)
     with torch.no_grad():
-        module.log_vars["classification"].fill_(math.log(2.0))  # weight exp(-s) = 0.5
+        module.weighting.log_vars["classification"].fill_(math.log(2.0))  # weight exp(-s) = 0.5
     loss = torch.tensor(3.0, requires_grad=True)
-    total = module.weighted_loss({"classification": loss})  # an alternating step: one task
+    total, _ = module.weighting.combine({"classification": loss})  # an alternating step: one task
     assert total.item() == pytest.approx(0.5 * 3.0 + math.log(2.0))
     total.backward()
     # d/ds (exp(-s) L + s) = 1 - exp(-s) L; d/dL = exp(-s). The other task is not in the step.
-    assert module.log_vars["classification"].grad.item() == pytest.approx(1 - 0.5 * 3.0)
+    assert module.weighting.log_vars["classification"].grad.item() == pytest.approx(1 - 0.5 * 3.0)
     assert loss.grad.item() == pytest.approx(0.5)
-    assert module.log_vars["sentiment"].grad is None
+    assert module.weighting.log_vars["sentiment"].grad is None
     groups = {g["name"]: g for g in module.param_groups()}
-    assert groups["loss_weights"]["params"] == list(module.log_vars.values())
+    assert groups["loss_weights"]["params"] == list(module.weighting.log_vars.values())
     assert groups["loss_weights"]["lr"] == 1e-3 and groups["loss_weights"]["weight_decay"] == 0
     grouped = [id(p) for g in groups.values() for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in module.parameters())
@@ -181,11 +181,12 @@ def test_bad_loss_weighting_names_the_key(encoder, options, match):
         MultiTaskModule(TASKS, encoder, **options)
 
 
-def test_train_with_uncertainty_weighting(make_cfg, tmp_path):
-    train(make_cfg(RECORDER, "model.loss_weighting=uncertainty", "trainer.max_epochs=1"))
+@pytest.mark.parametrize("spelling", ["weighting=uncertainty", "model.loss_weighting=uncertainty"])
+def test_train_with_uncertainty_weighting(make_cfg, tmp_path, spelling):
+    train(make_cfg(RECORDER, spelling, "trainer.max_epochs=1"))
     recorder = Recorder.last
     for task in TASKS:
-        name = f"log_vars.{task}"
+        name = f"weighting.log_vars.{task}"
         assert recorder.before[name].item() == 0.0  # weight 1 at the start, as static
         assert recorder.after[name].item() != 0.0  # and learned
     with open(tmp_path / "run" / "metrics.csv") as f:

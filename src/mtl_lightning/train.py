@@ -31,8 +31,9 @@ from mtl_lightning.console import quiet_loggers, quiet_third_party
 from mtl_lightning.data.datamodule import MultiTaskDataModule
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.fork import Fork, Forked
-from mtl_lightning.model.module import MultiTaskModule
+from mtl_lightning.model.module import MultiTaskModule, rename_weighting_keys
 from mtl_lightning.summary import fit_seconds, write_summary
+from mtl_lightning.weighting import LossWeighting, StaticWeighting
 
 log = logging.getLogger(__name__)
 # Frozen modules are in eval mode on purpose (deterministic, so cacheable); Lightning warns.
@@ -59,9 +60,12 @@ def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> list[str]:
             )
     state = checkpoint["state_dict"]
     new_tasks = [t for t in module.tasks if not any(k.startswith(f"heads.{t}.") for k in state)]
-    fresh = tuple(f"{prefix}.{t}" for t in new_tasks for prefix in ("heads", "log_vars"))
+    fresh = tuple(f"{p}.{t}" for t in new_tasks for p in ("heads", "weighting.log_vars"))
+    rename_weighting_keys(state)
     missing, unexpected = module.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(("metrics.", *fresh))]
+    # The run's own weighting starts afresh where the checkpoint's was another method.
+    unexpected = [k for k in unexpected if not k.startswith("weighting.")]
+    missing = [k for k in missing if not k.startswith(("metrics.", "weighting.", *fresh))]
     if unexpected or missing:
         raise ConfigError(
             f"model.init_from={ckpt_path} does not fit this model (missing {missing[:3]}, "
@@ -93,13 +97,45 @@ def build_data(node: DictConfig) -> MultiTaskDataModule:
 
 
 def build_module(
-    node: DictConfig, tasks: dict[str, list[str]], task_types: dict[str, dict] | None = None
+    node: DictConfig,
+    tasks: dict[str, list[str]],
+    task_types: dict[str, dict] | None = None,
+    weighting: DictConfig | None = None,
 ) -> MultiTaskModule:
     """The model of `cfg.model` for `tasks` of `task_types` (their specs; default:
-    classification); weights of `model.init_from` are not loaded here."""
+    classification), its losses combined by `cfg.weighting`; weights of `model.init_from` are
+    not loaded here."""
     settings = OmegaConf.to_container(node, resolve=True)
     settings.pop("init_from", None)
-    return MultiTaskModule(tasks=tasks, task_types=task_types, **settings)
+    return MultiTaskModule(
+        tasks=tasks,
+        task_types=task_types,
+        weighting=build_weighting(weighting, settings, list(tasks)),
+        **settings,
+    )
+
+
+def build_weighting(node: DictConfig | None, model: dict, tasks: list[str]) -> LossWeighting | None:
+    """`cfg.weighting` for `tasks`, or None where `model.loss_weighting` (the older spelling)
+    chooses it: the module then builds that one."""
+    if node is None:
+        return None
+    weighting = build(node, tasks=tasks)
+    static = isinstance(weighting, StaticWeighting)
+    alias = model.get("loss_weighting", "static")
+    if alias != "static":
+        if not static:
+            raise ConfigError(
+                f"model.loss_weighting={alias} and weighting={type(weighting).__name__} both "
+                "choose how the losses combine: drop model.loss_weighting, the older spelling."
+            )
+        return None
+    if model.get("loss_weights") and not static:
+        raise ConfigError(
+            f"model.loss_weights is fixed weighting, and weighting={type(weighting).__name__} "
+            "combines the losses its own way: set model.loss_weights=null or weighting=static."
+        )
+    return weighting
 
 
 def _wandb_group() -> str | None:
@@ -204,7 +240,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resume is not None:
         check_resumable(resume, "ckpt_path", ckpt_path)
         check_resume_tasks(resume, datamodule.label_names, "ckpt_path", ckpt_path)
-    module = build_module(cfg.model, datamodule.label_names, datamodule.task_specs)
+    module = build_module(
+        cfg.model, datamodule.label_names, datamodule.task_specs, cfg.get("weighting")
+    )
+    module.weighting.check_sampling(datamodule.sampling)
     check_frozen_layers(freezing.keep_frozen_layers, len(module.encoder_groups()) - 1)
     new_heads = load_init_weights(module, init_from) if init_from else []
     if freezing.validates_before_fit and freezing.head in new_heads:
@@ -230,6 +269,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         forked.checkpoint = None
     resume = None  # the trainer reads the file again; do not hold a second copy while training
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
+    if module.weighting.needs_task_gradients and trainer.world_size > 1:
+        raise ConfigError(  # torch.autograd.grad bypasses DDP's gradient all-reduce
+            f"weighting={type(module.weighting).__name__} computes each task's gradient itself, "
+            "which DDP does not all-reduce: train it on one device (trainer=default)."
+        )
     # trainer.loggers, not `loggers`: under fast_dev_run Lightning replaces them with a dummy.
     for logger in trainer.loggers:
         logger.log_hyperparams(

@@ -20,9 +20,9 @@ from mtl_lightning.model.lr_schedule import staggered_warmup_schedule
 from mtl_lightning.names import check_task_names, inside
 from mtl_lightning.tasks import TaskType, build_task_type
 from mtl_lightning.tasks.base import COLUMN_KEYS
+from mtl_lightning.weighting import BY_NAME, LossWeighting
 
 STAGES = ("train", "val", "test")
-LOSS_WEIGHTINGS = ("static", "uncertainty")
 # The monitored mean over tasks (checkpoints, sweeps): of each task's primary metric.
 PRIMARY_MEAN = "primary_mean"
 
@@ -52,7 +52,12 @@ class MultiTaskModule(LightningModule):
         frozen_cache: bool = True,
         frozen_cache_max_gb: float = 4.0,
         task_types: Mapping[str, Mapping] | None = None,
+        weighting: LossWeighting | None = None,
     ) -> None:
+        """`weighting`: how the task losses combine (`mtl_lightning.weighting`, built by `train`
+        from `conf/weighting`); None builds `loss_weighting` (`static` with `loss_weights`, or
+        `uncertainty`), the spelling of `model.*` that stays as an alias. It is not a
+        hyperparameter: a loaded checkpoint predicts without it."""
         super().__init__()
         check_task_names(tasks, "tasks")
         check_values(  # the rules of conf/model (mtl_lightning.config_check), for Python users too
@@ -68,7 +73,7 @@ class MultiTaskModule(LightningModule):
                 "frozen_cache_max_gb": frozen_cache_max_gb,
             },
         )
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["weighting"])
         # model.frozen_cache: a frozen encoder's embeddings, or the output of its frozen lower
         # layers, computed once per example and reused every epoch (see `sentence_embedding`).
         self.frozen_cache = FrozenCache(frozen_cache_max_gb) if frozen_cache else None
@@ -96,28 +101,9 @@ class MultiTaskModule(LightningModule):
                 for task, task_type in self.task_types.items()
             }
         )
-        unknown = sorted(set(loss_weights or {}) - set(tasks))
-        if unknown:
-            raise ConfigError(
-                f"model.loss_weights names unknown tasks {unknown}: use task names {sorted(tasks)}."
-            )
-        if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ConfigError(
-                f"model.loss_weighting={loss_weighting} is unknown: use one of {LOSS_WEIGHTINGS}."
-            )
-        if loss_weighting == "uncertainty" and loss_weights:
-            raise ConfigError(
-                "model.loss_weights is fixed weighting, model.loss_weighting=uncertainty learns "
-                "the weights: set model.loss_weights=null or model.loss_weighting=static."
-            )
-        self.loss_weights = {task: float((loss_weights or {}).get(task, 1.0)) for task in tasks}
-        # s_t = log(sigma_t^2) per task, learned with the model (see `weighted_loss`); s_t = 0 is
-        # weight 1, the static default.
-        self.log_vars = (
-            nn.ParameterDict({task: nn.Parameter(torch.zeros(())) for task in tasks})
-            if loss_weighting == "uncertainty"
-            else None
-        )
+        if weighting is None:
+            weighting = weighting_by_name(list(tasks), loss_weighting, loss_weights)
+        self.weighting = weighting
         # Keys "train"/"val" would clash with nn.Module attributes, hence the suffix.
         self.metrics = nn.ModuleDict(
             {
@@ -247,29 +233,26 @@ class MultiTaskModule(LightningModule):
         }
         if not losses:  # e.g. an alternating step of a frozen-head task: nothing to learn
             return None
-        total = self.weighted_loss(losses)
-        self.log("train/loss", total, on_step=True, on_epoch=True, batch_size=1)
-        return total
-
-    def weighted_loss(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The step's total loss; logs each task's effective weight as `train/weight/<task>`.
-
-        `static`: sum_t w_t * L_t with `model.loss_weights`. `uncertainty`: homoscedastic
-        uncertainty weighting (Kendall, Gal & Cipolla, "Multi-Task Learning Using Uncertainty to
-        Weigh Losses for Scene Geometry and Semantics", CVPR 2018), in its common form
-        sum_t exp(-s_t) * L_t + s_t with a learned s_t = log(sigma_t^2): exp(-s_t) is the task's
-        weight, and s_t keeps it from collapsing to 0. The paper's classification bound is
-        exp(-s_t) * L_t + s_t / 2; the common form is used here for every task alike.
-        """
-        if self.log_vars is None:
-            weights = {task: self.loss_weights[task] for task in losses}
-            total = sum(weights[task] * loss for task, loss in losses.items())
-        else:
-            weights = {task: torch.exp(-self.log_vars[task]) for task in losses}
-            total = sum(weights[task] * loss + self.log_vars[task] for task, loss in losses.items())
+        total, weights = self.weighting.combine(losses)
         for task, weight in weights.items():  # Lightning detaches logged tensors
             self.log(f"train/weight/{task}", weight, on_step=True, on_epoch=True, batch_size=1)
+        self.log("train/loss", total, on_step=True, on_epoch=True, batch_size=1)
+        if self.weighting.needs_task_gradients:
+            self._step_losses = losses  # for `backward`, which Lightning calls next
         return total
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        """A weighting that needs each task's gradient of the shared parameters writes the
+        gradients itself (`LossWeighting.backward`); any other backpropagates the total."""
+        losses = getattr(self, "_step_losses", None)
+        if losses is None:
+            super().backward(loss, *args, **kwargs)
+            return
+        self._step_losses = None
+        shared = [p for p in self.encoder.parameters() if p.requires_grad]
+        ids = {id(p) for p in shared}
+        others = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        self.weighting.backward(losses, shared, others)
 
     def _log_padding(self, batches) -> None:
         """`train/pad_fraction` of the epoch: padded tokens / all tokens of its batches."""
@@ -325,9 +308,9 @@ class MultiTaskModule(LightningModule):
 
         Heads get `head_lr`; the top encoder layer `lr`, each layer below it `lr` divided by
         `layerwise_lr_decay` once more, the embeddings lowest. Biases and LayerNorm weights
-        (every parameter with fewer than 2 dimensions) get no weight decay. With
-        `loss_weighting=uncertainty` the log-variances are the group `loss_weights`, at `head_lr`
-        and without weight decay (decay would pull every weight towards 1).
+        (every parameter with fewer than 2 dimensions) get no weight decay. A weighting's learned
+        parameters (`weighting=uncertainty`'s log-variances) are the group `loss_weights`, at
+        `head_lr` (`LossWeighting.param_group`).
         """
         hp = self.hparams
         groups = self.encoder_groups()
@@ -346,15 +329,9 @@ class MultiTaskModule(LightningModule):
                     param_groups.append(
                         {"params": chosen, "lr": lr, "weight_decay": decay, "name": name + suffix}
                     )
-        if self.log_vars is not None:
-            param_groups.append(
-                {
-                    "params": list(self.log_vars.values()),
-                    "lr": hp.head_lr,
-                    "weight_decay": 0.0,
-                    "name": "loss_weights",
-                }
-            )
+        weighting_group = self.weighting.param_group(hp.head_lr)
+        if weighting_group is not None:
+            param_groups.append(weighting_group)
         return param_groups
 
     def epoch_steps(self, epoch: int) -> int | None:
@@ -425,6 +402,11 @@ class MultiTaskModule(LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Keep the tokenizer of a loaded checkpoint, so re-saving needs no `name_or_path` either.
         self._tokenizer_files = checkpoint.get("tokenizer_files")
+        rename_weighting_keys(checkpoint["state_dict"])
+        if not any(True for _ in self.weighting.parameters()):
+            # Loaded to predict or export (no weighting given): learned weights are not needed.
+            for key in [k for k in checkpoint["state_dict"] if k.startswith("weighting.")]:
+                del checkpoint["state_dict"][key]
 
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer loaded with the checkpoint; checkpoints without one use `name_or_path`."""
@@ -435,3 +417,24 @@ class MultiTaskModule(LightningModule):
             for name, content in files.items():
                 inside(folder, name).write_bytes(content)
             return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def weighting_by_name(
+    tasks: list[str], name: str, weights: Mapping[str, float] | None
+) -> LossWeighting:
+    """The weighting `model.loss_weighting=<name>` (with `model.loss_weights`) names."""
+    if name not in BY_NAME:
+        raise ConfigError(f"model.loss_weighting={name} is unknown: use one of {tuple(BY_NAME)}.")
+    if name != "static" and weights:
+        raise ConfigError(
+            f"model.loss_weights is fixed weighting, model.loss_weighting={name} learns "
+            "the weights: set model.loss_weights=null or model.loss_weighting=static."
+        )
+    return BY_NAME[name](tasks, weights) if name == "static" else BY_NAME[name](tasks)
+
+
+def rename_weighting_keys(state_dict: dict) -> None:
+    """Checkpoints written before the weighting room hold `log_vars.<task>`: now
+    `weighting.log_vars.<task>`."""
+    for key in [k for k in state_dict if k.startswith("log_vars.")]:
+        state_dict[f"weighting.{key}"] = state_dict.pop(key)

@@ -1,0 +1,97 @@
+"""The loss-weighting room: how the tasks' losses of one training step become one update.
+
+A weighting is an `nn.Module` chosen by `_target_` (`conf/weighting/<name>.yaml`,
+`weighting=<name>`) and built with the run's task names. It sees every step's task losses
+(`combine`); its learned parameters, if any, are an optimizer group of their own (`param_group`)
+and travel in the checkpoint under `weighting.`.
+
+Methods that act on each task's gradient of the shared parameters (PCGrad, CAGrad, GradNorm's
+gradient norms) set `needs_task_gradients = True` and override `combine_gradients`: the module's
+`backward` hook (Lightning's automatic optimisation calls it) then computes each task's gradient of
+the shared encoder parameters with `torch.autograd.grad`, hands them to `combine_gradients`, and
+writes its result as the shared parameters' gradient; every other parameter (heads, learned
+weights) gets the gradient of `combine`'s total as usual. One backward pass per task: that is the
+cost of these methods. Lightning still owns the optimizer step, clipping, accumulation and the LR
+schedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from mtl_lightning.errors import ConfigError
+
+
+class LossWeighting(nn.Module):
+    """The step's total loss from its task losses; by default their sum.
+
+    `tasks`: every task of the run (a step may hold only some of them: alternating sampling, a
+    frozen head's task).
+    """
+
+    needs_task_gradients: ClassVar[bool] = False
+    # Sampling modes (data.sampling) whose steps this method can weigh; None: all of them.
+    sampling_modes: ClassVar[tuple[str, ...] | None] = None
+
+    def __init__(self, tasks: Sequence[str]) -> None:
+        super().__init__()
+        self.tasks = list(tasks)
+
+    def combine(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """The total to backpropagate, and each task's effective weight (`train/weight/<task>`)."""
+        weights = {task: 1.0 for task in losses}
+        return sum(losses.values()), weights
+
+    def combine_gradients(self, gradients: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The shared parameters' gradient from each task's flattened gradient of them (only
+        called when `needs_task_gradients`); by default their sum, what plain backward gives."""
+        return torch.stack(list(gradients.values())).sum(dim=0)
+
+    def param_group(self, lr: float) -> dict | None:
+        """The optimizer group of the learned parameters, if any: no weight decay, which would
+        pull every learned weight towards a fixed value."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return None
+        return {"params": params, "lr": lr, "weight_decay": 0.0, "name": "loss_weights"}
+
+    def check_sampling(self, sampling: str) -> None:
+        """Refuse a sampling mode this method cannot weigh, in one sentence."""
+        if self.sampling_modes is not None and sampling not in self.sampling_modes:
+            raise ConfigError(
+                f"weighting={type(self).__name__} needs steps holding the tasks "
+                f"{list(self.sampling_modes)} sample, not data.sampling={sampling}: set "
+                f"data.sampling={self.sampling_modes[0]}."
+            )
+
+    def backward(
+        self,
+        losses: Mapping[str, torch.Tensor],
+        shared: Sequence[nn.Parameter],
+        others: Sequence[nn.Parameter],
+    ) -> None:
+        """Gradients of one step for a method with `needs_task_gradients` (see the module
+        docstring): `shared` get `combine_gradients` of the tasks' gradients, `others` the
+        gradient of `combine`'s total. Gradients accumulate, as `loss.backward()` does."""
+        total, _ = self.combine(losses)
+        gradients = {}
+        for task, loss in losses.items():
+            grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
+            gradients[task] = torch.cat(
+                [
+                    (g if g is not None else torch.zeros_like(p)).flatten()
+                    for g, p in zip(grads, shared, strict=True)
+                ]
+            )
+        if others:
+            torch.autograd.backward(total, inputs=list(others))
+        direction = self.combine_gradients(gradients)
+        offset = 0
+        for param in shared:
+            part = direction[offset : offset + param.numel()].view_as(param)
+            offset += param.numel()
+            param.grad = part.clone() if param.grad is None else param.grad + part
