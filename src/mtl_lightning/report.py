@@ -513,7 +513,8 @@ def _power_lines(numbers: dict, tasks: Sequence[str]) -> list[str]:
     lines = [
         "",
         f"With {seeds} seeds the seed-level test has little power: the t-test has {seeds - 1} "
-        f"degrees of freedom (its 97.5% quantile {stats.t_quantile_975(seeds - 1):.2f}, "
+        f"degree{'s' if seeds > 2 else ''} of freedom (its 97.5% quantile "
+        f"{stats.t_quantile_975(seeds - 1):.2f}, "
         "against 1.96 with many seeds), and a small gap needs many seeds to stand out from "
         "how much training varies between them. A difference within noise is not shown to be "
         "none. The seeds each such difference would need (`SEEDS`) for 80% power at α = 0.05 "
