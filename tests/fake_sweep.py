@@ -80,8 +80,9 @@ def make_fake_sweep(sweep: Path) -> Path:
 
 # A two-seed study: two scenarios and the single-task baselines, each run with its per-example
 # test predictions. Every test split has STUDY_TEST_SIZE examples, the label of example i is
-# i % classes, and a run gets its first k examples wrong (k below): known accuracies, and
-# errors nested, so two runs differ on exactly the examples between their two k.
+# (i + seed) % classes (each seed its own split, as with data.seed=${seed}; or i % classes for
+# every seed: one shared split), and a run gets its first k examples wrong (k below): known
+# accuracies, and errors nested, so two runs differ on exactly the examples between their two k.
 STUDY_TASKS = {"classification": ["ABBR", "DESC", "NUM"], "sentiment": ["negative", "positive"]}
 STUDY_TEST_SIZE = 40
 STUDY_ERRORS = {  # (scenario, seed) -> task -> wrong test predictions
@@ -94,9 +95,9 @@ STUDY_ERRORS = {  # (scenario, seed) -> task -> wrong test predictions
 }
 
 
-def study_predictions(task: str, wrong: int) -> tuple[list[int], list[int]]:
+def study_predictions(task: str, wrong: int, shift: int = 0) -> tuple[list[int], list[int]]:
     classes = len(STUDY_TASKS[task])
-    labels = [i % classes for i in range(STUDY_TEST_SIZE)]
+    labels = [(i + shift) % classes for i in range(STUDY_TEST_SIZE)]
     preds = [(label + 1) % classes if i < wrong else label for i, label in enumerate(labels)]
     return labels, preds
 
@@ -111,9 +112,12 @@ def _macro_f1(labels: list[int], preds: list[int], classes: int) -> float:
     return sum(scores) / len(scores)
 
 
-def make_fake_study(sweep: Path, sizes: tuple[int | None, ...] = (None,)) -> Path:
+def make_fake_study(
+    sweep: Path, sizes: tuple[int | None, ...] = (None,), shared_test_split: bool = False
+) -> Path:
     """Run folders of `STUDY_ERRORS` at each training-set size; baselines as `make compare`
-    names them (`baseline_<n>_single_task_<task>`), the scenarios `<n>_<scenario>`."""
+    names them (`baseline_<n>_single_task_<task>`), the scenarios `<n>_<scenario>`. Each seed
+    has its own test split, or with `shared_test_split` all seeds have one (as data.seed=0)."""
     job = {"scenario": 0, "baseline": 0}
     for size in sizes:
         for (scenario, seed), errors in STUDY_ERRORS.items():
@@ -128,7 +132,7 @@ def make_fake_study(sweep: Path, sizes: tuple[int | None, ...] = (None,)) -> Pat
                 (folder / ".hydra").mkdir(parents=True)
                 (folder / ".hydra" / "config.yaml").write_text(
                     "freezing:\n  scenario: " + ("full_finetune" if baseline else scenario) + "\n"
-                    f"seed: {seed}\ndata:\n  seed: ${{seed}}\n"
+                    f"seed: {seed}\ndata:\n  seed: {0 if shared_test_split else '${seed}'}\n"
                     f"  max_train_examples: {'null' if size is None else size}\n"
                     f"  only_tasks: {only or 'null'}\n"
                 )
@@ -139,7 +143,8 @@ def make_fake_study(sweep: Path, sizes: tuple[int | None, ...] = (None,)) -> Pat
                 test = {"epoch": 1}
                 (folder / "test_predictions").mkdir()
                 for task in tasks:
-                    labels, preds = study_predictions(task, errors[task])
+                    shift = 0 if shared_test_split else seed
+                    labels, preds = study_predictions(task, errors[task], shift)
                     test[f"test/{task}/acc"] = 1 - errors[task] / STUDY_TEST_SIZE
                     test[f"test/{task}/f1"] = _macro_f1(labels, preds, len(STUDY_TASKS[task]))
                     with (folder / "test_predictions" / f"{task}.csv").open("w") as file:

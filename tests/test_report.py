@@ -22,7 +22,7 @@ from fake_sweep import (
 
 from mtl_lightning import stats
 from mtl_lightning.errors import ConfigError
-from mtl_lightning.report import load_runs, main, write_report
+from mtl_lightning.report import fingerprint_of_test_split, load_runs, main, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -67,7 +67,8 @@ def test_report_json_of_a_two_seed_study(tmp_path):
     text = write_report(sweep).read_text()
     numbers = json.loads((sweep / "report.json").read_text())
     assert numbers["seeds"] == [1, 2] and numbers["sizes"] == ["all"]
-    assert numbers["reference"] == "full_finetune" and "paired bootstrap" in numbers["test"]
+    assert numbers["reference"] == "full_finetune" and "paired t-test over seeds" in numbers["test"]
+    assert "models held fixed" in numbers["fixed_models_test"]
     # full_finetune, classification: 8 and 4 of 40 wrong -> 0.80, 0.90.
     acc = numbers["scenarios"]["full_finetune"]["classification"]["acc"]
     half = 12.7062 * math.sqrt(0.005) / math.sqrt(2)  # t(0.975, 1) * std / sqrt(n)
@@ -80,12 +81,26 @@ def test_report_json_of_a_two_seed_study(tmp_path):
     assert baseline["mean"] == pytest.approx(0.85) and baseline["std"] == pytest.approx(0)
     assert set(numbers["baselines"]) == {"classification", "sentiment"}
     # only_head_frozen - full_finetune, classification: (0.5 - 0.8 + 0.4 - 0.9) / 2, every
-    # discordant example one way: far outside the noise.
+    # discordant example one way: far outside the noise of the test examples, given these models.
     deltas = numbers["deltas"]["only_head_frozen"]["classification"]
     gap = deltas["vs_reference"]["acc"]
     assert gap["delta"] == pytest.approx(-0.4) and gap["per_seed"] == pytest.approx([-0.3, -0.5])
-    assert gap["ci95"][0] < -0.4 < gap["ci95"][1] < 0 and gap["p"] < 0.001
-    assert gap["n"] == 2 and not gap["within_noise"]
+    fixed = gap["fixed_models"]
+    assert fixed["ci95"][0] < -0.4 < fixed["ci95"][1] < 0 and fixed["p"] < 0.001
+    # At the seed level, two seeds: t = -0.4 / (0.1414 / sqrt 2) = -4 on 1 degree of freedom
+    # (a Cauchy variable): p = 1 - 2 atan(4) / pi = 0.156. The verdict is the larger p of the
+    # t-test and the two-level bootstrap (both seeds negative: its p is tiny): within noise.
+    t_test = gap["t_test"]
+    assert t_test["t"] == pytest.approx(-4) and t_test["df"] == 1
+    assert t_test["p"] == pytest.approx(1 - 2 * math.atan(4) / math.pi)
+    assert t_test["ci95"] == pytest.approx([-0.4 - 1.27062, -0.4 + 1.27062], abs=1e-4)
+    assert gap["two_level_bootstrap"]["p"] < 0.001
+    assert gap["p"] == pytest.approx(t_test["p"]) and gap["ci95"][0] <= t_test["ci95"][0]
+    assert gap["n"] == 2 and gap["within_noise"] and gap["p_holm"] >= gap["p"]
+    assert not gap["shared_test_split"] and gap["seeds_for_power"] == 4
+    # The family: full_finetune vs the baseline (2 tasks x 2 metrics), only_head_frozen vs the
+    # baseline and the reference (2 x 2 x 2).
+    assert numbers["family_size"] == 12 and numbers["shared_test_splits"] == {}
     versus_baseline = deltas["vs_single_task"]["acc"]
     assert versus_baseline["delta"] == pytest.approx(-0.4)  # (0.5 - 0.85 + 0.4 - 0.85) / 2
     assert versus_baseline["per_seed"] == pytest.approx([-0.35, -0.45])
@@ -97,11 +112,16 @@ def test_report_json_of_a_two_seed_study(tmp_path):
     # The reference is not compared with itself.
     assert "vs_reference" not in numbers["deltas"]["full_finetune"]["classification"]
     assert numbers["by_size"]["all"]["deltas"] == numbers["deltas"] and not numbers["notes"]
-    # report.md: the same numbers, the test named, gaps within noise marked.
-    assert "paired bootstrap over test examples" in text
+    # report.md: the same numbers, the tests named, gaps within noise marked.
+    assert "of a paired t-test over the per-seed differences and of a two-level" in text
+    assert "Holm's step-down adjustment over the report's family of 12 comparisons" in text
     assert "| full_finetune | 2 | 0.8500 ± 0.0707 | [0.2147, 1.4853] |" in text
-    assert "| only_head_frozen | -0.4000 [" in text and "p<0.001 |" in text
-    assert "+0.0000 [+0.0000, +0.0000] p=1.000 ≈" in text
+    assert "| only_head_frozen | -0.4000 [" in text
+    assert "p=0.156, Holm p=" in text and "; fixed models p<0.001 |" in text
+    assert "+0.0000 [+0.0000, +0.0000] p=1.000, Holm p=1.000 ≈; fixed models p=1.000" in text
+    assert "With 2 seeds the seed-level test has little power" in text
+    assert "- `only_head_frozen` − `full_finetune`, `classification` acc (all training" in text
+    assert "Every seed has a test split of its own" in text
     assert "| baseline_0_single_task_classification | single_task | 1 | all |" in text
 
 
@@ -123,7 +143,10 @@ def test_report_of_a_similarity_task_uses_spearman_and_pearson(tmp_path):
     assert numbers["baselines"]["sts"]["spearman"]["mean"] == pytest.approx(1.0)
     gap = numbers["deltas"]["full_finetune"]["sts"]["vs_single_task"]["spearman"]
     assert gap["per_seed"] == pytest.approx([expected[1] - 1, expected[2] - 1])
-    assert gap["ci95"][0] < gap["delta"] < gap["ci95"][1] < 0 and gap["p"] < 0.05
+    fixed = gap["fixed_models"]
+    assert fixed["ci95"][0] < gap["delta"] < fixed["ci95"][1] < 0 and fixed["p"] < 0.05
+    # Two seeds, both below the baseline: the seed-level t-test has one degree of freedom.
+    assert gap["t_test"]["df"] == 1 and gap["p"] >= gap["t_test"]["p"] > fixed["p"]
     assert "| scenario | seeds | test Spearman | Spearman 95% CI | test Pearson |" in text
     header = "| scenario | Δ Spearman vs single_task | Δ Spearman vs full_finetune | Δ Pearson vs"
     assert header in text
@@ -139,7 +162,43 @@ def test_report_pairs_only_runs_on_the_same_test_examples(tmp_path):
     numbers = json.loads((sweep / "report.json").read_text())
     gap = numbers["deltas"]["only_head_frozen"]["classification"]["vs_reference"]["acc"]
     assert gap["seeds"] == [2] and gap["n"] == 1  # seed 1's run left out
+    assert gap["p"] is None and gap["within_noise"] is None  # one seed: no seed-level test
+    assert gap["fixed_models"]["p"] < 0.001
     assert any("2_only_head_frozen" in note for note in numbers["notes"])
+
+
+def test_report_detects_a_test_split_the_seeds_share(tmp_path):
+    """Seeds with one test split (the same idx and labels) share each resample of it: their
+    differences move together, so the example-level interval of their mean is wider than with a
+    split per seed (the same discordant examples, resampled independently): here by
+    sqrt((8.4 + 10 + 2 * 6) / (8.4 + 10)) = 1.29, the covariance of nested discordant sets of 12
+    and 20 of 40 examples (multinomial counts: n p (1 - p) and n p1 (1 - p2))."""
+    own = json.loads(
+        (write_report(make_fake_study(tmp_path / "own")).parent / "report.json").read_text()
+    )
+    write_report(make_fake_study(tmp_path / "shared", shared_test_split=True))
+    shared = json.loads((tmp_path / "shared" / "report.json").read_text())
+    assert own["shared_test_splits"] == {}
+    assert shared["shared_test_splits"] == {"classification": [[1, 2]], "sentiment": [[1, 2]]}
+    widths = []
+    for numbers in (own, shared):
+        gap = numbers["deltas"]["only_head_frozen"]["classification"]["vs_reference"]["acc"]
+        assert gap["per_seed"] == pytest.approx([-0.3, -0.5])
+        low, high = gap["fixed_models"]["ci95"]
+        widths.append(high - low)
+    assert gap["shared_test_split"]
+    assert widths[1] / widths[0] == pytest.approx(math.sqrt(30.4 / 18.4), rel=0.08)
+    text = (tmp_path / "shared" / "report.md").read_text()
+    assert "Seeds sharing one test split" in text and "`classification` (all training" in text
+
+
+def test_split_fingerprint_is_the_examples_not_the_config():
+    index, labels = list(range(6)), [0, 1, 2, 0, 1, 2]
+    same = fingerprint_of_test_split("classification", index, labels)
+    assert same == fingerprint_of_test_split("classification", list(index), list(labels))
+    assert same != fingerprint_of_test_split("classification", index, [0, 1, 2, 0, 2, 1])
+    assert same != fingerprint_of_test_split("classification", index[:5], labels[:5])
+    assert same != fingerprint_of_test_split("sentiment", index, labels)
 
 
 def test_report_reference_is_configurable(tmp_path):

@@ -1,4 +1,4 @@
-"""The study's statistics on numbers with known answers: t interval, macro-F1, paired bootstrap."""
+"""The study's statistics on known answers: Student's t, macro-F1, the bootstraps, Holm."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torchmetrics.classification import MulticlassF1Score
 from torchmetrics.regression import SpearmanCorrCoef
 
 from mtl_lightning import stats
+from mtl_lightning.stats import Replicates
 
 # Published 97.5% quantiles of Student's t (any t table).
 T_TABLE = {1: 12.7062, 2: 4.3027, 4: 2.7764, 9: 2.2622, 29: 2.0452, 40: 2.0211, 60: 2.0003}
@@ -75,16 +76,16 @@ def _pair(labels, preds_a, preds_b, seed=0, samples=4000):
     return reps["a"], reps["b"]
 
 
-def test_paired_delta_of_identical_runs_is_zero_and_within_noise():
+def test_fixed_models_bootstrap_of_identical_runs_is_zero_and_within_noise():
     labels = np.arange(40) % 2
     preds = labels.copy()
     preds[:10] = 1 - preds[:10]
-    delta = stats.paired_delta([_pair(labels, preds, preds)], "acc")
+    delta = stats.fixed_models_bootstrap([_pair(labels, preds, preds)], "acc")
     assert delta["delta"] == 0 and delta["ci95"] == [0, 0] and delta["p"] == 1
     assert stats.within_noise(delta)
 
 
-def test_paired_delta_interval_matches_the_normal_approximation():
+def test_fixed_models_bootstrap_interval_matches_the_normal_approximation():
     """Paired accuracy differences d in {-1, 0, 1}: the standard error is std(d) / sqrt(n)."""
     rng = np.random.default_rng(3)
     n = 2000
@@ -93,7 +94,7 @@ def test_paired_delta_interval_matches_the_normal_approximation():
     correct_b = rng.random(n) < 0.75
     preds_a = np.where(correct_a, labels, 1 - labels)
     preds_b = np.where(correct_b, labels, 1 - labels)
-    delta = stats.paired_delta([_pair(labels, preds_a, preds_b)], "acc")
+    delta = stats.fixed_models_bootstrap([_pair(labels, preds_a, preds_b)], "acc")
     d = correct_a.astype(float) - correct_b.astype(float)
     assert delta["delta"] == pytest.approx(d.mean())
     half = 1.96 * d.std() / math.sqrt(n)
@@ -103,7 +104,7 @@ def test_paired_delta_interval_matches_the_normal_approximation():
     assert delta["p"] < 0.01 and not stats.within_noise(delta)
 
 
-def test_paired_delta_pools_seeds_and_sees_balanced_differences_as_noise():
+def test_fixed_models_bootstrap_pools_seeds_and_sees_balanced_differences_as_noise():
     labels = np.arange(100) % 2
     flipped = 1 - labels
     # Seed 1: a beats b on 10 examples; seed 2: b beats a on 10. The mean difference is 0.
@@ -112,12 +113,12 @@ def test_paired_delta_pools_seeds_and_sees_balanced_differences_as_noise():
     a2, b2 = labels.copy(), labels.copy()
     a2[:10] = flipped[:10]
     pairs = [_pair(labels, a1, b1, seed=1), _pair(labels, a2, b2, seed=2)]
-    delta = stats.paired_delta(pairs, "acc")
+    delta = stats.fixed_models_bootstrap(pairs, "acc")
     assert delta["per_seed"] == pytest.approx([0.1, -0.1])
     assert delta["delta"] == pytest.approx(0.0, abs=1e-12) and delta["n"] == 2
     assert delta["p"] > 0.5 and stats.within_noise(delta)
     # One seed alone: a clear gap (10 of 100 discordant, all one way).
-    alone = stats.paired_delta(pairs[:1], "acc")
+    alone = stats.fixed_models_bootstrap(pairs[:1], "acc")
     assert alone["delta"] == pytest.approx(0.1) and alone["p"] < 0.01
     assert 0 < alone["ci95"][0] < 0.1 < alone["ci95"][1]
 
@@ -152,3 +153,124 @@ def test_bootstrap_correlations_are_the_correlations_of_resamples():
                 stats.pearson(labels[sample], preds[name][sample]), abs=1e-12
             )
     assert reps["a"].point["spearman"] == pytest.approx(stats.spearman(labels, preds["a"]))
+
+
+def test_t_cdf_matches_closed_forms_and_the_table():
+    # One degree of freedom is the Cauchy distribution, two have F(t) = 1/2 + t / (2 sqrt(2 + t^2)).
+    for t in (-30.0, -2.0, -1e-9, 0.0, 0.3, 1.0, 12.706204736):
+        assert stats.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-14)
+        assert stats.t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-14)
+    for df, quantile in T_TABLE.items():
+        assert stats.t_cdf(quantile, df) == pytest.approx(0.975, abs=2e-6)  # 4-decimal table
+        assert stats.t_cdf(-quantile, df) == pytest.approx(0.025, abs=2e-6)
+    assert stats.t_cdf(math.inf, 3) == 1 and stats.t_cdf(-math.inf, 3) == 0
+
+
+def test_incomplete_beta_known_values():
+    assert stats.regularized_incomplete_beta(1, 1, 0.3) == pytest.approx(0.3)  # uniform
+    assert stats.regularized_incomplete_beta(2, 3, 0.4) == pytest.approx(0.5248)  # 1 - sum
+    arcsine = 2 / math.pi * math.asin(math.sqrt(0.01))
+    assert stats.regularized_incomplete_beta(0.5, 0.5, 0.01) == pytest.approx(arcsine)
+    with pytest.raises(ValueError, match="needs 0 <= x <= 1"):
+        stats.regularized_incomplete_beta(1, 1, 1.5)
+
+
+def test_t_quantile_inverts_the_cdf():
+    for df in (1, 2, 4, 9, 29):
+        assert stats.t_quantile(0.975, df) == pytest.approx(stats.t_quantile_975(df), abs=1e-8)
+    # Published 80% quantiles.
+    assert stats.t_quantile(0.8, 2) == pytest.approx(1.060660, abs=1e-6)
+    assert stats.t_quantile(0.8, 10) == pytest.approx(0.879058, abs=1e-6)
+    assert stats.t_quantile(0.5, 7) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_seed_t_test_known_answers():
+    # Three seeds, all above zero: mean 0.2, std 0.1, t = 0.2 / (0.1 / sqrt 3) = 3.4641 on 2 df.
+    agree = stats.seed_t_test([0.1, 0.2, 0.3])
+    t = 0.2 / (0.1 / math.sqrt(3))
+    assert agree["t"] == pytest.approx(t) and agree["df"] == 2
+    assert agree["p"] == pytest.approx(1 - t / math.sqrt(2 + t * t))  # 2 (1 - F(t)), 2 df
+    half = 4.302652730 * 0.1 / math.sqrt(3)
+    assert agree["ci95"] == pytest.approx([0.2 - half, 0.2 + half])
+    assert agree["p"] > 0.05  # three seeds, all one way, and still not significant
+    # Seeds that disagree in sign: mean 1/30, std 0.11547, t = 0.5: p = 1 - 0.5 / 1.5 = 2/3.
+    disagree = stats.seed_t_test([0.1, -0.1, 0.1])
+    assert disagree["t"] == pytest.approx(0.5) and disagree["p"] == pytest.approx(2 / 3)
+    assert disagree["ci95"][0] < 0 < disagree["ci95"][1]
+    assert stats.seed_t_test([0.05]) is None  # one seed: no spread to test against
+    same = stats.seed_t_test([0.02, 0.02])
+    assert same["p"] == 0 and same["ci95"] == pytest.approx([0.02, 0.02])
+    assert stats.seed_t_test([0.0, 0.0])["p"] == 1
+
+
+def _fixed(value: float, noise: np.ndarray | None = None, samples: int = 4000) -> Replicates:
+    """A run whose metric is `value`, and on each resample `value + noise` (none: `value`)."""
+    values = np.full(samples, value) if noise is None else value + noise
+    return stats.Replicates(values={"acc": values}, point={"acc": value})
+
+
+def _seed_pairs(differences, noise=None):
+    zero = _fixed(0.0)
+    return [
+        (_fixed(d, noise[i] if noise is not None else None), zero)
+        for i, d in enumerate(differences)
+    ]
+
+
+def test_two_level_bootstrap_without_example_noise_is_the_bootstrap_of_seeds():
+    """No example noise: each replicate is the mean of 3 seeds drawn with replacement. From
+    [0.1, 0.2, 0.3] the mean is 0.1 with probability 1/27 > 2.5%: the interval is [0.1, 0.3],
+    and never below 0. From [0.1, -0.1, 0.1] it is <= 0 when two or three draws are -0.1:
+    (3 * 2 + 1) / 27, so p = 2 * 7/27 = 0.519."""
+    agree = stats.two_level_bootstrap(_seed_pairs([0.1, 0.2, 0.3]), "acc", [1, 2, 3], 20_000)
+    assert agree["ci95"] == pytest.approx([0.1, 0.3]) and agree["p"] < 0.001
+    disagree = stats.two_level_bootstrap(_seed_pairs([0.1, -0.1, 0.1]), "acc", [1, 2, 3], 20_000)
+    assert disagree["p"] == pytest.approx(14 / 27, abs=0.02)
+    assert disagree["ci95"] == pytest.approx([-0.1, 0.1])
+
+
+def test_two_level_bootstrap_shares_the_resample_of_a_shared_test_split():
+    """Two seeds, equal differences, example noise of std 0.01 that is the same on both (one
+    test split, paired resamples): the mean over seeds keeps all of it, half-width 1.96 * 0.01.
+    Taken as two splits, two distinct seeds drawn (half the draws) take a column each and the
+    noise shrinks by sqrt 2; one seed drawn twice keeps it whole: a half-and-half mixture of
+    N(0, s^2) and N(0, s^2 / 2), whose 97.5% quantile is 1.7218 s (solved numerically)."""
+    noise = np.random.default_rng(0).normal(0, 0.01, 4000)
+    pairs = _seed_pairs([0.05, 0.05], [noise, noise])
+    shared = stats.two_level_bootstrap(pairs, "acc", ["split", "split"], 20_000, seed=1)
+    apart = stats.two_level_bootstrap(pairs, "acc", ["split 1", "split 2"], 20_000, seed=1)
+    width = 2 * 1.96 * 0.01
+    assert shared["ci95"][1] - shared["ci95"][0] == pytest.approx(width, rel=0.04)
+    assert apart["ci95"][1] - apart["ci95"][0] == pytest.approx(2 * 1.7218 * 0.01, rel=0.04)
+    with pytest.raises(ValueError, match="2 pairs need 2 test splits, not 1"):
+        stats.two_level_bootstrap(pairs, "acc", ["split"])
+
+
+def test_compare_over_seeds_takes_the_larger_p_and_both_intervals():
+    pairs = _seed_pairs([0.1, 0.2, 0.3])
+    found = stats.compare_over_seeds(pairs, "acc", [1, 2, 3])
+    t_test = stats.seed_t_test([0.1, 0.2, 0.3])
+    assert found["p"] == pytest.approx(t_test["p"])  # the bootstrap's p is tiny
+    assert found["ci95"] == pytest.approx(t_test["ci95"])  # and its interval [0.1, 0.3] inside
+    assert found["within_noise"] and found["fixed_models"]["p"] < 0.001
+    assert found["seeds_for_power"] == 5 and not found["shared_test_split"]
+    alone = stats.compare_over_seeds(pairs[:1], "acc", [1])
+    assert alone["p"] is None and alone["within_noise"] is None
+
+
+def test_seeds_for_power_hand_worked():
+    """[0.1, 0.2, 0.3]: std / mean = 0.5; n = 4 needs (3.182 + 0.978) * 0.5 = 2.08, squared
+    4.33 > 4; n = 5: (2.776 + 0.941) * 0.5 = 1.86, squared 3.45 <= 5."""
+    assert stats.seeds_for_power([0.1, 0.2, 0.3]) == 5
+    assert stats.seeds_for_power([0.1, -0.1, 0.1]) == 97  # std / mean = 3.46: n ~ 8 * 12
+    assert stats.seeds_for_power([0.1]) is None and stats.seeds_for_power([0.1, -0.1]) is None
+
+
+def test_holm_against_a_hand_worked_table():
+    """p: 0.01, 0.04, 0.03, 0.005, none (m = 4). Sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03,
+    0.03 * 2 = 0.06, 0.04 * 1 = 0.04 -> 0.06 (no smaller than the one before)."""
+    assert stats.holm([0.01, 0.04, 0.03, 0.005, None]) == pytest.approx(
+        [0.03, 0.06, 0.06, 0.02, None]
+    )
+    assert stats.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert stats.holm([0.02]) == [0.02] and stats.holm([]) == []

@@ -9,7 +9,9 @@ Each run folder (`make compare` names them `<n>_<run_name>_seed<s>/` and
 Runs are grouped by scenario and training-set size (`data.max_train_examples`); their seeds are
 the repeats. A run of `data.only_tasks=<one task>` with full fine-tuning is that task's
 single-task baseline. Differences between scenarios are paired on the same test examples (same
-task, seed and size: the same test split), see `mtl_lightning.stats`. The plots need matplotlib
+task, seed and size: the same test split) and tested over seeds, see `mtl_lightning.stats`;
+seeds whose test split is the same examples (found from their `test_predictions`, whatever the
+config says) share its bootstrap resamples. The plots need matplotlib
 (the `report` extra), imported only when plotting.
 """
 
@@ -239,15 +241,26 @@ def _rng_seed(*key: object) -> int:
     return zlib.crc32(":".join(map(str, key)).encode())
 
 
+def fingerprint_of_test_split(task: str, index: Sequence[int], labels: Sequence[float]) -> str:
+    """What identifies a test split: its examples' `idx` and true labels, in `idx` order. Seeds
+    with `data.seed` fixed, a given test split (`data=hf`, `data=files` with `test=`) have the
+    same one; seeds that split their data each their own way almost surely do not (two splits
+    agree on every label of every `idx` by chance only when tiny)."""
+    text = repr((task, list(index), list(labels)))
+    return f"{zlib.crc32(text.encode()):08x}-{len(index)}"
+
+
 def _paired_replicates(
     runs: Sequence[Run], task: str, primary: str, samples: int, notes: list[str]
-) -> dict[str, stats.Replicates]:
+) -> tuple[dict[str, stats.Replicates], str | None]:
     """Bootstrap replicates of the runs scored on one test split (same task, seed and size),
-    keyed by label; a run whose test examples differ from the first run's is left out."""
+    keyed by label, and the split's fingerprint; a run whose test examples differ from the first
+    run's is left out. The resamples are seeded by the fingerprint, so seeds sharing a test split
+    draw the same resamples of it."""
     scored = [(run, run.predictions(task)) for run in runs]
     scored = [(run, columns) for run, columns in scored if columns is not None]
     if not scored:
-        return {}
+        return {}, None
     first_run, (index, labels, _) = scored[0]
     preds = {}
     for run, (run_index, run_labels, run_preds) in scored:
@@ -258,27 +271,59 @@ def _paired_replicates(
             )
             continue
         preds[run.label] = run_preds
-    key = _rng_seed(task, first_run.seed, first_run.size_label)
+    split = fingerprint_of_test_split(task, index, labels)
+    key = _rng_seed(task, split)
     if primary != "acc":  # scores: Spearman and Pearson
-        return stats.bootstrap_correlations(labels, preds, samples, key)
+        return stats.bootstrap_correlations(labels, preds, samples, key), split
     classes = _num_classes(runs, task, [columns for _, columns in scored])
-    return stats.bootstrap_replicates(labels, preds, classes, samples, key)
+    return stats.bootstrap_replicates(labels, preds, classes, samples, key), split
 
 
 def _delta(
-    pairs: list[tuple[int, stats.Replicates, stats.Replicates]], metrics: Sequence[str]
+    pairs: list[tuple[int, stats.Replicates, stats.Replicates]],
+    metrics: Sequence[str],
+    split_of: dict[int | None, str],
+    *key: object,
 ) -> dict | None:
     if not pairs:
         return None
     result = {}
     for metric in metrics:
-        delta = stats.paired_delta([(a, b) for _, a, b in pairs], metric)
-        result[metric] = {
-            **delta,
-            "seeds": [seed for seed, _, _ in pairs],
-            "within_noise": stats.within_noise(delta),
-        }
+        delta = stats.compare_over_seeds(
+            [(a, b) for _, a, b in pairs],
+            metric,
+            splits=[split_of[seed] for seed, _, _ in pairs],
+            seed=_rng_seed(*key, metric),
+        )
+        result[metric] = {**delta, "seeds": [seed for seed, _, _ in pairs]}
     return result
+
+
+def _shared_splits(split_of: dict[int | None, str]) -> list[list[int | None]]:
+    """The groups of seeds whose test split is the same examples (two or more seeds)."""
+    groups: dict[str, list[int | None]] = {}
+    for seed in sorted(split_of, key=_seed_order):
+        groups.setdefault(split_of[seed], []).append(seed)
+    return [seeds for seeds in groups.values() if len(seeds) > 1]
+
+
+def _adjust_over_family(by_size: dict) -> int:
+    """Holm-adjust the seed-level p-values of every difference in the report, one family, and
+    set each one's `p_holm` and `within_noise` from it; returns the family's size."""
+    family = [
+        by_metric
+        for section in by_size.values()
+        for by_task in section["deltas"].values()
+        for entry in by_task.values()
+        for versus in entry.values()
+        if versus
+        for by_metric in versus.values()
+        if by_metric["p"] is not None
+    ]
+    for delta, adjusted in zip(family, stats.holm([d["p"] for d in family]), strict=True):
+        delta["p_holm"] = adjusted
+        delta["within_noise"] = adjusted >= stats.ALPHA
+    return len(family)
 
 
 def study(
@@ -327,14 +372,22 @@ def study(
             target = baselines if label == BASELINE else scenarios.setdefault(label, {})
             target[task] = numbers
         deltas: dict[str, dict] = {}
+        shared: dict[str, list[list[int | None]]] = {}
         for task in tasks:
             replicates: dict[tuple[str, int | None], stats.Replicates] = {}
+            split_of: dict[int | None, str] = {}
             task_seeds = {seed for (_, t), c in cells.items() if t == task for seed in c}
             for seed in sorted(task_seeds, key=_seed_order):
                 split_runs = [c[seed] for (_, t), c in cells.items() if t == task and seed in c]
-                found = _paired_replicates(split_runs, task, metrics_of[task][0], samples, notes)
+                found, split = _paired_replicates(
+                    split_runs, task, metrics_of[task][0], samples, notes
+                )
                 for label, reps in found.items():
                     replicates[(label, seed)] = reps
+                if split is not None:
+                    split_of[seed] = split
+            if _shared_splits(split_of):
+                shared[task] = _shared_splits(split_of)
             labels = {label for label, _ in replicates}
             seeds = sorted({seed for _, seed in replicates}, key=_seed_order)
             for label in sorted(labels - {BASELINE}):
@@ -347,9 +400,17 @@ def study(
                         for seed in seeds
                         if (label, seed) in replicates and (other, seed) in replicates
                     ]
-                    entry[name] = _delta(pairs, metrics_of[task])
+                    entry[name] = _delta(
+                        pairs, metrics_of[task], split_of, task, size, label, other
+                    )
                 deltas.setdefault(label, {})[task] = entry
-        by_size[size] = {"scenarios": scenarios, "baselines": baselines, "deltas": deltas}
+        by_size[size] = {
+            "scenarios": scenarios,
+            "baselines": baselines,
+            "deltas": deltas,
+            "shared_test_splits": shared,
+        }
+    family_size = _adjust_over_family(by_size)
     largest = by_size[sizes[-1]]
     # A fork's reused seconds were spent by its source: counted once, there, if it is here.
     names = {run.name for run in runs}
@@ -361,6 +422,9 @@ def study(
     ]
     return {
         "test": stats.TEST_NAME,
+        "fixed_models_test": stats.FIXED_MODELS_TEST_NAME,
+        "family_size": family_size,
+        "alpha": stats.ALPHA,
         "metrics": {task: list(metrics_of[task]) for task in tasks},
         "bootstrap_samples": samples,
         "reference": reference,
@@ -414,13 +478,81 @@ def _p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.3f}"
 
 
+def _interval_of(ci95: Sequence[float]) -> str:
+    low, high = ci95
+    return f"[{low:+.4f}, {high:+.4f}]"
+
+
 def _difference(delta: dict | None) -> str:
-    """`+0.0300 [+0.0100, +0.0500] p=0.004`, with `≈` when within noise."""
+    """`+0.0300 [+0.0100, +0.0500] p=0.004, Holm p=0.020; fixed models p<0.001`: the
+    seed-level interval and p-values, `≈` when within noise by the Holm-adjusted one, then the
+    example-level bootstrap's p-value (one seed: no seed-level test, its interval instead)."""
     if not delta:
         return MISSING
-    low, high = delta["ci95"]
-    text = f"{delta['delta']:+.4f} [{low:+.4f}, {high:+.4f}] {_p(delta['p'])}"
-    return text + (" ≈" if delta["within_noise"] else "")
+    fixed = delta["fixed_models"]
+    if delta["p"] is None:
+        return (
+            f"{delta['delta']:+.4f}, one seed: no seed-level test; fixed models "
+            f"{_interval_of(fixed['ci95'])} {_p(fixed['p'])}"
+        )
+    text = f"{delta['delta']:+.4f} {_interval_of(delta['ci95'])} {_p(delta['p'])}, Holm "
+    text += _p(delta["p_holm"]) + (" ≈" if delta["within_noise"] else "")
+    return text + f"; fixed models {_p(fixed['p'])}"
+
+
+def _power_lines(numbers: dict, tasks: Sequence[str]) -> list[str]:
+    """What the seed-level test can see with these seeds, and the seeds each difference within
+    noise would need (its primary metric)."""
+    seeds = len(numbers["seeds"])
+    if seeds < 2:
+        return [
+            "",
+            "One seed: no seed-level test, so no ≈ marks; the fixed-models bootstrap says only "
+            "whether these trained models differ on this test set. Give `SEEDS` (three or more).",
+        ]
+    lines = [
+        "",
+        f"With {seeds} seeds the seed-level test has little power: the t-test has {seeds - 1} "
+        f"degree{'s' if seeds > 2 else ''} of freedom (its 97.5% quantile "
+        f"{stats.t_quantile_975(seeds - 1):.2f}, "
+        "against 1.96 with many seeds), and a small gap needs many seeds to stand out from "
+        "how much training varies between them. A difference within noise is not shown to be "
+        "none. The seeds each such difference would need (`SEEDS`) for 80% power at α = 0.05 "
+        "in the t-test, if its mean and spread over seeds are as observed (before the Holm "
+        "correction, which asks for more):",
+        "",
+    ]
+    found = []
+    for size in numbers["sizes"]:
+        for label, by_task in numbers["by_size"][size]["deltas"].items():
+            for task in tasks:
+                for versus, by_metric in (by_task.get(task) or {}).items():
+                    delta = by_metric and by_metric[numbers["metrics"][task][0]]
+                    if not delta or not delta["within_noise"] or delta["delta"] == 0:
+                        continue
+                    other = BASELINE if versus == "vs_single_task" else numbers["reference"]
+                    needed = delta["seeds_for_power"]
+                    count = f"{needed} seeds" if needed else "more than 1000 seeds"
+                    found.append(
+                        f"- `{label}` − `{other}`, `{task}` {SHORT[numbers['metrics'][task][0]]}"
+                        f" ({_size_title(size)}): {delta['delta']:+.4f}, {count}"
+                    )
+    return lines + (found or ["- (no difference within noise)"])
+
+
+def _shared_split_lines(numbers: dict) -> list[str]:
+    found = [
+        f"`{task}` ({_size_title(size)}): seeds {', '.join(map(str, group))}"
+        for size in numbers["sizes"]
+        for task, groups in numbers["by_size"][size]["shared_test_splits"].items()
+        for group in groups
+    ]
+    if not found:
+        return ["Every seed has a test split of its own (none of their test examples agree)."]
+    return [
+        "Seeds sharing one test split (the same `idx` and labels in their test predictions), "
+        "which share each bootstrap resample of it: " + "; ".join(found) + "."
+    ]
 
 
 def _size_title(size: str) -> str:
@@ -468,13 +600,29 @@ def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
         "",
         f"Scenario minus `{BASELINE}`, and minus the reference "
         + (f"`{reference}`" if reference else "(none: give `--reference <scenario>`)")
-        + ": the mean over seeds of the difference in each test metric, [its 95% "
-        "interval] and the "
-        f"two-sided p-value of a {numbers['test']} ({numbers['bootstrap_samples']:,} resamples; "
-        "runs of one seed and size share their test split, so each difference is paired on the "
-        "same examples). ≈ marks a difference within noise: p ≥ 0.05, its interval holds 0. The "
-        "interval covers the test examples' sampling noise given these trained models; the "
-        "spread over seeds is in the table above.",
+        + ": the mean over seeds of the difference in each test metric (runs of one seed and "
+        "size share their test split, so each seed's difference is paired on the same "
+        "examples), [its 95% interval] and two-sided p-value at the seed level, then that "
+        "p-value Holm-adjusted, then the fixed-models p-value.",
+        "",
+        "- Seed level (does the scenario differ?): the larger p, and the union of the "
+        "intervals, of a paired t-test over the per-seed differences and of a two-level "
+        f"bootstrap ({numbers['bootstrap_samples']:,} resamples of the seeds, then of the test "
+        "examples within each). Both count how much training varies from seed to seed. The "
+        "t-test's t quantiles stay honest with few seeds, where a bootstrap over three seeds "
+        "(ten distinct draws) understates their spread; the bootstrap counts the noise of a "
+        "test split the seeds share, which a t-test over them cannot see.",
+        f"- ≈ marks a difference within noise: its Holm-adjusted seed-level p ≥ "
+        f"{numbers['alpha']}, Holm's step-down adjustment over the report's family of "
+        f"{numbers['family_size']} comparisons (every scenario, task, metric and training-set "
+        "size, against the baseline and the reference), so that the chance of any false "
+        "difference among them stays at most 5%.",
+        "- Fixed models (do these trained models differ on this test set?): the paired "
+        "bootstrap over the test examples with the trained models held fixed, pooled over "
+        "seeds. It leaves out the seed-to-seed variance, so it finds differences that a new "
+        "seed may not repeat: it is not the ≈ test.",
+        "",
+        *_shared_split_lines(numbers),
     ]
     for size in numbers["sizes"]:
         deltas = numbers["by_size"][size]["deltas"]
@@ -493,6 +641,7 @@ def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
             lines += ["", f"### `{task}`, {_size_title(size)}", ""]
             header = [f"Δ {SHORT[m]} vs {other}" for m in metrics[task] for other in versus]
             lines += _table(["scenario", *header], rows)
+    lines += _power_lines(numbers, tasks)
     if numbers["notes"]:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in numbers["notes"]]
     return lines

@@ -5,9 +5,13 @@
   macro-F1 (classes), or of Spearman and Pearson (similarity scores). Every run scored on one test
   split (same task, seed and training-set size: the same examples) is scored on the same resamples
   of its examples, so the difference of two runs' replicates is paired.
-- `paired_delta(...)`: the mean over seeds of `metric(a) - metric(b)`, with the percentile 95%
-  interval and the two-sided p-value of its bootstrap, resampled within each seed (stratified by
-  seed: each seed has its own test split) and pooled over seeds.
+- `compare_over_seeds(...)`: one difference `metric(a) - metric(b)`, a mean over seeds, tested
+  twice over. Does the scenario differ (training's seed-to-seed variance included)? A paired
+  t-test over the per-seed differences and a two-level bootstrap (seeds, then the test examples
+  within them); the verdict takes the larger p of the two. Do these trained models differ on this
+  test set? `fixed_models_bootstrap`: the test examples resampled, the models held fixed.
+- `holm(p_values)`: Holm's step-down adjustment over a family of comparisons.
+- `t_cdf`, `t_quantile`: Student's t, through the regularized incomplete beta function.
 
 numpy only: scipy is not a dependency of the package.
 """
@@ -55,7 +59,17 @@ _T975 = (
 )
 _Z975 = 1.959963985
 BOOTSTRAP_SAMPLES = 10_000
-TEST_NAME = "paired bootstrap over test examples, resampled within each seed and pooled over seeds"
+ALPHA = 0.05
+POWER = 0.8  # the power `seeds_for_power` asks for
+TEST_NAME = (
+    "seed level: the larger p of a paired t-test over seeds and a two-level bootstrap (seeds, "
+    "then test examples; a test split the seeds share, one resample), Holm-adjusted over the "
+    "report's family of comparisons"
+)
+FIXED_MODELS_TEST_NAME = (
+    "fixed models: paired bootstrap over test examples with the trained models held fixed, "
+    "pooled over seeds (do these models differ on this test set, not does the scenario differ)"
+)
 
 
 def t_quantile_975(df: int) -> float:
@@ -70,6 +84,73 @@ def t_quantile_975(df: int) -> float:
     g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
     g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
     return z + g1 / df + g2 / df**2 + g3 / df**3
+
+
+def _beta_continued_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of I_x(a, b), by the modified Lentz method (Numerical Recipes'
+    betacf): converges fast for x < (a + 1) / (a + b + 2)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 1000):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1 + numerator * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1) < 1e-15:
+            break
+    return fraction
+
+
+def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
+    """I_x(a, b), the CDF at `x` of a Beta(a, b) variable, for a, b > 0 and 0 <= x <= 1."""
+    if not 0 <= x <= 1:
+        raise ValueError(f"the incomplete beta function needs 0 <= x <= 1, not {x}")
+    if x in (0, 1):
+        return float(x)
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    front = math.exp(log_front)
+    if x < (a + 1) / (a + b + 2):
+        return front * _beta_continued_fraction(a, b, x) / a
+    # The symmetry I_x(a, b) = 1 - I_{1-x}(b, a), where the fraction converges.
+    return 1 - front * _beta_continued_fraction(b, a, 1 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """P(T <= t) for Student's t with `df` degrees of freedom:
+    P(|T| > |t|) = I_{df / (df + t^2)}(df / 2, 1 / 2)."""
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be positive, not {df}")
+    if math.isinf(t):
+        return 1.0 if t > 0 else 0.0
+    if t * t < df:  # near 0, df / (df + t^2) rounds to 1: use I_x(a, b) = 1 - I_{1-x}(b, a)
+        tail = (1 - regularized_incomplete_beta(0.5, df / 2, t * t / (df + t * t))) / 2
+    else:
+        tail = regularized_incomplete_beta(df / 2, 0.5, df / (df + t * t)) / 2
+    return 1 - tail if t > 0 else tail
+
+
+def t_quantile(q: float, df: float) -> float:
+    """The `q` quantile of Student's t: `t_cdf` inverted by bisection (to 1e-12)."""
+    if not 0 < q < 1:
+        raise ValueError(f"a quantile needs 0 < q < 1, not {q}")
+    low, high = -1.0, 1.0
+    while t_cdf(low, df) > q:
+        low *= 2
+    while t_cdf(high, df) < q:
+        high *= 2
+    while high - low > 1e-12 * max(1.0, abs(high)):
+        middle = (low + high) / 2
+        low, high = (middle, high) if t_cdf(middle, df) < q else (low, middle)
+    return (low + high) / 2
 
 
 def over_seeds(values: Sequence[float]) -> dict:
@@ -246,34 +327,172 @@ def bootstrap_correlations(
     }
 
 
-def paired_delta(
-    pairs: Sequence[tuple[Replicates, Replicates]], metric: str, alpha: float = 0.05
-) -> dict:
-    """`a - b` for `(a, b)` pairs, one per seed (each pair scored on the same resamples).
-
-    `delta`: the mean over seeds of the observed differences; `ci95`: the percentile interval of
-    the mean over seeds of the replicate differences; `p`: two-sided bootstrap p-value of "no
-    difference", 2 * min(share of replicates <= 0, share >= 0), each counted with the +1 of
-    Davison & Hinkley so it is never 0; `per_seed`: the observed differences.
-    """
-    if not pairs:
-        raise ValueError("paired_delta needs at least one (a, b) pair")
-    per_seed = [a.point[metric] - b.point[metric] for a, b in pairs]
-    replicates = np.mean([a.values[metric] - b.values[metric] for a, b in pairs], axis=0)
+def _percentile_test(replicates: np.ndarray, alpha: float) -> dict:
+    """The percentile interval of bootstrap replicates of a difference, and the two-sided p-value
+    of "no difference", 2 * min(share of replicates <= 0, share >= 0), each share counted with
+    the +1 of Davison & Hinkley so that it is never 0."""
     count = len(replicates)
     low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
     below = (np.sum(replicates <= 0) + 1) / (count + 1)
     above = (np.sum(replicates >= 0) + 1) / (count + 1)
+    return {"ci95": [float(low), float(high)], "p": float(min(1.0, 2 * min(below, above)))}
+
+
+def _differences(pairs: Sequence[tuple[Replicates, Replicates]], metric: str) -> list[float]:
+    if not pairs:
+        raise ValueError("a difference over seeds needs at least one (a, b) pair")
+    return [a.point[metric] - b.point[metric] for a, b in pairs]
+
+
+def fixed_models_bootstrap(
+    pairs: Sequence[tuple[Replicates, Replicates]], metric: str, alpha: float = ALPHA
+) -> dict:
+    """`a - b` for `(a, b)` pairs, one per seed (each pair scored on the same resamples), with
+    the trained models held fixed: it answers "do these models differ on this test set", not
+    "does the scenario differ" (no seed-to-seed training variance in it).
+
+    `delta`: the mean over seeds of the observed differences; `ci95` and `p`: the percentile
+    interval and two-sided p-value of the mean over seeds of the replicate differences;
+    `per_seed`: the observed differences.
+    """
+    per_seed = _differences(pairs, metric)
+    replicates = np.mean([a.values[metric] - b.values[metric] for a, b in pairs], axis=0)
     return {
         "delta": float(np.mean(per_seed)),
-        "ci95": [float(low), float(high)],
-        "p": float(min(1.0, 2 * min(below, above))),
+        **_percentile_test(replicates, alpha),
         "n": len(pairs),
         "per_seed": per_seed,
     }
 
 
-def within_noise(delta: Mapping, alpha: float = 0.05) -> bool:
+def seed_t_test(per_seed: Sequence[float], alpha: float = ALPHA) -> dict | None:
+    """The paired t-test over seeds: the per-seed differences as a sample of seeds (each one's
+    test-example noise included, where each seed has its own test split). `ci95`: the t-interval
+    of their mean; `p`: two-sided, `df` = seeds - 1. None for one seed (no spread to estimate)."""
+    values = np.asarray(per_seed, dtype=float)
+    n = len(values)
+    if n < 2:
+        return None
+    mean = float(values.mean())
+    error = float(values.std(ddof=1)) / math.sqrt(n)
+    df = n - 1
+    if error == 0:  # every seed the same difference: no spread, a certain sign (or none)
+        return {"ci95": [mean, mean], "p": 1.0 if mean == 0 else 0.0, "t": None, "df": df}
+    t = mean / error
+    half = t_quantile(1 - alpha / 2, df) * error
+    p = 2 * t_cdf(-abs(t), df)
+    return {"ci95": [mean - half, mean + half], "p": p, "t": t, "df": df}
+
+
+def two_level_bootstrap(
+    pairs: Sequence[tuple[Replicates, Replicates]],
+    metric: str,
+    splits: Sequence[object],
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+    alpha: float = ALPHA,
+) -> dict:
+    """The mean over seeds of `a - b`, resampled at two levels: the seeds (with replacement),
+    then the test examples within each drawn seed (a column of its pair's replicates).
+    `splits[i]` names pair `i`'s test split: seeds whose test split is the same examples take one
+    and the same example resample in a draw (their columns are paired resamples of one split),
+    so a shared split's noise is counted once for all of them, not averaged away as if each seed
+    had its own. A seed drawn twice keeps its one test split, so it takes that split's resample
+    twice. `ci95`, `p` as `fixed_models_bootstrap`'s."""
+    _differences(pairs, metric)
+    if len(splits) != len(pairs):
+        raise ValueError(f"{len(pairs)} pairs need {len(pairs)} test splits, not {len(splits)}")
+    differences = np.stack([a.values[metric] - b.values[metric] for a, b in pairs])
+    split_ids = {split: i for i, split in enumerate(dict.fromkeys(splits))}
+    split_of_seed = np.array([split_ids[split] for split in splits])
+    rng = np.random.default_rng(seed)
+    n, columns = differences.shape
+    drawn_seeds = rng.integers(0, n, size=(samples, n))
+    column_of_split = rng.integers(0, columns, size=(samples, len(split_ids)))
+    drawn_columns = np.take_along_axis(column_of_split, split_of_seed[drawn_seeds], axis=1)
+    replicates = differences[drawn_seeds, drawn_columns].mean(axis=1)
+    return _percentile_test(replicates, alpha)
+
+
+def seeds_for_power(
+    per_seed: Sequence[float], alpha: float = ALPHA, power: float = POWER, most: int = 1000
+) -> int | None:
+    """The fewest seeds with which a paired t-test at `alpha` (two-sided) finds a difference of
+    the observed mean size with `power`, if the per-seed differences spread as observed:
+    n >= ((t_{1-alpha/2, n-1} + t_{power, n-1}) * std / |mean|)^2 (the usual approximation
+    of the noncentral t). None when it cannot be said: under two seeds, no difference, or more
+    than `most` seeds."""
+    values = np.asarray(per_seed, dtype=float)
+    if len(values) < 2 or values.mean() == 0:
+        return None
+    ratio = float(values.std(ddof=1)) / abs(float(values.mean()))
+    for n in range(2, most + 1):
+        df = n - 1
+        if n >= ((t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * ratio) ** 2:
+            return n
+    return None
+
+
+def compare_over_seeds(
+    pairs: Sequence[tuple[Replicates, Replicates]],
+    metric: str,
+    splits: Sequence[object],
+    seed: int = 0,
+    alpha: float = ALPHA,
+) -> dict:
+    """`a - b` over seeds, one `(a, b)` pair per seed scored on the same resamples of that
+    seed's test split (`splits` names them, see `two_level_bootstrap`).
+
+    `delta`, `per_seed`, `n`; `ci95` and `p`: the seed-level verdict, the larger p (and the
+    union of the intervals) of `t_test` and `two_level_bootstrap`: the t-test's t quantiles are
+    honest with few seeds, where a bootstrap over 3 seeds (10 distinct draws) understates their
+    spread; the bootstrap counts the noise of a test split the seeds share, which a t-test over
+    them cannot see. None (and `within_noise` None) for one seed. `fixed_models`: the
+    example-level bootstrap, the models held fixed. `p_holm` and `within_noise` are set over
+    the family by `holm`; here they are those of a family of one.
+    """
+    fixed = fixed_models_bootstrap(pairs, metric, alpha)
+    per_seed = fixed["per_seed"]
+    t_test = seed_t_test(per_seed, alpha)
+    two_level = two_level_bootstrap(pairs, metric, splits, len(pairs[0][0].values[metric]), seed)
+    if t_test is None:
+        ci95, p = None, None
+    else:
+        ci95 = [
+            min(t_test["ci95"][0], two_level["ci95"][0]),
+            max(t_test["ci95"][1], two_level["ci95"][1]),
+        ]
+        p = max(t_test["p"], two_level["p"])
+    return {
+        "delta": fixed["delta"],
+        "ci95": ci95,
+        "p": p,
+        "p_holm": p,
+        "within_noise": None if p is None else p >= alpha,
+        "n": len(pairs),
+        "per_seed": per_seed,
+        "shared_test_split": len(set(splits)) < len(splits),
+        "t_test": t_test,
+        "two_level_bootstrap": two_level,
+        "fixed_models": {"ci95": fixed["ci95"], "p": fixed["p"]},
+        "seeds_for_power": seeds_for_power(per_seed, alpha),
+    }
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values, in the given order: the k-th smallest of m p-values
+    is multiplied by m - k + 1, capped at 1, and made no smaller than the one before it. Valid
+    under any dependence between the comparisons. None (no test) stays None, outside the family."""
+    known = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    adjusted: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(known):
+        running = max(running, min(1.0, (len(known) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def within_noise(delta: Mapping, alpha: float = ALPHA) -> bool:
     """True when the difference is not significant at `alpha` (its 95% interval holds 0)."""
     low, high = delta["ci95"]
     return delta["p"] >= alpha or low <= 0 <= high
