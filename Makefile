@@ -77,8 +77,8 @@ bench: install ## Measure the speed claims side by side (about 30 min on 2 cores
 test: install ## Run the test suite (offline: tiny random encoders, the shipped tiny corpus)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-lint: install ## ruff check and format check
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+lint: install ## ruff check, format check, and the package's import layers (import-linter)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 format: install ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .

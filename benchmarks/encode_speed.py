@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtl_lightning.data.trec_rt import trec
-from mtl_lightning.inference import Predictor
+from mtl_lightning.data.sources.trec_rt import trec
 from mtl_lightning.model.encoder import packaged_minilm_path
+from mtl_lightning.model.inference import Predictor
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from mtl_lightning.data.sampler import EpochSeed, LengthBucketBatchSampler
+from mtl_lightning.data.sampling.sampler import EpochSeed, LengthBucketBatchSampler
 from mtl_lightning.train import build_data
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from mtl_lightning import stats
+from mtl_lightning.study import stats
 
 # Per run: scenario, train seconds, trainable params, and per epoch the validation metrics.
 RUNS = {

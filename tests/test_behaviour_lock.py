@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import EXPERIMENTS
 
-from mtl_lightning.checkpoint import read_checkpoint
+from mtl_lightning.core.checkpoint import read_checkpoint
 from mtl_lightning.train import train
 
 RECORD = Path(__file__).parent / "fixtures" / "scenario_weights.json"

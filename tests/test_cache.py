@@ -87,7 +87,7 @@ def test_a_frozen_encoder_evaluated_again_is_served_and_other_data_is_not(make_c
     gets that data's embeddings, as without the cache, not the first data's."""
     from lightning import Trainer
 
-    from mtl_lightning.callbacks.freezing import FreezingSchedule
+    from mtl_lightning.scenarios.freezing import FreezingSchedule
     from mtl_lightning.train import build_data, build_module
 
     cfg = make_cfg("experiment=entire_network_frozen")
@@ -225,9 +225,9 @@ def test_prefix_cache_refuses_states_that_carry_a_gradient(tiny_encoders, caplog
     """A trainable parameter that feeds the frozen layers, unknown to the layer groups (as MPNet's
     relative attention bias was, in the top group): its states would go stale, so the cache
     refuses them and the run computes every step."""
-    from mtl_lightning.callbacks.freezing import FreezingSchedule
     from mtl_lightning.model.embedding_cache import PrefixCache
     from mtl_lightning.model.module import MultiTaskModule
+    from mtl_lightning.scenarios.freezing import FreezingSchedule
 
     torch.manual_seed(0)
     module = MultiTaskModule({"a": ["x", "y"]}, {"name_or_path": tiny_encoders["bert"]})
@@ -253,8 +253,8 @@ def test_prefix_cache_refuses_states_that_carry_a_gradient(tiny_encoders, caplog
 
 
 def test_prefix_cache_serves_train_and_val_never_test(tiny_encoders):
-    from mtl_lightning.callbacks.freezing import FreezingSchedule
     from mtl_lightning.model.module import MultiTaskModule
+    from mtl_lightning.scenarios.freezing import FreezingSchedule
 
     torch.manual_seed(0)
     module = MultiTaskModule({"a": ["x", "y"]}, {"name_or_path": tiny_encoders["bert"]})

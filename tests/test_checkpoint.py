@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtl_lightning.checkpoint import AtomicCheckpointIO, read_checkpoint
-from mtl_lightning.errors import ConfigError
-from mtl_lightning.inference import Predictor
+from mtl_lightning.core.checkpoint import AtomicCheckpointIO, read_checkpoint
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.model.inference import Predictor
 from mtl_lightning.train import train
 
 TASKS = {"classification": ["ABBR", "DESC"], "sentiment": ["negative", "positive"]}

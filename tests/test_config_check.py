@@ -9,14 +9,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from mtl_lightning.callbacks.freezing import FreezingSchedule
 from mtl_lightning.config_check import check_train_config, check_trainer
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.data.datamodule import MultiTaskDataModule
-from mtl_lightning.data.sources import TinySource
+from mtl_lightning.data.sources.base import TinySource
 from mtl_lightning.encode import encode
-from mtl_lightning.errors import ConfigError
 from mtl_lightning.model.module import MultiTaskModule
 from mtl_lightning.predict import predict
+from mtl_lightning.scenarios.freezing import FreezingSchedule
 from mtl_lightning.train import build_data, build_module, train
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"

@@ -14,7 +14,7 @@ import pytest
 import torch
 from helpers import Recorder
 
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.train import train
 
 RECORDER = "+callbacks.recorder._target_=helpers.Recorder"

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from mtl_lightning.data import trec_rt
-from mtl_lightning.data.sampler import EpochSeed, LengthBucketBatchSampler, RoundRobinBatchSampler
-from mtl_lightning.data.sources import TinySource, read_label_tsv, stratified_split
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.data.sampling.sampler import (
+    EpochSeed,
+    LengthBucketBatchSampler,
+    RoundRobinBatchSampler,
+)
+from mtl_lightning.data.sources import trec_rt
+from mtl_lightning.data.sources.base import TinySource, read_label_tsv, stratified_split
 
 TREC_LINES = [
     "DESC:manner How did serfdom develop in and then leave Russia ?",

@@ -7,7 +7,7 @@ import torch
 from conftest import TINY_CONFIGS
 from transformers import AutoModel, RobertaConfig
 
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.model.encoder import layer_groups, pool, resolve_encoder_path
 
 

@@ -16,12 +16,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
-from mtl_lightning.checkpoint import load_module
-from mtl_lightning.errors import ConfigError
-from mtl_lightning.export import export_checkpoint, load_heads
-from mtl_lightning.inference import Predictor
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.st_folder import write_folder
+from mtl_lightning.hub.export import export_checkpoint, load_heads
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, load_tokenizer, pool
-from mtl_lightning.st_folder import write_folder
+from mtl_lightning.model.inference import Predictor
+from mtl_lightning.model.module import load_module
 from mtl_lightning.train import train
 
 LABELS = {
@@ -151,7 +151,7 @@ def test_export_needs_no_sentence_transformers(ckpt, tmp_path):
     script = (
         "import sys\n"
         "sys.modules['sentence_transformers'] = None  # import now raises ImportError\n"
-        "from mtl_lightning.export import export_checkpoint\n"
+        "from mtl_lightning.hub.export import export_checkpoint\n"
         f"export_checkpoint({str(ckpt)!r}, {str(tmp_path / 'out')!r})\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -13,8 +13,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.data.datamodule import MultiTaskDataModule
-from mtl_lightning.errors import ConfigError
 from mtl_lightning.train import train
 
 QUESTION_LABELS = ("ABBR", "HUM", "LOC")
@@ -73,7 +73,7 @@ def test_train_end_to_end_on_csv_and_jsonl(make_cfg, tmp_path, monkeypatch, capl
         f"data.tasks.sentiment.train={tmp_path / 'r.jsonl'}",
         "trainer.max_epochs=1",
     )
-    with caplog.at_level(logging.WARNING, logger="mtl_lightning.data.sources"):
+    with caplog.at_level(logging.WARNING, logger="mtl_lightning.data.sources.base"):
         metrics = train(cfg)
     assert 0 <= metrics["test/acc_mean"] <= 1
     assert "dropped 2 of 62 examples" in caplog.text
@@ -272,7 +272,7 @@ def test_bad_input_is_one_clear_error_before_training(case, make_cfg, tmp_path, 
 
 
 def test_a_declared_nan_label_is_a_class(tmp_path):
-    from mtl_lightning.data.files import FileSource
+    from mtl_lightning.data.sources.files import FileSource
 
     (tmp_path / "q.csv").write_bytes(csv_bytes([("Who?", "HUM"), ("What?", "nan")]))
     source = FileSource("classification", train=str(tmp_path / "q.csv"), label_names=["HUM", "nan"])
@@ -280,7 +280,7 @@ def test_a_declared_nan_label_is_a_class(tmp_path):
 
 
 def test_shipped_tsv_rows_must_have_two_fields():
-    from mtl_lightning.data.sources import read_label_tsv
+    from mtl_lightning.data.sources.base import read_label_tsv
 
     assert read_label_tsv("label\ttext\nHUM\tWho?\n", "t.tsv") == (["Who?"], ["HUM"])
     with pytest.raises(ConfigError, match=r"^t\.tsv line 3 has 3 field\(s\), not 2"):

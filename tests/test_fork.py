@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.train import train
 
 # On data=tiny, classification has 7 train batches and sentiment 4: freezing sentiment's head

@@ -8,7 +8,7 @@ from conftest import CONF_DIR
 from hydra import compose, initialize_config_dir
 from lightning import Callback
 
-from mtl_lightning.callbacks.freezing import FreezingSchedule
+from mtl_lightning.scenarios.freezing import FreezingSchedule
 from mtl_lightning.train import train
 
 GROUPS_TOP_DOWN = ["layer_2", "layer_1", "layer_0", "embeddings"]  # the tiny 3-layer BERT
@@ -121,7 +121,7 @@ def test_the_experiment_reaches_the_whole_encoder_with_ulmfit_rates():
 
 
 def test_unfreeze_every_steps_must_be_positive():
-    from mtl_lightning.errors import ConfigError
+    from mtl_lightning.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="freezing.unfreeze_every_steps"):
         FreezingSchedule("gradual_unfreeze", unfreeze_every_steps=0)
@@ -212,7 +212,7 @@ def test_resume_after_a_plateau_is_exact(make_cfg, tmp_path):
 
 
 def test_a_plateau_monitor_that_is_not_logged_is_named(make_cfg):
-    from mtl_lightning.errors import ConfigError
+    from mtl_lightning.core.errors import ConfigError
 
     cfg = make_cfg(
         "experiment=gradual_unfreeze", "freezing.plateau_patience=1",

@@ -11,10 +11,10 @@ import pytest
 from conftest import CONF_DIR
 from hydra import compose, initialize_config_dir
 
-from mtl_lightning.data import hf
-from mtl_lightning.data.hf import HFSource
-from mtl_lightning.data.sources import TinySource
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.data.sources import hf
+from mtl_lightning.data.sources.base import TinySource
+from mtl_lightning.data.sources.hf import HFSource
 from mtl_lightning.train import train
 
 

@@ -7,8 +7,8 @@ import csv
 import pytest
 from helpers import Recorder
 
-from mtl_lightning.callbacks.freezing import FreezingSchedule
 from mtl_lightning.model.module import MultiTaskModule
+from mtl_lightning.scenarios.freezing import FreezingSchedule
 from mtl_lightning.train import train
 
 TASKS = {"classification": ["a", "b", "c"], "sentiment": ["negative", "positive"]}

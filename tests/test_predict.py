@@ -15,9 +15,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.encode import encode
-from mtl_lightning.errors import ConfigError
-from mtl_lightning.inference import Predictor
+from mtl_lightning.model.inference import Predictor
 from mtl_lightning.model.module import MultiTaskModule
 from mtl_lightning.predict import predict
 from mtl_lightning.train import train
@@ -230,7 +230,7 @@ def test_user_errors_name_the_key_and_the_fix(ckpt, tmp_path):
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"])
 def test_txt_lines_split_at_newlines_only(tmp_path, newline):
-    from mtl_lightning.inference import read_texts
+    from mtl_lightning.model.inference import read_texts
 
     # A form feed and U+2028 inside a sentence are part of it; "" is an empty line of its own.
     lines = ["page one\fpage two", "first\u2028second", "", "last"]
@@ -262,7 +262,7 @@ def test_folders_given_as_files_are_called_folders(tmp_path):
 
 
 def test_outputs_replace_the_old_file_whole_or_not_at_all(tmp_path):
-    from mtl_lightning.inference import write_embeddings, write_jsonl
+    from mtl_lightning.model.inference import write_embeddings, write_jsonl
 
     output = tmp_path / "predictions.jsonl"
     output.write_text("old\n")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from lightning import Callback
 
-from mtl_lightning.readout import CentroidReadout, KNNReadout, fit_readout
+from mtl_lightning.scenarios.readout import CentroidReadout, KNNReadout, fit_readout
 from mtl_lightning.train import train
 
 

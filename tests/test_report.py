@@ -20,9 +20,10 @@ from fake_sweep import (
     similarity_predictions,
 )
 
-from mtl_lightning import stats
-from mtl_lightning.errors import ConfigError
-from mtl_lightning.report import fingerprint_of_test_split, load_runs, main, write_report
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.report import main
+from mtl_lightning.study import stats
+from mtl_lightning.study.report import fingerprint_of_test_split, load_runs, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -271,7 +272,7 @@ def test_two_seed_study_multirun_then_report(tiny_encoders, tmp_path):
             train + axis + common, capture_output=True, text=True, env=env, timeout=600
         )
         assert result.returncode == 0, result.stderr[-3000:]
-    report = [sys.executable, "-m", "mtl_lightning.report", str(sweep)]
+    report = [sys.executable, "-m", "mtl_lightning.study.report", str(sweep)]
     result = subprocess.run(report, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 

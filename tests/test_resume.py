@@ -8,8 +8,8 @@ import pytest
 import torch
 from helpers import Recorder
 
-from mtl_lightning.checkpoint import read_checkpoint
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.checkpoint import read_checkpoint
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.train import RunStopped, train
 
 RECORD = "+callbacks.recorder._target_=helpers.Recorder"

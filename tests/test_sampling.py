@@ -13,15 +13,15 @@ import torch
 from helpers import Recorder
 from hydra.utils import instantiate
 
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.data.datamodule import MultiTaskDataModule
-from mtl_lightning.data.sampler import (
+from mtl_lightning.data.sampling.sampler import (
     EpochSeed,
     LengthBucketBatchSampler,
     RoundRobinBatchSampler,
     TaskScheduleBatchSampler,
 )
-from mtl_lightning.data.sources import TinySource
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.data.sources.base import TinySource
 from mtl_lightning.model.module import MultiTaskModule
 from mtl_lightning.train import train
 

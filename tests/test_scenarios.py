@@ -10,7 +10,7 @@ import torch
 from conftest import EXPERIMENTS
 from helpers import Recorder
 
-from mtl_lightning.callbacks.freezing import SCENARIOS
+from mtl_lightning.scenarios.freezing import SCENARIOS
 from mtl_lightning.train import train
 
 RECORDER = "+callbacks.recorder._target_=helpers.Recorder"

@@ -15,13 +15,13 @@ import torch
 from omegaconf import open_dict
 from test_predict import compose_cfg
 
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.names import inside, task_name_problem
+from mtl_lightning.core.st_folder import write_folder
 from mtl_lightning.encode import encode
-from mtl_lightning.errors import ConfigError
-from mtl_lightning.export import export_checkpoint
-from mtl_lightning.inference import Predictor
+from mtl_lightning.hub.export import export_checkpoint
 from mtl_lightning.model.encoder import Encoder
-from mtl_lightning.names import inside, task_name_problem
-from mtl_lightning.st_folder import write_folder
+from mtl_lightning.model.inference import Predictor
 from mtl_lightning.train import train
 
 
@@ -142,7 +142,7 @@ def test_a_checkpoint_task_name_that_is_a_path_is_refused_in_predict_and_export(
 
 def with_task(cfg, name: str, file: str):
     """`cfg` with one more tiny task named `name` (any string, as a YAML file may hold)."""
-    source = {"_target_": "mtl_lightning.data.sources.TinySource", "file": file}
+    source = {"_target_": "mtl_lightning.data.sources.base.TinySource", "file": file}
     if file == "sentiment":
         source["label_names"] = ["negative", "positive"]
     with open_dict(cfg):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.train import build_data
 
 

@@ -10,8 +10,8 @@ import torch
 from torchmetrics.classification import MulticlassF1Score
 from torchmetrics.regression import SpearmanCorrCoef
 
-from mtl_lightning import stats
-from mtl_lightning.stats import Replicates
+from mtl_lightning.study import stats
+from mtl_lightning.study.stats import Replicates
 
 # Published 97.5% quantiles of Student's t (any t table).
 T_TABLE = {1: 12.7062, 2: 4.3027, 4: 2.7764, 9: 2.2622, 29: 2.0452, 40: 2.0211, 60: 2.0003}

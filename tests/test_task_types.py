@@ -11,11 +11,11 @@ import torch
 from conftest import EXPERIMENTS
 from helpers import Recorder
 
-from mtl_lightning import stats
 from mtl_lightning.callbacks.test_predictions import PREDICTIONS_DIR, read_predictions
-from mtl_lightning.errors import ConfigError
-from mtl_lightning.inference import Predictor, read_rows
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.model.inference import Predictor, read_rows
 from mtl_lightning.predict import predict
+from mtl_lightning.study import stats
 from mtl_lightning.train import build_data, train
 
 RECORD = "+callbacks.recorder._target_=helpers.Recorder"
@@ -111,7 +111,7 @@ def _write_csv(path, header, rows):
 
 def _user_files(tmp_path):
     """The README's CSVs: questions, paraphrase pairs, scored pairs, from the tiny corpus."""
-    from mtl_lightning.data.sources import Rows, TinySource
+    from mtl_lightning.data.sources.base import Rows, TinySource
 
     paths = {}
     for name, header in (
@@ -136,13 +136,13 @@ def files_overrides(paths) -> list[str]:
         f"data.tasks.classification.train={paths['classification']}",
         "data.tasks.classification.text_column=question",
         "~data.tasks.sentiment",
-        "+data.tasks.paraphrase._target_=mtl_lightning.data.files.FileSource",
+        "+data.tasks.paraphrase._target_=mtl_lightning.data.sources.files.FileSource",
         "+data.tasks.paraphrase.task=paraphrase",
         "+data.tasks.paraphrase.type=pair_classification",
         f"+data.tasks.paraphrase.train={paths['paraphrase']}",
         "+data.tasks.paraphrase.text_column=sentence1",
         "+data.tasks.paraphrase.text_pair_column=sentence2",
-        "+data.tasks.sts._target_=mtl_lightning.data.files.FileSource",
+        "+data.tasks.sts._target_=mtl_lightning.data.sources.files.FileSource",
         "+data.tasks.sts.task=sts",
         "+data.tasks.sts.type=similarity",
         f"+data.tasks.sts.train={paths['similarity']}",
@@ -222,8 +222,8 @@ def test_config_errors_name_the_key(make_cfg, tmp_path):
 
 def test_hf_source_reads_pairs_and_scores(tmp_path):
     pytest.importorskip("datasets")
-    from mtl_lightning.data.hf import HFSource
-    from mtl_lightning.data.sources import Rows
+    from mtl_lightning.data.sources.base import Rows
+    from mtl_lightning.data.sources.hf import HFSource
 
     rows = [("a cat", "a kitten", 4.5), ("a car", "the sea", 0.5), ("", "dropped", 1.0)]
     csv_file = _write_csv(tmp_path / "sts.csv", ("sentence1", "sentence2", "score"), rows)
@@ -258,7 +258,7 @@ def test_report_uses_each_tasks_primary_metric(tmp_path):
     table the monitored mean of primaries, not the accuracies' mean."""
     import csv
 
-    from mtl_lightning.report import write_report
+    from mtl_lightning.study.report import write_report
 
     folder = tmp_path / "sweep" / "0_full_finetune"
     (folder / ".hydra").mkdir(parents=True)
@@ -297,8 +297,8 @@ def test_report_uses_each_tasks_primary_metric(tmp_path):
 
 
 def test_export_writes_and_reloads_every_types_head(make_cfg, tmp_path):
-    from mtl_lightning.checkpoint import load_module
-    from mtl_lightning.export import export_checkpoint, load_heads
+    from mtl_lightning.hub.export import export_checkpoint, load_heads
+    from mtl_lightning.model.module import load_module
 
     train(make_cfg(*TYPES, "trainer.max_epochs=1"))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -323,7 +323,7 @@ def test_export_writes_and_reloads_every_types_head(make_cfg, tmp_path):
 
 
 def test_data_resolves_tokenizers_below_model_and_inference_pads_without_the_datamodule():
-    """One job per room: `mtl_lightning.resolve` finds encoders and tokenizers for data/ and
+    """One job per room: `mtl_lightning.core.resolve` finds encoders and tokenizers for data/ and
     model/ alike; inference pads with data/collate.py, not through the datamodule."""
     import ast
     from pathlib import Path
@@ -340,7 +340,7 @@ def test_data_resolves_tokenizers_below_model_and_inference_pads_without_the_dat
         assert not {m for m in imports(path) if m.startswith("mtl_lightning.model")}, path
     assert "mtl_lightning.model" not in str(imports(package / "resolve.py"))
     assert "mtl_lightning.data.datamodule" not in imports(package / "inference.py")
-    assert "mtl_lightning.data.collate" in imports(package / "inference.py")
+    assert "mtl_lightning.tasks.collate" in imports(package / "inference.py")
 
 
 @pytest.mark.parametrize(

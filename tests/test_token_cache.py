@@ -8,7 +8,7 @@ import pytest
 from hydra.utils import instantiate
 
 from mtl_lightning.data import token_cache
-from mtl_lightning.data.sources import SPLITS
+from mtl_lightning.data.sources.base import SPLITS
 from mtl_lightning.model.encoder import load_tokenizer
 
 

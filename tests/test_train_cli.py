@@ -9,8 +9,8 @@ import sys
 import pytest
 from helpers import Recorder  # noqa: F401 (importable by Hydra through PYTHONPATH below)
 
-from mtl_lightning.checkpoint import read_checkpoint
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.checkpoint import read_checkpoint
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.train import train
 
 

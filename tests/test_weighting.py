@@ -8,7 +8,7 @@ import torch
 from helpers import Recorder
 from omegaconf import OmegaConf, open_dict
 
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.train import train
 from mtl_lightning.weighting import LossWeighting
 

@@ -1,95 +1,30 @@
 """Every config key a user sets, with its type and range: a bad value is refused in one sentence.
 
-`RULES` is the one table of what each key accepts. `check_train_config(cfg)` runs it (and the
-checks that need several keys or the machine: fractions, devices, GPUs, an end for the
-learning-rate schedule) on the composed config before anything is built; `check_predict_config`
-and `check_encode_config` do the same for their commands. Constructors that Python users call
-directly check their own arguments with `check_values`, against the same rules.
+Each configured class keeps the rules of its own keys beside it (`mtl_lightning.core.rules`);
+`RULES` gathers them under their config keys, with the top-level and trainer keys that belong to
+no class. `check_train_config(cfg)` runs it (and the checks that need several keys or the
+machine: fractions, devices, GPUs, an end for the learning-rate schedule) on the composed config
+before anything is built; `check_predict_config` and `check_encode_config` do the same for their
+commands.
 """
 
 from __future__ import annotations
 
-import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch.accelerators import AcceleratorRegistry
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from mtl_lightning.errors import ConfigError
-from mtl_lightning.model.encoder import POOLINGS
-from mtl_lightning.names import check_task_names
-
-_ABSENT = object()
-# Lightning's estimated_stepping_batches is infinite then; `configure_optimizers` needs steps.
-NO_END = (
-    "trainer.max_epochs=-1 sets no end, and the learning-rate schedule (warmup, then linear "
-    "decay to 0) needs one: set trainer.max_steps=<steps> as well, or a positive "
-    "trainer.max_epochs."
-)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-KINDS: dict[type, tuple[Callable[[Any], bool], str]] = {
-    int: (_is_int, "an integer"),
-    float: (_is_number, "a number"),
-    bool: (lambda v: isinstance(v, bool), "true or false"),
-    str: (lambda v: isinstance(v, str), "a string"),
-}
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one key accepts: a value of `kind` for which `ok(value)` holds (`need` says so in
-    words), or null when `nullable`; `fix` ends the refusal (default: `example` as a value)."""
-
-    kind: type
-    need: str = ""
-    ok: Callable[[Any], bool] = lambda value: True
-    example: Any = None
-    nullable: bool = False
-    fix: Callable[[Any], str] | None = None
-
-    def problem(self, key: str, value: Any) -> str | None:
-        """The sentence refusing `value` for `key`, or None when it is fine."""
-        if value is None and self.nullable:
-            return None
-        is_kind, kind_words = KINDS[self.kind]
-        if is_kind(value) and self.ok(value):
-            return None
-        shown = f"'{value}'" if isinstance(value, str) and self.kind is not str else value
-        if is_kind(value):
-            wanted = self.need
-        else:
-            wanted = kind_words + (f", {self.need}" if self.need else "")
-        if self.nullable:
-            wanted += ", or null"
-        if self.fix is not None and is_kind(value):
-            return f"{key}={shown} must be {wanted}: {self.fix(value)}."
-        example = "" if self.example is None else f": e.g. {key}={self.example}"
-        return f"{key}={shown} must be {wanted}{example}."
-
-
-def int_at_least(example: int, least: int = 1, **kwargs) -> Rule:
-    return Rule(int, f"at least {least}", lambda v: v >= least, example, **kwargs)
-
-
-def _decay_fix(value: float) -> str:
-    if value <= 0:
-        return "it divides each lower layer's learning rate (1 keeps all equal, ULMFiT uses 2.6)"
-    return (
-        f"it divides each lower layer's learning rate (1 keeps all equal, ULMFiT uses 2.6), so "
-        f"the multiplier {value} is model.layerwise_lr_decay={1 / value:.3g} (1/{value})"
-    )
+from mtl_lightning.core.compat import precision_values
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.names import check_task_names
+from mtl_lightning.core.rules import Rule, check_table, int_at_least, is_int, prefixed
+from mtl_lightning.data.datamodule import DATA_RULES, check_fractions
+from mtl_lightning.model.encoder import ENCODER_RULES
+from mtl_lightning.model.module import MODEL_RULES, NO_END
+from mtl_lightning.scenarios.freezing import FREEZING_RULES
 
 
 def _limit_ok(value: int) -> bool:
@@ -102,62 +37,10 @@ RULES: dict[str, Rule] = {
     "ckpt_path": Rule(str, example="<run>/checkpoints/last.ckpt", nullable=True),
     "fork_from": Rule(str, example="<run>/checkpoints/epoch00.ckpt", nullable=True),
     "optimized_metric": Rule(str, example="val/primary_mean"),
-    "freezing.scenario": Rule(str, example="full_finetune"),
-    "freezing.head": Rule(str, example="classification"),
-    "freezing.head_warmup_epochs": int_at_least(1, least=0, nullable=True),
-    "freezing.every_n_epochs": Rule(float, "above 0 (0.25: a quarter epoch)", lambda v: v > 0, 1),
-    "freezing.unfreeze_every_steps": int_at_least(200, nullable=True),
-    "freezing.unfreeze_embeddings": Rule(bool, example="true"),
-    "freezing.keep_frozen_layers": int_at_least(2, least=0),
-    "freezing.plateau_patience": int_at_least(2, nullable=True),
-    "freezing.plateau_monitor": Rule(str, example="val/primary_mean"),
-    "freezing.plateau_mode": Rule(str, "max or min", ("max", "min").__contains__, "max"),
-    # conf/model/*.yaml
-    "model.encoder.name_or_path": Rule(str, example="sentence-transformers/all-MiniLM-L6-v2"),
-    # null: a sentence-transformers folder's own pooling and normalisation, else mean, none.
-    "model.encoder.pooling": Rule(
-        str, f"one of {', '.join(POOLINGS)}", POOLINGS.__contains__, "mean", nullable=True
-    ),
-    "model.encoder.normalize": Rule(bool, example="false", nullable=True),
-    "model.head_dropout": Rule(
-        float, "at least 0 and below 1", lambda v: 0 <= v < 1, 0.1
-    ),  # a probability of zeroing
-    "model.loss_weighting": Rule(str, example="static"),
-    # 0 is allowed: those weights stay where they are (a control run, e.g. zero forgetting).
-    "model.lr": Rule(float, "at least 0", lambda v: v >= 0, "5e-5"),
-    "model.head_lr": Rule(float, "at least 0", lambda v: v >= 0, "1e-3"),
-    "model.layerwise_lr_decay": Rule(float, "at least 1", lambda v: v >= 1, fix=_decay_fix),
-    "model.weight_decay": Rule(float, "at least 0", lambda v: v >= 0, 0.01),
-    "model.warmup_ratio": Rule(
-        float, "between 0 and 1 (a share of the training steps)", lambda v: 0 <= v <= 1, 0.1
-    ),
-    "model.init_from": Rule(str, example="<run>/checkpoints/last.ckpt", nullable=True),
-    "model.frozen_cache": Rule(bool, example="true"),
-    "model.frozen_cache_max_gb": Rule(float, "at least 0", lambda v: v >= 0, 4.0),
-    # conf/data/*.yaml (data.tasks.* are checked by their sources)
-    "data.tokenizer": Rule(str, example="sentence-transformers/all-MiniLM-L6-v2"),
-    "data.data_dir": Rule(str, example="data"),
-    "data.batch_size": int_at_least(32),
-    "data.eval_batch_size": int_at_least(128),
-    "data.max_length": int_at_least(64),  # 0 would turn truncation off
-    "data.sampling": Rule(str, example="joint"),
-    "data.temperature": Rule(
-        float,
-        "above 0",
-        lambda v: v > 0,
-        fix=lambda v: (
-            "use 1 for proportional sampling, larger values for more equal task shares (default 2)"
-        ),
-    ),
-    "data.token_cache": Rule(bool, example="true"),
-    "data.val_fraction": Rule(float, "at least 0 and below 1", lambda v: 0 <= v < 1, 0.1),
-    "data.test_fraction": Rule(float, "at least 0 and below 1", lambda v: 0 <= v < 1, 0.1),
-    "data.seed": Rule(int, example=42),
-    "data.num_workers": int_at_least(2, least=0),
-    "data.bucket_pool": Rule(
-        int, "at least 1", lambda v: v >= 1, fix=lambda v: "1 is random batching"
-    ),
-    "data.max_train_examples": int_at_least(1000, least=2, nullable=True),
+    **prefixed("freezing", FREEZING_RULES),
+    **prefixed("model", MODEL_RULES),
+    **prefixed("model.encoder", ENCODER_RULES),
+    **prefixed("data", DATA_RULES),
     # conf/trainer/*.yaml (accelerator, devices and strategy: `check_trainer`)
     "trainer.max_epochs": Rule(int, "at least 1 (or -1 for no limit)", _limit_ok, 3, nullable=True),
     "trainer.max_steps": Rule(int, "at least 1 (or -1 for no limit)", _limit_ok, 1000),
@@ -168,24 +51,8 @@ RULES: dict[str, Rule] = {
     "trainer.use_distributed_sampler": Rule(bool, example="false"),
 }
 
-# Lightning's accepted precision values (its own lists; none if they move).
-_PRECISIONS: tuple = ()
-try:
-    from lightning.fabric import connector as _connector
-
-    _PRECISIONS = tuple(
-        dict.fromkeys(
-            str(value)
-            for name in (
-                "_PRECISION_INPUT_STR",
-                "_PRECISION_INPUT_STR_ALIAS",
-                "_PRECISION_INPUT_INT",
-            )
-            for value in typing.get_args(getattr(_connector, name))
-        )
-    )
-except (ImportError, AttributeError):  # pragma: no cover - a Lightning without these names
-    pass
+# Lightning's accepted precision values (its own lists).
+_PRECISIONS = precision_values()
 
 # conf/predict.yaml and conf/encode.yaml: the keys are top level there.
 INFERENCE_RULES: dict[str, Rule] = {
@@ -199,42 +66,10 @@ INFERENCE_RULES: dict[str, Rule] = {
 ENCODE_RULES: dict[str, Rule] = {
     **INFERENCE_RULES,
     "output": Rule(str, example="embeddings.npy", nullable=True),
-    "encoder": Rule(str, example="sentence-transformers/all-MiniLM-L6-v2"),
-    "pooling": Rule(
-        str, f"one of {', '.join(POOLINGS)}", POOLINGS.__contains__, "mean", nullable=True
-    ),
-    "normalize": Rule(bool, example="false", nullable=True),
+    "encoder": ENCODER_RULES["name_or_path"],
+    "pooling": ENCODER_RULES["pooling"],
+    "normalize": ENCODER_RULES["normalize"],
 }
-
-
-def check_values(prefix: str, values: Mapping[str, Any]) -> None:
-    """Check constructor arguments named like the keys under `prefix` (e.g. "data")."""
-    for name, value in values.items():
-        rule = RULES.get(f"{prefix}.{name}")
-        problem = rule.problem(f"{prefix}.{name}", value) if rule else None
-        if problem:
-            raise ConfigError(problem)
-
-
-def _check_table(cfg: DictConfig, rules: Mapping[str, Rule]) -> None:
-    for key, rule in rules.items():
-        value = OmegaConf.select(cfg, key, default=_ABSENT)
-        if value is _ABSENT:  # removed with ~key, or a trainer config without it
-            continue
-        problem = rule.problem(key, value)
-        if problem:
-            raise ConfigError(problem)
-
-
-def check_fractions(val_fraction: float, test_fraction: float) -> None:
-    """The carved-out shares leave train something (each one's own range is in `RULES`)."""
-    check_values("data", {"val_fraction": val_fraction, "test_fraction": test_fraction})
-    if val_fraction + test_fraction >= 1:
-        raise ConfigError(
-            f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} add up to "
-            f"{val_fraction + test_fraction:g}, leaving no training examples: keep their sum "
-            "below 1 (e.g. 0.1 each)."
-        )
 
 
 def _device_count(devices: Any, accelerator: str) -> int | None:
@@ -307,7 +142,7 @@ def check_trainer(trainer: DictConfig) -> None:
 
 def check_train_config(cfg: DictConfig) -> None:
     """Refuse any bad value of conf/train.yaml's keys before anything is built."""
-    _check_table(cfg, RULES)
+    check_table(cfg, RULES)
     tasks = cfg.data.get("tasks")
     if isinstance(tasks, Mapping):
         check_task_names([t for t, source in tasks.items() if source is not None], "data.tasks")
@@ -327,7 +162,7 @@ def check_train_config(cfg: DictConfig) -> None:
     if points is not None and not (
         isinstance(points, Sequence)
         and not isinstance(points, str)
-        and all(_is_int(p) and p >= 0 for p in points)
+        and all(is_int(p) and p >= 0 for p in points)
     ):
         raise ConfigError(
             f"fork_points={points} must be a list of epochs (integers from 0): e.g. "
@@ -357,8 +192,8 @@ def check_frozen_layers(keep_frozen_layers: int, num_layers: int) -> None:
 
 
 def check_predict_config(cfg: DictConfig) -> None:
-    _check_table(cfg, INFERENCE_RULES)
+    check_table(cfg, INFERENCE_RULES)
 
 
 def check_encode_config(cfg: DictConfig) -> None:
-    _check_table(cfg, ENCODE_RULES)
+    check_table(cfg, ENCODE_RULES)

@@ -13,8 +13,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from mtl_lightning.config_check import check_encode_config
-from mtl_lightning.errors import ConfigError, one_line_errors
-from mtl_lightning.inference import Predictor, check_output, read_texts, write_embeddings
+from mtl_lightning.core.errors import ConfigError, one_line_errors
+from mtl_lightning.model.inference import Predictor, check_output, read_texts, write_embeddings
 
 # How the encoder's errors name training's keys, and this command's keys for the same thing.
 TRAIN_KEYS = {

@@ -14,8 +14,8 @@ import hydra
 from omegaconf import DictConfig
 
 from mtl_lightning.config_check import check_predict_config
-from mtl_lightning.errors import ConfigError, one_line_errors
-from mtl_lightning.inference import Predictor, check_output, read_rows, write_jsonl
+from mtl_lightning.core.errors import ConfigError, one_line_errors
+from mtl_lightning.model.inference import Predictor, check_output, read_rows, write_jsonl
 
 
 def predict(cfg: DictConfig) -> list[dict]:

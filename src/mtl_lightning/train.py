@@ -23,16 +23,16 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from mtl_lightning.callbacks.freezing import FreezingSchedule
 from mtl_lightning.callbacks.sigterm import SigtermCheckpoint
-from mtl_lightning.checkpoint import check_resumable, check_resume_tasks, read_checkpoint
 from mtl_lightning.config_check import check_frozen_layers, check_train_config
-from mtl_lightning.console import quiet_loggers, quiet_third_party
+from mtl_lightning.core.checkpoint import check_resumable, check_resume_tasks, read_checkpoint
+from mtl_lightning.core.console import quiet_loggers, quiet_third_party
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.summary import fit_seconds, write_summary
 from mtl_lightning.data.datamodule import MultiTaskDataModule
-from mtl_lightning.errors import ConfigError
-from mtl_lightning.fork import Fork, Forked
 from mtl_lightning.model.module import MultiTaskModule, rename_weighting_keys
-from mtl_lightning.summary import fit_seconds, write_summary
+from mtl_lightning.scenarios.freezing import FreezingSchedule
+from mtl_lightning.study.fork import Fork, Forked
 from mtl_lightning.weighting import LossWeighting, StaticWeighting
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     try:
         if freezing.trains_nothing:
             # Its experiment's `frozen_readout` callback reads the frozen features out and
-            # writes them (mtl_lightning.readout.FrozenReadout).
+            # writes them (mtl_lightning.scenarios.readout.FrozenReadout).
             log.info("entire_network_frozen: nothing trains; evaluating and exporting embeddings.")
             freezing.apply(module, 0)
             trainer.validate(module, datamodule=datamodule)

@@ -15,7 +15,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 
-from mtl_lightning.names import inside
+from mtl_lightning.core.names import inside
 
 
 class ConfusionMatrix(Callback):

@@ -6,14 +6,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from lightning import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+
+from mtl_lightning.core.compat import SelectiveModelCheckpoint
 
 
-class ForkPoint(ModelCheckpoint):
+class ForkPoint(SelectiveModelCheckpoint):
     """Writes `<dirpath>/epochNN.ckpt` (weights, optimizer, LR schedule, RNG, loops) at the end
     of each epoch in `epochs`, after its validation: a run that trains the same first epochs
-    starts from it (`fork_from`, mtl_lightning.fork). `make compare` keeps epoch 0 of its runs,
-    and `only_head_frozen` forks `full_finetune`'s.
+    starts from it (`fork_from`, mtl_lightning.study.fork). `make compare` keeps epoch 0 of its
+    runs, and `only_head_frozen` forks `full_finetune`'s.
 
     A ModelCheckpoint, so that Lightning runs it after the best-checkpoint callbacks: the state
     it writes already counts this epoch's score.
@@ -35,7 +36,5 @@ class ForkPoint(ModelCheckpoint):
     def state_key(self) -> str:
         return self._generate_state_key(fork_points=sorted(self.epochs))
 
-    def _should_skip_saving_checkpoint(self, trainer: Trainer) -> bool:
-        return trainer.current_epoch not in self.epochs or super()._should_skip_saving_checkpoint(
-            trainer
-        )
+    def saves_now(self, trainer: Trainer) -> bool:
+        return trainer.current_epoch in self.epochs

@@ -10,14 +10,15 @@ from typing import Any
 
 import numpy as np
 from lightning import Callback
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+
+from mtl_lightning.core.compat import collect_rng_states, set_rng_states
 
 
 class RNGStateCheckpoint(Callback):
     """Keeps the torch, CUDA, NumPy and Python RNG states in checkpoints; restores them."""
 
     def state_dict(self) -> dict[str, Any]:
-        states = _collect_rng_states()
+        states = collect_rng_states()
         # Plain lists instead of a NumPy array, so that checkpoints load with weights_only=True.
         name, keys, position, has_gauss, gauss = states["numpy"]
         states["numpy"] = (name, keys.tolist(), position, has_gauss, gauss)
@@ -27,4 +28,4 @@ class RNGStateCheckpoint(Callback):
         states = dict(state_dict["rng_states"])
         name, keys, position, has_gauss, gauss = states["numpy"]
         states["numpy"] = (name, np.asarray(keys, dtype=np.uint32), position, has_gauss, gauss)
-        _set_rng_states(states)
+        set_rng_states(states)

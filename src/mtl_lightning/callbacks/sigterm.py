@@ -12,6 +12,8 @@ from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mtl_lightning.core.compat import dump_checkpoint
+
 
 class SigtermCheckpoint(Callback):
     """On SIGTERM during fit, writes `<dirpath>/<filename>.ckpt` as training stands (mid-epoch too).
@@ -33,6 +35,6 @@ class SigtermCheckpoint(Callback):
         # saw the signal one batch later is inside the next step's collectives, and both would
         # hang. The replicas hold the same state, so rank 0 writes it alone.
         if trainer.is_global_zero:
-            checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            checkpoint = dump_checkpoint(trainer)
             trainer.strategy.checkpoint_io.save_checkpoint(checkpoint, self.ckpt_path)
         self.saved = True

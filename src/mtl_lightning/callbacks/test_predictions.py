@@ -4,7 +4,7 @@ One row per test example: `idx` (its index in the task's test split, from the ba
 and `pred`: class ids (in the order of `summary.json`'s `tasks`), or for a similarity task the
 true score (scaled to [0, 1]) and the predicted cosine. Two runs with the same data,
 seed and training-set size have the same test split, so their rows pair up by `idx`: the
-report's paired tests (`mtl_lightning.stats`) are computed on them.
+report's paired tests (`mtl_lightning.study.stats`) are computed on them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from lightning import Callback, LightningModule, Trainer
 
-from mtl_lightning.names import inside
+from mtl_lightning.core.names import inside
 
 PREDICTIONS_DIR = "test_predictions"
 

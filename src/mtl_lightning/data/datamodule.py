@@ -37,23 +37,62 @@ from lightning import LightningDataModule
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
-from mtl_lightning.config_check import check_fractions, check_values
-from mtl_lightning.data.sampler import (
+from mtl_lightning.core.compat import epoch_position
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.names import check_task_names
+from mtl_lightning.core.resolve import load_tokenizer
+from mtl_lightning.core.rules import Rule, check_values, int_at_least
+from mtl_lightning.data.sampling.sampler import (
     EpochSeed,
     LengthBucketBatchSampler,
     RoundRobinBatchSampler,
     TaskScheduleBatchSampler,
     TaskSequenceBatchSampler,
 )
-from mtl_lightning.data.sources import SPLITS, Rows, Source, complete_splits
+from mtl_lightning.data.sources.base import SPLITS, Rows, Source, complete_splits
 from mtl_lightning.data.token_cache import TokenCache
-from mtl_lightning.errors import ConfigError
-from mtl_lightning.names import check_task_names
-from mtl_lightning.resolve import load_tokenizer
 from mtl_lightning.tasks import TaskType, task_type_class
 
 log = logging.getLogger(__name__)
 SAMPLINGS = ("joint", "alternating", "proportional", "temperature")
+
+
+# What each key of conf/data accepts (mtl_lightning.core.rules; data.tasks.* are checked by
+# their sources).
+DATA_RULES: dict[str, Rule] = {
+    "tokenizer": Rule(str, example="sentence-transformers/all-MiniLM-L6-v2"),
+    "data_dir": Rule(str, example="data"),
+    "batch_size": int_at_least(32),
+    "eval_batch_size": int_at_least(128),
+    "max_length": int_at_least(64),  # 0 would turn truncation off
+    "sampling": Rule(str, example="joint"),
+    "temperature": Rule(
+        float,
+        "above 0",
+        lambda v: v > 0,
+        fix=lambda v: (
+            "use 1 for proportional sampling, larger values for more equal task shares (default 2)"
+        ),
+    ),
+    "token_cache": Rule(bool, example="true"),
+    "val_fraction": Rule(float, "at least 0 and below 1", lambda v: 0 <= v < 1, 0.1),
+    "test_fraction": Rule(float, "at least 0 and below 1", lambda v: 0 <= v < 1, 0.1),
+    "seed": Rule(int, example=42),
+    "num_workers": int_at_least(2, least=0),
+    "bucket_pool": Rule(int, "at least 1", lambda v: v >= 1, fix=lambda v: "1 is random batching"),
+    "max_train_examples": int_at_least(1000, least=2, nullable=True),
+}
+
+
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """The carved-out shares leave train something (each one's own range is in `RULES`)."""
+    check_values("data", {"val_fraction": val_fraction, "test_fraction": test_fraction}, DATA_RULES)
+    if val_fraction + test_fraction >= 1:
+        raise ConfigError(
+            f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} add up to "
+            f"{val_fraction + test_fraction:g}, leaving no training examples: keep their sum "
+            "below 1 (e.g. 0.1 each)."
+        )
 
 
 @dataclass
@@ -177,7 +216,7 @@ class MultiTaskDataModule(LightningDataModule):
             tasks = {task: tasks[task] for task in keep}
         if sampling not in SAMPLINGS:
             raise ConfigError(f"data.sampling={sampling} is unknown: use one of {SAMPLINGS}.")
-        # The rules of conf/data (mtl_lightning.config_check), for Python users too.
+        # The rules of conf/data, for Python users too.
         check_values(
             "data",
             {
@@ -191,6 +230,7 @@ class MultiTaskDataModule(LightningDataModule):
                 "bucket_pool": bucket_pool,
                 "max_train_examples": max_train_examples,
             },
+            DATA_RULES,
         )
         check_fractions(val_fraction, test_fraction)
         self.sources = dict(tasks)
@@ -324,11 +364,8 @@ class MultiTaskDataModule(LightningDataModule):
     # cannot fast-forward a custom batch sampler; so the samplers start at the saved epoch and,
     # for a checkpoint taken mid-epoch, skip the steps that epoch had already trained.
     def state_dict(self) -> dict:
-        loop = self.trainer.fit_loop
-        epochs = loop.epoch_progress.current
-        mid_epoch = epochs.started > epochs.processed
-        done = loop.epoch_loop.batch_progress.current.processed if mid_epoch else 0
-        return {"start_epoch": epochs.processed, "skip_steps": done}
+        epochs, done = epoch_position(self.trainer)
+        return {"start_epoch": epochs, "skip_steps": done}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.start_epoch = state_dict["start_epoch"]

@@ -1,6 +1,6 @@
 """The shared encoder: a Hugging Face model, token pooling, and its layer groups.
 
-`Encoder` wraps `AutoModel` (found by `mtl_lightning.resolve`, offline) with pooling;
+`Encoder` wraps `AutoModel` (found by `mtl_lightning.core.resolve`, offline) with pooling;
 `layer_groups` finds the embeddings and the stack of transformer layers of any HF encoder.
 """
 
@@ -18,11 +18,11 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 from transformers import AutoConfig, AutoModel
 
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
 
 # Resolving a name offline lives below data/ and model/, which both load tokenizers; these
 # names stay importable from here.
-from mtl_lightning.resolve import (  # noqa: F401
+from mtl_lightning.core.resolve import (  # noqa: F401
     PACKAGED_MINILM,
     folder_settings,
     hub_reachable,
@@ -31,9 +31,19 @@ from mtl_lightning.resolve import (  # noqa: F401
     packaged_minilm_path,
     resolve_encoder_path,
 )
+from mtl_lightning.core.rules import Rule
 
 log = logging.getLogger(__name__)
 POOLINGS = ("mean", "cls", "max")
+# What each key of conf/model's `encoder` node accepts (mtl_lightning.core.rules).
+ENCODER_RULES: dict[str, Rule] = {
+    "name_or_path": Rule(str, example="sentence-transformers/all-MiniLM-L6-v2"),
+    # null: a sentence-transformers folder's own pooling and normalisation, else mean, none.
+    "pooling": Rule(
+        str, f"one of {', '.join(POOLINGS)}", POOLINGS.__contains__, "mean", nullable=True
+    ),
+    "normalize": Rule(bool, example="false", nullable=True),
+}
 
 
 def pool(

@@ -6,18 +6,20 @@ import math
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 import torch
-from lightning import LightningModule
+from lightning import LightningModule, Trainer
 from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from mtl_lightning.config_check import NO_END, check_values
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.checkpoint import check_settings, read_checkpoint
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.names import check_task_names, inside
+from mtl_lightning.core.rules import Rule, check_values
 from mtl_lightning.model.embedding_cache import FrozenCache
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
 from mtl_lightning.model.lr_schedule import staggered_warmup_schedule
-from mtl_lightning.names import check_task_names, inside
 from mtl_lightning.tasks import TaskType, build_task_type
 from mtl_lightning.tasks.base import COLUMN_KEYS
 from mtl_lightning.weighting import BY_NAME, LossWeighting
@@ -25,6 +27,47 @@ from mtl_lightning.weighting import BY_NAME, LossWeighting
 STAGES = ("train", "val", "test")
 # The monitored mean over tasks (checkpoints, sweeps): of each task's primary metric.
 PRIMARY_MEAN = "primary_mean"
+
+
+# Lightning's estimated_stepping_batches is infinite then; `configure_optimizers` needs steps.
+NO_END = (
+    "trainer.max_epochs=-1 sets no end, and the learning-rate schedule (warmup, then linear "
+    "decay to 0) needs one: set trainer.max_steps=<steps> as well, or a positive "
+    "trainer.max_epochs."
+)
+
+
+def _decay_fix(value: float) -> str:
+    if value <= 0:
+        return "it divides each lower layer's learning rate (1 keeps all equal, ULMFiT uses 2.6)"
+    return (
+        f"it divides each lower layer's learning rate (1 keeps all equal, ULMFiT uses 2.6), so "
+        f"the multiplier {value} is model.layerwise_lr_decay={1 / value:.3g} (1/{value})"
+    )
+
+
+# What each key of conf/model accepts (mtl_lightning.core.rules; `encoder.*`: ENCODER_RULES).
+MODEL_RULES: dict[str, Rule] = {
+    "head_dropout": Rule(float, "at least 0 and below 1", lambda v: 0 <= v < 1, 0.1),
+    "loss_weighting": Rule(str, example="static"),
+    # 0 is allowed: those weights stay where they are (a control run, e.g. zero forgetting).
+    "lr": Rule(float, "at least 0", lambda v: v >= 0, "5e-5"),
+    "head_lr": Rule(float, "at least 0", lambda v: v >= 0, "1e-3"),
+    "layerwise_lr_decay": Rule(float, "at least 1", lambda v: v >= 1, fix=_decay_fix),
+    "weight_decay": Rule(float, "at least 0", lambda v: v >= 0, 0.01),
+    "warmup_ratio": Rule(
+        float, "between 0 and 1 (a share of the training steps)", lambda v: 0 <= v <= 1, 0.1
+    ),
+    "init_from": Rule(str, example="<run>/checkpoints/last.ckpt", nullable=True),
+    "frozen_cache": Rule(bool, example="true"),
+    "frozen_cache_max_gb": Rule(float, "at least 0", lambda v: v >= 0, 4.0),
+}
+
+
+class GroupStarts(Protocol):
+    """A schedule of when each encoder layer group starts training."""
+
+    def group_starts(self, trainer: Trainer, names: list[str]) -> Mapping[str, int]: ...
 
 
 class MultiTaskModule(LightningModule):
@@ -60,7 +103,7 @@ class MultiTaskModule(LightningModule):
         hyperparameter: a loaded checkpoint predicts without it."""
         super().__init__()
         check_task_names(tasks, "tasks")
-        check_values(  # the rules of conf/model (mtl_lightning.config_check), for Python users too
+        check_values(  # the rules of conf/model, for Python users too
             "model",
             {
                 "head_dropout": head_dropout,
@@ -72,6 +115,7 @@ class MultiTaskModule(LightningModule):
                 "frozen_cache": frozen_cache,
                 "frozen_cache_max_gb": frozen_cache_max_gb,
             },
+            MODEL_RULES,
         )
         self.save_hyperparameters(ignore=["weighting"])
         # model.frozen_cache: a frozen encoder's embeddings, or the output of its frozen lower
@@ -114,6 +158,9 @@ class MultiTaskModule(LightningModule):
             }
         )
         self.readout: nn.ModuleDict | None = None  # see `attach_readout`
+        # What says when each encoder group starts training: given by the freezing callback at
+        # setup (the module never looks for it among the trainer's callbacks).
+        self.unfreezing: GroupStarts | None = None
 
     @property
     def tasks(self) -> dict[str, list[str]]:
@@ -204,7 +251,7 @@ class MultiTaskModule(LightningModule):
         return loss, outputs
 
     def attach_readout(self, readouts: Mapping[str, nn.Module], replace_heads: bool) -> None:
-        """Score frozen embeddings with non-parametric readouts (`mtl_lightning.readout`).
+        """Score frozen embeddings with non-parametric readouts (`mtl_lightning.scenarios.readout`).
 
         `replace_heads`: the readouts take the heads' place, so `{stage}/{task}/acc|f1` are
         theirs (untrained heads would score chance). Else the heads stay, and each readout's
@@ -373,18 +420,13 @@ class MultiTaskModule(LightningModule):
         }
 
     def _group_start_steps(self) -> Mapping[str, int]:
-        """{encoder group name: the optimizer step it starts training}, from the freezing
-        schedule (gradual_unfreeze: each group's warm-up starts when it unfreezes; read live,
-        as a plateau can move a start)."""
-        from mtl_lightning.callbacks.freezing import FreezingSchedule  # it imports no model
-
-        schedule = next(
-            (c for c in self.trainer.callbacks if isinstance(c, FreezingSchedule)), None
-        )
-        if schedule is None:
+        """{encoder group name: the optimizer step it starts training}, from the schedule that
+        set `unfreezing` (gradual_unfreeze: each group's warm-up starts when it unfreezes; read
+        live, as a plateau can move a start)."""
+        if self.unfreezing is None:
             return {}
         names = [group.name for group in reversed(self.encoder_groups())]  # top first
-        return schedule.group_starts(self.trainer, names)
+        return self.unfreezing.group_starts(self.trainer, names)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # The encoder's architecture and its tokenizer's files travel with the weights, so that
@@ -438,3 +480,18 @@ def rename_weighting_keys(state_dict: dict) -> None:
     `weighting.log_vars.<task>`."""
     for key in [k for k in state_dict if k.startswith("log_vars.")]:
         state_dict[f"weighting.{key}"] = state_dict.pop(key)
+
+
+def load_module(path: str | Path, key: str) -> MultiTaskModule:
+    """The trained module of a checkpoint (predict, encode, export): checked by
+    `read_checkpoint` (given as config key `key`), its stored settings checked against the
+    model's arguments, then loaded by Lightning, weights-only too."""
+    checkpoint = read_checkpoint(path, key)
+    where = f"{key}={path}"
+    hparams = checkpoint["hyper_parameters"]
+    check_settings(hparams, MultiTaskModule, "hyper_parameters", where)
+    if hparams.get("encoder") is not None:
+        check_settings(hparams["encoder"], Encoder, "hyper_parameters.encoder", where)
+    return MultiTaskModule.load_from_checkpoint(
+        Path(path).expanduser(), map_location="cpu", weights_only=True
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.tasks.base import TaskType
 from mtl_lightning.tasks.classification import Classification
 from mtl_lightning.tasks.pair_classification import PairClassification

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torchmetrics import MetricCollection
 
-from mtl_lightning.data.collate import pad
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.tasks.collate import pad
 
 # (task, index, token ids of each column, label value)
 Item = tuple[str, int, tuple[list[int], ...], Any]

@@ -10,9 +10,9 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
-from mtl_lightning.errors import ConfigError
-from mtl_lightning.model.heads import ClassificationHead
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.tasks.base import TaskType
+from mtl_lightning.tasks.heads import ClassificationHead
 
 
 def class_names(

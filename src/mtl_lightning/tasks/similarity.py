@@ -22,7 +22,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.tasks.base import TaskType
 
 LOSSES = ("cosent", "cosine_mse")

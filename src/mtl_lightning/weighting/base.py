@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
 
 
 class LossWeighting(nn.Module):

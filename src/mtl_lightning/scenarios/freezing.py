@@ -20,8 +20,9 @@ from typing import Any
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 
-from mtl_lightning.config_check import check_values
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.compat import accumulating
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.rules import Rule, check_values, int_at_least
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,21 @@ SCENARIOS = (
     "only_head_frozen",
     "gradual_unfreeze",
 )
+
+
+# What each key of conf/train.yaml's `freezing` node accepts (mtl_lightning.core.rules).
+FREEZING_RULES: dict[str, Rule] = {
+    "scenario": Rule(str, example="full_finetune"),
+    "head": Rule(str, example="classification"),
+    "head_warmup_epochs": int_at_least(1, least=0, nullable=True),
+    "every_n_epochs": Rule(float, "above 0 (0.25: a quarter epoch)", lambda v: v > 0, 1),
+    "unfreeze_every_steps": int_at_least(200, nullable=True),
+    "unfreeze_embeddings": Rule(bool, example="true"),
+    "keep_frozen_layers": int_at_least(2, least=0),
+    "plateau_patience": int_at_least(2, nullable=True),
+    "plateau_monitor": Rule(str, example="val/primary_mean"),
+    "plateau_mode": Rule(str, "max or min", ("max", "min").__contains__, "max"),
+}
 
 
 @dataclass(frozen=True)
@@ -84,7 +100,7 @@ class FreezingSchedule(Callback):
     ) -> None:
         if scenario not in SCENARIOS:
             raise ConfigError(f"freezing.scenario={scenario} is unknown: use one of {SCENARIOS}.")
-        check_values(  # the rules of conf/train.yaml's freezing node (config_check)
+        check_values(
             "freezing",
             {
                 "head_warmup_epochs": head_warmup_epochs,
@@ -96,6 +112,7 @@ class FreezingSchedule(Callback):
                 "plateau_monitor": plateau_monitor,
                 "plateau_mode": plateau_mode,
             },
+            FREEZING_RULES,
         )
         self.scenario = scenario
         self.head = head
@@ -111,7 +128,9 @@ class FreezingSchedule(Callback):
         # {task: its primary val metric} at the latest validation while its head trained: the
         # frozen head's is what it freezes at (kept in every scenario, for a fork; fork.py).
         self.last_val: dict[str, float] = {}
-        self.fork: dict[str, Any] | None = None  # where this run forked from (mtl_lightning.fork)
+        self.fork: dict[str, Any] | None = (
+            None  # where this run forked from (mtl_lightning.study.fork)
+        )
         self.plateau_patience = plateau_patience
         self.plateau_monitor = plateau_monitor
         self.plateau_mode = plateau_mode
@@ -229,6 +248,8 @@ class FreezingSchedule(Callback):
         # Train loaders hold only the tasks whose head trains in their epoch (see
         # `MultiTaskDataModule.tasks_training_in`); when that set changes during the run,
         # Lightning rebuilds the train loader at every epoch start.
+        if stage == "fit":  # the module's LR schedule warms each group up from its start
+            pl_module.unfreezing = self
         datamodule = trainer.datamodule
         if stage != "fit" or not hasattr(datamodule, "train_tasks"):
             return
@@ -309,7 +330,7 @@ class FreezingSchedule(Callback):
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Kept in every scenario that trains, so that an only_head_frozen run forked from this
-        # one (mtl_lightning.fork) freezes at the accuracy it would have read itself.
+        # one (mtl_lightning.study.fork) freezes at the accuracy it would have read itself.
         if self.trains_nothing or trainer.sanity_checking:
             return
         fitting = trainer.state.fn == TrainerFn.FITTING
@@ -363,7 +384,7 @@ class FreezingSchedule(Callback):
         if plateaued and step > self.stage_start(stage):
             # Validated in the middle of an accumulation window (accumulate_grad_batches): the
             # window's last micro-batches still belong to this step; the next group joins after.
-            mid_window = trainer.fit_loop.epoch_loop._should_accumulate()
+            mid_window = accumulating(trainer)
             self.plateaus[stage] = step + 1 if mid_window else step
             log.info(
                 "Step %d: %s has not improved on %.4f for %d validations: the next encoder "

@@ -14,17 +14,14 @@ import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from typing_extensions import override
 
-from mtl_lightning.errors import ConfigError
-from mtl_lightning.names import check_file_name, check_task_names
-
-if TYPE_CHECKING:
-    from mtl_lightning.model.module import MultiTaskModule
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.names import check_file_name, check_task_names
 
 HINT = "give a .ckpt written by mtl_lightning.train, such as <run>/checkpoints/last.ckpt"
 
@@ -79,19 +76,18 @@ def read_checkpoint(path: str | Path, key: str) -> dict[str, Any]:
 
 def check_stored_names(checkpoint: Mapping[str, Any], where: str) -> None:
     """Refuse a checkpoint whose stored names could reach a path or a class: task names that
-    are not plain names, tokenizer files that are not plain file names, and settings this
-    project never stores (a `_target_`, an argument the model does not take). Nothing is
-    written or built before this check."""
-    from mtl_lightning.model.encoder import Encoder  # the model imports this room
-    from mtl_lightning.model.module import MultiTaskModule
-
+    are not plain names, tokenizer files that are not plain file names, and a `_target_`
+    anywhere in its settings (this project never stores one). Nothing is written or built
+    before this check; the model checks the settings' names against its arguments
+    (`mtl_lightning.model.module.load_module`)."""
     hparams = checkpoint["hyper_parameters"]
     for section in ("tasks", "task_types", "loss_weights"):
         check_task_names(hparams.get(section) or {}, f"{where} (hyper_parameters.{section})")
-    _check_settings(hparams, MultiTaskModule, "hyper_parameters", where)
-    encoder = hparams.get("encoder")
-    if encoder is not None:
-        _check_settings(encoder, Encoder, "hyper_parameters.encoder", where)
+    if _holds_target(hparams):
+        raise ConfigError(
+            f"{where} stores hyper_parameters ['_target_'], which this project never writes: it "
+            f"is not a checkpoint this project wrote, and nothing in it was built; {HINT}."
+        )
     files = checkpoint.get("tokenizer_files")
     if files is not None:
         if not isinstance(files, Mapping) or not all(isinstance(v, bytes) for v in files.values()):
@@ -103,8 +99,8 @@ def check_stored_names(checkpoint: Mapping[str, Any], where: str) -> None:
             check_file_name(name, f"{where} (tokenizer_files)")
 
 
-def _check_settings(settings: object, target: type, section: str, where: str) -> None:
-    """`settings` are keyword arguments of `target`, with no `_target_` at any depth."""
+def check_settings(settings: object, target: type, section: str, where: str) -> None:
+    """Stored `settings` are keyword arguments of `target`: anything else is not ours."""
     if not isinstance(settings, Mapping):
         raise ConfigError(
             f"{where} holds {section} that is not a mapping: it is not a checkpoint this project "
@@ -112,10 +108,9 @@ def _check_settings(settings: object, target: type, section: str, where: str) ->
         )
     accepted = set(inspect.signature(target).parameters)
     unknown = sorted(str(k) for k in settings if k not in accepted)
-    if unknown or _holds_target(settings):
-        named = unknown or ["_target_"]
+    if unknown:
         raise ConfigError(
-            f"{where} stores {section} {named}, which this project never writes: it is not a "
+            f"{where} stores {section} {unknown}, which this project never writes: it is not a "
             f"checkpoint this project wrote, and nothing in it was built; {HINT}."
         )
 
@@ -126,17 +121,6 @@ def _holds_target(value: object) -> bool:
     if isinstance(value, list | tuple):
         return any(_holds_target(v) for v in value)
     return False
-
-
-def load_module(path: str | Path, key: str) -> MultiTaskModule:
-    """The trained module of a checkpoint (predict, encode, export): checked by
-    `read_checkpoint`, then loaded by Lightning, weights-only too."""
-    from mtl_lightning.model.module import MultiTaskModule  # the model imports this room
-
-    read_checkpoint(path, key)
-    return MultiTaskModule.load_from_checkpoint(
-        Path(path).expanduser(), map_location="cpu", weights_only=True
-    )
 
 
 def check_resumable(checkpoint: Mapping[str, Any], key: str, path: str | Path) -> None:

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mtl_lightning.data.sources import Examples, read_label_tsv, write_label_tsv
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.data.sources.base import Examples, read_label_tsv, write_label_tsv
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mtl_lightning.data.files import launch_dir
-from mtl_lightning.data.sources import SPLITS, Examples, Rows, check_columns, check_dropped
-from mtl_lightning.errors import ConfigError
-from mtl_lightning.resolve import hub_reachable
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.resolve import hub_reachable
+from mtl_lightning.data.sources.base import SPLITS, Examples, Rows, check_columns, check_dropped
+from mtl_lightning.data.sources.files import launch_dir
 from mtl_lightning.tasks import task_type_class
 
 # `datasets`' packaged builders: they read `data_files` and never ask the hub.

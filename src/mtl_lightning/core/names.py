@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
 
 # A file name a checkpoint may carry (tokenizer files): letters, digits, `.`, `_`, `-`, no dot
 # first, so never `..`, a hidden file or a path.

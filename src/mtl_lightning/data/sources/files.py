@@ -19,8 +19,8 @@ from typing import Any, NamedTuple
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 
-from mtl_lightning.data.sources import Examples, Rows, check_columns, check_dropped
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.data.sources.base import Examples, Rows, check_columns, check_dropped
 from mtl_lightning.tasks import task_type_class
 
 

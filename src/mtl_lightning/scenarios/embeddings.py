@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtl_lightning.core.names import inside
 from mtl_lightning.data.datamodule import MultiTaskDataModule
-from mtl_lightning.data.sources import SPLITS
+from mtl_lightning.data.sources.base import SPLITS
 from mtl_lightning.model.module import MultiTaskModule
-from mtl_lightning.names import inside
 from mtl_lightning.tasks.base import COLUMN_KEYS
 
 

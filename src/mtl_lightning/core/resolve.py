@@ -17,8 +17,8 @@ from pathlib import Path
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
-from mtl_lightning import st_folder
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core import st_folder
+from mtl_lightning.core.errors import ConfigError
 
 PACKAGED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 

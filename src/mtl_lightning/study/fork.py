@@ -36,15 +36,16 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from mtl_lightning.callbacks.freezing import FreezingSchedule
-from mtl_lightning.checkpoint import (
+from mtl_lightning.core.checkpoint import (
     AtomicCheckpointIO,
     check_resumable,
     check_resume_tasks,
     read_checkpoint,
 )
-from mtl_lightning.errors import ConfigError
-from mtl_lightning.names import inside
+from mtl_lightning.core.compat import checkpoint_boundary_epoch
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.names import inside
+from mtl_lightning.scenarios.freezing import FreezingSchedule
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +71,9 @@ CALLBACK_TARGETS = {
     "mtl_lightning.callbacks.confusion.ConfusionMatrix",
     "mtl_lightning.callbacks.test_predictions.TestPredictions",
     "mtl_lightning.callbacks.fork_point.ForkPoint",
-    "mtl_lightning.readout.FrozenReadout",
+    "mtl_lightning.scenarios.readout.FrozenReadout",
 }
 NO_FORK = ("gradual_unfreeze", "entire_network_frozen")
-
-
-def boundary_epoch(checkpoint: dict[str, Any]) -> int | None:
-    """The epoch a run resumed from `checkpoint` starts with, if it was written at an epoch's
-    end (after that epoch's validation); None for a checkpoint written mid-epoch."""
-    loop = checkpoint["loops"]["fit_loop"]
-    epochs = loop["epoch_progress"]["current"]
-    batches = loop["epoch_loop.batch_progress"]
-    if batches["is_last_batch"] and epochs["processed"] == epochs["started"]:
-        return epochs["processed"]
-    return None
 
 
 def _comparable(cfg: DictConfig) -> dict[str, Any]:
@@ -140,7 +130,7 @@ def schedule_problem(
     """
     for scenario in (source.scenario, mine.scenario):
         if scenario in NO_FORK:
-            return f"{scenario} neither forks nor is forked from (see mtl_lightning.fork)"
+            return f"{scenario} neither forks nor is forked from (see mtl_lightning.study.fork)"
     for e in range(epoch):
         theirs, ours = (
             source.plan(e, list(tasks), num_groups),
@@ -274,7 +264,7 @@ class Fork:
     def epoch(checkpoint: dict[str, Any]) -> int | None:
         if "loops" not in checkpoint:
             return None
-        return boundary_epoch(checkpoint)
+        return checkpoint_boundary_epoch(checkpoint)
 
     def find(self, folder: Path) -> Path | None:
         """The latest fork point in `folder` this run can start from exactly, or None (a

@@ -23,12 +23,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from mtl_lightning.checkpoint import load_module
-from mtl_lightning.data.collate import pad
-from mtl_lightning.data.files import READERS, decode_utf8
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.data.sources.files import READERS, decode_utf8
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, load_tokenizer
+from mtl_lightning.model.module import load_module
 from mtl_lightning.tasks import TaskType, build_task_type
+from mtl_lightning.tasks.collate import pad
 
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")

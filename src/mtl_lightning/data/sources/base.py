@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Union
 
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from lightning import Callback, LightningModule, Trainer
 from torch import nn
 
-from mtl_lightning.data.collate import pad
-from mtl_lightning.embeddings import compute_embeddings, export_embeddings
-from mtl_lightning.errors import ConfigError
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.scenarios.embeddings import compute_embeddings, export_embeddings
+from mtl_lightning.tasks.collate import pad
 
 log = logging.getLogger(__name__)
 

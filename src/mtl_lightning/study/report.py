@@ -1,0 +1,915 @@
+"""Compare the runs of a sweep folder: `report.md`, `report.json` and PNG plots beside them.
+
+    python -m mtl_lightning.report logs/compare/<time> [--reference full_finetune]
+
+Each run folder (`make compare` names them `<n>_<run_name>_seed<s>/` and
+`baseline_<n>_<run_name>_seed<s>/`) is read from its `metrics.csv` (CSV logger),
+`.hydra/config.yaml`, `.hydra/overrides.yaml`, `summary.json` and `test_predictions/<task>.csv`
+(written by `train()` and its callbacks); nothing is retrained.
+Runs are grouped by scenario and training-set size (`data.max_train_examples`); their seeds are
+the repeats. A run of `data.only_tasks=<one task>` with full fine-tuning is that task's
+single-task baseline. Differences between scenarios are paired on the same test examples (same
+task, seed and size: the same test split) and tested over seeds, see `mtl_lightning.study.stats`;
+seeds whose test split is the same examples (found from their `test_predictions`, whatever the
+config says) share its bootstrap resamples. The plots need matplotlib
+(the `report` extra), imported only when plotting.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omegaconf import OmegaConf
+
+from mtl_lightning.callbacks.test_predictions import PREDICTIONS_DIR, read_predictions
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.names import inside
+from mtl_lightning.core.summary import read_summary
+from mtl_lightning.study import stats
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+REPORT_FILE = "report.md"
+REPORT_JSON = "report.json"
+TIME_PLOT = "time_vs_accuracy.png"
+MISSING = "—"
+ALL = "all"  # the size label of a run on all training examples (data.max_train_examples=null)
+BASELINE = "single_task"  # the scenario label of single-task baselines
+REFERENCE = "full_finetune"
+METRICS = {"acc": "accuracy", "f1": "macro-F1"}
+# A task's primary metric (what the monitored mean averages) and its companion, per task type:
+# classes (accuracy, macro-F1), similarity scores (Spearman, Pearson).
+TASK_METRICS = {"acc": "f1", "spearman": "pearson"}
+NAMES = {**METRICS, "spearman": "Spearman", "pearson": "Pearson"}
+SHORT = {"acc": "acc", "f1": "F1", "spearman": "Spearman", "pearson": "Pearson"}  # table headers
+
+
+@dataclass
+class Run:
+    """One run folder of a sweep: its config, its metrics by epoch, its summary."""
+
+    folder: Path
+    scenario: str
+    seed: int | None
+    overrides: list[str]
+    history: dict[str, list[tuple[int | None, float]]] = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    size: int | None = None  # data.max_train_examples
+    only_tasks: list[str] | None = None  # data.only_tasks
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def baseline_task(self) -> str | None:
+        """The task of a single-task baseline (full fine-tuning of one task alone), else None."""
+        one_task = self.only_tasks is not None and len(self.only_tasks) == 1
+        return self.only_tasks[0] if one_task and self.scenario == REFERENCE else None
+
+    @property
+    def label(self) -> str:
+        """The run's scenario in the study: its freezing scenario, or `single_task`."""
+        return BASELINE if self.baseline_task else self.scenario
+
+    @property
+    def size_label(self) -> str:
+        return ALL if self.size is None else str(self.size)
+
+    def predictions(self, task: str) -> tuple[list[int], list[int], list[int]] | None:
+        """`(idx, label, pred)` of the run's test examples of `task`, or None without the file."""
+        path = self.folder / PREDICTIONS_DIR / f"{task}.csv"
+        return read_predictions(path) if path.is_file() else None
+
+    def curve(self, metric: str) -> list[tuple[int, float]]:
+        """`(epoch, value)` per epoch, the last value of an epoch logged twice (a resume)."""
+        by_epoch = {
+            epoch: value for epoch, value in self.history.get(metric, []) if epoch is not None
+        }
+        return sorted(by_epoch.items())
+
+    def best(self, metric: str) -> float | None:
+        values = [value for _, value in self.history.get(metric, [])]
+        return max(values) if values else None
+
+    def last(self, metric: str) -> float | None:
+        values = self.history.get(metric, [])
+        return values[-1][1] if values else None
+
+    @property
+    def train_seconds(self) -> float | None:
+        """What training this run cost, a fork's source epochs included (summary.json)."""
+        return self.summary.get("train_seconds")
+
+    @property
+    def fork_source(self) -> str | None:
+        """The run folder's name this run forked from, if it did."""
+        fork = self.summary.get("fork")
+        return Path(fork["from"]).parent.parent.name if fork else None
+
+    @property
+    def reused_seconds(self) -> float:
+        """Of `train_seconds`, those a fork took over from its source (spent there, once)."""
+        return float((self.summary.get("fork") or {}).get("train_seconds") or 0.0)
+
+    @property
+    def trainable_params(self) -> int | None:
+        return self.summary.get("trainable_params")
+
+
+def _read_metrics(path: Path) -> dict[str, list[tuple[int | None, float]]]:
+    """Every logged value of `metrics.csv`, in logging order, keyed by metric name."""
+    history: dict[str, list[tuple[int | None, float]]] = {}
+    with path.open(newline="", encoding="utf-8") as file:
+        for row in csv.DictReader(file):
+            epoch = int(row["epoch"]) if row.get("epoch") else None
+            for key, value in row.items():
+                if key in ("epoch", "step") or not value:
+                    continue
+                history.setdefault(key, []).append((epoch, float(value)))
+    return history
+
+
+def _job_order(folder: Path) -> tuple[float, str]:
+    """Hydra's job number first (`10_x` after `2_x`), then the name."""
+    match = re.match(r"(\d+)_", folder.name)
+    return (int(match.group(1)) if match else math.inf, folder.name)
+
+
+def load_run(folder: Path) -> Run:
+    """Read one run folder (it has `.hydra/config.yaml` and `metrics.csv`)."""
+    config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    overrides_file = folder / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    # Literal keys only: the rest holds `${hydra:...}` interpolations, unresolvable out of Hydra.
+    only_tasks = OmegaConf.select(config, "data.only_tasks", default=None)
+    if isinstance(only_tasks, str):
+        only_tasks = [only_tasks]
+    return Run(
+        folder=folder,
+        scenario=str(OmegaConf.select(config, "freezing.scenario", default=MISSING)),
+        seed=OmegaConf.select(config, "seed", default=None),
+        overrides=[str(o) for o in overrides],
+        history=_read_metrics(folder / "metrics.csv"),
+        summary=read_summary(folder),
+        size=OmegaConf.select(config, "data.max_train_examples", default=None),
+        only_tasks=None if only_tasks is None else [str(t) for t in only_tasks],
+    )
+
+
+def load_runs(sweep_dir: str | Path) -> list[Run]:
+    """The runs of a sweep folder, in job order: folders with `.hydra/config.yaml` and metrics."""
+    sweep = Path(sweep_dir).expanduser()
+    if not sweep.is_dir():
+        raise ConfigError(f"sweep folder {sweep} does not exist: give a multirun's sweep folder.")
+    folders = [
+        p
+        for p in sorted(sweep.iterdir(), key=_job_order)
+        if (p / ".hydra" / "config.yaml").is_file() and (p / "metrics.csv").is_file()
+    ]
+    if not folders:
+        raise ConfigError(
+            f"sweep folder {sweep} holds no run folders with .hydra/config.yaml and metrics.csv: "
+            "give the hydra.sweep.dir of a finished multirun, e.g. logs/compare/<time>."
+        )
+    return [load_run(folder) for folder in folders]
+
+
+def task_names(runs: Sequence[Run]) -> list[str]:
+    """Tasks with a validation primary metric (accuracy, Spearman) in any run, in order of
+    first appearance."""
+    tasks: dict[str, None] = {}
+    primaries = "|".join(TASK_METRICS)
+    for run in runs:
+        for metric in run.history:
+            match = re.fullmatch(rf"val/([^/]+)/(?:{primaries})", metric)
+            if match:
+                tasks.setdefault(match.group(1))
+    return list(tasks)
+
+
+def task_metrics(runs: Sequence[Run], task: str) -> tuple[str, str]:
+    """`(primary, companion)` metric names of `task`, as its runs logged them."""
+    for primary, companion in TASK_METRICS.items():
+        if any(f"val/{task}/{primary}" in run.history for run in runs):
+            return primary, companion
+    return "acc", "f1"
+
+
+def primary_mean(run: Run, stage: str, best: bool = False) -> float | None:
+    """The run's mean over tasks of each one's primary metric (`val/primary_mean`; runs
+    written before it existed: `acc_mean`)."""
+    value = run.best if best else run.last
+    found = value(f"{stage}/primary_mean")
+    return found if found is not None else value(f"{stage}/acc_mean")
+
+
+def _size_order(size: str) -> float:
+    return math.inf if size == ALL else int(size)
+
+
+def _seed_order(seed: int | None) -> tuple[bool, int]:
+    return (seed is None, seed or 0)
+
+
+def _labels(runs: Sequence[Run]) -> list[str]:
+    """Scenario labels in order of first appearance, the single-task baseline last."""
+    labels = list(dict.fromkeys(run.label for run in runs if run.label != BASELINE))
+    return labels + ([BASELINE] if any(run.label == BASELINE for run in runs) else [])
+
+
+def _num_classes(runs: Sequence[Run], task: str, columns: Sequence[tuple]) -> int:
+    for run in runs:
+        names = run.summary.get("tasks", {}).get(task)
+        if names:
+            return len(names)
+    return 1 + max(max(labels + preds) for _, labels, preds in columns)
+
+
+def _rng_seed(*key: object) -> int:
+    """A fixed bootstrap seed per test split: the report is the same every time it is built."""
+    return zlib.crc32(":".join(map(str, key)).encode())
+
+
+def fingerprint_of_test_split(task: str, index: Sequence[int], labels: Sequence[float]) -> str:
+    """What identifies a test split: its examples' `idx` and true labels, in `idx` order. Seeds
+    with `data.seed` fixed, a given test split (`data=hf`, `data=files` with `test=`) have the
+    same one; seeds that split their data each their own way almost surely do not (two splits
+    agree on every label of every `idx` by chance only when tiny)."""
+    text = repr((task, list(index), list(labels)))
+    return f"{zlib.crc32(text.encode()):08x}-{len(index)}"
+
+
+def _paired_replicates(
+    runs: Sequence[Run], task: str, primary: str, samples: int, notes: list[str]
+) -> tuple[dict[str, stats.Replicates], str | None]:
+    """Bootstrap replicates of the runs scored on one test split (same task, seed and size),
+    keyed by label, and the split's fingerprint; a run whose test examples differ from the first
+    run's is left out. The resamples are seeded by the fingerprint, so seeds sharing a test split
+    draw the same resamples of it."""
+    scored = [(run, run.predictions(task)) for run in runs]
+    scored = [(run, columns) for run, columns in scored if columns is not None]
+    if not scored:
+        return {}, None
+    first_run, (index, labels, _) = scored[0]
+    preds = {}
+    for run, (run_index, run_labels, run_preds) in scored:
+        if run_index != index or run_labels != labels:
+            notes.append(
+                f"`{run.name}` has other {task} test examples than `{first_run.name}` (same "
+                "seed and size): left out of the paired tests; was the data config the same?"
+            )
+            continue
+        preds[run.label] = run_preds
+    split = fingerprint_of_test_split(task, index, labels)
+    key = _rng_seed(task, split)
+    if primary != "acc":  # scores: Spearman and Pearson
+        return stats.bootstrap_correlations(labels, preds, samples, key), split
+    classes = _num_classes(runs, task, [columns for _, columns in scored])
+    return stats.bootstrap_replicates(labels, preds, classes, samples, key), split
+
+
+def _delta(
+    pairs: list[tuple[int, stats.Replicates, stats.Replicates]],
+    metrics: Sequence[str],
+    split_of: dict[int | None, str],
+    *key: object,
+) -> dict | None:
+    if not pairs:
+        return None
+    result = {}
+    for metric in metrics:
+        delta = stats.compare_over_seeds(
+            [(a, b) for _, a, b in pairs],
+            metric,
+            splits=[split_of[seed] for seed, _, _ in pairs],
+            seed=_rng_seed(*key, metric),
+        )
+        result[metric] = {**delta, "seeds": [seed for seed, _, _ in pairs]}
+    return result
+
+
+def _shared_splits(split_of: dict[int | None, str]) -> list[list[int | None]]:
+    """The groups of seeds whose test split is the same examples (two or more seeds)."""
+    groups: dict[str, list[int | None]] = {}
+    for seed in sorted(split_of, key=_seed_order):
+        groups.setdefault(split_of[seed], []).append(seed)
+    return [seeds for seeds in groups.values() if len(seeds) > 1]
+
+
+def _adjust_over_family(by_size: dict) -> int:
+    """Holm-adjust the seed-level p-values of every difference in the report, one family, and
+    set each one's `p_holm` and `within_noise` from it; returns the family's size."""
+    family = [
+        by_metric
+        for section in by_size.values()
+        for by_task in section["deltas"].values()
+        for entry in by_task.values()
+        for versus in entry.values()
+        if versus
+        for by_metric in versus.values()
+        if by_metric["p"] is not None
+    ]
+    for delta, adjusted in zip(family, stats.holm([d["p"] for d in family]), strict=True):
+        delta["p_holm"] = adjusted
+        delta["within_noise"] = adjusted >= stats.ALPHA
+    return len(family)
+
+
+def study(
+    runs: Sequence[Run],
+    tasks: Sequence[str],
+    reference: str | None = REFERENCE,
+    samples: int = stats.BOOTSTRAP_SAMPLES,
+) -> dict:
+    """The numbers of report.json: per training-set size, per scenario and task, each task's
+    primary metric and its companion over seeds (accuracy and macro-F1; Spearman and Pearson);
+    the single-task baselines; and the paired differences of every scenario from the baseline
+    and from `reference` (None: none). The top level repeats the largest size."""
+    if reference not in {run.label for run in runs}:
+        reference = None
+    sizes = sorted({run.size_label for run in runs}, key=_size_order)
+    metrics_of = {task: task_metrics(runs, task) for task in tasks}
+    notes: list[str] = []
+    by_size = {}
+    for size in sizes:
+        size_runs = [run for run in runs if run.size_label == size]
+        # (label, task) -> seed -> run; a later run of the same seed replaces an earlier one.
+        cells: dict[tuple[str, str], dict[int | None, Run]] = {}
+        for run in size_runs:
+            for task in tasks:
+                if run.last(f"test/{task}/{metrics_of[task][0]}") is None:
+                    continue
+                seeds = cells.setdefault((run.label, task), {})
+                if run.seed in seeds:
+                    notes.append(
+                        f"`{run.name}` repeats {run.label}, seed {run.seed}, size {size} of "
+                        f"`{seeds[run.seed].name}`: only `{run.name}` counts."
+                    )
+                seeds[run.seed] = run
+        scenarios: dict[str, dict] = {}
+        baselines: dict[str, dict] = {}
+        for (label, task), seeds in cells.items():
+            order = sorted(seeds, key=_seed_order)
+            numbers = {"seeds": order}
+            for metric in metrics_of[task]:
+                values = [seeds[seed].last(f"test/{task}/{metric}") for seed in order]
+                known = [(seed, v) for seed, v in zip(order, values, strict=True) if v is not None]
+                numbers[metric] = {
+                    **stats.over_seeds([v for _, v in known]),
+                    "seeds": [seed for seed, _ in known],
+                }
+            target = baselines if label == BASELINE else scenarios.setdefault(label, {})
+            target[task] = numbers
+        deltas: dict[str, dict] = {}
+        shared: dict[str, list[list[int | None]]] = {}
+        for task in tasks:
+            replicates: dict[tuple[str, int | None], stats.Replicates] = {}
+            split_of: dict[int | None, str] = {}
+            task_seeds = {seed for (_, t), c in cells.items() if t == task for seed in c}
+            for seed in sorted(task_seeds, key=_seed_order):
+                split_runs = [c[seed] for (_, t), c in cells.items() if t == task and seed in c]
+                found, split = _paired_replicates(
+                    split_runs, task, metrics_of[task][0], samples, notes
+                )
+                for label, reps in found.items():
+                    replicates[(label, seed)] = reps
+                if split is not None:
+                    split_of[seed] = split
+            if _shared_splits(split_of):
+                shared[task] = _shared_splits(split_of)
+            labels = {label for label, _ in replicates}
+            seeds = sorted({seed for _, seed in replicates}, key=_seed_order)
+            for label in sorted(labels - {BASELINE}):
+                entry = {}
+                for name, other in (("vs_single_task", BASELINE), ("vs_reference", reference)):
+                    if other is None or other == label:
+                        continue
+                    pairs = [
+                        (seed, replicates[(label, seed)], replicates[(other, seed)])
+                        for seed in seeds
+                        if (label, seed) in replicates and (other, seed) in replicates
+                    ]
+                    entry[name] = _delta(
+                        pairs, metrics_of[task], split_of, task, size, label, other
+                    )
+                deltas.setdefault(label, {})[task] = entry
+        by_size[size] = {
+            "scenarios": scenarios,
+            "baselines": baselines,
+            "deltas": deltas,
+            "shared_test_splits": shared,
+        }
+    family_size = _adjust_over_family(by_size)
+    largest = by_size[sizes[-1]]
+    # A fork's reused seconds were spent by its source: counted once, there, if it is here.
+    names = {run.name for run in runs}
+    forks = [run for run in runs if run.reused_seconds and run.fork_source in names]
+    seconds = [
+        run.train_seconds - (run.reused_seconds if run in forks else 0.0)
+        for run in runs
+        if run.train_seconds
+    ]
+    return {
+        "test": stats.TEST_NAME,
+        "fixed_models_test": stats.FIXED_MODELS_TEST_NAME,
+        "family_size": family_size,
+        "alpha": stats.ALPHA,
+        "metrics": {task: list(metrics_of[task]) for task in tasks},
+        "bootstrap_samples": samples,
+        "reference": reference,
+        "train_seconds_total": sum(seconds),  # each second once: a fork's reused ones not again
+        "reused_seconds": sum(run.reused_seconds for run in forks),
+        "forks": {run.name: run.summary["fork"]["from"] for run in forks},
+        "seeds": sorted({run.seed for run in runs}, key=_seed_order),
+        "sizes": sizes,
+        "size": sizes[-1],
+        **largest,
+        "by_size": by_size,
+        "notes": list(dict.fromkeys(notes)),
+    }
+
+
+def _fmt(value: float | int | None, spec: str) -> str:
+    return MISSING if value is None else format(value, spec)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _spread(numbers: dict | None) -> str:
+    """`mean ± std`, or the one value with `n=1`."""
+    if not numbers or numbers["mean"] is None:
+        return MISSING
+    if numbers["n"] == 1:
+        return f"{numbers['mean']:.4f} (n=1)"
+    return f"{numbers['mean']:.4f} ± {numbers['std']:.4f}"
+
+
+def _interval(numbers: dict | None) -> str:
+    if not numbers or numbers["mean"] is None:
+        return MISSING
+    if numbers["ci95"] is None:
+        return "n=1, no CI"
+    low, high = numbers["ci95"]
+    return f"[{low:.4f}, {high:.4f}]"
+
+
+def _per_seed(numbers: dict | None) -> str:
+    if not numbers or not numbers["values"]:
+        return MISSING
+    pairs = zip(numbers["seeds"], numbers["values"], strict=True)
+    return ", ".join(f"{seed}: {value:.4f}" for seed, value in pairs)
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def _interval_of(ci95: Sequence[float]) -> str:
+    low, high = ci95
+    return f"[{low:+.4f}, {high:+.4f}]"
+
+
+def _difference(delta: dict | None) -> str:
+    """`+0.0300 [+0.0100, +0.0500] p=0.004, Holm p=0.020; fixed models p<0.001`: the
+    seed-level interval and p-values, `≈` when within noise by the Holm-adjusted one, then the
+    example-level bootstrap's p-value (one seed: no seed-level test, its interval instead)."""
+    if not delta:
+        return MISSING
+    fixed = delta["fixed_models"]
+    if delta["p"] is None:
+        return (
+            f"{delta['delta']:+.4f}, one seed: no seed-level test; fixed models "
+            f"{_interval_of(fixed['ci95'])} {_p(fixed['p'])}"
+        )
+    text = f"{delta['delta']:+.4f} {_interval_of(delta['ci95'])} {_p(delta['p'])}, Holm "
+    text += _p(delta["p_holm"]) + (" ≈" if delta["within_noise"] else "")
+    return text + f"; fixed models {_p(fixed['p'])}"
+
+
+def _power_lines(numbers: dict, tasks: Sequence[str]) -> list[str]:
+    """What the seed-level test can see with these seeds, and the seeds each difference within
+    noise would need (its primary metric)."""
+    seeds = len(numbers["seeds"])
+    if seeds < 2:
+        return [
+            "",
+            "One seed: no seed-level test, so no ≈ marks; the fixed-models bootstrap says only "
+            "whether these trained models differ on this test set. Give `SEEDS` (three or more).",
+        ]
+    lines = [
+        "",
+        f"With {seeds} seeds the seed-level test has little power: the t-test has {seeds - 1} "
+        f"degree{'s' if seeds > 2 else ''} of freedom (its 97.5% quantile "
+        f"{stats.t_quantile_975(seeds - 1):.2f}, "
+        "against 1.96 with many seeds), and a small gap needs many seeds to stand out from "
+        "how much training varies between them. A difference within noise is not shown to be "
+        "none. The seeds each such difference would need (`SEEDS`) for 80% power at α = 0.05 "
+        "in the t-test, if its mean and spread over seeds are as observed (before the Holm "
+        "correction, which asks for more):",
+        "",
+    ]
+    found = []
+    for size in numbers["sizes"]:
+        for label, by_task in numbers["by_size"][size]["deltas"].items():
+            for task in tasks:
+                for versus, by_metric in (by_task.get(task) or {}).items():
+                    delta = by_metric and by_metric[numbers["metrics"][task][0]]
+                    if not delta or not delta["within_noise"] or delta["delta"] == 0:
+                        continue
+                    other = BASELINE if versus == "vs_single_task" else numbers["reference"]
+                    needed = delta["seeds_for_power"]
+                    count = f"{needed} seeds" if needed else "more than 1000 seeds"
+                    found.append(
+                        f"- `{label}` − `{other}`, `{task}` {SHORT[numbers['metrics'][task][0]]}"
+                        f" ({_size_title(size)}): {delta['delta']:+.4f}, {count}"
+                    )
+    return lines + (found or ["- (no difference within noise)"])
+
+
+def _shared_split_lines(numbers: dict) -> list[str]:
+    found = [
+        f"`{task}` ({_size_title(size)}): seeds {', '.join(map(str, group))}"
+        for size in numbers["sizes"]
+        for task, groups in numbers["by_size"][size]["shared_test_splits"].items()
+        for group in groups
+    ]
+    if not found:
+        return ["Every seed has a test split of its own (none of their test examples agree)."]
+    return [
+        "Seeds sharing one test split (the same `idx` and labels in their test predictions), "
+        "which share each bootstrap resample of it: " + "; ".join(found) + "."
+    ]
+
+
+def _size_title(size: str) -> str:
+    return "all training examples" if size == ALL else f"{size} training examples per task"
+
+
+def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
+    """The study's sections of report.md: spread over seeds, then paired differences."""
+    reference = numbers["reference"]
+    metrics = numbers["metrics"]
+    versus = [BASELINE] + ([reference] if reference else [])
+    lines = [
+        "## Test metrics over seeds",
+        "",
+        "Each task's primary metric and its companion (accuracy and macro-F1; Spearman and "
+        "Pearson for a similarity task): mean ± sample std over seeds, the 95% t-interval of the "
+        "mean, and each seed's number. "
+        f"`{BASELINE}`: the single-task baseline, full fine-tuning of the task alone (same "
+        "encoder, epochs and seeds).",
+    ]
+    for size in numbers["sizes"]:
+        section = numbers["by_size"][size]
+        rows_of = {**section["scenarios"], BASELINE: None}
+        for task in tasks:
+            rows = []
+            for label in rows_of:
+                cell = section["baselines"].get(task) if label == BASELINE else rows_of[label]
+                cell = cell.get(task) if cell and label != BASELINE else cell
+                if not cell:
+                    continue
+                first, second = (cell[metric] for metric in metrics[task])
+                rows.append(
+                    [label, str(first["n"]), _spread(first), _interval(first)]
+                    + [_spread(second), _interval(second), _per_seed(first), _per_seed(second)]
+                )
+            if not rows:
+                continue
+            lines += ["", f"### `{task}`, {_size_title(size)}", ""]
+            a, b = (SHORT[metric] for metric in metrics[task])
+            header = ["scenario", "seeds", f"test {a}", f"{a} 95% CI", f"test {b}", f"{b} 95% CI"]
+            lines += _table(header + [f"{a} per seed", f"{b} per seed"], rows)
+    lines += [
+        "",
+        "## Differences from the single-task baseline and from the reference",
+        "",
+        f"Scenario minus `{BASELINE}`, and minus the reference "
+        + (f"`{reference}`" if reference else "(none: give `--reference <scenario>`)")
+        + ": the mean over seeds of the difference in each test metric (runs of one seed and "
+        "size share their test split, so each seed's difference is paired on the same "
+        "examples), [its 95% interval] and two-sided p-value at the seed level, then that "
+        "p-value Holm-adjusted, then the fixed-models p-value.",
+        "",
+        "- Seed level (does the scenario differ?): the larger p, and the union of the "
+        "intervals, of a paired t-test over the per-seed differences and of a two-level "
+        f"bootstrap ({numbers['bootstrap_samples']:,} resamples of the seeds, then of the test "
+        "examples within each). Both count how much training varies from seed to seed. The "
+        "t-test's t quantiles stay honest with few seeds, where a bootstrap over three seeds "
+        "(ten distinct draws) understates their spread; the bootstrap counts the noise of a "
+        "test split the seeds share, which a t-test over them cannot see.",
+        f"- ≈ marks a difference within noise: its Holm-adjusted seed-level p ≥ "
+        f"{numbers['alpha']}, Holm's step-down adjustment over the report's family of "
+        f"{numbers['family_size']} comparisons (every scenario, task, metric and training-set "
+        "size, against the baseline and the reference), so that the chance of any false "
+        "difference among them stays at most 5%.",
+        "- Fixed models (do these trained models differ on this test set?): the paired "
+        "bootstrap over the test examples with the trained models held fixed, pooled over "
+        "seeds. It leaves out the seed-to-seed variance, so it finds differences that a new "
+        "seed may not repeat: it is not the ≈ test.",
+        "",
+        *_shared_split_lines(numbers),
+    ]
+    for size in numbers["sizes"]:
+        deltas = numbers["by_size"][size]["deltas"]
+        for task in tasks:
+            rows = []
+            for label, by_task in deltas.items():
+                entry = by_task.get(task)
+                if not entry:
+                    continue
+                found = [entry.get("vs_single_task"), entry.get("vs_reference")][: len(versus)]
+                rows.append(
+                    [label] + [_difference(d and d[m]) for m in metrics[task] for d in found]
+                )
+            if not rows:
+                continue
+            lines += ["", f"### `{task}`, {_size_title(size)}", ""]
+            header = [f"Δ {SHORT[m]} vs {other}" for m in metrics[task] for other in versus]
+            lines += _table(["scenario", *header], rows)
+    lines += _power_lines(numbers, tasks)
+    if numbers["notes"]:
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in numbers["notes"]]
+    return lines
+
+
+def markdown_report(
+    runs: Sequence[Run],
+    tasks: Sequence[str],
+    plots: Sequence[str],
+    numbers: dict | None = None,
+) -> str:
+    """The report's text: the study (over seeds, paired differences), then every run's own
+    numbers, the plots. `numbers`: `study(runs, tasks)`, computed here when not given."""
+    numbers = study(runs, tasks) if numbers is None else numbers
+    seeds = ", ".join(str(seed) for seed in numbers["seeds"])
+    sizes = ", ".join(numbers["sizes"])
+    baselines = sum(1 for run in runs if run.label == BASELINE)
+    lines = [
+        "# Scenario study",
+        "",
+        f"{len(runs)} runs ({baselines} of them single-task baselines): seeds {seeds}; "
+        f"training examples per task: {sizes}; {numbers['train_seconds_total']:.0f} s of "
+        "training in all. Test values are of the best checkpoint by `val/primary_mean`, the "
+        "mean over tasks of each one's primary metric (accuracy; Spearman for similarity) "
+        "(entire_network_frozen: of the model as loaded).",
+        "",
+    ]
+    if numbers["forks"]:
+        lines += [
+            f"{len(numbers['forks'])} runs forked from another run's first epochs, which they "
+            f"share exactly (`fork_from`): {numbers['reused_seconds']:.0f} s of training not "
+            "done twice. Their train time below includes those epochs; the total above counts "
+            "them once.",
+            "",
+        ]
+    lines += study_markdown(numbers, tasks)
+    lines += [
+        "",
+        "## Every run",
+        "",
+        "Best val values are maxima over epochs; train time is the wall time of fitting, "
+        "validation included (0 when nothing trains); trainable params are those of the last "
+        "epoch.",
+        "",
+    ]
+    lines += _table(
+        [
+            "run",
+            "scenario",
+            "seed",
+            "size",
+            "best val primary (mean)",
+            "test primary (mean)",
+            "train time (s)",
+            "trainable params",
+        ],
+        [
+            [
+                run.name,
+                run.label,
+                str(run.seed),
+                run.size_label,
+                _fmt(primary_mean(run, "val", best=True), ".4f"),
+                _fmt(primary_mean(run, "test"), ".4f"),
+                _fmt(run.train_seconds, ".1f"),
+                _fmt(run.trainable_params, ","),
+            ]
+            for run in runs
+        ],
+    )
+    for task in tasks:
+        lines += ["", f"### Task `{task}`", ""]
+        first, second = task_metrics(runs, task)
+        short = {m: "acc" if m == "acc" else NAMES[m] for m in (first, second)}
+        lines += _table(
+            ["run", "scenario"]
+            + [f"{stage} {short[m]}" for stage in ("best val", "test") for m in (first, second)]
+            + ["forgetting"],
+            [
+                [
+                    run.name,
+                    run.label,
+                    _fmt(run.best(f"val/{task}/{first}"), ".4f"),
+                    _fmt(run.best(f"val/{task}/{second}"), ".4f"),
+                    _fmt(run.last(f"test/{task}/{first}"), ".4f"),
+                    _fmt(run.last(f"test/{task}/{second}"), ".4f"),
+                    _fmt(run.last(f"val/{task}/forgetting"), "+.4f"),
+                ]
+                for run in runs
+            ],
+        )
+    if any(run.history.get(f"val/{task}/forgetting") for run in runs for task in tasks):
+        lines += [
+            "",
+            "Forgetting (only_head_frozen, the frozen head's task): val accuracy when the head "
+            "froze minus at the last epoch; positive means the task got worse.",
+        ]
+    lines += ["", "### Runs", ""]
+    lines += [f"- `{run.name}`: {' '.join(run.overrides) or '(defaults)'}" for run in runs]
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{Path(plot).stem}]({plot})" for plot in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _figure() -> Figure:
+    try:
+        from matplotlib.figure import Figure
+    except ModuleNotFoundError as error:
+        raise ConfigError(
+            "mtl_lightning.study.report needs matplotlib for its plots, which is not installed: "
+            "`pip install -e '.[report]'` (or `pip install matplotlib`)."
+        ) from error
+    # A bare Figure, not pyplot: no GUI backend, no global state, works in any process.
+    return Figure(figsize=(6.4, 4.2), layout="constrained")
+
+
+def _color(index: int) -> str:
+    """The same colour for a scenario in every plot, whichever scenarios a plot leaves out."""
+    return f"C{index % 10}"
+
+
+def _largest_size(runs: Sequence[Run]) -> list[Run]:
+    """The runs at the study's largest training-set size (all examples, by default)."""
+    largest = max((run.size_label for run in runs), key=_size_order)
+    return [run for run in runs if run.size_label == largest]
+
+
+def _spread_of(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (0 for one value): the point and the half-width of a band."""
+    numbers = stats.over_seeds(values)
+    return numbers["mean"], numbers["std"] or 0.0
+
+
+def plot_val_curves(runs: Sequence[Run], task: str) -> Figure:
+    """Validation accuracy of `task` per epoch, one line per scenario: the mean over seeds, with
+    a band of ± one std where there are several seeds (at the largest training-set size)."""
+    from matplotlib.ticker import MaxNLocator
+
+    figure = _figure()
+    axes = figure.add_subplot()
+    primary = task_metrics(runs, task)[0]  # accuracy, or a similarity task's Spearman
+    runs = _largest_size(runs)
+    for index, label in enumerate(_labels(runs)):
+        curves = [dict(run.curve(f"val/{task}/{primary}")) for run in runs if run.label == label]
+        curves = [curve for curve in curves if curve]
+        if not curves:
+            continue
+        epochs = sorted({epoch for curve in curves for epoch in curve})
+        points = [_spread_of([c[e] for c in curves if e in c]) for e in epochs]
+        means = [mean for mean, _ in points]
+        name = f"{label} (n={len(curves)})"
+        axes.plot(epochs, means, marker="o", label=name, color=_color(index))
+        if len(curves) > 1:
+            low = [mean - std for mean, std in points]
+            high = [mean + std for mean, std in points]
+            axes.fill_between(epochs, low, high, color=_color(index), alpha=0.2, linewidth=0)
+    name = NAMES[primary] if primary != "acc" else "accuracy"
+    axes.set(title=f"{task}: validation {name}", xlabel="epoch", ylabel=f"val {name}")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return figure
+
+
+def plot_time_vs_accuracy(runs: Sequence[Run]) -> Figure:
+    """Train time against mean test accuracy, one point per scenario (mean over seeds, error
+    bars of ± one std); single-task baselines, which test one task each, are left out."""
+    figure = _figure()
+    axes = figure.add_subplot()
+    runs = _largest_size(runs)
+    for index, label in enumerate(_labels(runs)):
+        points = [
+            (run.train_seconds, primary_mean(run, "test"))
+            for run in runs
+            if run.label == label and label != BASELINE
+        ]
+        points = [(t, a) for t, a in points if t is not None and a is not None]
+        if not points:
+            continue
+        (seconds, seconds_std), (accuracy, accuracy_std) = (
+            _spread_of([t for t, _ in points]),
+            _spread_of([a for _, a in points]),
+        )
+        axes.errorbar(
+            seconds, accuracy, xerr=seconds_std, yerr=accuracy_std, fmt="o", color=_color(index)
+        )
+        axes.annotate(
+            label, (seconds, accuracy), fontsize="small", xytext=(4, 4), textcoords="offset points"
+        )
+    axes.margins(x=0.25, y=0.15)  # room for the labels of the outermost points
+    axes.set(
+        title="train time vs test accuracy",
+        xlabel="train time (s)",
+        ylabel="test primary metric (mean over tasks)",
+    )
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def _train_examples(run: Run, task: str) -> float | None:
+    count = run.summary.get("examples", {}).get(task, {}).get("train")
+    return float(count) if count is not None else (None if run.size is None else float(run.size))
+
+
+def plot_accuracy_vs_examples(runs: Sequence[Run], task: str) -> Figure:
+    """Test primary metric (accuracy; Spearman) of `task` against its training examples, one
+    line per scenario (mean over seeds, error bars of ± one std): the study's data-size axis."""
+    primary = task_metrics(runs, task)[0]
+    name = "accuracy" if primary == "acc" else NAMES[primary]
+    figure = _figure()
+    axes = figure.add_subplot()
+    sizes = sorted({run.size_label for run in runs}, key=_size_order)
+    ticks: set[float] = set()
+    for index, label in enumerate(_labels(runs)):
+        xs, ys, errors = [], [], []
+        for size in sizes:
+            points = [
+                (_train_examples(run, task), run.last(f"test/{task}/{primary}"))
+                for run in runs
+                if run.label == label and run.size_label == size
+            ]
+            points = [(x, y) for x, y in points if x is not None and y is not None]
+            if points:
+                xs.append(_spread_of([x for x, _ in points])[0])
+                mean, std = _spread_of([y for _, y in points])
+                ys.append(mean)
+                errors.append(std)
+        if xs:
+            axes.errorbar(
+                xs, ys, yerr=errors, marker="o", capsize=3, label=label, color=_color(index)
+            )
+            ticks.update(xs)
+    axes.set_xscale("log")
+    # Ticks at the sizes trained, not at powers of ten.
+    axes.set_xticks(sorted(ticks), [f"{x:,.0f}" for x in sorted(ticks)])
+    axes.minorticks_off()
+    axes.set(
+        title=f"{task}: test {name} against training examples",
+        xlabel="training examples of the task",
+        ylabel=f"test {name}",
+    )
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return figure
+
+
+def write_report(sweep_dir: str | Path, reference: str | None = None) -> Path:
+    """Write `report.md`, `report.json` and the PNG plots into the sweep folder; return the
+    report's path. `reference`: the scenario every other one is also compared with (None:
+    full_finetune where the sweep has it)."""
+    sweep = Path(sweep_dir).expanduser()
+    runs = load_runs(sweep)
+    tasks = task_names(runs)
+    labels = {run.label for run in runs}
+    if reference is not None and reference not in labels:
+        raise ConfigError(
+            f"--reference {reference} is not a scenario of {sweep}: use one of {sorted(labels)}."
+        )
+    reference = reference or REFERENCE
+    numbers = study(runs, tasks, reference)
+    figures = {f"val_acc_{task}.png": plot_val_curves(runs, task) for task in tasks}
+    figures[TIME_PLOT] = plot_time_vs_accuracy(runs)
+    if len(numbers["sizes"]) > 1:
+        for task in tasks:
+            figures[f"test_acc_vs_examples_{task}.png"] = plot_accuracy_vs_examples(runs, task)
+    for name, figure in figures.items():
+        figure.savefig(inside(sweep, name), dpi=120)
+    (sweep / REPORT_JSON).write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")
+    report = sweep / REPORT_FILE
+    report.write_text(markdown_report(runs, tasks, list(figures), numbers), encoding="utf-8")
+    return report
