@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,3 +73,43 @@ def make_cfg(tiny_encoders, tmp_path) -> Callable[..., DictConfig]:
             return compose("train", overrides=base + list(overrides))
 
     return make
+
+
+def compose_cfg(name: str, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+@pytest.fixture(scope="session")
+def run_root(tiny_encoders, tmp_path_factory) -> Path:
+    """One tiny training run (like `make_cfg`), whose encoder folder is deleted afterwards:
+    shared by the tests that predict, encode or craft checkpoints from it (a module may
+    override it with a run of its own, as test_export does)."""
+    root = tmp_path_factory.mktemp("predict")
+    encoder = root / "encoder"
+    shutil.copytree(tiny_encoders["bert"], encoder)
+    from mtl_lightning.train import train
+
+    train(
+        compose_cfg(
+            "train",
+            "experiment=full_finetune",
+            "data=tiny",
+            "logger=csv",
+            f"model.encoder.name_or_path={encoder}",
+            f"paths.root_dir={root}",
+            f"paths.data_dir={root / 'data'}",
+            f"paths.output_dir={root / 'run'}",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "++trainer.enable_progress_bar=false",
+            "++trainer.enable_model_summary=false",
+        )
+    )
+    shutil.rmtree(encoder)  # from here on, the checkpoint alone must be enough
+    return root
+
+
+@pytest.fixture(scope="session")
+def ckpt(run_root) -> Path:
+    return run_root / "run" / "checkpoints" / "last.ckpt"

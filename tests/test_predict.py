@@ -5,22 +5,19 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from conftest import compose_cfg
 
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.encode import encode
 from mtl_lightning.model.inference import Predictor
 from mtl_lightning.model.module import MultiTaskModule
 from mtl_lightning.predict import predict
-from mtl_lightning.train import train
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 LABELS = {
@@ -37,42 +34,6 @@ TEXTS = [
     " ".join(["long"] * 300),
     "dull",
 ]
-
-
-def compose_cfg(name: str, *overrides: str) -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
-
-
-@pytest.fixture(scope="module")
-def run_root(tiny_encoders, tmp_path_factory) -> Path:
-    """One tiny training run (like `make_cfg`), whose encoder folder is deleted afterwards."""
-    root = tmp_path_factory.mktemp("predict")
-    encoder = root / "encoder"
-    shutil.copytree(tiny_encoders["bert"], encoder)
-    train(
-        compose_cfg(
-            "train",
-            "experiment=full_finetune",
-            "data=tiny",
-            "logger=csv",
-            f"model.encoder.name_or_path={encoder}",
-            f"paths.root_dir={root}",
-            f"paths.data_dir={root / 'data'}",
-            f"paths.output_dir={root / 'run'}",
-            "trainer.max_epochs=1",
-            "trainer.accelerator=cpu",
-            "++trainer.enable_progress_bar=false",
-            "++trainer.enable_model_summary=false",
-        )
-    )
-    shutil.rmtree(encoder)  # from here on, the checkpoint alone must be enough
-    return root
-
-
-@pytest.fixture(scope="module")
-def ckpt(run_root) -> Path:
-    return run_root / "run" / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")

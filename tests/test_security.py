@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_cfg
 from omegaconf import open_dict
-from test_predict import compose_cfg
 
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import inside, task_name_problem
@@ -23,28 +23,6 @@ from mtl_lightning.hub.export import export_checkpoint
 from mtl_lightning.model.encoder import Encoder
 from mtl_lightning.model.inference import Predictor
 from mtl_lightning.train import train
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_encoders, tmp_path_factory) -> Path:
-    """The last.ckpt of one tiny one-epoch run."""
-    root = tmp_path_factory.mktemp("security")
-    train(
-        compose_cfg(
-            "train",
-            "data=tiny",
-            "logger=csv",
-            f"model.encoder.name_or_path={tiny_encoders['bert']}",
-            f"paths.root_dir={root}",
-            f"paths.data_dir={root / 'data'}",
-            f"paths.output_dir={root / 'run'}",
-            "trainer.max_epochs=1",
-            "trainer.accelerator=cpu",
-            "++trainer.enable_progress_bar=false",
-            "++trainer.enable_model_summary=false",
-        )
-    )
-    return root / "run" / "checkpoints" / "last.ckpt"
 
 
 def crafted(source: Path, target: Path, change) -> Path:
@@ -77,7 +55,7 @@ def written_outside(absolute: Path, relative: str, folders: list[Path]) -> list[
 
 
 def test_tokenizer_file_names_that_leave_the_folder_are_refused_everywhere(
-    trained, make_cfg, tmp_path, escaping_names
+    ckpt, make_cfg, tmp_path, escaping_names
 ):
     absolute, relative = escaping_names
 
@@ -85,7 +63,7 @@ def test_tokenizer_file_names_that_leave_the_folder_are_refused_everywhere(
         checkpoint["tokenizer_files"][str(absolute)] = b"echo pwned\n"
         checkpoint["tokenizer_files"][relative] = b"echo pwned\n"
 
-    bad = crafted(trained, tmp_path / "bad.ckpt", add_names)
+    bad = crafted(ckpt, tmp_path / "bad.ckpt", add_names)
     refusal = rf"{bad} \(tokenizer_files\) names the file '.*pwned-.*', which is not a plain file"
     with pytest.raises(ConfigError, match=f"^ckpt_path={refusal}"):
         Predictor.from_checkpoint(bad, device="cpu")
@@ -110,9 +88,9 @@ def test_tokenizer_file_names_that_leave_the_folder_are_refused_everywhere(
     assert list(absolute.parent.iterdir()) == []
 
 
-def test_the_tokenizer_writer_itself_keeps_names_inside_its_folder(trained, tmp_path):
+def test_the_tokenizer_writer_itself_keeps_names_inside_its_folder(ckpt, tmp_path):
     """Beneath the refusal at reading, the writer refuses too (a module given bad names)."""
-    module = Predictor.from_checkpoint(trained, device="cpu")  # a good checkpoint works
+    module = Predictor.from_checkpoint(ckpt, device="cpu")  # a good checkpoint works
     assert module.tokenizer("Hello")["input_ids"][0] == 101
     with pytest.raises(ConfigError, match="outside the folder"):
         inside(tmp_path, "../x.txt")
@@ -123,7 +101,7 @@ def test_the_tokenizer_writer_itself_keeps_names_inside_its_folder(trained, tmp_
 
 @pytest.mark.parametrize("name", ["../escape", "/tmp/pwned", ".hidden"])
 def test_a_checkpoint_task_name_that_is_a_path_is_refused_in_predict_and_export(
-    trained, tmp_path, name
+    ckpt, tmp_path, name
 ):
     def rename(checkpoint):
         hparams = checkpoint["hyper_parameters"]
@@ -131,7 +109,7 @@ def test_a_checkpoint_task_name_that_is_a_path_is_refused_in_predict_and_export(
             (name if t == "sentiment" else t): v for t, v in hparams["tasks"].items()
         }
 
-    bad = crafted(trained, tmp_path / "bad.ckpt", rename)
+    bad = crafted(ckpt, tmp_path / "bad.ckpt", rename)
     refusal = rf"^ckpt_path={bad} \(hyper_parameters.tasks\): task name '{name}'"
     with pytest.raises(ConfigError, match=refusal):
         Predictor.from_checkpoint(bad, device="cpu")
@@ -188,7 +166,7 @@ def test_unicode_and_space_task_names_train_and_write_their_files(make_cfg, tmp_
 
 
 @pytest.mark.parametrize("where", ["hyper_parameters", "encoder", "encoder_config"])
-def test_a_stored_target_is_one_sentence_and_builds_nothing(trained, tmp_path, where):
+def test_a_stored_target_is_one_sentence_and_builds_nothing(ckpt, tmp_path, where):
     marker = tmp_path / "built"
 
     def add_target(checkpoint):
@@ -202,7 +180,7 @@ def test_a_stored_target_is_one_sentence_and_builds_nothing(trained, tmp_path, w
             hparams["encoder"] = {**hparams["encoder"], "_target_": "builtins.exec"}
             del hparams["encoder"]["extra"]
 
-    bad = crafted(trained, tmp_path / "target.ckpt", add_target)
+    bad = crafted(ckpt, tmp_path / "target.ckpt", add_target)
     with pytest.raises(ConfigError) as caught:
         Predictor.from_checkpoint(bad, device="cpu")
     message = str(caught.value)
@@ -211,11 +189,11 @@ def test_a_stored_target_is_one_sentence_and_builds_nothing(trained, tmp_path, w
     assert not marker.exists()
 
 
-def test_a_stored_target_through_the_predict_command_is_one_line(trained, tmp_path):
+def test_a_stored_target_through_the_predict_command_is_one_line(ckpt, tmp_path):
     def add_target(checkpoint):
         checkpoint["hyper_parameters"]["encoder"]["_target_"] = "builtins.exec"
 
-    bad = crafted(trained, tmp_path / "target.ckpt", add_target)
+    bad = crafted(ckpt, tmp_path / "target.ckpt", add_target)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "mtl_lightning.predict", f"ckpt_path={bad}", "text=hello"]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
