@@ -67,8 +67,9 @@ compare: install ## The study: five scenarios + single-task baselines x SEEDS=1,
 	done
 	$(BIN)/python -m mtl_lightning.report $(COMPARE_DIR) $(if $(REFERENCE),--reference $(REFERENCE))
 
+# The newest sweep by modification time (not by name: logs/compare/default sorts after dates).
 report: install ## Rebuild report.md/.json and plots of SWEEP=<sweep folder> without training (default: the newest logs/compare/*)
-	$(BIN)/python -m mtl_lightning.report $(or $(SWEEP),$(lastword $(sort $(wildcard logs/compare/*))),logs/compare) $(if $(REFERENCE),--reference $(REFERENCE))
+	$(BIN)/python -m mtl_lightning.report $(or $(SWEEP),$(patsubst %/,%,$(shell ls -dt logs/compare/*/ 2>/dev/null | head -n 1)),logs/compare) $(if $(REFERENCE),--reference $(REFERENCE))
 
 bench: install ## Measure the speed claims side by side (about 30 min on 2 cores) and print one table; ARGS="--only plain_loop full_finetune" for some runs
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"

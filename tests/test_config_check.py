@@ -70,6 +70,16 @@ def compose_cfg(name: str, *overrides: str):
         (["trainer.precision=17"], r"^trainer\.precision=17 is unknown: use one of"),
         (["trainer.accelerator=tpux"], r"^trainer\.accelerator=tpux is unknown"),
         (["trainer.deterministic=maybe"], r"^trainer\.deterministic=maybe must be true, false"),
+        (
+            ["optimized_metric=val/sentiment/loss"],
+            r"^optimized_metric=val/sentiment/loss is a loss \(lower is better\), but "
+            r"callbacks\.model_checkpoint\.mode=max keeps the epoch where it is highest: add "
+            r"callbacks\.model_checkpoint\.mode=min\.$",
+        ),
+        (
+            ["freezing.plateau_monitor=val/loss"],
+            r"^freezing\.plateau_monitor=val/loss is a loss .* add freezing\.plateau_mode=min\.$",
+        ),
     ],
 )
 def test_bad_values_are_refused_in_one_sentence_before_anything_is_built(
@@ -93,6 +103,17 @@ def test_every_shipped_config_passes_the_checks(make_cfg):
     ]
     for option in options:
         check_train_config(make_cfg(option))
+
+
+def test_a_loss_with_mode_min_passes(make_cfg):
+    check_train_config(
+        make_cfg(
+            "optimized_metric=val/sentiment/loss",
+            "callbacks.model_checkpoint.mode=min",
+            "freezing.plateau_monitor=val/loss",
+            "freezing.plateau_mode=min",
+        )
+    )
 
 
 @NO_GPU

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import os
+import subprocess
+import sys
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -202,3 +205,20 @@ def test_subsample_keeps_every_label_even_a_rare_one():
     assert kept_texts == sorted(kept_texts, key=texts.index)  # the original order
     assert subsample((texts, labels), 20, seed=1) == (kept_texts, kept_labels)
     assert subsample((texts, labels), None, seed=1) == (texts, labels)
+
+
+def test_inferred_class_order_is_the_same_in_every_process():
+    """`1` and `01` sort alike as numbers; the order must not follow a set's, which depends on
+    the process's string hashing (PYTHONHASHSEED)."""
+    code = (
+        "from mtl_lightning.tasks.classification import class_names; "
+        "print(class_names('t', ['01', '1', '001', '2', '0001', '10'], None))"
+    )
+    orders = set()
+    for seed in range(6):
+        env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+        )
+        orders.add(result.stdout.strip())
+    assert orders == {"['0001', '001', '01', '1', '2', '10']"}

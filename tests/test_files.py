@@ -287,3 +287,101 @@ def test_shipped_tsv_rows_must_have_two_fields():
         read_label_tsv("label\ttext\nHUM\tWho?\nLOC\tWhere\tis it?\n", "t.tsv")
     with pytest.raises(ConfigError, match=r"^t\.tsv line 2 has 1 field\(s\), not 2"):
         read_label_tsv("label\ttext\nHUM\n", "t.tsv")
+
+
+def read_train(tmp_path: Path, name: str, content: bytes, **options) -> tuple | object:
+    """The train split `FileSource` reads from `content`, written to `tmp_path / name`."""
+    from mtl_lightning.data.sources.files import FileSource
+
+    (tmp_path / name).write_bytes(content)
+    task = options.pop("task", "classification")
+    source = FileSource(task, train=str(tmp_path / name), **options)
+    return source.load(tmp_path)["train"]
+
+
+def test_labels_are_normalised_unicode_without_surrounding_space(tmp_path):
+    composed, decomposed = "n\u00e9gatif", "ne\u0301gatif"
+    rows = [("Bad.", composed), ("Awful.", decomposed), ("Good.", " positif "), ("Ok.", "positif")]
+    _, labels = read_train(tmp_path, "q.csv", csv_bytes(rows))
+    assert labels == [composed, composed, "positif", "positif"]
+    # label_names are read the same way, so a declared decomposed name is the same class.
+    _, labels = read_train(tmp_path, "q.csv", csv_bytes(rows), label_names=[decomposed, "positif"])
+    assert set(labels) == {composed, "positif"}
+
+
+@pytest.mark.parametrize(
+    ("spellings", "shown"),
+    [(("1", "01"), r"'1' \(line 2\), '01' \(line 4\)"), (("Positif", "positif"), r"'Positif'")],
+)
+def test_labels_differing_by_case_or_leading_zeros_are_refused(tmp_path, spellings, shown):
+    first, second = spellings
+    rows = [("A.", first), ("B.", "other"), ("C.", second), ("D.", first)]
+    with pytest.raises(
+        ConfigError,
+        match=rf"q\.csv \(data\.tasks\.classification\.train\) has labels that differ only by "
+        rf"case or leading zeros, {shown}.*list every spelling in "
+        r"data\.tasks\.classification\.label_names",
+    ):
+        read_train(tmp_path, "q.csv", csv_bytes(rows))
+    # Declared as distinct classes, they are.
+    _, labels = read_train(tmp_path, "q.csv", csv_bytes(rows), label_names=[*spellings, "other"])
+    assert labels == [first, "other", second, first]
+
+
+def test_a_repeated_header_row_is_refused(tmp_path):
+    joined = csv_bytes(questions(2)) + csv_bytes(questions(2))  # two files joined with `cat`
+    with pytest.raises(ConfigError, match=r"q\.csv line 8 repeats the header row"):
+        read_train(tmp_path, "q.csv", joined)
+
+
+@pytest.mark.parametrize("score", ["34", "-1"])
+def test_similarity_scores_outside_score_range_are_refused(tmp_path, score):
+    rows = [("a", "b", "1.5"), ("c", "d", score), ("e", "f", "4")]
+    content = csv_bytes(rows, header=("text", "text_pair", "label"))
+    options = {"task": "sts", "type": "similarity", "type_options": {"score_range": [0, 5]}}
+    with pytest.raises(
+        ConfigError,
+        match=rf"s\.csv \(data\.tasks\.sts\.train\) line 3 has score '{score}', outside "
+        r"data\.tasks\.sts\.type_options\.score_range \[0, 5\]: fix or remove",
+    ):
+        read_train(tmp_path, "s.csv", content, **options)
+    # Any source's training scores are checked as they are scaled, too.
+    from mtl_lightning.tasks.similarity import Similarity
+
+    kind = Similarity.from_data("sts", ["1", "4"], None, {"score_range": [0, 5]})
+    with pytest.raises(ConfigError, match=rf"score '{score}', outside .*score_range \[0, 5\]"):
+        kind.encode_labels(["1", score], "train")
+
+
+def test_utf16_files_are_called_utf16(tmp_path):
+    content = "text,label\nWho?,HUM\n".encode("utf-16")  # with a byte-order mark
+    message = r"q\.csv is UTF-16, not UTF-8: .*iconv -f utf-16 -t utf-8"
+    with pytest.raises(ConfigError, match=message):
+        read_train(tmp_path, "q.csv", content)
+    with pytest.raises(ConfigError, match=r"q\.csv holds zero bytes, as UTF-16 .*iconv -f utf-16"):
+        read_train(tmp_path, "q.csv", "text,label\nWho?,HUM\n".encode("utf-16-le"))
+
+
+def test_a_long_field_is_read(tmp_path):
+    long_text = "word " * 42_000  # 210,000 characters, over the csv module's default limit
+    texts, _ = read_train(tmp_path, "q.csv", csv_bytes([(long_text, "HUM"), ("Where?", "LOC")]))
+    assert texts[0] == long_text
+
+
+def test_an_empty_second_column_names_that_column(tmp_path):
+    content = csv_bytes([("A cat.", "", "yes"), ("A car.", " ", "no")], ("a", "b", "label"))
+    options = {"type": "pair_classification", "text_column": "a", "text_pair_column": "b"}
+    with pytest.raises(
+        ConfigError,
+        match=r"has no example with non-empty text in column 'b': check "
+        r"data\.tasks\.classification\.text_pair_column or the data",
+    ):
+        read_train(tmp_path, "p.csv", content, **options)
+
+
+def test_tsv_is_plain_tab_separated_text(tmp_path):
+    rows = [('"Hamlet" was written by whom?', "HUM"), ('Where is "the" Louvre?', "LOC")]
+    content = "text\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows)
+    texts, labels = read_train(tmp_path, "q.tsv", content.encode())
+    assert texts == [text for text, _ in rows]
+    assert labels == ["HUM", "LOC"]

@@ -144,3 +144,34 @@ def test_train_with_data_hf_on_local_files(tiny_encoders, tmp_path):
     metrics = train(cfg)
     assert 0.0 <= metrics["val/acc_mean"] <= 1.0
     assert {"test/classification/acc", "test/sentiment/acc"} <= set(metrics)
+
+
+def test_labels_are_normalised_as_data_files_reads_them(tmp_path):
+    """`positive ` with a trailing space, and a decomposed `é`: the labels `data=files` reads."""
+    pytest.importorskip("datasets")
+    from mtl_lightning.data.sources.files import FileSource
+
+    labels = ["positive ", "positive", "ne\u0301gatif", "n\u00e9gatif"]
+    path = _write_csv(tmp_path / "train.csv", ["A.", "B.", "C.", "D."], labels)
+    common = {"text_column": "question", "label_column": "kind"}
+    source = HFSource("s", "csv", data_files=path, cache_dir=str(tmp_path / "cache"), **common)
+    read = source.load(tmp_path)["train"][1]
+    assert read == FileSource("s", train=path, **common).load(tmp_path)["train"][1]
+    assert read == ["positive", "positive", "n\u00e9gatif", "n\u00e9gatif"]
+
+
+def test_labels_differing_by_case_are_refused_naming_rows(tmp_path):
+    pytest.importorskip("datasets")
+    path = _write_csv(tmp_path / "train.csv", ["A.", "B.", "C."], ["Positif", "x", "positif"])
+    source = HFSource(
+        "s",
+        "csv",
+        data_files=path,
+        cache_dir=str(tmp_path / "c"),
+        text_column="question",
+        label_column="kind",
+    )
+    with pytest.raises(
+        ConfigError, match=r"differ only by case .*'Positif' \(row 1\), 'positif' \(row 3\)"
+    ):
+        source.load(tmp_path)

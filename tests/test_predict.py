@@ -189,15 +189,41 @@ def test_user_errors_name_the_key_and_the_fix(ckpt, tmp_path):
         encode(compose_cfg("encode", f"input={good}", "output=e.npy"))
 
 
-@pytest.mark.parametrize("newline", ["\n", "\r\n"])
-def test_txt_lines_split_at_newlines_only(tmp_path, newline):
-    from mtl_lightning.model.inference import read_texts
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_txt_lines_split_at_line_ends_and_blank_lines_are_skipped(tmp_path, newline):
+    from mtl_lightning.model.inference import read_rows, read_texts
 
-    # A form feed and U+2028 inside a sentence are part of it; "" is an empty line of its own.
-    lines = ["page one\fpage two", "first\u2028second", "", "last"]
+    # A form feed and U+2028 inside a sentence are part of it; blank lines are no sentences
+    # (a CSV's are skipped too), so two sentences give two predictions.
+    lines = ["page one\fpage two", "", "first\u2028second", "  ", "last", ""]
     source = tmp_path / "sentences.txt"
     source.write_bytes((newline.join(lines) + newline).encode("utf-8"))
-    assert read_texts(source) == lines
+    sentences = ["page one\fpage two", "first\u2028second", "last"]
+    assert read_texts(source) == sentences
+    assert read_rows(source) == [{"text": text} for text in sentences]
+
+
+def test_predict_cli_text_is_the_text_as_typed(ckpt, tmp_path):
+    result = run_cli("predict", f"ckpt_path={ckpt}", "text=true", "text_pair=1e3", cwd=tmp_path)
+    record = json.loads(result.stdout)
+    assert (record["text"], record["text_pair"]) == ("true", "1e3")  # not True, 1000.0
+    # From Python there is no command line to read it back: a typed value is refused.
+    with pytest.raises(ConfigError, match=r"""^text=True is not a string .* text='"True"'\.$"""):
+        predict(compose_cfg("predict", f"ckpt_path={ckpt}", "text=true"))
+
+
+def test_encode_refuses_pooling_or_normalize_with_a_checkpoint(tmp_path):
+    files = [f"input={tmp_path / 'in.txt'}", f"output={tmp_path / 'out.npy'}"]
+    for given, shown in (
+        (["pooling=cls", "normalize=false"], "pooling=cls and normalize=false"),
+        (["normalize=true"], "normalize=true"),
+    ):
+        with pytest.raises(
+            ConfigError,
+            match=rf"^{shown} cannot change a checkpoint's encoder, .*: drop them, or give "
+            r"ckpt_path=none encoder=",
+        ):
+            encode(compose_cfg("encode", "ckpt_path=run.ckpt", *files, *given))
 
 
 def test_predict_refuses_to_overwrite_its_input(tmp_path):

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from fake_sweep import (
@@ -343,3 +344,24 @@ def test_summary_train_time_is_the_fit_alone(make_cfg, tmp_path):
     elapsed = time.perf_counter() - start
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert 0 < summary["train_seconds"] < elapsed
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_report_picks_the_newest_sweep_by_time(tmp_path):
+    """`logs/compare/default` sorts after any dated folder by name; the newer one is meant."""
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copy(repo / "Makefile", tmp_path / "Makefile")
+    (tmp_path / "pyproject.toml").touch()
+    installed = tmp_path / ".venv" / "bin" / ".installed"
+    installed.parent.mkdir(parents=True)
+    installed.touch()
+    for path in (tmp_path / "Makefile", tmp_path / "pyproject.toml"):
+        os.utime(path, (1_000, 1_000))  # older than .installed: `install` has nothing to do
+    sweeps = tmp_path / "logs" / "compare"
+    for name, mtime in (("default", 2_000), ("2026-01-02_03-04-05", 3_000), ("a_old", 1_500)):
+        (sweeps / name).mkdir(parents=True)
+        os.utime(sweeps / name, (mtime, mtime))
+    result = subprocess.run(
+        ["make", "-n", "report"], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert "-m mtl_lightning.report logs/compare/2026-01-02_03-04-05 " in result.stdout + " "

@@ -210,7 +210,8 @@ def test_config_errors_name_the_key(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match=r"no column 'other'.*data\.tasks\.paraphrase\.text_pair"):
         build_data(make_cfg(*missing).data)
     _write_csv(paths["similarity"], ("sentence1", "sentence2", "score"), [("a", "b", "high")] * 9)
-    with pytest.raises(ConfigError, match=r"data\.tasks\.sts has score 'high'.*not a number"):
+    message = r"\(data\.tasks\.sts\.train\) line 2 has score 'high'.*not a number"
+    with pytest.raises(ConfigError, match=message):
         build_data(make_cfg(*base).data)
     with pytest.raises(ConfigError, match=r"type=pair_classification needs two sentences"):
         build_data(make_cfg("+data.tasks.sentiment.type=pair_classification").data)

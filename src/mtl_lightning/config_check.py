@@ -140,6 +140,42 @@ def check_trainer(trainer: DictConfig) -> None:
         raise ConfigError(NO_END)
 
 
+def is_loss(metric: str) -> bool:
+    """Whether a logged metric is a loss (lower is better): `val/loss`, `val/<task>/loss`."""
+    return metric.rsplit("/", 1)[-1].endswith("loss")
+
+
+def check_modes(cfg: DictConfig) -> None:
+    """A loss monitored with mode max would keep (or wait for) the worst epoch: refuse it."""
+    watched = [  # (key naming the metric, metric, key of its mode, mode)
+        (
+            f"callbacks.{name}.monitor",
+            node.get("monitor"),
+            f"callbacks.{name}.mode",
+            node.get("mode"),
+        )
+        for name, node in (cfg.get("callbacks") or {}).items()
+        if isinstance(node, Mapping)
+    ]
+    freezing = cfg.get("freezing") or {}
+    watched.append(
+        (
+            "freezing.plateau_monitor",
+            freezing.get("plateau_monitor"),
+            "freezing.plateau_mode",
+            freezing.get("plateau_mode"),
+        )
+    )
+    for monitor_key, monitor, mode_key, mode in watched:
+        if isinstance(monitor, str) and is_loss(monitor) and mode == "max":
+            if monitor_key.startswith("callbacks.") and monitor == cfg.get("optimized_metric"):
+                monitor_key = "optimized_metric"  # what the user set: the callback follows it
+            raise ConfigError(
+                f"{monitor_key}={monitor} is a loss (lower is better), but {mode_key}=max keeps "
+                f"the epoch where it is highest: add {mode_key}=min."
+            )
+
+
 def check_train_config(cfg: DictConfig) -> None:
     """Refuse any bad value of conf/train.yaml's keys before anything is built."""
     check_table(cfg, RULES)
@@ -178,6 +214,7 @@ def check_train_config(cfg: DictConfig) -> None:
             "model.init_from and fork_from both say where the weights come from: a fork starts "
             "from the source run's whole state; drop model.init_from."
         )
+    check_modes(cfg)
     check_trainer(cfg.trainer)
 
 

@@ -44,11 +44,24 @@ def encode(cfg: DictConfig) -> np.ndarray:
             f"input and output are both needed: got input={cfg.input}, output={cfg.output}; "
             "e.g. input=sentences.txt output=embeddings.npy."
         )
+    plain = str(cfg.ckpt_path).lower() == "none"
+    # As typed: normalize=false, not Python's False.
+    chosen = [
+        f"{key}={str(cfg[key]).lower() if isinstance(cfg[key], bool) else cfg[key]}"
+        for key in ("pooling", "normalize")
+        if cfg[key] is not None
+    ]
+    if chosen and not plain:
+        raise ConfigError(
+            f"{' and '.join(chosen)} cannot change a checkpoint's encoder, which pools and "
+            "normalises as it was trained: drop them, or give ckpt_path=none encoder=<hub id or "
+            "folder> to choose them for a plain encoder."
+        )
     # Bad files fail before the model loads.
     texts = read_texts(cfg.input)
     output = check_output(cfg.output, (".npy", ".parquet"), cfg.input)
     settings = {"device": cfg.device, "batch_size": cfg.batch_size, "max_length": cfg.max_length}
-    if str(cfg.ckpt_path).lower() == "none":
+    if plain:
         try:
             predictor = Predictor.from_encoder(
                 cfg.encoder, pooling=cfg.pooling, normalize=cfg.normalize, **settings

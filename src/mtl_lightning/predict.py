@@ -11,11 +11,30 @@ import json
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mtl_lightning.config_check import check_predict_config
 from mtl_lightning.core.errors import ConfigError, one_line_errors
 from mtl_lightning.model.inference import Predictor, check_output, read_rows, write_jsonl
+
+
+def as_typed(cfg: DictConfig, key: str) -> str | None:
+    """The sentence `key=` gives, as the user typed it. Hydra types an unquoted override
+    (`text=true` is True, `text=1e3` is 1000.0), so the raw override is read back; without
+    Hydra's command line, a value that is not a string is refused."""
+    value = cfg.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    if HydraConfig.initialized():
+        for override in reversed(HydraConfig.get().overrides.task):  # the last one wins
+            name, equals, raw = override.partition("=")
+            if equals and name.lstrip("+") == key:
+                return raw
+    raise ConfigError(
+        f"{key}={value} is not a string (Hydra reads an unquoted true, 42 or 1e3 as a value): "
+        f"""quote it inside the shell's quotes, e.g. {key}='"{value}"'."""
+    )
 
 
 def predict(cfg: DictConfig) -> list[dict]:
@@ -29,16 +48,16 @@ def predict(cfg: DictConfig) -> list[dict]:
             f"got input={cfg.input}, output={cfg.output}, text={cfg.text}."
         )
     # Bad files fail before the model loads.
-    text_pair = cfg.get("text_pair")
-    if text_pair is not None and cfg.text is None:
+    text, text_pair = as_typed(cfg, "text"), as_typed(cfg, "text_pair")
+    if text_pair is not None and text is None:
         raise ConfigError("text_pair is the second sentence of text=: give text= too.")
     if cfg.text is None:
         rows = read_rows(cfg.input)
         output = check_output(cfg.output, (".jsonl",), cfg.input)
     else:
-        rows = [{"text": str(cfg.text)}]  # Hydra parses e.g. text=42 as a number
+        rows = [{"text": text}]
         if text_pair is not None:
-            rows[0]["text_pair"] = str(text_pair)
+            rows[0]["text_pair"] = text_pair
     predictor = Predictor.from_checkpoint(
         cfg.ckpt_path, device=cfg.device, batch_size=cfg.batch_size, max_length=cfg.max_length
     )

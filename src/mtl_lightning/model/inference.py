@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,9 @@ from mtl_lightning.tasks.collate import pad
 
 DEVICES = ("auto", "cpu", "cuda")
 INPUT_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")
+# A .txt's line ends, as editors write them (Unix, Windows, old Mac); not splitlines()'s form
+# feeds, U+2028 and other separators, which may stand inside a sentence.
+LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -182,8 +186,9 @@ class Predictor:
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:
-    """Rows to predict: a `.txt` has one sentence per line (`{"text"}`); a table file's rows
-    have its `text` column, and its `text_pair` column where a row has one (pair tasks)."""
+    """Rows to predict: a `.txt` has one sentence per non-blank line (`{"text"}`); a table
+    file's rows have its `text` column, and its `text_pair` column where a row has one (pair
+    tasks)."""
     path = Path(path).expanduser()
     texts = read_texts(path)
     if path.suffix.lower() == ".txt":
@@ -198,7 +203,8 @@ def read_rows(path: str | Path) -> list[dict[str, str]]:
 
 
 def read_texts(path: str | Path) -> list[str]:
-    """Sentences of a `.txt` (one per line), or the `text` column or field of a table file
+    """Sentences of a `.txt` (one per line, blank lines skipped, as a CSV's are; a line ends at
+    a newline, a carriage return, or both), or the `text` column or field of a table file
     (`.csv`, `.tsv`, `.jsonl`, `.parquet`, read as `data=files` reads them)."""
     path = Path(path).expanduser()
     suffix = path.suffix.lower()
@@ -211,12 +217,7 @@ def read_texts(path: str | Path) -> list[str]:
     if not path.is_file():
         raise ConfigError(f"input={path} does not exist: give an existing file.")
     if suffix == ".txt":
-        # split("\n"), as read_jsonl does: splitlines() also splits at form feeds, U+2028 and
-        # other separators that may stand inside a sentence.
-        lines = decode_utf8(path).split("\n")
-        if lines[-1] == "":  # a final newline ends the last line; it starts no empty one
-            lines.pop()
-        return [line.removesuffix("\r") for line in lines]
+        return [line for line in LINE_END.split(decode_utf8(path)) if line.strip()]
     columns, rows, _ = READERS[suffix](path)
     if "text" not in columns:
         raise ConfigError(

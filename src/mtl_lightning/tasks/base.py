@@ -69,6 +69,12 @@ class TaskType(ABC):
         """The task type for this training data (class names, a score's range, ...)."""
         return cls(task, list(label_names or []), **options)
 
+    @classmethod
+    def label_problem(cls, task: str, label: str, options: Mapping[str, Any]) -> str | None:
+        """Why a source's label cannot be one of this type's (with the task's `type_options`),
+        for an error that names its line; None when it can."""
+        return None
+
     def spec(self) -> dict[str, Any]:
         return {"type": self.name, **self.options}
 

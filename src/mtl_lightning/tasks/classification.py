@@ -19,10 +19,11 @@ def class_names(
     task: str, train_labels: Sequence[str], label_names: Sequence[str] | None
 ) -> list[str]:
     """The label set in class-id order: `label_names`, or the training labels, sorted (as
-    numbers when all are integers, so that class ids follow the integers: 2 before 10)."""
+    numbers when all are integers, so that class ids follow the integers: 2 before 10; then as
+    text, so that the order never depends on the set's, which varies between processes)."""
     present = set(train_labels)
     numeric = all(label.removeprefix("-").isdecimal() for label in present)
-    names = list(label_names or sorted(present, key=int if numeric else None))
+    names = list(label_names or sorted(present, key=(lambda x: (int(x), x)) if numeric else None))
     if len(present) < 2:
         raise ConfigError(
             f"data.tasks.{task} has a single class {sorted(present)} in its training "

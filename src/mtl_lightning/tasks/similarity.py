@@ -36,6 +36,23 @@ def parse_score(value: str) -> float | None:
     return score if math.isfinite(score) else None
 
 
+def given_range(task: str, options: Mapping[str, Any]) -> tuple[float, float] | None:
+    """`type_options.score_range` as (lowest, highest), checked; None when not given."""
+    score_range = options.get("score_range")
+    if score_range is None:
+        return None
+    try:
+        low, high = (float(x) for x in score_range)
+    except (TypeError, ValueError):
+        low = high = math.nan
+    if not low < high:
+        raise ConfigError(
+            f"data.tasks.{task}.type_options.score_range={list(score_range)} must be "
+            "[lowest, highest] with lowest < highest."
+        )
+    return low, high
+
+
 class SimilarityHead(nn.Module):
     """A linear map of the sentence embedding, initialised to the identity."""
 
@@ -78,19 +95,28 @@ class Similarity(TaskType):
                 f"{LOSSES}."
             )
         self.scale = float(self.options.setdefault("scale", 20.0))  # CoSENT's temperature
-        score_range = self.options.get("score_range")
+        score_range = given_range(task, self.options)
         if score_range is not None:
-            low, high = (float(x) for x in score_range)
-            if not low < high:
-                raise ConfigError(
-                    f"data.tasks.{task}.type_options.score_range={list(score_range)} must be "
-                    "[lowest, highest] with lowest < highest."
-                )
-            self.options["score_range"] = [low, high]
+            self.options["score_range"] = list(score_range)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
         return ("loss", "scale", "score_range")
+
+    @classmethod
+    def label_problem(cls, task: str, label: str, options: Mapping[str, Any]) -> str | None:
+        score = parse_score(label)
+        if score is None:
+            return f"score {label!r}, which is not a number"
+        score_range = given_range(task, options)
+        if score_range is not None:
+            low, high = score_range
+            if not low <= score <= high:
+                return (
+                    f"score {label!r}, outside data.tasks.{task}.type_options.score_range "
+                    f"[{low:g}, {high:g}]"
+                )
+        return None
 
     @classmethod
     def from_data(
@@ -113,17 +139,20 @@ class Similarity(TaskType):
         return cls(task, (), **options)
 
     def encode_labels(self, labels: Sequence[str], split: str) -> list[float]:
+        """Scores scaled to [0, 1]. A training score outside the score range is refused (an
+        inferred range holds every training score); a val or test score beyond a range inferred
+        from train is kept, scaled past [0, 1]."""
         low, high = self.options["score_range"]
         scores = []
         for label in labels:
-            score = parse_score(label)
-            if score is None:
+            problem = self.label_problem(self.task, label, {} if split != "train" else self.options)
+            if problem is not None:
                 raise ConfigError(
-                    f"data.tasks.{self.task} has score {label!r} in its {split} split, which is "
-                    "not a number: a similarity task needs a numeric score per example in its "
-                    "label column."
+                    f"data.tasks.{self.task} has {problem} in its {split} split: give every "
+                    "example a numeric score in its label column, within "
+                    f"data.tasks.{self.task}.type_options.score_range."
                 )
-            scores.append((score - low) / (high - low))
+            scores.append((parse_score(label) - low) / (high - low))
         return scores
 
     def build_head(self, hidden_size: int, dropout: float) -> nn.Module:

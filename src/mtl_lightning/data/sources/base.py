@@ -14,8 +14,9 @@ import importlib.resources
 import io
 import logging
 import random
+import unicodedata
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Union
@@ -77,7 +78,7 @@ def read_label_tsv(text: str, origin: str) -> tuple[list[str], list[str]] | Rows
                 f"{origin} line {reader.line_num} has {len(row)} field(s), not {len(header)}: "
                 f"write it as {'<TAB>'.join(header)}, escaping a tab inside the text as \\<TAB>."
             )
-        labels.append(row[0])
+        labels.append(normalize_label(row[0]))
         texts.append(row[1])
         pairs += row[2:]
     if len(header) == 3:
@@ -132,19 +133,71 @@ def check_columns(where: str, present: Sequence[str], wanted: dict[str, str]) ->
             )
 
 
-def check_dropped(where: str, kept: int, total: int, text_column: str, key: str) -> None:
-    """Log how many examples with empty or whitespace-only text were dropped; refuse none left."""
-    if kept < total:
+def check_dropped(
+    where: str, total: int, empty: Mapping[str, int], keys: Mapping[str, str]
+) -> None:
+    """Log how many examples were dropped for an empty or whitespace-only sentence; refuse none
+    left. `empty` counts, per sentence column, the examples dropped for it (an example is
+    counted under its first empty column); `keys` maps each column to its config key."""
+    dropped = sum(empty.values())
+    if dropped:
         log.warning(
-            "%s: dropped %d of %d examples whose text is empty or whitespace.",
+            "%s: dropped %d of %d examples whose text is empty or whitespace (%s).",
             where,
-            total - kept,
+            dropped,
             total,
+            ", ".join(f"column '{column}': {count}" for column, count in empty.items() if count),
         )
-    if not kept:
+    if dropped >= total:
+        columns = [column for column, count in empty.items() if count] or list(keys)
+        named = " or ".join(f"'{column}'" for column in columns)
+        checks = ", ".join(keys[column] for column in columns)
         raise ConfigError(
-            f"{where} has no example with non-empty text in column '{text_column}': check {key} "
+            f"{where} has no example with non-empty text in column {named}: check {checks} "
             "or the data."
+        )
+
+
+def first_blank(sentences: Mapping[str, object]) -> str | None:
+    """The first column of `{column: sentence}` whose sentence is missing, empty or
+    whitespace; None when all hold text."""
+    return next((c for c, v in sentences.items() if v is None or not str(v).strip()), None)
+
+
+def normalize_label(label: object) -> str:
+    """A label as text, the same for every source: Unicode NFC (an accent composed or
+    decomposed is one letter), without surrounding whitespace."""
+    return unicodedata.normalize("NFC", str(label)).strip()
+
+
+def label_variant_key(label: str) -> str:
+    """What labels that differ only by case or by leading zeros share (`Positif`, `positif`;
+    `1`, `01`)."""
+    digits = label.removeprefix("-")
+    if digits.isdecimal():
+        return f"{'-' if label.startswith('-') and int(digits) else ''}{int(digits)}"
+    return label.casefold()
+
+
+def check_label_variants(
+    where: str,
+    labels: Sequence[str],
+    places: Sequence[str],
+    declared: Sequence[str] | None,
+    key: str,
+) -> None:
+    """Refuse labels that differ only by case or leading zeros: each would become a class of its
+    own. Labels declared in `declared` (label_names) are distinct classes by the user's word."""
+    first: dict[str, dict[str, str]] = defaultdict(dict)  # variant key -> {label: first place}
+    for label, place in zip(labels, places, strict=True):
+        first[label_variant_key(label)].setdefault(label, place)
+    for spellings in first.values():
+        if len(spellings) < 2 or set(spellings) <= set(declared or ()):
+            continue
+        found = ", ".join(f"{label!r} ({place})" for label, place in spellings.items())
+        raise ConfigError(
+            f"{where} has labels that differ only by case or leading zeros, {found}: write each "
+            f"class one way, or list every spelling in {key} if they are different classes."
         )
 
 

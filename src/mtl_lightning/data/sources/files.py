@@ -9,6 +9,7 @@ with a logged count; every other problem with a file is a `ConfigError` naming i
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -20,7 +21,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_original_cwd
 
 from mtl_lightning.core.errors import ConfigError
-from mtl_lightning.data.sources.base import Examples, Rows, check_columns, check_dropped
+from mtl_lightning.data.sources.base import (
+    Examples,
+    Rows,
+    check_columns,
+    check_dropped,
+    check_label_variants,
+    first_blank,
+    normalize_label,
+)
 from mtl_lightning.tasks import task_type_class
 
 
@@ -33,6 +42,8 @@ class Table(NamedTuple):
 # How pandas writes a missing label as text (NaN, and pd.NA as <NA>): not a class of its own.
 MISSING_LABELS = {"nan", "<na>"}
 DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon", "|": "pipe"}
+# The csv module refuses fields over 131,072 characters by default; a long document is no error.
+FIELD_SIZE_LIMIT = 2**31 - 1
 
 
 def launch_dir() -> Path:
@@ -42,9 +53,20 @@ def launch_dir() -> Path:
 
 def decode_utf8(path: Path) -> str:
     """The file's text; a non-UTF-8 file is a ConfigError saying how to re-encode it."""
+    data = path.read_bytes()
+    # UTF-16 (Excel's "Unicode text", PowerShell's default): a byte-order mark, or the zero
+    # bytes every ASCII character has in it (which are valid UTF-8, but never text).
+    iconv = f"`iconv -f utf-16 -t utf-8 {path.name} > utf8_{path.name}`"
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ConfigError(f"{path} is UTF-16, not UTF-8: re-encode it as UTF-8, e.g. {iconv}.")
+    if b"\0" in data:
+        raise ConfigError(
+            f"{path} holds zero bytes, as UTF-16 text does, and UTF-8 text never: re-encode it "
+            f"as UTF-8, e.g. {iconv} (or, for a spreadsheet, export it as CSV)."
+        )
     try:
         # utf-8-sig: spreadsheet exports often start with a byte-order mark, which is not text.
-        return path.read_bytes().decode("utf-8-sig")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise ConfigError(
             f"{path} is not valid UTF-8 (byte {error.start}): re-encode it as UTF-8, e.g. "
@@ -53,16 +75,25 @@ def decode_utf8(path: Path) -> str:
 
 
 def read_delimited(path: Path, delimiter: str) -> Table:
-    """CSV or TSV with a header row, quoted the way spreadsheets and pandas write them.
+    """CSV with a header row, quoted the way spreadsheets and pandas write them; or TSV, plain
+    tab-separated text (no quoting: a quote is part of the text, as in the shipped TSV files).
 
     A row whose fields do not line up with the header (a stray delimiter, an unterminated
-    quote) is a ConfigError naming its line: read as is, its label would become a new class.
+    quote), or that repeats the header (two files joined with `cat`), is a ConfigError naming
+    its line: read as is, its label would become a new class.
     """
+    csv.field_size_limit(max(csv.field_size_limit(), FIELD_SIZE_LIMIT))
     # newline="": quoted fields may hold line breaks, which the csv module handles itself.
     # strict: an unclosed quote is an error, not a field that runs on to the end of the file.
     text = io.StringIO(decode_utf8(path), newline="")
-    reader = csv.reader(text, delimiter=delimiter, strict=True)
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(text, delimiter=delimiter, strict=True, quoting=quoting)
     name = DELIMITER_NAMES[delimiter]
+    fix = (
+        f'remove the stray {name}, or quote the field that holds it ("...")'
+        if quoting != csv.QUOTE_NONE
+        else "remove the stray tab (the text of a .tsv cannot hold one)"
+    )
     columns: list[str] | None = None
     rows, lines = [], []
     start = 1  # the line the next record starts on
@@ -74,11 +105,15 @@ def read_delimited(path: Path, delimiter: str) -> Table:
             if columns is None:
                 columns = fields
                 check_delimiter(path, columns, delimiter)
+            elif [field.strip() for field in fields] == [column.strip() for column in columns]:
+                raise ConfigError(
+                    f"{path} line {line} repeats the header row (two files joined with `cat`?): "
+                    "remove that line, or join the files without their headers."
+                )
             elif len(fields) != len(columns):
                 raise ConfigError(
                     f"{path} line {line} has {len(fields)} {name}-separated fields, but the "
-                    f"header has {len(columns)}: remove the stray {name}, or quote the field "
-                    f'that holds it ("...").'
+                    f"header has {len(columns)}: {fix}."
                 )
             else:
                 rows.append(dict(zip(columns, fields, strict=True)))
@@ -186,10 +221,11 @@ class FileSource:
         self.files = {"train": train, "val": val, "test": test}
         self.text_column = text_column
         self.label_column = label_column
-        self.label_names = None if label_names is None else [str(n) for n in label_names]
+        self.label_names = None if label_names is None else list(map(normalize_label, label_names))
         self.type = type
         self.type_options = type_options
         kind = task_type_class(task, type)
+        self.kind = kind
         self.text_pair_column = text_pair_column if len(kind.columns) == 2 else None
         self.numeric_labels = not kind.categorical
 
@@ -238,13 +274,16 @@ class FileSource:
         check_columns(where, columns, wanted)
         # A score may be a float; bool is an int subclass, but True/False are no labels.
         kinds = str | int | float if self.numeric_labels else str | int
-        texts, labels, pairs = [], [], []
+        sentence_columns = [self.text_column]
+        if self.text_pair_column is not None:
+            sentence_columns.append(self.text_pair_column)
+        empty = dict.fromkeys(sentence_columns, 0)
+        texts, labels, pairs, places = [], [], [], []
         for number, row in enumerate(rows, 1):
-            text = row.get(self.text_column)
-            if text is None or not str(text).strip():
-                continue
-            pair = row.get(self.text_pair_column) if self.text_pair_column else ""
-            if pair is None or (self.text_pair_column and not str(pair).strip()):
+            sentences = [row.get(column) for column in sentence_columns]
+            blank = first_blank(dict(zip(sentence_columns, sentences, strict=True)))
+            if blank is not None:
+                empty[blank] += 1
                 continue
             label = row.get(self.label_column)
             place = f"line {lines[number - 1]}" if lines else f"row {number}"
@@ -254,15 +293,24 @@ class FileSource:
                     f"{where} {place} has label {label!r}: give every example a "
                     f"{wanted_label} in column '{self.label_column}'."
                 )
-            label = str(label).strip()
+            label = normalize_label(label)
             if label.lower() in MISSING_LABELS and label not in (self.label_names or ()):
                 raise ConfigError(
                     f"{where} {place} has label {label!r}, a missing value written out as text: "
                     f"label the example or remove it (or list {label!r} in "
                     f"{self.key('label_names')} if it is a class)."
                 )
-            texts.append(str(text))
+            problem = self.kind.label_problem(self.task, label, self.type_options or {})
+            if problem is not None:
+                raise ConfigError(f"{where} {place} has {problem}: fix or remove that example.")
+            texts.append(str(sentences[0]))
             labels.append(label)
-            pairs.append(str(pair))
-        check_dropped(where, len(texts), len(rows), self.text_column, self.key("text_column"))
+            pairs.append(str(sentences[-1]))
+            places.append(place)
+        keys = {self.text_column: self.key("text_column")}
+        if self.text_pair_column is not None:
+            keys[self.text_pair_column] = self.key("text_pair_column")
+        check_dropped(where, len(rows), empty, keys)
+        if not self.numeric_labels:
+            check_label_variants(where, labels, places, self.label_names, self.key("label_names"))
         return Rows(texts, labels, pairs) if self.text_pair_column else (texts, labels)

@@ -15,7 +15,16 @@ from typing import Any
 
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.resolve import hub_reachable
-from mtl_lightning.data.sources.base import SPLITS, Examples, Rows, check_columns, check_dropped
+from mtl_lightning.data.sources.base import (
+    SPLITS,
+    Examples,
+    Rows,
+    check_columns,
+    check_dropped,
+    check_label_variants,
+    first_blank,
+    normalize_label,
+)
 from mtl_lightning.data.sources.files import launch_dir
 from mtl_lightning.tasks import task_type_class
 
@@ -73,6 +82,7 @@ class HFSource:
         self.type = type
         self.type_options = type_options
         kind = task_type_class(task, type)
+        self.kind = kind
         self.text_pair_column = text_pair_column if len(kind.columns) == 2 else None
         self.numeric_labels = not kind.categorical
         self.path = path
@@ -86,7 +96,7 @@ class HFSource:
             )
         self.text_column = text_column
         self.label_column = label_column
-        self.label_names = None if label_names is None else [str(n) for n in label_names]
+        self.label_names = None if label_names is None else list(map(normalize_label, label_names))
         self.data_files = data_files
         self.cache_dir = cache_dir
 
@@ -112,7 +122,7 @@ class HFSource:
         # A ClassLabel's names, in class-id order (a score has none).
         names = None if self.numeric_labels else getattr(feature, "names", None)
         if self.label_names is None and names:
-            self.label_names = list(names)
+            self.label_names = list(map(normalize_label, names))
         return {split: self._examples(dataset, split, names) for split, dataset in loaded.items()}
 
     @property
@@ -162,14 +172,18 @@ class HFSource:
         if self.text_pair_column is not None:
             wanted[self.key("text_pair_column")] = self.text_pair_column
         check_columns(where, dataset.column_names, wanted)
+        columns = [self.text_column]
+        if self.text_pair_column is not None:
+            columns.append(self.text_pair_column)
+        empty = dict.fromkeys(columns, 0)
         second = dataset[self.text_pair_column] if self.text_pair_column else [""] * len(dataset)
-        texts, labels, pairs = [], [], []
-        for text, pair, label in zip(
-            dataset[self.text_column], second, dataset[self.label_column], strict=True
+        texts, labels, pairs, places = [], [], [], []
+        for number, (text, pair, label) in enumerate(
+            zip(dataset[self.text_column], second, dataset[self.label_column], strict=True), 1
         ):
-            if text is None or not str(text).strip():
-                continue
-            if pair is None or (self.text_pair_column and not str(pair).strip()):
+            blank = first_blank(dict(zip(columns, (text, pair), strict=False)))
+            if blank is not None:
+                empty[blank] += 1
                 continue
             if names and isinstance(label, int) and not 0 <= label < len(names):
                 raise ConfigError(
@@ -182,8 +196,23 @@ class HFSource:
                     f"{where} has label {label!r}: give every example a string or integer "
                     f"label in column '{self.label_column}'."
                 )
+            label = normalize_label(names[label] if names and isinstance(label, int) else label)
+            if not label:
+                raise ConfigError(
+                    f"{where} row {number} has an empty label: give every example a label in "
+                    f"column '{self.label_column}'."
+                )
+            problem = self.kind.label_problem(self.task, label, self.type_options or {})
+            if problem is not None:
+                raise ConfigError(f"{where} row {number} has {problem}: fix or remove that row.")
             texts.append(str(text))
-            labels.append(names[label] if names and isinstance(label, int) else str(label))
+            labels.append(label)
             pairs.append(str(pair))
-        check_dropped(where, len(texts), len(dataset), self.text_column, self.key("text_column"))
+            places.append(f"row {number}")
+        keys = {self.text_column: self.key("text_column")}
+        if self.text_pair_column is not None:
+            keys[self.text_pair_column] = self.key("text_pair_column")
+        check_dropped(where, len(dataset), empty, keys)
+        if not self.numeric_labels:
+            check_label_variants(where, labels, places, self.label_names, self.key("label_names"))
         return Rows(texts, labels, pairs) if self.text_pair_column else (texts, labels)
