@@ -15,6 +15,7 @@ import torch
 from conftest import compose_cfg
 from omegaconf import open_dict
 
+from mtl_lightning.core.checkpoint import remove_stale_temporaries
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import inside, task_name_problem
 from mtl_lightning.core.st_folder import write_folder
@@ -23,6 +24,8 @@ from mtl_lightning.hub.export import export_checkpoint
 from mtl_lightning.model.encoder import Encoder
 from mtl_lightning.model.inference import Predictor
 from mtl_lightning.train import train
+
+PIPE = {"capture_output": True, "text": True, "check": True}
 
 
 def crafted(source: Path, target: Path, change) -> Path:
@@ -222,3 +225,29 @@ def test_a_model_folder_whose_modules_leave_it_is_refused(tiny_encoders, tmp_pat
     modules[1]["path"] = "1_Pooling"
     (folder / "modules.json").write_text(json.dumps(modules))
     assert Encoder(str(folder)).pooling == "mean"
+
+
+def test_exported_files_are_as_readable_as_the_umask_allows(ckpt, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        folder = export_checkpoint(ckpt, tmp_path / "export")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.rglob("*") if p.is_file()}
+    assert modes["model.safetensors"] == 0o644 and modes["heads.safetensors"] == 0o644
+    assert set(modes.values()) == {0o644}
+
+
+def test_stale_checkpoint_temporaries_of_dead_processes_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **PIPE)
+    stale = tmp_path / f".last.ckpt.{int(dead.stdout)}.tmp"
+    live = tmp_path / f".last.ckpt.{os.getpid()}.tmp"  # a write in progress, here
+    for path in (stale, live):
+        path.write_bytes(b"partial")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and live.exists()
+
+
+@pytest.mark.parametrize("name", ["loss", "weight"])
+def test_task_names_that_are_metric_name_parts_are_refused(name):
+    assert "part of the metric names" in task_name_problem(name)

@@ -25,7 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from mtl_lightning.callbacks.sigterm import SigtermCheckpoint
 from mtl_lightning.config_check import check_frozen_layers, check_train_config
-from mtl_lightning.core.checkpoint import check_resumable, check_resume_tasks, read_checkpoint
+from mtl_lightning.core.checkpoint import (
+    check_resumable,
+    check_resume_tasks,
+    read_checkpoint,
+    remove_stale_temporaries,
+)
 from mtl_lightning.core.console import quiet_loggers, quiet_third_party
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.summary import fit_seconds, write_summary
@@ -217,6 +222,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_train_config(cfg)  # every key's type and range, before anything is built
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
+    for stale in remove_stale_temporaries(output_dir / "checkpoints"):
+        log.info("Removed %s, a checkpoint write of a process that died mid-write.", stale)
     init_from = cfg.model.get("init_from")
     warmup = cfg.freezing.get("head_warmup_epochs")
     freezing: FreezingSchedule = build(

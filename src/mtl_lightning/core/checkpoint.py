@@ -155,6 +155,28 @@ def check_resume_tasks(
             )
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the `.<name>.<pid>.tmp` files that `AtomicCheckpointIO` leaves when its process is
+    killed mid-write (as large as a checkpoint), where that process is gone; return them."""
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        match = re.fullmatch(r"\.(.+)\.(\d+)\.tmp", path.name)
+        if match and not _alive(int(match.group(2))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside its target, then renames it over it.
 

@@ -24,6 +24,9 @@ _SEPARATORS = ("/", "\\", "\0")
 # Heads and metrics are `nn.ModuleDict`s keyed by task: a key that is already an attribute of
 # a ModuleDict (`train`, `to`, `type`, `forward`, ...) cannot be added to one.
 _MODULE_ATTRIBUTES = frozenset(dir(nn.ModuleDict()))
+# Metric names are `{stage}/{task}/{metric}`, beside `{stage}/loss` and `train/weight/{task}`: a
+# task named `weight` would log `train/weight/loss` as another task named `loss` logs its weight.
+_METRIC_SEGMENTS = frozenset({"loss", "weight"})
 
 
 def task_name_problem(name: object) -> str | None:
@@ -37,6 +40,8 @@ def task_name_problem(name: object) -> str | None:
         return "starts with a dot"
     if name in _MODULE_ATTRIBUTES:
         return "is a reserved attribute name of torch's nn.ModuleDict"
+    if name in _METRIC_SEGMENTS:
+        return "is a part of the metric names (train/loss, train/weight/<task>)"
     return None
 
 

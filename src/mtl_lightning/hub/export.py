@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -318,6 +320,7 @@ def export_checkpoint(
     # the folder's max_seq_length: both then cut a long sentence at the same token.
     predictor = Predictor(module.encoder, tokenizer, device="cpu", max_length=max_length)
     output.mkdir(parents=True, exist_ok=True)
+    started = time.time_ns() - 1_000_000_000  # file times may trail the clock by a tick
     module.encoder.model.save_pretrained(output)
     tokenizer.save_pretrained(output)
     st_folder.write_folder(
@@ -337,7 +340,19 @@ def export_checkpoint(
     heads = write_heads(output, module)
     card = model_card(module, ckpt_path, read_run(ckpt_path), predictor.max_length, heads)
     (output / "README.md").write_text(card, encoding="utf-8")
+    readable_as_umask_allows(output, started)
     return output
+
+
+def readable_as_umask_allows(folder: Path, since_ns: int) -> None:
+    """Give the files written into `folder` since `since_ns` the mode the umask allows, as `open`
+    does: the safetensors writers create theirs 0600, which a colleague or a serving container
+    running as another user could not read. Files that were there before keep their mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*"):
+        if path.is_file() and path.stat().st_mtime_ns >= since_ns:
+            path.chmod(0o666 & ~umask)
 
 
 def push_to_hub(folder: Path, repo_id: str) -> str:
