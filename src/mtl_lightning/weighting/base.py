@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -123,4 +124,6 @@ def write_flat_gradient(params: Sequence[nn.Parameter], direction: torch.Tensor)
 def seeded_generator(seed: int, step: int) -> torch.Generator:
     """A CPU generator that depends only on (`seed`, `step`): the same draws on every rank and
     after a resume, whatever else used the global RNG."""
-    return torch.Generator().manual_seed((int(seed) * 2**32 + int(step)) % 2**63)
+    # Hashed: the CPU generator keeps only 32 bits of its seed, so (seed, step) must mix into them.
+    state = np.random.SeedSequence([int(seed) % 2**63, int(step)]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
