@@ -379,5 +379,6 @@ def test_report_delta_m_per_scenario_and_weighting(tmp_path):
     assert numbers["delta_m"]["only_head_frozen"]["mean"] < -10
     assert "single_task" not in numbers["delta_m"]
     assert "## Δm over the single-task baselines" in text
-    row = next(line for line in text.splitlines() if line.startswith("| full_finetune+pcgrad | all"))
+    lines = text.splitlines()
+    row = next(line for line in lines if line.startswith("| full_finetune+pcgrad | all"))
     assert f"1: {expected[0]:+.2f}, 2: {expected[1]:+.2f}" in row

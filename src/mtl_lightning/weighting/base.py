@@ -16,8 +16,8 @@ schedule. A method that needs more than that (GradNorm: norms at the last shared
 of its own for its learned weights) overrides `backward`.
 
 State a method keeps between steps (DWA's loss history, the step count that seeds RLW's and
-PCGrad's draws) is a buffer, so it travels in the checkpoint and resume is exact; `on_train_epoch_start`
-tells a method that an epoch starts.
+PCGrad's draws) is a buffer, so it travels in the checkpoint and resume is exact;
+`on_train_epoch_start` tells a method that an epoch starts.
 """
 
 from __future__ import annotations
