@@ -88,9 +88,10 @@ def test_simplex_projection():
 
 
 def test_aligned_mtl_equalises_orthogonal_gradients():
-    # M = diag(9, 1): alpha = sqrt(1) * diag(1/3, 1) 1 = (1/3, 1), so the update is (1, 1).
-    combined = AlignedMTL(TASKS).combine_gradients(gradients((3.0, 0.0), (0.0, 1.0)))
-    torch.testing.assert_close(combined, torch.tensor([1.0, 1.0]))
+    # M = diag(36, 4): alpha = sqrt(4) * diag(1/6, 1/2) 1 = (1/3, 1), so the update is (2, 2):
+    # each gradient scaled to the smallest singular value, 2.
+    combined = AlignedMTL(TASKS).combine_gradients(gradients((6.0, 0.0), (0.0, 2.0)))
+    torch.testing.assert_close(combined, torch.tensor([2.0, 2.0]))
 
 
 def test_dwa_weights_from_the_last_two_epochs_loss_ratios():
