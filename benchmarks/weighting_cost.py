@@ -2,10 +2,11 @@
 
 A tiny random BERT (3 layers, hidden 32, as the tests' encoders) with two classification heads,
 random token batches; each method trains its own copy of the same model for `--steps` steps,
-taken in `--rounds` interleaved rounds so that a slower spell of the machine falls on every
-method alike. Only the step is timed (forward, the weighting's backward, AdamW):
+taken in `--rounds` interleaved rounds (10 steps each by default) so that a slower spell of the
+machine falls on every method alike. Only the step is timed (forward, the weighting's backward,
+AdamW):
 
-    nice -n 19 .venv/bin/python benchmarks/weighting_cost.py [--steps 300] [--rounds 3]
+    nice -n 19 .venv/bin/python benchmarks/weighting_cost.py [--steps 300] [--rounds 30]
 """
 
 from __future__ import annotations
@@ -132,6 +133,6 @@ def main(steps: int, rounds: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
     main(args.steps, args.rounds)
