@@ -13,6 +13,9 @@ ARGS ?=
 # task; all = every example); seed by seed (SEEDS), so that a study stopped early holds whole
 # seeds; all into one sweep folder, fixed once per make call (run folders <job>_<name>_seed<s>);
 # then the report (REFERENCE: the reference scenario, default full_finetune where the sweep has it).
+# WEIGHTINGS: loss weightings (conf/weighting) the scenarios are also swept over, e.g.
+# WEIGHTINGS=static,pcgrad,dwa (default empty: static only); the baselines stay static, and the
+# report groups runs by scenario and weighting (<scenario>+<weighting>) with their Δm.
 # Reuse: each scenario run keeps its epoch-0 state (fork_points) and starts from a sibling's where
 # that is exact (fork_from: only_head_frozen from full_finetune's joint first epoch); a seed's
 # epochNN.ckpt files are deleted once its scenarios have run.
@@ -21,6 +24,7 @@ SEEDS ?= 1,2,3
 SIZES ?= all
 TASKS ?= classification,sentiment
 REFERENCE ?=
+WEIGHTINGS ?=
 SIZE_AXIS = data.max_train_examples=$(subst all,null,$(SIZES))
 SWEEP ?=
 comma := ,
@@ -55,9 +59,10 @@ install: $(BIN)/.installed ## Make .venv and install torch (CPU unless TORCH=...
 train: install ## Train (default: full fine-tuning on TREC + Rotten Tomatoes); pass Hydra overrides as ARGS="..."
 	$(BIN)/python -m mtl_lightning.train $(ARGS)
 
-compare: install ## The study: five scenarios + single-task baselines x SEEDS=1,2,3 x SIZES=all, then report.md/.json + plots in logs/compare/<time>/; ARGS="trainer.max_epochs=1" to shorten
+compare: install ## The study: five scenarios (x WEIGHTINGS) + single-task baselines x SEEDS=1,2,3 x SIZES=all, then report.md/.json + plots in logs/compare/<time>/; ARGS="trainer.max_epochs=1" to shorten
 	@set -e; for seed in $(subst $(comma), ,$(SEEDS)); do \
 		$(BIN)/python -m mtl_lightning.train -m experiment=$(SCENARIOS) seed=$$seed $(SIZE_AXIS) \
+			$(if $(WEIGHTINGS),weighting=$(WEIGHTINGS)) \
 			'fork_points=[0]' fork_from=$(COMPARE_DIR) hydra.sweep.dir=$(COMPARE_DIR) \
 			'hydra.sweep.subdir=$${hydra.job.num}_$${run_name}_seed'$$seed $(ARGS); \
 		rm -f $(COMPARE_DIR)/*_seed$$seed/checkpoints/epoch*.ckpt; \

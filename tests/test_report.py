@@ -15,10 +15,13 @@ import pytest
 from fake_sweep import (
     SCORES,
     SIMILARITY_RUNS,
+    STUDY_TASKS,
+    _macro_f1,
     make_fake_similarity_study,
     make_fake_study,
     make_fake_sweep,
     similarity_predictions,
+    study_predictions,
 )
 
 from mtl_lightning.core.errors import ConfigError
@@ -365,3 +368,40 @@ def test_make_report_picks_the_newest_sweep_by_time(tmp_path):
         ["make", "-n", "report"], cwd=tmp_path, capture_output=True, text=True, check=True
     )
     assert "-m mtl_lightning.report logs/compare/2026-01-02_03-04-05 " in result.stdout + " "
+
+
+def test_report_delta_m_per_scenario_and_weighting(tmp_path):
+    """Δm over the baselines (fake_sweep.STUDY_ERRORS), each seed against its own; a copy of
+    full_finetune's runs trained with `weighting=pcgrad` is a group of its own."""
+    sweep = make_fake_study(tmp_path / "sweep")
+    for job, original in ((10, "0_full_finetune"), (11, "1_full_finetune")):
+        copy = sweep / f"{job}_full_finetune"
+        shutil.copytree(sweep / original, copy)
+        overrides = copy / ".hydra" / "overrides.yaml"
+        overrides.write_text(overrides.read_text() + "- weighting=pcgrad\n")
+    text = write_report(sweep).read_text()
+    numbers = json.loads((sweep / "report.json").read_text())
+
+    def f1(task: str, wrong: int, seed: int) -> float:
+        labels, preds = study_predictions(task, wrong, seed)
+        return _macro_f1(labels, preds, len(STUDY_TASKS[task]))
+
+    # full_finetune: classification 8 and 4 wrong against the baselines' 6, sentiment as many
+    # wrong as its baselines (10, 12): accuracy -0.05/0.85 and +0.05/0.85, F1 likewise, and 0
+    # for sentiment's two metrics; the mean over the four terms.
+    expected = [
+        (-0.05 / 0.85 + (f1("classification", 8, 1) / f1("classification", 6, 1) - 1)) * 25,
+        (+0.05 / 0.85 + (f1("classification", 4, 2) / f1("classification", 6, 2) - 1)) * 25,
+    ]
+    assert expected[0] < 0 < expected[1]
+    for label in ("full_finetune", "full_finetune+pcgrad"):
+        delta_m = numbers["delta_m"][label]
+        assert delta_m["seeds"] == [1, 2] and delta_m["values"] == pytest.approx(expected)
+        assert delta_m["mean"] == pytest.approx(sum(expected) / 2)
+    # only_head_frozen: 20 and 24 wrong on classification, far worse than the baselines.
+    assert numbers["delta_m"]["only_head_frozen"]["mean"] < -10
+    assert "single_task" not in numbers["delta_m"]
+    assert "## Δm over the single-task baselines" in text
+    lines = text.splitlines()
+    row = next(line for line in lines if line.startswith("| full_finetune+pcgrad | all"))
+    assert f"1: {expected[0]:+.2f}, 2: {expected[1]:+.2f}" in row

@@ -274,3 +274,23 @@ def test_holm_against_a_hand_worked_table():
     )
     assert stats.holm([0.5, 0.6]) == [1.0, 1.0]  # capped at 1
     assert stats.holm([0.02]) == [0.02] and stats.holm([]) == []
+
+
+def test_delta_m_on_fixture_numbers_with_a_lower_is_better_metric():
+    # (0.80 - 0.75) / 0.75 = +6.667%, (0.60 - 0.50) / 0.50 = +20%, and RMSE, better when lower:
+    # -(2.0 - 2.5) / 2.5 = +20%; the mean: 46.667 / 3 = +15.556%.
+    model = {("a", "acc"): 0.80, ("a", "f1"): 0.60, ("b", "rmse"): 2.0}
+    baseline = {("a", "acc"): 0.75, ("a", "f1"): 0.50, ("b", "rmse"): 2.5}
+    assert stats.delta_m(model, baseline, lower_is_better=["rmse"]) == pytest.approx(15.5556, 1e-4)
+    # Read as higher-is-better, RMSE's term flips to -20%: (6.667 + 20 - 20) / 3.
+    assert stats.delta_m(model, baseline) == pytest.approx(2.2222, abs=1e-4)
+    # Over seeds: seed 2 equals its baselines (0%); seed 3 has no baseline and does not count.
+    numbers = stats.delta_m_over_seeds(
+        {1: model, 2: dict(baseline), 3: model}, {1: baseline, 2: baseline}, ["rmse"]
+    )
+    std = 15.5556 / math.sqrt(2)
+    half = 12.7062 * std / math.sqrt(2)
+    assert numbers["seeds"] == [1, 2] and numbers["n"] == 2
+    assert numbers["values"] == pytest.approx([15.5556, 0.0], abs=1e-4)
+    assert numbers["mean"] == pytest.approx(7.7778, abs=1e-4)
+    assert numbers["ci95"] == pytest.approx([7.7778 - half, 7.7778 + half], abs=1e-3)

@@ -297,9 +297,14 @@ class MultiTaskModule(LightningModule):
             return
         self._step_losses = None
         shared = [p for p in self.encoder.parameters() if p.requires_grad]
+        if not shared:  # the encoder is frozen: no shared gradient to combine
+            super().backward(loss, *args, **kwargs)
+            return
         ids = {id(p) for p in shared}
         others = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
-        self.weighting.backward(losses, shared, others)
+        trainable = [[p for p in g.params if p.requires_grad] for g in self.encoder_groups()]
+        last_shared = next(params for params in reversed(trainable) if params)
+        self.weighting.backward(losses, shared, others, last_shared=last_shared)
 
     def _log_padding(self, batches) -> None:
         """`train/pad_fraction` of the epoch: padded tokens / all tokens of its batches."""
@@ -332,6 +337,9 @@ class MultiTaskModule(LightningModule):
         accs = [metrics[task]["acc"].compute() for task in self.tasks if "acc" in metrics[task]]
         if accs:
             self.log(f"{stage}/acc_mean", torch.stack(accs).mean())
+
+    def on_train_epoch_start(self) -> None:
+        self.weighting.on_train_epoch_start(self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
         # Visible in the logs: what the frozen encoder, or its frozen layers, did not recompute.
@@ -445,10 +453,14 @@ class MultiTaskModule(LightningModule):
         # Keep the tokenizer of a loaded checkpoint, so re-saving needs no `name_or_path` either.
         self._tokenizer_files = checkpoint.get("tokenizer_files")
         rename_weighting_keys(checkpoint["state_dict"])
+        # Loaded to predict or export (no weighting given, so static), or resumed under another
+        # method: the checkpoint's weighting state that this weighting has no place for is
+        # dropped; what it has a place for (learned weights, a method's buffers) is loaded.
+        mine = set(self.weighting.state_dict(prefix="weighting."))
         if not any(True for _ in self.weighting.parameters()):
-            # Loaded to predict or export (no weighting given): learned weights are not needed.
             for key in [k for k in checkpoint["state_dict"] if k.startswith("weighting.")]:
-                del checkpoint["state_dict"][key]
+                if key not in mine:
+                    del checkpoint["state_dict"][key]
 
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer loaded with the checkpoint; checkpoints without one use `name_or_path`."""

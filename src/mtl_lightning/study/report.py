@@ -6,7 +6,8 @@ Each run folder (`make compare` names them `<n>_<run_name>_seed<s>/` and
 `baseline_<n>_<run_name>_seed<s>/`) is read from its `metrics.csv` (CSV logger),
 `.hydra/config.yaml`, `.hydra/overrides.yaml`, `summary.json` and `test_predictions/<task>.csv`
 (written by `train()` and its callbacks); nothing is retrained.
-Runs are grouped by scenario and training-set size (`data.max_train_examples`); their seeds are
+Runs are grouped by scenario, loss weighting (`weighting=<name>`; a label `<scenario>+<name>`
+where it is not static) and training-set size (`data.max_train_examples`); their seeds are
 the repeats. A run of `data.only_tasks=<one task>` with full fine-tuning is that task's
 single-task baseline. Differences between scenarios are paired on the same test examples (same
 task, seed and size: the same test split) and tested over seeds, see `mtl_lightning.study.stats`;
@@ -65,6 +66,7 @@ class Run:
     summary: dict = field(default_factory=dict)
     size: int | None = None  # data.max_train_examples
     only_tasks: list[str] | None = None  # data.only_tasks
+    weighting: str = "static"  # the loss weighting's name (conf/weighting)
 
     @property
     def name(self) -> str:
@@ -78,8 +80,11 @@ class Run:
 
     @property
     def label(self) -> str:
-        """The run's scenario in the study: its freezing scenario, or `single_task`."""
-        return BASELINE if self.baseline_task else self.scenario
+        """The run's scenario in the study: its freezing scenario (`+<weighting>` where that is
+        not static), or `single_task`."""
+        if self.baseline_task:
+            return BASELINE
+        return self.scenario if self.weighting == "static" else f"{self.scenario}+{self.weighting}"
 
     @property
     def size_label(self) -> str:
@@ -163,7 +168,18 @@ def load_run(folder: Path) -> Run:
         summary=read_summary(folder),
         size=OmegaConf.select(config, "data.max_train_examples", default=None),
         only_tasks=None if only_tasks is None else [str(t) for t in only_tasks],
+        weighting=weighting_name(overrides, config),
     )
+
+
+def weighting_name(overrides: Sequence[str], config) -> str:
+    """The run's loss weighting: its `weighting=<name>` override, else the older spelling
+    `model.loss_weighting`, else static."""
+    for override in reversed(overrides):
+        key, _, value = str(override).lstrip("+").partition("=")
+        if key == "weighting" and value:
+            return value
+    return str(OmegaConf.select(config, "model.loss_weighting", default=None) or "static")
 
 
 def load_runs(sweep_dir: str | Path) -> list[Run]:
@@ -407,6 +423,7 @@ def study(
             "scenarios": scenarios,
             "baselines": baselines,
             "deltas": deltas,
+            "delta_m": _delta_m(cells, tasks, metrics_of),
             "shared_test_splits": shared,
         }
     family_size = _adjust_over_family(by_size)
@@ -437,6 +454,66 @@ def study(
         "by_size": by_size,
         "notes": list(dict.fromkeys(notes)),
     }
+
+
+def _delta_m(
+    cells: dict[tuple[str, str], dict[int | None, Run]],
+    tasks: Sequence[str],
+    metrics_of: dict[str, tuple[str, str]],
+) -> dict[str, dict]:
+    """Per scenario label, Δm (%) over the single-task baselines (`stats.delta_m_over_seeds`):
+    every task and both its test metrics, each seed against the same seed's baselines. Every
+    metric of the report is better when higher (`TASK_METRICS`)."""
+
+    def by_seed(label: str) -> dict[int | None, dict[tuple[str, str], float]]:
+        found: dict[int | None, dict[tuple[str, str], float]] = {}
+        for task in tasks:
+            for seed, run in cells.get((label, task), {}).items():
+                for metric in metrics_of[task]:
+                    value = run.last(f"test/{task}/{metric}")
+                    if value is not None:
+                        found.setdefault(seed, {})[(task, metric)] = value
+        return found
+
+    baseline = by_seed(BASELINE)
+    labels = dict.fromkeys(label for label, _ in cells if label != BASELINE)
+    result = {}
+    for label in labels:
+        numbers = stats.delta_m_over_seeds(by_seed(label), baseline)
+        if numbers["n"]:
+            result[label] = numbers
+    return result
+
+
+def _delta_m_lines(numbers: dict) -> list[str]:
+    """report.md's Δm section: one row per scenario (and weighting) and training-set size."""
+    rows = []
+    for size in numbers["sizes"]:
+        for label, cell in numbers["by_size"][size].get("delta_m", {}).items():
+            spread = MISSING if cell["std"] is None else f"{cell['std']:.2f}"
+            interval = "n=1, no CI" if cell["ci95"] is None else _interval_of(cell["ci95"])
+            per_seed = ", ".join(
+                f"{seed}: {value:+.2f}"
+                for seed, value in zip(cell["seeds"], cell["values"], strict=True)
+            )
+            rows.append(
+                [label, size, str(cell["n"]), f"{cell['mean']:+.2f}", spread, interval, per_seed]
+            )
+    if not rows:
+        return []
+    header = ["scenario", "size", "seeds", "Δm (%)", "std", "95% CI", "per seed"]
+    return [
+        "",
+        "## Δm over the single-task baselines",
+        "",
+        "Δm (Maninis et al. 2019, as LibMTL): the mean over tasks and their two test metrics of "
+        f"(M − M_{BASELINE}) / M_{BASELINE} in percent (a metric better when lower would count "
+        "with the sign flipped; every metric here is better when higher); each seed against the "
+        "same seed's baselines, then the mean over seeds with its 95% t-interval. Positive: "
+        "better than training each task alone.",
+        "",
+        *_table(header, rows),
+    ]
 
 
 def _fmt(value: float | int | None, spec: str) -> str:
@@ -593,6 +670,7 @@ def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
             a, b = (SHORT[metric] for metric in metrics[task])
             header = ["scenario", "seeds", f"test {a}", f"{a} 95% CI", f"test {b}", f"{b} 95% CI"]
             lines += _table(header + [f"{a} per seed", f"{b} per seed"], rows)
+    lines += _delta_m_lines(numbers)
     lines += [
         "",
         "## Differences from the single-task baseline and from the reference",

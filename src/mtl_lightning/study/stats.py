@@ -496,3 +496,34 @@ def within_noise(delta: Mapping, alpha: float = ALPHA) -> bool:
     """True when the difference is not significant at `alpha` (its 95% interval holds 0)."""
     low, high = delta["ci95"]
     return delta["p"] >= alpha or low <= 0 <= high
+
+
+def delta_m(
+    model: Mapping[tuple[str, str], float],
+    baseline: Mapping[tuple[str, str], float],
+    lower_is_better: Sequence[str] = (),
+) -> float:
+    """Δm in percent (Maninis et al. 2019, as LibMTL): the mean over every (task, metric) of
+    `model` of `(-1)^l (M_m - M_b) / M_b * 100`, `l = 1` for a metric named in `lower_is_better`
+    (by its metric name, e.g. "loss"), else 0. Positive: better than the baselines."""
+    if not model:
+        raise ValueError("Δm needs at least one (task, metric)")
+    terms = []
+    for (task, metric), value in model.items():
+        reference = baseline[(task, metric)]
+        sign = -1.0 if metric in lower_is_better else 1.0
+        terms.append(sign * (value - reference) / reference * 100)
+    return float(np.mean(terms))
+
+
+def delta_m_over_seeds(
+    model: Mapping[int | None, Mapping[tuple[str, str], float]],
+    baseline: Mapping[int | None, Mapping[tuple[str, str], float]],
+    lower_is_better: Sequence[str] = (),
+) -> dict:
+    """Δm of each seed against the same seed's baselines (the same test split), then
+    `over_seeds` of those (mean, std, t-interval), with the seeds used under `seeds`. A seed
+    counts where the baselines have every (task, metric) the model has."""
+    seeds = [seed for seed in model if seed in baseline and set(model[seed]) <= set(baseline[seed])]
+    values = [delta_m(model[seed], baseline[seed], lower_is_better) for seed in seeds]
+    return {**over_seeds(values), "seeds": seeds}

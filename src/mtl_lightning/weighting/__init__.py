@@ -1,6 +1,12 @@
 """Loss weighting: one class per method, chosen by `_target_` (`weighting=<name>`)."""
 
+from mtl_lightning.weighting.aligned import AlignedMTL
 from mtl_lightning.weighting.base import LossWeighting
+from mtl_lightning.weighting.cagrad import CAGrad
+from mtl_lightning.weighting.dwa import DynamicWeightAverage
+from mtl_lightning.weighting.gradnorm import GradNorm
+from mtl_lightning.weighting.pcgrad import PCGrad
+from mtl_lightning.weighting.rlw import RandomLossWeighting
 from mtl_lightning.weighting.static import StaticWeighting
 from mtl_lightning.weighting.uncertainty import UncertaintyWeighting
 
@@ -10,4 +16,15 @@ BY_NAME: dict[str, type[LossWeighting]] = {
     "uncertainty": UncertaintyWeighting,
 }
 
-__all__ = ["BY_NAME", "LossWeighting", "StaticWeighting", "UncertaintyWeighting"]
+__all__ = [
+    "BY_NAME",
+    "AlignedMTL",
+    "CAGrad",
+    "DynamicWeightAverage",
+    "GradNorm",
+    "LossWeighting",
+    "PCGrad",
+    "RandomLossWeighting",
+    "StaticWeighting",
+    "UncertaintyWeighting",
+]

@@ -12,7 +12,12 @@ the shared encoder parameters with `torch.autograd.grad`, hands them to `combine
 writes its result as the shared parameters' gradient; every other parameter (heads, learned
 weights) gets the gradient of `combine`'s total as usual. One backward pass per task: that is the
 cost of these methods. Lightning still owns the optimizer step, clipping, accumulation and the LR
-schedule.
+schedule. A method that needs more than that (GradNorm: norms at the last shared layer, and a loss
+of its own for its learned weights) overrides `backward`.
+
+State a method keeps between steps (DWA's loss history, the step count that seeds RLW's and
+PCGrad's draws) is a buffer, so it travels in the checkpoint and resume is exact;
+`on_train_epoch_start` tells a method that an epoch starts.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -59,6 +65,11 @@ class LossWeighting(nn.Module):
             return None
         return {"params": params, "lr": lr, "weight_decay": 0.0, "name": "loss_weights"}
 
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Called as each training epoch starts (also the first epoch of a resumed run, and again
+        when a run resumes mid-epoch). Epoch-level state is closed here rather than at the epoch's
+        end: a checkpoint written at the end of an epoch may be written before any end hook."""
+
     def check_sampling(self, sampling: str) -> None:
         """Refuse a sampling mode this method cannot weigh, in one sentence."""
         if self.sampling_modes is not None and sampling not in self.sampling_modes:
@@ -73,25 +84,46 @@ class LossWeighting(nn.Module):
         losses: Mapping[str, torch.Tensor],
         shared: Sequence[nn.Parameter],
         others: Sequence[nn.Parameter],
+        last_shared: Sequence[nn.Parameter] = (),
     ) -> None:
         """Gradients of one step for a method with `needs_task_gradients` (see the module
         docstring): `shared` get `combine_gradients` of the tasks' gradients, `others` the
-        gradient of `combine`'s total. Gradients accumulate, as `loss.backward()` does."""
+        gradient of `combine`'s total. Gradients accumulate, as `loss.backward()` does.
+        `last_shared`: the trainable parameters of the topmost trainable encoder layer (a subset
+        of `shared`), for methods that look at that layer only."""
         total, _ = self.combine(losses)
-        gradients = {}
-        for task, loss in losses.items():
-            grads = torch.autograd.grad(loss, shared, retain_graph=True, allow_unused=True)
-            gradients[task] = torch.cat(
-                [
-                    (g if g is not None else torch.zeros_like(p)).flatten()
-                    for g, p in zip(grads, shared, strict=True)
-                ]
-            )
+        gradients = {task: flat_gradients(loss, shared) for task, loss in losses.items()}
         if others:
             torch.autograd.backward(total, inputs=list(others))
-        direction = self.combine_gradients(gradients)
-        offset = 0
-        for param in shared:
-            part = direction[offset : offset + param.numel()].view_as(param)
-            offset += param.numel()
-            param.grad = part.clone() if param.grad is None else param.grad + part
+        write_flat_gradient(shared, self.combine_gradients(gradients))
+
+
+def flat_gradients(
+    loss: torch.Tensor, params: Sequence[nn.Parameter], retain_graph: bool = True
+) -> torch.Tensor:
+    """`loss`'s gradient of `params`, flattened into one vector (zeros where a parameter is
+    unused)."""
+    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    return torch.cat(
+        [
+            (g if g is not None else torch.zeros_like(p)).flatten()
+            for g, p in zip(grads, params, strict=True)
+        ]
+    )
+
+
+def write_flat_gradient(params: Sequence[nn.Parameter], direction: torch.Tensor) -> None:
+    """Add the flat vector `direction` to `params`' gradients, as backward would."""
+    offset = 0
+    for param in params:
+        part = direction[offset : offset + param.numel()].view_as(param)
+        offset += param.numel()
+        param.grad = part.clone() if param.grad is None else param.grad + part
+
+
+def seeded_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator that depends only on (`seed`, `step`): the same draws on every rank and
+    after a resume, whatever else used the global RNG."""
+    # Hashed: the CPU generator keeps only 32 bits of its seed, so (seed, step) must mix into them.
+    state = np.random.SeedSequence([int(seed) % 2**63, int(step)]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
