@@ -4,7 +4,9 @@ and the callback in a run (joint sampling) and refused where a step holds one ta
 from __future__ import annotations
 
 import csv
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -62,6 +64,10 @@ def test_the_callback_logs_every_group_on_the_steps_asked(make_cfg):
         assert ratio == pytest.approx(norms[0] / norms[1], rel=1e-4)
     groups = {k.split("/")[1] for k in rows[0] if k.startswith("grad/")}
     assert groups == {"embeddings", "layer_0", "layer_1", "layer_2", "encoder"}
+    # The run's summary names the chosen epoch and each task's own best one (item 5).
+    summary = json.loads(Path(cfg.paths.output_dir, "summary.json").read_text())
+    assert summary["best_epochs"]["chosen"] == 0
+    assert summary["best_epochs"]["per_task"] == {"classification": 0, "sentiment": 0}
 
 
 def test_the_callback_refuses_steps_of_one_task(make_cfg):

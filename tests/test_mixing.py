@@ -68,3 +68,21 @@ def test_a_pair_head_saved_before_the_product_loads_and_reads_u_v_distance():
     u, v = torch.randn(3, 6), torch.randn(3, 6)
     with torch.no_grad():
         torch.testing.assert_close(head(u, v), old(torch.cat([u, v, (u - v).abs()], -1)))
+
+
+def test_each_tasks_best_epoch_is_reported_beside_the_chosen_one():
+    """The mean peaks at epoch 2; sts peaks at 0 (two epochs away: named), trec at 3 (one away)."""
+    from mtl_lightning.summary import best_epochs
+
+    history = {
+        0: {"primary_mean": 0.70, "trec": 0.60, "sts": 0.80},
+        1: {"primary_mean": 0.72, "trec": 0.66, "sts": 0.78},
+        2: {"primary_mean": 0.75, "trec": 0.74, "sts": 0.76},
+        3: {"primary_mean": 0.75, "trec": 0.76, "sts": 0.74},  # a tie: the first epoch is kept
+    }
+    epochs = best_epochs(history)
+    assert epochs["chosen"] == 2
+    assert epochs["per_task"] == {"sts": 0, "trec": 3}
+    assert "sts at epoch 0" in epochs["note"] and "trec" not in epochs["note"]
+    history[0]["sts"] = 0.7
+    assert best_epochs(history)["note"] is None

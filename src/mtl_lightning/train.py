@@ -32,7 +32,7 @@ from mtl_lightning.data.datamodule import MultiTaskDataModule
 from mtl_lightning.errors import ConfigError
 from mtl_lightning.fork import Fork, Forked
 from mtl_lightning.model.module import MultiTaskModule, rename_weighting_keys
-from mtl_lightning.summary import fit_seconds, write_summary
+from mtl_lightning.summary import PrimaryHistory, fit_seconds, write_summary
 from mtl_lightning.weighting import LossWeighting, StaticWeighting
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
 
     freezing.check_tasks(list(datamodule.label_names))
-    callbacks = [freezing] + [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks = [freezing, PrimaryHistory()]
+    callbacks += [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
     forked = None
     if fork_from is not None and not freezing.trains_nothing:
         forked = start_fork(cfg, fork_from, freezing, datamodule, module, callbacks)
