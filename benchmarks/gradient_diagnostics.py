@@ -4,8 +4,8 @@ The packaged all-MiniLM-L6-v2, fully trainable, a joint step of two tasks (a cla
 batch and a similarity batch of sentence pairs, `BATCH` examples each, `LENGTH` tokens of random
 ids): forward, each task's loss, backward, AdamW step. "on" adds what the callback does on a step
 it logs (`gradient_stats`: one extra backward pass per task, kept graph, per-group norms and
-cosines). Steps are timed interleaved, `REPEATS` rounds of `STEPS` steps each, best round kept;
-the off/on ratio is printed, and the amortised overhead at `every_n_steps` 50 (the default):
+cosines). Steps alternate off and on, `STEPS` of each, each side's median kept; the on/off
+ratio is printed, and the amortised overhead at `every_n_steps` 50 (the default):
 off, the callback is not built and the module only keeps a reference to the step's losses.
 
     nice -n 0 .venv/bin/python benchmarks/gradient_diagnostics.py
@@ -14,6 +14,7 @@ off, the callback is not built and the module only keeps a reference to the step
 from __future__ import annotations
 
 import platform
+import statistics
 import time
 
 import torch
@@ -21,10 +22,9 @@ import torch
 from mtl_lightning.callbacks.gradient_diagnostics import gradient_stats
 from mtl_lightning.model.module import MultiTaskModule
 
-BATCH = 16
-LENGTH = 32
-STEPS = 3
-REPEATS = 3
+BATCH = 8
+LENGTH = 16
+STEPS = 8
 EVERY = 50
 
 
@@ -83,18 +83,17 @@ def main() -> None:
     groups["encoder"] = [p for params in groups.values() for p in params]
     step(module, optimizer, data, groups, True)  # warm-up
     seconds = {"off": [], "on": []}
-    for _ in range(REPEATS):  # interleaved, so drifts in machine load hit both sides alike
+    for _ in range(STEPS):  # alternating step by step, so drifts in machine load hit both alike
         for name in seconds:
             start = time.perf_counter()
-            for _ in range(STEPS):
-                step(module, optimizer, data, groups, name == "on")
-            seconds[name].append((time.perf_counter() - start) / STEPS)
-    off, on = min(seconds["off"]), min(seconds["on"])
+            step(module, optimizer, data, groups, name == "on")
+            seconds[name].append(time.perf_counter() - start)
+    off, on = statistics.median(seconds["off"]), statistics.median(seconds["on"])
     print(
         f"machine: {platform.processor() or platform.machine()}, torch threads "
         f"{torch.get_num_threads()}; MiniLM-L6, 2 tasks, batch {BATCH} x {LENGTH} tokens"
     )
-    print(f"{'off':>28}: {off:.3f} s/step (best of {REPEATS} rounds of {STEPS})")
+    print(f"{'off':>28}: {off:.3f} s/step (median of {STEPS}, alternating with on)")
     print(f"{'on, a logged step':>28}: {on:.3f} s/step")
     print(f"{'ratio on/off':>28}: {on / off:.2f}x")
     print(f"{f'amortised, every {EVERY} steps':>28}: {1 + (on / off - 1) / EVERY:.3f}x")
