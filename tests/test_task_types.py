@@ -310,7 +310,8 @@ def test_export_writes_and_reloads_every_types_head(make_cfg, tmp_path):
         "paraphrase": "pair_classification",
         "similarity": "similarity",
     }
-    assert spec["tasks"]["paraphrase"]["tensors"]["classifier.weight"] == [2, 3 * 32]
+    # (u, v, |u - v|, u * v), each 32 wide
+    assert spec["tasks"]["paraphrase"]["tensors"]["classifier.weight"] == [2, 4 * 32]
     heads, labels = load_heads(exported)
     assert labels["similarity"] == [] and labels["paraphrase"] == ["not_paraphrase", "paraphrase"]
     module = load_module(ckpt, "ckpt_path").eval()

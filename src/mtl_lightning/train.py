@@ -33,7 +33,7 @@ from mtl_lightning.core.checkpoint import (
 )
 from mtl_lightning.core.console import quiet_loggers, quiet_third_party
 from mtl_lightning.core.errors import ConfigError
-from mtl_lightning.core.summary import fit_seconds, write_summary
+from mtl_lightning.core.summary import PrimaryHistory, fit_seconds, write_summary
 from mtl_lightning.data.datamodule import MultiTaskDataModule
 from mtl_lightning.model.module import MultiTaskModule, rename_weighting_keys
 from mtl_lightning.scenarios.freezing import FreezingSchedule
@@ -261,7 +261,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
 
     freezing.check_tasks(list(datamodule.label_names))
-    callbacks = [freezing] + [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks = [freezing, PrimaryHistory()]
+    callbacks += [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
     forked = None
     if fork_from is not None and not freezing.trains_nothing:
         forked = start_fork(cfg, fork_from, freezing, datamodule, module, callbacks)

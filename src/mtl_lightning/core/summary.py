@@ -3,13 +3,71 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import lightning as L
+from lightning import Callback
 from lightning.pytorch.callbacks import Timer
 
 SUMMARY_FILE = "summary.json"
+log = logging.getLogger(__name__)
+
+
+class PrimaryHistory(Callback):
+    """Each validation's `val/primary_mean` and every task's own primary metric, by epoch: the
+    summary's `best_epochs` (the best checkpoint is chosen by the mean; a task may peak
+    elsewhere). Kept in checkpoints, so a resumed run still knows its earlier epochs."""
+
+    def __init__(self) -> None:
+        self.history: dict[int, dict[str, float]] = {}
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not hasattr(pl_module, "task_types"):
+            return
+        keys = {"primary_mean": "val/primary_mean"}
+        keys |= {task: f"val/{task}/{t.primary}" for task, t in pl_module.task_types.items()}
+        values = trainer.callback_metrics
+        self.history[trainer.current_epoch] = {
+            name: float(values[key]) for name, key in keys.items() if key in values
+        }
+
+    def state_dict(self) -> dict:
+        return {"history": {str(epoch): row for epoch, row in self.history.items()}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = {int(epoch): row for epoch, row in state_dict["history"].items()}
+
+
+def best_epochs(history: dict[int, dict[str, float]]) -> dict | None:
+    """`chosen`: the epoch of the best `primary_mean` (the first, as the checkpoint callback keeps
+    it); `per_task`: each task's own best epoch; `note`: a sentence naming the tasks whose best
+    epoch is more than one epoch from the chosen one (null when none is)."""
+    if not history:
+        return None
+
+    def best(name: str) -> int | None:
+        epochs = [e for e in sorted(history) if not math.isnan(history[e].get(name, math.nan))]
+        return max(epochs, key=lambda e: history[e][name]) if epochs else None  # first max
+
+    chosen = best("primary_mean")
+    names = sorted({name for row in history.values() for name in row} - {"primary_mean"})
+    per_task = {name: best(name) for name in names}
+    far = {
+        task: epoch
+        for task, epoch in per_task.items()
+        if chosen is not None and epoch is not None and abs(epoch - chosen) > 1
+    }
+    note = None
+    if far:
+        tasks = ", ".join(f"{task} at epoch {epoch}" for task, epoch in far.items())
+        note = (
+            f"The checkpoint is of epoch {chosen} (best val/primary_mean), but some tasks peaked "
+            f"more than one epoch away ({tasks}): their test metrics are not their best; see "
+            "best_epochs in summary.json and each task's val curve."
+        )
+    return {"chosen": chosen, "per_task": per_task, "note": note}
 
 
 def fit_seconds(trainer: L.Trainer) -> float | None:
@@ -40,6 +98,10 @@ def write_summary(
     if not trainer.is_global_zero:
         return None
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    history = next((c for c in trainer.callbacks if isinstance(c, PrimaryHistory)), None)
+    epochs = best_epochs(history.history) if history else None
+    if epochs and epochs["note"]:
+        log.warning(epochs["note"])
     summary = {
         "train_seconds": train_seconds,
         "fork": fork,
@@ -51,6 +113,9 @@ def write_summary(
         # Examples per task and split (after data.max_train_examples): the report's size axis
         # and the exported model card.
         "examples": _examples(trainer),
+        # The epoch the best checkpoint is of, each task's own best validation epoch, and a note
+        # when they differ by more than one epoch (`best_epochs`).
+        "best_epochs": epochs,
         # NaN is not JSON: a metric that never got a value is null.
         "metrics": {k: None if math.isnan(v) else v for k, v in sorted(metrics.items())},
     }

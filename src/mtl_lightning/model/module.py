@@ -278,6 +278,8 @@ class MultiTaskModule(LightningModule):
             for task, task_batch in batch.items()
             if self.head_trains(task)
         }
+        # The step's own task losses, for callbacks that look at each task's gradient.
+        self.step_task_losses = losses
         if not losses:  # e.g. an alternating step of a frozen-head task: nothing to learn
             return None
         total, weights = self.weighting.combine(losses)

@@ -5,10 +5,11 @@ task's head: a linear map that starts as the identity, so an untrained head scor
 encoder's own cosine (and a frozen encoder still has something to train). Scores are scaled to
 [0, 1] by `score_range` (default: the training split's lowest and highest score).
 
-Losses (`type_options.loss`): `cosent` (default; Su 2022, as sentence-transformers' CoSENTLoss:
-a ranking loss over the batch's pairs, which uses only the scores' order, so their scale does
-not matter) or `cosine_mse` (the squared error between the cosine and the scaled score, as
-sentence-transformers' CosineSimilarityLoss). Metrics: Spearman (primary) and Pearson.
+Losses (`type_options.loss`): `cosent` (default; Su 2022, as sentence-transformers' CoSENTLoss
+divided by its scale: a ranking loss over the batch's pairs, which uses only the scores' order,
+so their scale does not matter) or `cosine_mse` (the squared error between the cosine and the
+scaled score, as sentence-transformers' CosineSimilarityLoss). Metrics: Spearman (primary) and
+Pearson.
 """
 
 from __future__ import annotations
@@ -68,11 +69,22 @@ class SimilarityHead(nn.Module):
 
 
 def cosent_loss(cosines: torch.Tensor, scores: torch.Tensor, scale: float) -> torch.Tensor:
-    """log(1 + sum over pairs (i, j) with score_i < score_j of exp(scale * (cos_i - cos_j)))."""
+    """log(1 + sum over pairs (i, j) with score_i < score_j of exp(scale * (cos_i - cos_j))),
+    divided by `scale`.
+
+    Undivided (as sentence-transformers' CoSENTLoss), the loss and its gradient grow with the
+    temperature: each pair's gradient on the cosines is `scale` times a softmax weight, so at
+    scale 20 a similarity task's gradient of the shared encoder was ~200 times a classification
+    task's, and the sum that AdamW follows was the similarity task's alone (docs/task-types.md,
+    "Mixing task types"). Divided, the cosines' gradients are the softmax weights (their absolute
+    sum at most 2), whatever the scale: the same ranking, the same optimum, the same Adam steps
+    for a task alone; a fair share beside other tasks.
+    """
     differences = scale * (cosines[:, None] - cosines[None, :])
     wrong_order = scores[:, None] < scores[None, :]
     differences = differences.masked_fill(~wrong_order, float("-inf"))
-    return torch.logsumexp(torch.cat([differences.new_zeros(1), differences.reshape(-1)]), dim=0)
+    logits = torch.cat([differences.new_zeros(1), differences.reshape(-1)])
+    return torch.logsumexp(logits, dim=0) / scale
 
 
 class Similarity(TaskType):
