@@ -326,7 +326,7 @@ def test_export_writes_and_reloads_every_types_head(make_cfg, tmp_path):
 
 def test_data_resolves_tokenizers_below_model_and_inference_pads_without_the_datamodule():
     """One job per room: `mtl_lightning.core.resolve` finds encoders and tokenizers for data/ and
-    model/ alike; inference pads with data/collate.py, not through the datamodule."""
+    model/ alike; inference pads with tasks/collate.py, not through the datamodule."""
     import ast
     from pathlib import Path
 
@@ -338,11 +338,12 @@ def test_data_resolves_tokenizers_below_model_and_inference_pads_without_the_dat
         tree = ast.parse(path.read_text(encoding="utf-8"))
         return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
 
-    for path in (package / "data").glob("*.py"):
+    for path in (package / "data").rglob("*.py"):
         assert not {m for m in imports(path) if m.startswith("mtl_lightning.model")}, path
-    assert "mtl_lightning.model" not in str(imports(package / "resolve.py"))
-    assert "mtl_lightning.data.datamodule" not in imports(package / "inference.py")
-    assert "mtl_lightning.tasks.collate" in imports(package / "inference.py")
+    assert "mtl_lightning.model" not in str(imports(package / "core" / "resolve.py"))
+    inference = imports(package / "model" / "inference.py")
+    assert "mtl_lightning.data.datamodule" not in inference
+    assert "mtl_lightning.tasks.collate" in inference
 
 
 @pytest.mark.parametrize(
