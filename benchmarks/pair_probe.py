@@ -1,6 +1,6 @@
 """Pair features on frozen embeddings: logistic regressions and the module's kind of pair head.
 
-STS-B pairs cut at score 4 (`mtl_lightning.data.stsb.StsbSource`, kind pair_classification),
+STS-B pairs cut at score 4 (`mtl_lightning.data.sources.stsb.StsbSource`, kind pair_classification),
 the packaged all-MiniLM-L6-v2's normalised embeddings, frozen. Prints the test majority, a
 logistic regression (C chosen on the dev split) on the cosine alone, (u, v, |u - v|),
 (u, v, |u - v|, cosine) and (u, v, |u - v|, u * v), and a linear head trained as the module trains
@@ -20,7 +20,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sklearn.linear_model import LogisticRegression
 
-from mtl_lightning.data.stsb import StsbSource
+from mtl_lightning.data.sources.stsb import StsbSource
 from mtl_lightning.model.encoder import packaged_minilm_path
 
 files = sys.argv[1:] or None
