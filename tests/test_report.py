@@ -276,7 +276,7 @@ def test_two_seed_study_multirun_then_report(tiny_encoders, tmp_path):
             train + axis + common, capture_output=True, text=True, env=env, timeout=600
         )
         assert result.returncode == 0, result.stderr[-3000:]
-    report = [sys.executable, "-m", "mtl_lightning.study.report", str(sweep)]
+    report = [sys.executable, "-m", "mtl_lightning.report", str(sweep)]
     result = subprocess.run(report, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
 
