@@ -278,7 +278,9 @@ class MultiTaskModule(LightningModule):
             for task, task_batch in batch.items()
             if self.head_trains(task)
         }
-        # The step's own task losses, for callbacks that look at each task's gradient.
+        # The step's own task losses, for callbacks that look at each task's gradient
+        # (on_before_backward) and for a weighting that combines their gradients (`backward`,
+        # which lets go of them, and of their graph, once the step's gradients are written).
         self.step_task_losses = losses
         if not losses:  # e.g. an alternating step of a frozen-head task: nothing to learn
             return None
@@ -286,18 +288,15 @@ class MultiTaskModule(LightningModule):
         for task, weight in weights.items():  # Lightning detaches logged tensors
             self.log(f"train/weight/{task}", weight, on_step=True, on_epoch=True, batch_size=1)
         self.log("train/loss", total, on_step=True, on_epoch=True, batch_size=1)
-        if self.weighting.needs_task_gradients:
-            self._step_losses = losses  # for `backward`, which Lightning calls next
         return total
 
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
         """A weighting that needs each task's gradient of the shared parameters writes the
         gradients itself (`LossWeighting.backward`); any other backpropagates the total."""
-        losses = getattr(self, "_step_losses", None)
-        if losses is None:
+        losses, self.step_task_losses = getattr(self, "step_task_losses", None), None
+        if not (losses and self.weighting.needs_task_gradients):
             super().backward(loss, *args, **kwargs)
             return
-        self._step_losses = None
         shared = [p for p in self.encoder.parameters() if p.requires_grad]
         if not shared:  # the encoder is frozen: no shared gradient to combine
             super().backward(loss, *args, **kwargs)
@@ -458,8 +457,8 @@ class MultiTaskModule(LightningModule):
         # Loaded to predict or export (no weighting given, so static), or resumed under another
         # method: the checkpoint's weighting state that this weighting has no place for is
         # dropped; what it has a place for (learned weights, a method's buffers) is loaded.
-        mine = set(self.weighting.state_dict(prefix="weighting."))
         if not any(True for _ in self.weighting.parameters()):
+            mine = set(self.weighting.state_dict(prefix="weighting."))
             for key in [k for k in checkpoint["state_dict"] if k.startswith("weighting.")]:
                 if key not in mine:
                     del checkpoint["state_dict"][key]
