@@ -87,7 +87,8 @@ def test_a_frozen_encoder_evaluated_again_is_served_and_other_data_is_not(make_c
     gets that data's embeddings, as without the cache, not the first data's."""
     from lightning import Trainer
 
-    from mtl_lightning.scenarios.freezing import FreezingSchedule
+    from mtl_lightning.scenarios.entire_network_frozen import EntireNetworkFrozen
+    from mtl_lightning.scenarios.schedule import FreezingSchedule
     from mtl_lightning.train import build_data, build_module
 
     cfg = make_cfg("experiment=entire_network_frozen")
@@ -97,7 +98,7 @@ def test_a_frozen_encoder_evaluated_again_is_served_and_other_data_is_not(make_c
         other.split_loaders("test")["sentiment"].dataset.texts
     )
     module = build_module(cfg.model, first.label_names)
-    FreezingSchedule("entire_network_frozen").apply(module, 0)
+    FreezingSchedule(EntireNetworkFrozen()).apply(module, 0)
     trainer = Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
@@ -227,11 +228,12 @@ def test_prefix_cache_refuses_states_that_carry_a_gradient(tiny_encoders, caplog
     refuses them and the run computes every step."""
     from mtl_lightning.model.embedding_cache import PrefixCache
     from mtl_lightning.model.module import MultiTaskModule
-    from mtl_lightning.scenarios.freezing import FreezingSchedule
+    from mtl_lightning.scenarios.full_finetune import FullFinetune
+    from mtl_lightning.scenarios.schedule import FreezingSchedule
 
     torch.manual_seed(0)
     module = MultiTaskModule({"a": ["x", "y"]}, {"name_or_path": tiny_encoders["bert"]})
-    FreezingSchedule(keep_frozen_layers=2).apply(module, epoch=0)
+    FreezingSchedule(FullFinetune(keep_frozen_layers=2)).apply(module, epoch=0)
     module.eval()
     positions = module.encoder.model.embeddings.position_embeddings.weight
     embeddings = module.encoder_groups()[0]
@@ -254,11 +256,12 @@ def test_prefix_cache_refuses_states_that_carry_a_gradient(tiny_encoders, caplog
 
 def test_prefix_cache_serves_train_and_val_never_test(tiny_encoders):
     from mtl_lightning.model.module import MultiTaskModule
-    from mtl_lightning.scenarios.freezing import FreezingSchedule
+    from mtl_lightning.scenarios.full_finetune import FullFinetune
+    from mtl_lightning.scenarios.schedule import FreezingSchedule
 
     torch.manual_seed(0)
     module = MultiTaskModule({"a": ["x", "y"]}, {"name_or_path": tiny_encoders["bert"]})
-    FreezingSchedule(keep_frozen_layers=2).apply(module, epoch=0)
+    FreezingSchedule(FullFinetune(keep_frozen_layers=2)).apply(module, epoch=0)
     module.eval()  # same values each call: dropout off in the trainable layer too
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     batch = {"task": "a", "idx": torch.tensor([3, 4]), "attention_mask": mask}
@@ -269,7 +272,9 @@ def test_prefix_cache_serves_train_and_val_never_test(tiny_encoders):
     cache = module.frozen_cache.prefix
     assert cache.layer == 2 and cache.hits == 2  # the second train call
     assert set(cache.tables) == {("train", "a"), ("val", "a")}
-    FreezingSchedule(keep_frozen_layers=1).apply(module, epoch=0)  # the boundary moves down
+    FreezingSchedule(FullFinetune(keep_frozen_layers=1)).apply(
+        module, epoch=0
+    )  # the boundary moves down
     module.eval()
     torch.testing.assert_close(module.sentence_embedding(batch, "train"), fresh)
     assert cache.layer == 1 and set(cache.tables) == {("train", "a")}

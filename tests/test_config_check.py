@@ -16,7 +16,7 @@ from mtl_lightning.data.sources.base import TinySource
 from mtl_lightning.encode import encode
 from mtl_lightning.model.module import MultiTaskModule
 from mtl_lightning.predict import predict
-from mtl_lightning.scenarios.freezing import FreezingSchedule
+from mtl_lightning.scenarios.gradual_unfreeze import GradualUnfreeze
 from mtl_lightning.train import build_data, build_module, train
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -36,7 +36,10 @@ def compose_cfg(name: str, *overrides: str):
         (["trainer.max_epochs=abc"], r"^trainer\.max_epochs='abc' must be an integer"),
         (["data.batch_size=1.5"], r"^data\.batch_size=1\.5 must be an integer, at least 1"),
         (["data.token_cache=yes"], r"^data\.token_cache='yes' must be true or false"),
-        (["freezing.unfreeze_embeddings=no"], r"^freezing\.unfreeze_embeddings='no' must be"),
+        (
+            ["experiment=gradual_unfreeze", "freezing.unfreeze_embeddings=no"],
+            r"^freezing\.unfreeze_embeddings='no' must be",
+        ),
         (["model.lr=-1"], r"^model\.lr=-1 must be at least 0"),
         (["model.head_lr=-0.1"], r"^model\.head_lr=-0\.1 must be at least 0"),
         (
@@ -59,10 +62,19 @@ def compose_cfg(name: str, *overrides: str):
         ),
         (["data.val_fraction=-0.1"], r"^data\.val_fraction=-0\.1 must be at least 0"),
         (["data.num_workers=-1"], r"^data\.num_workers=-1 must be at least 0"),
-        (["freezing.every_n_epochs=0"], r"^freezing\.every_n_epochs=0 must be above 0"),
+        (
+            ["experiment=gradual_unfreeze", "freezing.every_n_epochs=0"],
+            r"^freezing\.every_n_epochs=0 must be above 0",
+        ),
         (["freezing.keep_frozen_layers=-1"], r"^freezing\.keep_frozen_layers=-1 must be at"),
-        (["freezing.plateau_patience=0"], r"^freezing\.plateau_patience=0 must be at least 1"),
-        (["freezing.plateau_mode=median"], r"^freezing\.plateau_mode=median must be max or min"),
+        (
+            ["experiment=gradual_unfreeze", "freezing.plateau_patience=0"],
+            r"^freezing\.plateau_patience=0 must be at least 1",
+        ),
+        (
+            ["experiment=gradual_unfreeze", "freezing.plateau_mode=median"],
+            r"^freezing\.plateau_mode=median must be max or min",
+        ),
         (["trainer.max_epochs=-3"], r"^trainer\.max_epochs=-3 must be at least 1"),
         (["trainer.max_epochs=-1"], r"^trainer\.max_epochs=-1 sets no end.*trainer\.max_steps="),
         (["trainer.devices=2"], r"^trainer\.devices=2 starts 2 processes.*use trainer=ddp"),
@@ -77,7 +89,7 @@ def compose_cfg(name: str, *overrides: str):
             r"callbacks\.model_checkpoint\.mode=min\.$",
         ),
         (
-            ["freezing.plateau_monitor=val/loss"],
+            ["experiment=gradual_unfreeze", "freezing.plateau_monitor=val/loss"],
             r"^freezing\.plateau_monitor=val/loss is a loss .* add freezing\.plateau_mode=min\.$",
         ),
     ],
@@ -110,6 +122,7 @@ def test_a_loss_with_mode_min_passes(make_cfg):
         make_cfg(
             "optimized_metric=val/sentiment/loss",
             "callbacks.model_checkpoint.mode=min",
+            "experiment=gradual_unfreeze",
             "freezing.plateau_monitor=val/loss",
             "freezing.plateau_mode=min",
         )
@@ -176,7 +189,7 @@ def test_python_constructors_use_the_same_rules(tiny_encoders):
     with pytest.raises(ConfigError, match=r"^data\.batch_size=0 must be at least 1"):
         MultiTaskDataModule(source, "unused", batch_size=0)
     with pytest.raises(ConfigError, match=r"^freezing\.every_n_epochs=0 must be above 0"):
-        FreezingSchedule(every_n_epochs=0)
+        GradualUnfreeze(every_n_epochs=0)
 
 
 def test_predict_and_encode_refuse_bad_values_by_their_own_keys(tiny_encoders, tmp_path):

@@ -108,7 +108,9 @@ def test_a_sweep_folder_gives_each_run_the_fork_that_fits_or_none(make_cfg, tmp_
 )
 def test_a_fork_that_would_not_be_exact_is_refused(make_cfg, tmp_path, source, overrides, message):
     with pytest.raises(ConfigError, match=rf"fork_from=.*cannot start this run exactly: {message}"):
-        _run(make_cfg, *OHF, *overrides, f"fork_from={source}", output="refused")
+        # Another experiment: without only_head_frozen's keys.
+        mine = OHF if not overrides[0].startswith("experiment=") else OHF[2:]
+        _run(make_cfg, *mine, *overrides, f"fork_from={source}", output="refused")
     assert not (tmp_path / "refused" / "checkpoints").exists()
 
 

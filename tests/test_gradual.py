@@ -8,7 +8,9 @@ from conftest import CONF_DIR
 from hydra import compose, initialize_config_dir
 from lightning import Callback
 
-from mtl_lightning.scenarios.freezing import FreezingSchedule
+from mtl_lightning.scenarios.build import build_scenario
+from mtl_lightning.scenarios.gradual_unfreeze import GradualUnfreeze
+from mtl_lightning.scenarios.schedule import FreezingSchedule
 from mtl_lightning.train import train
 
 GROUPS_TOP_DOWN = ["layer_2", "layer_1", "layer_0", "embeddings"]  # the tiny 3-layer BERT
@@ -108,9 +110,8 @@ def test_the_experiment_reaches_the_whole_encoder_with_ulmfit_rates():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=gradual_unfreeze"])
     assert cfg.model.layerwise_lr_decay == 2.6
-    schedule = FreezingSchedule(
-        **{k: v for k, v in cfg.freezing.items() if k != "_target_" and v is not None}
-    )
+    schedule = build_scenario(cfg.freezing)
+    assert isinstance(schedule, GradualUnfreeze)
     schedule.stage_steps = 100  # steps per stage; an epoch is 100 / every_n_epochs steps
     steps_per_epoch = 100 / cfg.freezing.every_n_epochs
     last_step = cfg.trainer.max_epochs * steps_per_epoch - 1
@@ -124,7 +125,7 @@ def test_unfreeze_every_steps_must_be_positive():
     from mtl_lightning.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="freezing.unfreeze_every_steps"):
-        FreezingSchedule("gradual_unfreeze", unfreeze_every_steps=0)
+        GradualUnfreeze(unfreeze_every_steps=0)
 
 
 def straight_then_resumed(make_cfg, tmp_path, common, every: int, at: int, steps: int):
@@ -257,11 +258,12 @@ def test_a_plateau_in_min_mode_counts_validations_since_the_best():
 
     from lightning.pytorch.trainer.states import TrainerFn
 
-    schedule = FreezingSchedule(
-        "gradual_unfreeze", unfreeze_every_steps=100, plateau_patience=2,
-        plateau_monitor="val/loss", plateau_mode="min",
+    schedule = GradualUnfreeze(
+        unfreeze_every_steps=100, plateau_patience=2, plateau_monitor="val/loss",
+        plateau_mode="min",
     )  # fmt: skip
-    schedule.stage_steps, schedule._deepest = 100, 4
+    schedule.bind(5, lambda: None)  # 4 groups unfreeze, 100 steps a stage
+    callback = FreezingSchedule(schedule)
     trainer = SimpleNamespace(
         sanity_checking=False,
         state=SimpleNamespace(fn=TrainerFn.FITTING),
@@ -272,7 +274,7 @@ def test_a_plateau_in_min_mode_counts_validations_since_the_best():
     # the best, 0.8, is the plateau (patience 2), at step 6.
     for step, loss in [(1, 1.0), (2, 0.9), (3, 0.95), (4, 0.8), (5, 0.85), (6, 0.85)]:
         trainer.global_step, trainer.callback_metrics = step, {"val/loss": torch.tensor(loss)}
-        schedule.on_validation_end(trainer, None)
+        callback.on_validation_end(trainer, None)
         assert schedule.plateaus == ({0: 6} if step == 6 else {}), step
     assert schedule.stage_at(5, 4) == 0 and schedule.stage_at(6, 4) == 1
     assert schedule.stage_start(2) == 106  # the pace counts from the plateau

@@ -8,7 +8,8 @@ import pytest
 from helpers import Recorder
 
 from mtl_lightning.model.module import MultiTaskModule
-from mtl_lightning.scenarios.freezing import FreezingSchedule
+from mtl_lightning.scenarios.full_finetune import FullFinetune
+from mtl_lightning.scenarios.gradual_unfreeze import GradualUnfreeze
 from mtl_lightning.train import train
 
 TASKS = {"classification": ["a", "b", "c"], "sentiment": ["negative", "positive"]}
@@ -41,13 +42,13 @@ def test_no_weight_decay_on_biases_and_layernorm(module):
             assert group["weight_decay"] in (0.0, module.hparams.weight_decay)
 
 
-@pytest.mark.parametrize("scenario", ["full_finetune", "gradual_unfreeze"])
+@pytest.mark.parametrize("scenario", [FullFinetune, GradualUnfreeze])
 def test_keep_frozen_layers_caps_the_schedule(scenario):
-    schedule = FreezingSchedule(scenario, keep_frozen_layers=1)
+    schedule = scenario(keep_frozen_layers=1)
     # 3 layers + embeddings: embeddings and layer 0 never train.
     depths = [schedule.plan(epoch, ["a"], 4).encoder_groups for epoch in range(6)]
     assert max(depths) == 2
-    assert depths == ([2] * 6 if scenario == "full_finetune" else [0, 1, 2, 2, 2, 2])
+    assert depths == ([2] * 6 if scenario is FullFinetune else [0, 1, 2, 2, 2, 2])
 
 
 def test_keep_frozen_layers_in_a_run(make_cfg):

@@ -273,7 +273,7 @@ def test_no_task_left_to_train_names_the_keys(make_cfg):
     assert list(first.iterables) == ["sentiment"]
     assert len(first.iterables["sentiment"]) == datamodule.train_batches(0)
     datamodule.start_epoch = 1
-    with pytest.raises(ConfigError, match="No task trains in epoch 1.*freezing.scenario"):
+    with pytest.raises(ConfigError, match="No task trains in epoch 1.*another experiment"):
         datamodule.train_dataloader()
 
 

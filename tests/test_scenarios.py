@@ -10,7 +10,7 @@ import torch
 from conftest import EXPERIMENTS
 from helpers import Recorder
 
-from mtl_lightning.scenarios.freezing import SCENARIOS
+from mtl_lightning.scenarios.build import build_scenario
 from mtl_lightning.train import train
 
 RECORDER = "+callbacks.recorder._target_=helpers.Recorder"
@@ -20,9 +20,11 @@ RECORDER = "+callbacks.recorder._target_=helpers.Recorder"
 SCENARIO_EXPERIMENTS = [name for name in EXPERIMENTS if name != "single_task"]
 
 
-def test_all_five_scenarios_are_configured():
-    assert sorted(SCENARIOS) == SCENARIO_EXPERIMENTS
-    assert set(EXPERIMENTS) == {*SCENARIOS, "single_task"}
+def test_each_experiment_selects_its_scenario_class(make_cfg):
+    for experiment in EXPERIMENTS:
+        cfg = make_cfg(f"experiment={experiment}", "data.only_tasks=sentiment")
+        assert build_scenario(cfg.freezing).name == experiment
+        assert cfg.run_name.startswith(experiment)
 
 
 @pytest.mark.parametrize("encoder", ["bert", "distilbert"])

@@ -11,7 +11,7 @@ from mtl_lightning.train import build_data
 def test_single_task_experiment_keeps_one_task_with_full_finetunes_settings(make_cfg):
     cfg = make_cfg("experiment=single_task", "data.only_tasks=sentiment")
     full = make_cfg("experiment=full_finetune")
-    assert cfg.freezing.scenario == "full_finetune" and cfg.run_name == "single_task_sentiment"
+    assert cfg.freezing._target_.endswith("SingleTask") and cfg.run_name == "single_task_sentiment"
     assert cfg.trainer.max_epochs == full.trainer.max_epochs
     datamodule = build_data(cfg.data)
     assert list(datamodule.label_names) == ["sentiment"]

@@ -78,8 +78,12 @@ def test_init_from_with_other_labels_is_refused(make_cfg, tmp_path):
 
 
 def test_unknown_scenario_and_head_are_refused(make_cfg):
-    with pytest.raises(ConfigError, match="freezing.scenario=bogus is unknown"):
-        train(make_cfg("freezing.scenario=bogus"))
+    with pytest.raises(ConfigError, match="freezing._target_=bogus.Nope cannot be imported"):
+        train(make_cfg("freezing._target_=bogus.Nope"))
+    with pytest.raises(ConfigError, match="freezing._target_=collections.OrderedDict is not a"):
+        train(make_cfg("freezing._target_=collections.OrderedDict"))
+    with pytest.raises(ConfigError, match="freezing.head is not a setting of full_finetune"):
+        train(make_cfg("+freezing.head=classification"))
     with pytest.raises(ConfigError, match="freezing.head=nope is not a task"):
         train(make_cfg("experiment=only_head_frozen", "freezing.head=nope"))
 
@@ -112,7 +116,7 @@ def test_unknown_experiment_is_refused_by_name(tiny_encoders, tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("freezing.scenario=bogus", "Error: freezing.scenario=bogus"),
+        ("freezing._target_=bogus.Nope", "Error: freezing._target_=bogus.Nope"),
         ("trainer.devices=2", "Error: trainer.devices=2 starts 2 processes"),  # not ddp
     ],
 )

@@ -24,7 +24,7 @@ from mtl_lightning.core.rules import Rule, check_table, int_at_least, is_int, pr
 from mtl_lightning.data.datamodule import DATA_RULES, check_fractions
 from mtl_lightning.model.encoder import ENCODER_RULES
 from mtl_lightning.model.module import MODEL_RULES, NO_END
-from mtl_lightning.scenarios.freezing import FREEZING_RULES
+from mtl_lightning.scenarios.build import check_scenario_keys
 
 
 def _limit_ok(value: int) -> bool:
@@ -37,7 +37,6 @@ RULES: dict[str, Rule] = {
     "ckpt_path": Rule(str, example="<run>/checkpoints/last.ckpt", nullable=True),
     "fork_from": Rule(str, example="<run>/checkpoints/epoch00.ckpt", nullable=True),
     "optimized_metric": Rule(str, example="val/primary_mean"),
-    **prefixed("freezing", FREEZING_RULES),
     **prefixed("model", MODEL_RULES),
     **prefixed("model.encoder", ENCODER_RULES),
     **prefixed("data", DATA_RULES),
@@ -179,6 +178,18 @@ def check_modes(cfg: DictConfig) -> None:
 def check_train_config(cfg: DictConfig) -> None:
     """Refuse any bad value of conf/train.yaml's keys before anything is built."""
     check_table(cfg, RULES)
+    # The scenario's own keys, by the rules its class keeps (an unknown key is refused).
+    check_table(cfg, prefixed("freezing", check_scenario_keys(cfg.get("freezing")).RULES))
+    ignores = cfg.get("fork_ignores")
+    if ignores is not None and not (
+        isinstance(ignores, Sequence)
+        and not isinstance(ignores, str)
+        and all(isinstance(key, str) for key in ignores)
+    ):
+        raise ConfigError(
+            f"fork_ignores={ignores} must be a list of dotted config keys: e.g. "
+            "fork_ignores=[paths,logger]."
+        )
     tasks = cfg.data.get("tasks")
     if isinstance(tasks, Mapping):
         check_task_names([t for t, source in tasks.items() if source is not None], "data.tasks")

@@ -33,10 +33,13 @@ from mtl_lightning.core.checkpoint import (
 )
 from mtl_lightning.core.console import quiet_loggers, quiet_third_party
 from mtl_lightning.core.errors import ConfigError
-from mtl_lightning.core.summary import PrimaryHistory, fit_seconds, write_summary
+from mtl_lightning.core.summary import PrimaryHistory, write_summary
 from mtl_lightning.data.datamodule import MultiTaskDataModule
 from mtl_lightning.model.module import MultiTaskModule, rename_weighting_keys
-from mtl_lightning.scenarios.freezing import FreezingSchedule
+from mtl_lightning.scenarios.base import Scenario, logged
+from mtl_lightning.scenarios.build import build_scenario
+from mtl_lightning.scenarios.forgetting import Forgetting
+from mtl_lightning.scenarios.schedule import FreezingSchedule
 from mtl_lightning.study.fork import Fork, Forked
 from mtl_lightning.weighting import LossWeighting, StaticWeighting
 
@@ -192,14 +195,14 @@ def _earlier_csv_rows(
 def start_fork(
     cfg: DictConfig,
     fork_from: Path,
-    freezing: FreezingSchedule,
+    scenario: Scenario,
     datamodule: MultiTaskDataModule,
     module: MultiTaskModule,
     callbacks: list,
 ) -> Forked | None:
     """The fork this run starts from (`fork_from`: a fork point, or a sweep folder to find one
     in), written into its folder; None when a folder holds none that fits (from scratch)."""
-    fork = Fork(cfg, freezing, datamodule, len(module.encoder_groups()), callbacks)
+    fork = Fork(cfg, scenario, datamodule, len(module.encoder_groups()), callbacks)
     source: Path | None = fork_from
     if fork_from.is_dir():
         source = fork.find(fork_from)
@@ -213,10 +216,6 @@ def start_fork(
     return fork.write(source)  # on an error, it removes what it wrote
 
 
-def _logged(trainer: L.Trainer, prefix: str = "") -> dict[str, float]:
-    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or, for `entire_network_frozen`, evaluate) and test; return the final metrics."""
     check_train_config(cfg)  # every key's type and range, before anything is built
@@ -225,22 +224,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for stale in remove_stale_temporaries(output_dir / "checkpoints"):
         log.info("Removed %s, a checkpoint write of a process that died mid-write.", stale)
     init_from = cfg.model.get("init_from")
-    warmup = cfg.freezing.get("head_warmup_epochs")
-    freezing: FreezingSchedule = build(
-        cfg.freezing, head_warmup_epochs=(0 if init_from else 1) if warmup is None else warmup
-    )
+    scenario = build_scenario(cfg.freezing, init_from)
     ckpt_path = cfg.get("ckpt_path")
     fork_from = Path(cfg.fork_from).expanduser() if cfg.get("fork_from") else None
-    if fork_from is not None and fork_from.is_file() and freezing.trains_nothing:
-        raise ConfigError(
-            f"fork_from={fork_from} starts training from another run's epoch, and "
-            "entire_network_frozen trains nothing: drop fork_from."
-        )
-    if ckpt_path and freezing.trains_nothing:
-        raise ConfigError(
-            "ckpt_path resumes training, and entire_network_frozen trains nothing: to evaluate "
-            "a checkpoint's heads, give it as model.init_from instead."
-        )
+    scenario.check_start(ckpt_path, str(fork_from) if fork_from and fork_from.is_file() else None)
     # Read here (weights-only, one-sentence errors) so that a bad file fails before any work.
     resume = read_checkpoint(ckpt_path, "ckpt_path") if ckpt_path else None
     datamodule = build_data(cfg.data)
@@ -251,21 +238,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.model, datamodule.label_names, datamodule.task_specs, cfg.get("weighting")
     )
     module.weighting.check_sampling(datamodule.sampling)
-    check_frozen_layers(freezing.keep_frozen_layers, len(module.encoder_groups()) - 1)
+    check_frozen_layers(scenario.keep_frozen_layers, len(module.encoder_groups()) - 1)
     new_heads = load_init_weights(module, init_from) if init_from else []
-    if freezing.validates_before_fit and freezing.head in new_heads:
-        raise ConfigError(
-            f"freezing.head={freezing.head} has no head in model.init_from={init_from}, so it "
-            "would freeze untrained: freeze a task that checkpoint was trained on, or set "
-            "freezing.head_warmup_epochs=1 to train it first."
-        )
-
-    freezing.check_tasks(list(datamodule.label_names))
-    callbacks = [freezing, PrimaryHistory()]
+    scenario.check_tasks(list(datamodule.label_names), new_heads)
+    schedule = FreezingSchedule(scenario)
+    callbacks = [schedule, Forgetting(scenario), PrimaryHistory()]
     callbacks += [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
     forked = None
-    if fork_from is not None and not freezing.trains_nothing:
-        forked = start_fork(cfg, fork_from, freezing, datamodule, module, callbacks)
+    if fork_from is not None and scenario.trains:
+        forked = start_fork(cfg, fork_from, scenario, datamodule, module, callbacks)
     if forked is not None:
         ckpt_path, resume = str(forked.path), forked.checkpoint
     loggers = build_loggers(cfg)
@@ -291,35 +272,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if trainer.is_global_zero:
             loggers[index].experiment.metrics.extend(rows)  # written with the next rows
 
-    metrics: dict[str, float] = {}
-    train_seconds: float | None = 0.0  # entire_network_frozen: nothing trains
     try:
-        if freezing.trains_nothing:
-            # Its experiment's `frozen_readout` callback reads the frozen features out and
-            # writes them (mtl_lightning.scenarios.readout.FrozenReadout).
-            log.info("entire_network_frozen: nothing trains; evaluating and exporting embeddings.")
-            freezing.apply(module, 0)
-            trainer.validate(module, datamodule=datamodule)
-            metrics.update(_logged(trainer))
-            trainer.test(module, datamodule=datamodule)
-        else:
-            if freezing.validates_before_fit and not ckpt_path:
-                # The frozen head's accuracy before training, by Lightning's own validation
-                # (the same path as every later val/<head>/acc, so forgetting is comparable).
-                trainer.validate(module, datamodule=datamodule, verbose=False)
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-            train_seconds = fit_seconds(trainer)
-            if forked is not None:  # last.ckpt holds more; the source still has this state
-                forked.path.unlink(missing_ok=True)
-            metrics.update(_logged(trainer))
-            best = trainer.checkpoint_callback
-            has_best = best is not None and bool(best.best_model_path)  # none under fast_dev_run
-            # ~callbacks.model_checkpoint leaves last.ckpt's callback first: monitor=None, no score.
-            if has_best and best.best_model_score is not None:
-                # What is returned describes the best checkpoint: its monitored score, its test.
-                metrics[best.monitor] = float(best.best_model_score)
-            best_path = best.best_model_path if has_best else None  # the first ModelCheckpoint's
-            trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
+        # What training is belongs to the scenario (entire_network_frozen only evaluates).
+        metrics, train_seconds = scenario.run(trainer, module, datamodule, ckpt_path)
+        if forked is not None:  # last.ckpt holds more; the source still has this state
+            forked.path.unlink(missing_ok=True)
     except SIGTERMException:  # Lightning's: a SystemExit with code 0, which reads as success
         saved = [c.ckpt_path for c in callbacks if isinstance(c, SigtermCheckpoint) and c.saved]
         then = (
@@ -335,10 +292,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.finish()
-    metrics.update(_logged(trainer, prefix="test/"))
+    metrics.update(logged(trainer, prefix="test/"))
     log.info("Final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
     # A fork's record travels in its checkpoints, so a resumed fork still says where it began.
-    write_summary(output_dir, trainer, module, metrics, train_seconds, freezing.fork)
+    write_summary(output_dir, trainer, module, metrics, train_seconds, schedule.fork)
     return metrics
 
 

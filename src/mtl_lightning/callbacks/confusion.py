@@ -21,6 +21,8 @@ from mtl_lightning.core.names import inside
 class ConfusionMatrix(Callback):
     """Rows are true labels, columns predicted ones, in each task's class-id order."""
 
+    changes_training = False  # it only writes files: a fork may differ in it
+
     def __init__(self, dirpath: str | Path | None = None) -> None:
         self.dirpath = dirpath  # None: the trainer's default_root_dir (the run folder)
         self.counts: dict[str, torch.Tensor] = {}

@@ -20,6 +20,8 @@ class ForkPoint(SelectiveModelCheckpoint):
     it writes already counts this epoch's score.
     """
 
+    changes_training = False  # it only writes files: a fork may differ in it
+
     def __init__(self, dirpath: str | Path, epochs: Iterable[int] = ()) -> None:
         super().__init__(
             dirpath=dirpath,

@@ -83,9 +83,9 @@ class GradientDiagnostics(Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
-        sampling = getattr(trainer.datamodule, "sampling", "joint") if trainer.datamodule else None
-        if sampling not in (None, "joint"):
-            raise ConfigError(NEEDS_JOINT.format(sampling=sampling))
+        sampling = getattr(trainer.datamodule, "sampling", None)
+        if sampling is not None and not sampling.joint:
+            raise ConfigError(NEEDS_JOINT.format(sampling=sampling.name))
         if trainer.world_size > 1:
             raise ConfigError(
                 "callbacks.gradient_diagnostics runs one process's extra backward passes, which "

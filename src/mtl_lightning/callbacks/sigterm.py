@@ -22,6 +22,8 @@ class SigtermCheckpoint(Callback):
     over the last epoch's checkpoint.
     """
 
+    changes_training = False  # it only writes files: a fork may differ in it
+
     def __init__(self, dirpath: str | Path, filename: str = "last") -> None:
         self.ckpt_path = Path(dirpath) / f"{filename}.ckpt"
         self.saved = False

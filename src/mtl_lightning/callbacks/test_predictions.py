@@ -22,6 +22,8 @@ PREDICTIONS_DIR = "test_predictions"
 
 
 class TestPredictions(Callback):
+    changes_training = False  # it only writes files: a fork may differ in it
+
     def __init__(self, dirpath: str | Path | None = None) -> None:
         self.dirpath = dirpath  # None: the trainer's default_root_dir (the run folder)
         self.rows: dict[str, dict[int, tuple[float, float]]] = {}

@@ -14,7 +14,17 @@ from typing import Any
 
 from lightning import Trainer
 from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import (
+    LearningRateMonitor,
+    ModelCheckpoint,
+    ModelSummary,
+    ProgressBar,
+    Timer,
+)
+
+# Lightning's callbacks that only observe training (they cannot say so with a class attribute
+# `changes_training = False`, as this project's do): a fork's source may differ in them.
+LIGHTNING_OBSERVERS = (LearningRateMonitor, ModelSummary, ProgressBar, Timer)
 
 
 def dump_checkpoint(trainer: Trainer) -> dict[str, Any]:

@@ -1,16 +1,8 @@
 """The LightningDataModule: one dataset per task, tokenized once, batched by length.
 
-Training batches of all tasks are interleaved, by `data.sampling` (N tasks, the largest with M
-batches):
-
-- `joint`: every step holds one batch of each task (Lightning's `CombinedLoader`,
-  `max_size_cycle`); an epoch is M steps, smaller tasks start over with a fresh order.
-- `alternating`: every step holds one task's batch, in turn (A, B, A, B, ...); an epoch is N * M
-  steps, so each task sees what it sees in `joint`.
-- `proportional`: one task per step, in a random order; a task's share of the N * M steps is
-  its share of the training examples, so a small task is seen less often than in `joint`.
-- `temperature`: the same with shares proportional to size ** (1 / `data.temperature`): T = 1 is
-  `proportional`, larger T moves towards equal shares (Arivazhagan et al. 2019 use T = 5).
+Training batches of all tasks are interleaved by `data.sampling`, a sampling mode
+(`mtl_lightning.data.sampling.modes`: `joint`, `alternating`, `proportional`, `temperature`, or
+a class of your own by `_target_`).
 
 The last three share `TaskSequenceBatchSampler`: the order of tasks and of batches comes from one
 `EpochSeed` only, so every DDP rank picks the same task at the same step, and a resumed run the
@@ -42,10 +34,10 @@ from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import check_task_names
 from mtl_lightning.core.resolve import load_tokenizer
 from mtl_lightning.core.rules import Rule, check_values, int_at_least
+from mtl_lightning.data.sampling.modes import SamplingMode, sampling_mode
 from mtl_lightning.data.sampling.sampler import (
     EpochSeed,
     LengthBucketBatchSampler,
-    RoundRobinBatchSampler,
     TaskScheduleBatchSampler,
     TaskSequenceBatchSampler,
 )
@@ -54,7 +46,6 @@ from mtl_lightning.data.token_cache import TokenCache
 from mtl_lightning.tasks import TaskType, task_type_class
 
 log = logging.getLogger(__name__)
-SAMPLINGS = ("joint", "alternating", "proportional", "temperature")
 
 
 # What each key of conf/data accepts (mtl_lightning.core.rules; data.tasks.* are checked by
@@ -65,7 +56,6 @@ DATA_RULES: dict[str, Rule] = {
     "batch_size": int_at_least(32),
     "eval_batch_size": int_at_least(128),
     "max_length": int_at_least(64),  # 0 would turn truncation off
-    "sampling": Rule(str, example="joint"),
     "temperature": Rule(
         float,
         "above 0",
@@ -182,7 +172,7 @@ class MultiTaskDataModule(LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 128,
         max_length: int = 64,
-        sampling: str = "joint",
+        sampling: str | SamplingMode = "joint",
         temperature: float = 2.0,
         token_cache: bool = True,
         val_fraction: float = 0.1,
@@ -214,8 +204,11 @@ class MultiTaskDataModule(LightningDataModule):
                     f"some of {list(tasks)}, or null for all."
                 )
             tasks = {task: tasks[task] for task in keep}
-        if sampling not in SAMPLINGS:
-            raise ConfigError(f"data.sampling={sampling} is unknown: use one of {SAMPLINGS}.")
+        if not isinstance(sampling, str | SamplingMode):
+            raise ConfigError(
+                f"data.sampling={sampling} is not a sampling mode: use a name such as joint, or "
+                "a node whose _target_ is a mtl_lightning.data.sampling.modes.SamplingMode class."
+            )
         # The rules of conf/data, for Python users too.
         check_values(
             "data",
@@ -239,7 +232,7 @@ class MultiTaskDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.max_length = max_length
-        self.sampling = sampling
+        self.sampling = sampling_mode(sampling, temperature)
         self.temperature = temperature
         self.token_cache = token_cache
         self.val_fraction = val_fraction
@@ -383,20 +376,14 @@ class MultiTaskDataModule(LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def task_weights(self, tasks: Sequence[str] | None = None) -> list[float]:
-        """Relative share of steps per task (of `tasks`, default all) for `proportional` and
-        `temperature` sampling."""
-        exponent = 1.0 if self.sampling == "proportional" else 1.0 / self.temperature
-        return [len(self.datasets[task]["train"]) ** exponent for task in tasks or self.datasets]
-
     def _task_sequence_sampler(
         self, samplers: list[LengthBucketBatchSampler], tasks: list[str]
     ) -> TaskSequenceBatchSampler:
-        if self.sampling == "alternating":
-            return RoundRobinBatchSampler(samplers)
-        schedule = TaskScheduleBatchSampler(samplers, self.task_weights(tasks))
-        steps = dict(zip(tasks, schedule.step_counts(), strict=True))
-        log.info("sampling=%s: training steps per task and epoch %s.", self.sampling, steps)
+        sizes = [len(self.datasets[task]["train"]) for task in tasks]
+        schedule = self.sampling.schedule(samplers, sizes)
+        if isinstance(schedule, TaskScheduleBatchSampler):
+            steps = dict(zip(tasks, schedule.step_counts(), strict=True))
+            log.info("sampling=%s: training steps per task and epoch %s.", self.sampling, steps)
         return schedule
 
     def tasks_training_in(self, epoch: int) -> list[str]:
@@ -409,7 +396,7 @@ class MultiTaskDataModule(LightningDataModule):
             raise ConfigError(
                 f"No task trains in epoch {epoch}: the freezing schedule freezes the head of "
                 f"every task in data.tasks {list(self.datasets)}; add a task whose head trains or "
-                "choose another freezing.scenario."
+                "choose another experiment."
             )
         return tasks
 
@@ -424,15 +411,18 @@ class MultiTaskDataModule(LightningDataModule):
         key = (tuple(tasks), self.trainer.world_size if self.trainer else 1)
         if key not in self._train_batches:  # asked for every epoch of the run: once per set
             samplers = [self._bucket_sampler(task, "train") for task in tasks]
-            joint = self.sampling == "joint"  # max_size_cycle: as long as the longest task
-            length = max(map(len, samplers)) if joint else len(TaskSequenceBatchSampler(samplers))
+            joint = self.sampling.joint  # max_size_cycle: as long as the longest task
+            sizes = [len(self.datasets[task]["train"]) for task in tasks]
+            length = (
+                max(map(len, samplers)) if joint else len(self.sampling.schedule(samplers, sizes))
+            )
             self._train_batches[key] = length
         return self._train_batches[key]
 
     def train_dataloader(self) -> CombinedLoader | DataLoader:
         # The epoch it serves: Lightning rebuilds it at the start of an epoch when the tasks
-        # change (see `FreezingSchedule.setup`), and a resumed run builds its first one before
-        # the trainer's epoch is restored, hence the saved `start_epoch`.
+        # change (see `scenarios.schedule.FreezingSchedule.setup`), and a resumed run builds its
+        # first one before the trainer's epoch is restored, hence the saved `start_epoch`.
         trainer = self.trainer
         epoch = max(self.start_epoch, trainer.current_epoch if trainer else 0)
         skip = self.skip_steps if epoch == self.start_epoch else 0
@@ -445,7 +435,7 @@ class MultiTaskDataModule(LightningDataModule):
             # epoch behind makes set_epoch start the passes afresh, so the epoch trains pass 0 of
             # each task, as a loader built once (and a run resumed at this epoch) does.
             epoch_seed.epoch = epoch - 1
-        if self.sampling != "joint":
+        if not self.sampling.joint:
             combined = ConcatTaskDataset([self.datasets[task]["train"] for task in tasks])
             samplers = [
                 self._bucket_sampler(task, "train", epoch_seed, offset)

@@ -37,7 +37,8 @@ from mtl_lightning.core.summary import read_summary
 from mtl_lightning.model.encoder import PACKAGED_MINILM, layer_groups
 from mtl_lightning.model.inference import Predictor
 from mtl_lightning.model.module import MultiTaskModule, load_module
-from mtl_lightning.scenarios.freezing import FreezingSchedule
+from mtl_lightning.scenarios.base import Scenario
+from mtl_lightning.scenarios.build import build_scenario
 from mtl_lightning.tasks import build_task_type
 
 HEADS_WEIGHTS = "heads.safetensors"
@@ -144,33 +145,25 @@ def read_run(ckpt_path: Path) -> dict:
     return record
 
 
-def _freezing_settings(config: dict) -> dict:
-    """The run's `freezing` arguments, `head_warmup_epochs` resolved as train.py resolves it."""
-    settings = {k: v for k, v in (config.get("freezing") or {}).items() if not k.startswith("_")}
-    if settings and settings.get("head_warmup_epochs") is None:
-        settings["head_warmup_epochs"] = 0 if (config.get("model") or {}).get("init_from") else 1
-    return settings
+def _scenario(config: dict) -> Scenario | None:
+    """The run's scenario, its defaults settled as train.py settles them (None: not recorded,
+    or a class this installation cannot import)."""
+    if not config.get("freezing"):
+        return None
+    try:
+        return build_scenario(config["freezing"], (config.get("model") or {}).get("init_from"))
+    except (ConfigError, TypeError):
+        return None
 
 
-def _schedule_rows(settings: dict, config: dict, module: MultiTaskModule) -> list[str]:
-    """The freezing schedule, epoch by epoch, as the run's own `FreezingSchedule.plan` sees it."""
-    schedule = FreezingSchedule(**settings)
-    groups = len(layer_groups(module.encoder.model))
+def _value(value) -> str:
+    """A setting as one writes it on the command line (`true`, not Python's `True`)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _epochs(config: dict) -> int:
     epochs = (config.get("trainer") or {}).get("max_epochs")
-    epochs = epochs if isinstance(epochs, int) and 0 < epochs <= 50 else 3
-    rows = ["| epoch | heads that train | encoder layer groups that train (from the top) |"]
-    rows.append("| --- | --- | --- |")
-    for epoch in range(epochs):
-        plan = schedule.plan(epoch, list(module.tasks), groups)
-        heads = ", ".join(sorted(plan.heads)) or "none"
-        rows.append(f"| {epoch} | {heads} | {plan.encoder_groups} of {groups} |")
-    if schedule.scenario == "gradual_unfreeze" and schedule.unfreeze_every_steps is not None:
-        # The pace is in optimizer steps, which the epochs above do not show.
-        rows = [
-            f"Heads first; then one more encoder layer group (of {groups}, from the top) every "
-            f"{schedule.unfreeze_every_steps} optimizer steps."
-        ]
-    return rows
+    return epochs if isinstance(epochs, int) and 0 < epochs <= 50 else 3
 
 
 def _metric(metrics: dict, key: str) -> str:
@@ -188,8 +181,7 @@ def model_card(
     summary = run["summary"]
     metrics = summary.get("metrics") or {}
     examples = summary.get("examples") or {}
-    freezing = _freezing_settings(config)
-    scenario = freezing.get("scenario", "not recorded")
+    scenario = _scenario(config)
     # The task shown in the usage example: a single-sentence classification, where there is one.
     task = next((t for t, k in module.task_types.items() if k.name == "classification"), None)
     is_hub_id = not Path(base).expanduser().exists() and base.count("/") <= 1
@@ -231,13 +223,17 @@ def model_card(
         lines.append(f"| {task} | {kind.name} | {shown} | {counts} |")
     if not examples:
         lines += ["", "Data sizes: not recorded (the run has no summary.json with `examples`)."]
-    lines += ["", "## Freezing", "", f"Scenario: `{scenario}`."]
-    if freezing:
-        options = {k: v for k, v in freezing.items() if k != "scenario"}
-        lines.append(
-            "Settings: " + ", ".join(f"`freezing.{k}={v}`" for k, v in options.items()) + "."
-        )
-        lines += ["", *_schedule_rows(freezing, config, module)]
+    lines += ["", "## Freezing", ""]
+    if scenario is None:
+        lines.append("Scenario: not recorded.")
+    else:
+        lines.append(f"Scenario: `{scenario.name}`.")
+        settings = scenario.settings()
+        if settings:
+            shown = ", ".join(f"`freezing.{k}={_value(v)}`" for k, v in settings.items())
+            lines.append(f"Settings: {shown}.")
+        groups = len(layer_groups(module.encoder.model))
+        lines += ["", *scenario.schedule_lines(list(module.tasks), groups, _epochs(config))]
     lines += [
         "",
         "## Test metrics",

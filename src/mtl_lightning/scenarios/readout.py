@@ -6,6 +6,8 @@ task is read out from the frozen, L2-normalised embeddings of its training split
 - `centroid` (default): nearest class centroid by cosine similarity (the mean of each class's
   normalised training embeddings).
 - `knn`: the majority class of the `k` most cosine-similar training embeddings.
+- your own: `callbacks.frozen_readout.readout` is a Hydra node of a class (`_partial_: true`)
+  that is built as `cls(embeddings, labels, num_classes)` per task, an `nn.Module` like these two.
 
 A readout is an `nn.Module` with a head's signature (embedding -> per-class scores), so
 Lightning's own validation and test loops and torchmetrics score it like a head. Its scores are
@@ -15,6 +17,8 @@ log-probabilities, so the logged loss is the readout's negative log-likelihood.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,6 +33,8 @@ from mtl_lightning.tasks.collate import pad
 log = logging.getLogger(__name__)
 
 READOUTS = ("centroid", "knn")
+# A readout class, partly applied: fitted as readout(embeddings, labels, num_classes).
+Readout = Callable[[torch.Tensor, torch.Tensor, int], nn.Module]
 # Softmax temperature over cosine similarities (as in contrastive learning): it sets only the
 # logged loss of `centroid`, never its predictions.
 CENTROID_TEMPERATURE = 0.05
@@ -54,7 +60,7 @@ class KNNReadout(nn.Module):
     lowest class id)."""
 
     def __init__(
-        self, embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int
+        self, embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, k: int = 25
     ) -> None:
         super().__init__()
         self.k = min(k, len(labels))
@@ -70,15 +76,23 @@ class KNNReadout(nn.Module):
         return torch.log((votes + 1) / (self.k + self.num_classes))
 
 
+def named_readout(kind: str, k: int) -> Readout:
+    """The shipped readout `kind` (of READOUTS; `k`: knn's neighbours)."""
+    return CentroidReadout if kind == "centroid" else partial(KNNReadout, k=k)
+
+
 def fit_readout(
-    embeddings: torch.Tensor, labels: torch.Tensor, num_classes: int, kind: str, k: int
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    kind: str | Readout,
+    k: int = 25,
 ) -> nn.Module:
-    """A readout of one task (`kind` of READOUTS), fitted on its training split's frozen
-    embeddings."""
+    """A readout of one task (`kind`: a name of READOUTS, or a readout class partly applied),
+    fitted on its training split's frozen embeddings."""
     labels = torch.as_tensor(labels, dtype=torch.long)
-    if kind == "centroid":
-        return CentroidReadout(embeddings, labels, num_classes)
-    return KNNReadout(embeddings, labels, num_classes, k)
+    readout = named_readout(kind, k) if isinstance(kind, str) else kind
+    return readout(embeddings, labels, num_classes)
 
 
 class FrozenReadout(Callback):
@@ -93,9 +107,21 @@ class FrozenReadout(Callback):
     testing, rank 0 writes the embeddings to `dirpath` (`<task>_<split>.npz`).
     """
 
+    changes_training = False  # it only scores and writes: a fork may differ in it
+
     def __init__(
-        self, dirpath: str, kind: str = "centroid", k: int = 25, heads_from: str | None = None
+        self,
+        dirpath: str,
+        kind: str = "centroid",
+        k: int = 25,
+        heads_from: str | None = None,
+        readout: Readout | None = None,
     ) -> None:
+        if readout is not None and not callable(readout):
+            raise ConfigError(
+                f"callbacks.frozen_readout.readout={readout} is not a readout class: give a node "
+                "with its _target_ and _partial_: true, or null to use kind."
+            )
         if kind not in READOUTS:
             raise ConfigError(
                 f"callbacks.frozen_readout.kind={kind} is unknown: use one of {READOUTS}."
@@ -105,6 +131,7 @@ class FrozenReadout(Callback):
         self.dirpath = Path(dirpath)
         self.kind = kind
         self.k = k
+        self.readout = readout if readout is not None else named_readout(kind, k)
         self.heads_from = heads_from
         self.embeddings: dict[tuple[str, str], torch.Tensor] | None = None
 
@@ -118,8 +145,7 @@ class FrozenReadout(Callback):
                 self.embeddings["train", task],
                 datamodule.datasets[task]["train"].labels,
                 len(labels),
-                self.kind,
-                self.k,
+                self.readout,
             ).to(module.device)
             for task, labels in datamodule.label_names.items()
             # A readout scores one sentence's classes; other task types keep their heads (a
@@ -128,9 +154,8 @@ class FrozenReadout(Callback):
         }
         module.attach_readout(readouts, replace_heads=self.heads_from is None)
         log.info(
-            "Frozen features read out by %s%s, fitted on the training split; %s.",
-            self.kind,
-            f" (k={self.k})" if self.kind == "knn" else "",
+            "Frozen features read out by %s, fitted on the training split; %s.",
+            _readout_name(self.readout),
             "the heads of model.init_from are scored beside it (*/readout_*)"
             if self.heads_from
             else "its val and test metrics are the run's",
@@ -164,3 +189,11 @@ class FrozenReadout(Callback):
             log.info(
                 "Wrote sentence embeddings of %d task splits to %s.", len(written), self.dirpath
             )
+
+
+def _readout_name(readout: Readout) -> str:
+    """`KNNReadout (k=25)` for a log line."""
+    if isinstance(readout, partial):
+        options = ", ".join(f"{k}={v}" for k, v in readout.keywords.items())
+        return f"{getattr(readout.func, '__name__', readout.func)} ({options})"
+    return getattr(readout, "__name__", str(readout))

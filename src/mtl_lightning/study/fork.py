@@ -12,12 +12,15 @@ It is exact only when these hold, and a fork is refused, naming the reason, othe
 - the source is a full-state checkpoint written at an epoch's end (`fork_points=[0]` keeps
   `checkpoints/epoch00.ckpt`), inside its Hydra run folder (`.hydra/config.yaml` beside
   `checkpoints/`);
-- both configs agree on every key except the freezing node and `BOOKKEEPING` (paths, loggers,
-  progress bars, the checkpoint and metric-writing callbacks, the exact frozen caches);
-- the two freezing schedules train the same heads and encoder groups in every epoch before the
-  fork, and give every epoch of the run the same number of steps (the LR schedule spans the run);
-- neither is `gradual_unfreeze` (it unfreezes, and warms groups up, within epochs) or
-  `entire_network_frozen` (it trains nothing).
+- both configs agree on every key except the scenario (`freezing`), the keys `fork_ignores`
+  lists (conf/train.yaml: paths, loggers, progress bars, the exact frozen caches) and the
+  callbacks that say they do not change training (a class attribute `changes_training = False`:
+  the metric-writing ones); a checkpoint callback that monitors a metric (it chooses the best
+  epoch) is compared but for its folder, one that monitors none is left out;
+- the two scenarios train the same heads and encoder groups in every epoch before the fork, and
+  give every epoch of the run the same number of steps (the LR schedule spans the run);
+- both scenarios say they fork (`Scenario.forks`): not `gradual_unfreeze` (it unfreezes, and
+  warms groups up, within epochs) nor `entire_network_frozen` (it trains nothing).
 
 `fork_from=<folder>` (what `make compare` passes: its sweep folder) looks through the runs in
 it for the latest fork point this run can start from, and trains from scratch when none fits.
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.utils import get_class
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
@@ -42,61 +46,61 @@ from mtl_lightning.core.checkpoint import (
     check_resume_tasks,
     read_checkpoint,
 )
-from mtl_lightning.core.compat import checkpoint_boundary_epoch
+from mtl_lightning.core.compat import LIGHTNING_OBSERVERS, checkpoint_boundary_epoch
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import inside
-from mtl_lightning.scenarios.freezing import FreezingSchedule
+from mtl_lightning.scenarios.base import Scenario
+from mtl_lightning.scenarios.build import build_scenario
+from mtl_lightning.scenarios.forgetting import Forgetting
+from mtl_lightning.scenarios.schedule import FreezingSchedule
 
 log = logging.getLogger(__name__)
 
-# Config keys a fork's source may differ in: where things are written and how progress is
-# shown, never what trains. Dotted; a callback entry by its _target_ (`CALLBACK_TARGETS`).
-BOOKKEEPING = (
-    "paths",
-    "run_name",
-    "ckpt_path",
-    "fork_from",
-    "fork_points",
-    "logger",
-    "freezing",  # compared as schedules, epoch by epoch (`schedule_problem`)
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-    "model.frozen_cache",  # the caches are exact (tests/test_cache.py)
-    "model.frozen_cache_max_gb",
-)
-CALLBACK_TARGETS = {
-    "lightning.pytorch.callbacks.ModelCheckpoint",
-    "lightning.pytorch.callbacks.LearningRateMonitor",
-    "mtl_lightning.callbacks.sigterm.SigtermCheckpoint",
-    "mtl_lightning.callbacks.confusion.ConfusionMatrix",
-    "mtl_lightning.callbacks.test_predictions.TestPredictions",
-    "mtl_lightning.callbacks.fork_point.ForkPoint",
-    "mtl_lightning.scenarios.readout.FrozenReadout",
-}
-NO_FORK = ("gradual_unfreeze", "entire_network_frozen")
+
+def changes_training(target: Any) -> bool:
+    """Whether a callback of class `target` (its config's `_target_`) may change what trains.
+    A class says so itself (`changes_training = False`: it only writes or shows things);
+    Lightning's observers are known (`core.compat.LIGHTNING_OBSERVERS`); any other class, or one
+    that cannot be imported, may."""
+    try:
+        cls = get_class(str(target))
+    except Exception:  # Hydra wraps the ImportError in its own exception types
+        return True
+    if issubclass(cls, LIGHTNING_OBSERVERS):
+        return False
+    return bool(getattr(cls, "changes_training", True))
 
 
-def _comparable(cfg: DictConfig) -> dict[str, Any]:
-    """The config as Hydra saved it (unresolved), without the keys a fork may differ in."""
+def _comparable(cfg: DictConfig, ignores: list[str]) -> dict[str, Any]:
+    """The config as Hydra saved it (unresolved), without the keys a fork may differ in: those
+    `fork_ignores` lists (conf/train.yaml), the scenario (compared as plans, epoch by epoch:
+    `schedule_problem`) and the callbacks that do not change training."""
     config = OmegaConf.to_container(cfg, resolve=False)
-    for key in BOOKKEEPING:
+    for key in ["freezing", "fork_ignores", *ignores]:
         *parents, last = key.split(".")
         node = config
         for parent in parents:
             node = node.get(parent) or {}
         node.pop(last, None)
     callbacks = config.get("callbacks") or {}
-    for name in [n for n, c in callbacks.items() if c and c.get("_target_") in CALLBACK_TARGETS]:
-        if name == "model_checkpoint":  # which epoch is "best" is chosen by it: compared
-            callbacks[name] = {k: v for k, v in callbacks[name].items() if k != "dirpath"}
-        else:
+    for name, node in list(callbacks.items()):
+        target = node.get("_target_") if isinstance(node, dict) else None
+        if target is None:
+            continue
+        if _is_model_checkpoint(target):
+            if node.get("monitor") is None:  # it keeps files, and chooses no best epoch
+                del callbacks[name]
+            else:  # which epoch is "best" is chosen by it: compared, wherever it writes
+                callbacks[name] = {k: v for k, v in node.items() if k != "dirpath"}
+        elif not changes_training(target):
             del callbacks[name]
     return config
 
 
 def config_problem(source: DictConfig, cfg: DictConfig) -> str | None:
     """Why the two configs may not share their first epochs, or None."""
-    mine, theirs = _comparable(cfg), _comparable(source)
+    ignores = [str(key) for key in cfg.get("fork_ignores") or ()]  # this run's say
+    mine, theirs = _comparable(cfg, ignores), _comparable(source, ignores)
     differ = sorted(_differences(mine, theirs))
     if not differ:
         return None
@@ -115,9 +119,16 @@ def _differences(mine: Any, theirs: Any, prefix: str = "") -> Iterable[tuple[str
         yield prefix.rstrip("."), theirs, mine
 
 
+def _is_model_checkpoint(target: str) -> bool:
+    try:
+        return issubclass(get_class(target), ModelCheckpoint)
+    except Exception:
+        return False
+
+
 def schedule_problem(
-    source: FreezingSchedule,
-    mine: FreezingSchedule,
+    source: Scenario,
+    mine: Scenario,
     epoch: int,
     tasks: Sequence[str],
     num_groups: int,
@@ -128,9 +139,12 @@ def schedule_problem(
 
     `epoch_batches(epoch, tasks)`: the train loader's batches of that epoch with those tasks.
     """
-    for scenario in (source.scenario, mine.scenario):
-        if scenario in NO_FORK:
-            return f"{scenario} neither forks nor is forked from (see mtl_lightning.study.fork)"
+    for scenario in (source, mine):
+        if not scenario.forks:
+            return (
+                f"{scenario.name} neither forks nor is forked from (its plan changes within "
+                "epochs, or nothing trains)"
+            )
     for e in range(epoch):
         theirs, ours = (
             source.plan(e, list(tasks), num_groups),
@@ -138,8 +152,8 @@ def schedule_problem(
         )
         if theirs != ours:
             return (
-                f"in epoch {e} {source.scenario} trains heads {sorted(theirs.heads)} and "
-                f"{theirs.encoder_groups} encoder groups, {mine.scenario} {sorted(ours.heads)} "
+                f"in epoch {e} {source.name} trains heads {sorted(theirs.heads)} and "
+                f"{theirs.encoder_groups} encoder groups, {mine.name} {sorted(ours.heads)} "
                 f"and {ours.encoder_groups}"
             )
     for e in range(max_epochs):
@@ -147,7 +161,7 @@ def schedule_problem(
         ours = epoch_batches(e, mine.plan(e, list(tasks), num_groups).heads)
         if theirs != ours:
             return (
-                f"epoch {e} has {theirs} batches in {source.scenario} and {ours} here, so the LR "
+                f"epoch {e} has {theirs} batches in {source.name} and {ours} here, so the LR "
                 "schedule, which spans the run, differs from its first step (a frozen head's task "
                 "leaves the epochs; with data.sampling=joint they keep their length unless it "
                 "was the longest task); train this run from scratch"
@@ -166,13 +180,9 @@ def source_config(path: Path) -> DictConfig:
     return OmegaConf.load(config)
 
 
-def source_schedule(config: DictConfig) -> FreezingSchedule:
-    """The source run's freezing schedule, with `head_warmup_epochs` resolved as train() does."""
-    node = OmegaConf.to_container(config.freezing, resolve=True)
-    node.pop("_target_", None)
-    if node.get("head_warmup_epochs") is None:
-        node["head_warmup_epochs"] = 0 if config.model.get("init_from") else 1
-    return FreezingSchedule(**node)
+def source_schedule(config: DictConfig) -> Scenario:
+    """The source run's scenario, its defaults settled as train() settles them."""
+    return build_scenario(config.get("freezing"), config.model.get("init_from"))
 
 
 def fork_points(folder: Path) -> list[Path]:
@@ -210,12 +220,12 @@ class Fork:
     def __init__(
         self,
         cfg: DictConfig,
-        freezing: FreezingSchedule,
+        scenario: Scenario,
         datamodule,
         num_groups: int,
         callbacks: Sequence[Callback],
     ):
-        self.cfg, self.freezing, self.datamodule = cfg, freezing, datamodule
+        self.cfg, self.scenario, self.datamodule = cfg, scenario, datamodule
         self.num_groups, self.callbacks = num_groups, list(callbacks)
         self.output = Path(cfg.paths.output_dir)
         self.written: list[Path] = []
@@ -236,7 +246,7 @@ class Fork:
             return "it was written mid-epoch (fork from an epochNN.ckpt of fork_points)"
         reason = schedule_problem(
             source_schedule(source),
-            self.freezing,
+            self.scenario,
             epoch,
             list(self.datamodule.label_names),
             self.num_groups,
@@ -303,8 +313,10 @@ class Fork:
             raise ConfigError(f"fork_from={path} cannot start this run exactly: {reason}.")
         epoch = self.epoch(checkpoint)
         saved = checkpoint["callbacks"]
-        source = saved.get("FreezingSchedule") or {}
-        scenario = source.get("scenario")
+        scenario = (saved.get("FreezingSchedule") or {}).get("scenario")
+        # Each task's value at the source's last validation (older checkpoints: in the
+        # schedule's state): where a head that freezes in this run freezes.
+        source = saved.get("Forgetting") or saved.get("FreezingSchedule") or {}
         seconds = (saved.get("Timer") or {}).get("time_elapsed", {}).get("train")
         forked = Forked(
             self.output / "checkpoints" / f"fork-epoch{epoch - 1:02d}.ckpt",
@@ -319,11 +331,11 @@ class Fork:
             state = saved.get(callback.state_key)
             if isinstance(callback, FreezingSchedule):
                 state = {
-                    "scenario": callback.scenario,
-                    "acc_at_freeze": None,
-                    "last_val": dict(source.get("last_val") or {}),
+                    "scenario": callback.scenario.name,
                     "fork": forked.summary(),  # kept by every later checkpoint, for a resume
                 }
+            elif isinstance(callback, Forgetting):
+                state = {"acc_at_freeze": None, "last_val": dict(source.get("last_val") or {})}
             elif isinstance(callback, ModelCheckpoint) and state is not None:
                 state = self._moved(state, callback, checkpoint, epoch)
             if state is not None:

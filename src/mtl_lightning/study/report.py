@@ -34,6 +34,7 @@ from mtl_lightning.callbacks.test_predictions import PREDICTIONS_DIR, read_predi
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import inside
 from mtl_lightning.core.summary import read_summary
+from mtl_lightning.scenarios.build import scenario_name
 from mtl_lightning.study import stats
 
 if TYPE_CHECKING:
@@ -76,7 +77,8 @@ class Run:
     def baseline_task(self) -> str | None:
         """The task of a single-task baseline (full fine-tuning of one task alone), else None."""
         one_task = self.only_tasks is not None and len(self.only_tasks) == 1
-        return self.only_tasks[0] if one_task and self.scenario == REFERENCE else None
+        baseline = self.scenario in (REFERENCE, BASELINE)  # older runs: full_finetune
+        return self.only_tasks[0] if one_task and baseline else None
 
     @property
     def label(self) -> str:
@@ -161,7 +163,7 @@ def load_run(folder: Path) -> Run:
         only_tasks = [only_tasks]
     return Run(
         folder=folder,
-        scenario=str(OmegaConf.select(config, "freezing.scenario", default=MISSING)),
+        scenario=scenario_name(config) or MISSING,
         seed=OmegaConf.select(config, "seed", default=None),
         overrides=[str(o) for o in overrides],
         history=_read_metrics(folder / "metrics.csv"),
@@ -174,12 +176,19 @@ def load_run(folder: Path) -> Run:
 
 def weighting_name(overrides: Sequence[str], config) -> str:
     """The run's loss weighting: its `weighting=<name>` override, else the older spelling
-    `model.loss_weighting`, else static."""
+    `model.loss_weighting`, else the class name of a `weighting._target_` outside the package,
+    else static."""
     for override in reversed(overrides):
         key, _, value = str(override).lstrip("+").partition("=")
         if key == "weighting" and value:
             return value
-    return str(OmegaConf.select(config, "model.loss_weighting", default=None) or "static")
+    alias = OmegaConf.select(config, "model.loss_weighting", default=None)
+    if alias and alias != "static":
+        return str(alias)
+    # A class given by its _target_ alone (no conf/weighting file): its class name.
+    target = str(OmegaConf.select(config, "weighting._target_", default=None) or "")
+    shipped = target.startswith("mtl_lightning.weighting.")
+    return target.rsplit(".", 1)[-1] if target and not shipped else "static"
 
 
 def load_runs(sweep_dir: str | Path) -> list[Run]:

@@ -70,9 +70,15 @@ class LossWeighting(nn.Module):
         when a run resumes mid-epoch). Epoch-level state is closed here rather than at the epoch's
         end: a checkpoint written at the end of an epoch may be written before any end hook."""
 
-    def check_sampling(self, sampling: str) -> None:
-        """Refuse a sampling mode this method cannot weigh, in one sentence."""
-        if self.sampling_modes is not None and sampling not in self.sampling_modes:
+    def check_sampling(self, sampling) -> None:
+        """Refuse a sampling mode (its name, or a `data.sampling.modes.SamplingMode`) this
+        method cannot weigh, in one sentence; "joint" in `sampling_modes` admits any mode whose
+        steps hold every task."""
+        name = getattr(sampling, "name", sampling)
+        joint = getattr(sampling, "joint", name == "joint")
+        allowed = self.sampling_modes
+        if allowed is not None and name not in allowed and not (joint and "joint" in allowed):
+            sampling = name
             raise ConfigError(
                 f"weighting={type(self).__name__} needs steps holding the tasks "
                 f"{list(self.sampling_modes)} sample, not data.sampling={sampling}: set "

@@ -1,0 +1,58 @@
+"""`only_head_frozen`: continual learning; one task's trained head is frozen while the encoder
+and the other heads train on, and `Forgetting` logs what the frozen task loses."""
+
+from __future__ import annotations
+
+from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.rules import Rule, int_at_least
+from mtl_lightning.scenarios.base import Plan, Scenario, need_task
+
+
+class OnlyHeadFrozen(Scenario):
+    """The head of task `head` is frozen from epoch `head_warmup_epochs` on (before that
+    everything trains, so the frozen head is a trained one; null: 0 with `model.init_from`,
+    whose head is trained already, else 1). The encoder and the other heads train, and the
+    frozen task leaves the loss. From then on, every validation logs `val/<head>/forgetting`:
+    its accuracy when it froze minus now (mtl_lightning.scenarios.forgetting)."""
+
+    name = "only_head_frozen"
+    RULES = {
+        **Scenario.RULES,
+        "head": Rule(str, example="classification"),
+        "head_warmup_epochs": int_at_least(1, least=0, nullable=True),
+    }
+
+    def __init__(
+        self,
+        head: str = "classification",
+        head_warmup_epochs: int | None = None,
+        keep_frozen_layers: int = 0,
+    ) -> None:
+        super().__init__(keep_frozen_layers)
+        self.check_values(head=head, head_warmup_epochs=head_warmup_epochs)
+        self.head = head
+        self.head_warmup_epochs = head_warmup_epochs
+
+    def configure(self, init_from: str | None) -> None:
+        if self.head_warmup_epochs is None:
+            self.head_warmup_epochs = 0 if init_from else 1
+
+    def trainable(self, epoch: int, heads: frozenset[str], num_groups: int, step: int | None):
+        return Plan(heads - {self.head} if self.frozen_head(epoch) else heads, num_groups)
+
+    def frozen_head(self, epoch: int) -> str | None:
+        warmup = 1 if self.head_warmup_epochs is None else self.head_warmup_epochs
+        return self.head if epoch >= warmup else None
+
+    @property
+    def heads_change(self) -> bool:
+        return self.frozen_head(0) is None
+
+    def check_tasks(self, tasks: list[str], new_heads: list[str] = ()) -> None:
+        need_task("freezing.head", self.head, list(tasks))
+        if self.frozen_head(0) is not None and self.head in new_heads:
+            raise ConfigError(
+                f"freezing.head={self.head} has no head in model.init_from, so it would freeze "
+                "untrained: freeze a task that checkpoint was trained on, or set "
+                "freezing.head_warmup_epochs=1 to train it first."
+            )
