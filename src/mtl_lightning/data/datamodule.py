@@ -19,6 +19,8 @@ N and M count only the tasks that train in the epoch: a task whose head is froze
 (`only_head_frozen`) is out of the loss, and out of the train loader too.
 Validation and test keep tasks apart: one DataLoader per task, each batch naming its task.
 Token ids are cached under `<data_dir>/.token_cache/` (`data.token_cache`, see `token_cache`).
+Examples that two splits share, and texts given two labels, are reported, dropped or refused
+once the splits are built, whatever the source (`data.overlap`, see `overlap`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import check_task_names
 from mtl_lightning.core.resolve import load_tokenizer
 from mtl_lightning.core.rules import Rule, check_values, int_at_least
+from mtl_lightning.data.overlap import OVERLAP_MODES, resolve_overlap
 from mtl_lightning.data.sampling.sampler import (
     EpochSeed,
     LengthBucketBatchSampler,
@@ -81,6 +84,7 @@ DATA_RULES: dict[str, Rule] = {
     "num_workers": int_at_least(2, least=0),
     "bucket_pool": Rule(int, "at least 1", lambda v: v >= 1, fix=lambda v: "1 is random batching"),
     "max_train_examples": int_at_least(1000, least=2, nullable=True),
+    "overlap": Rule(str, f"one of {', '.join(OVERLAP_MODES)}", OVERLAP_MODES.__contains__, "warn"),
 }
 
 
@@ -192,12 +196,14 @@ class MultiTaskDataModule(LightningDataModule):
         bucket_pool: int = 50,
         max_train_examples: int | None = None,
         only_tasks: str | Sequence[str] | None = None,
+        overlap: str = "warn",
     ) -> None:
         """`bucket_pool`: training batches per length-sorted pool (1: random batching).
         `max_train_examples`: keep a fixed, seeded, stratified subsample of at most this many
         training examples per task (quick experiments, benchmarks); null keeps them all.
         `only_tasks`: the task (or list of tasks) of `tasks` to keep, e.g. for a single-task
-        baseline; null keeps them all."""
+        baseline; null keeps them all. `overlap`: what happens to examples that two splits
+        share and to texts given two labels, `warn`, `drop` or `refuse` (`data.overlap`)."""
         super().__init__()
         # A task set to null (`data.tasks.<task>: null`, e.g. in a config that extends another)
         # is left out.
@@ -229,6 +235,7 @@ class MultiTaskDataModule(LightningDataModule):
                 "num_workers": num_workers,
                 "bucket_pool": bucket_pool,
                 "max_train_examples": max_train_examples,
+                "overlap": overlap,
             },
             DATA_RULES,
         )
@@ -248,6 +255,7 @@ class MultiTaskDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.bucket_pool = bucket_pool
         self.max_train_examples = max_train_examples
+        self.overlap = overlap
         self.label_names: dict[str, list[str]] = {}
         self.task_types: dict[str, TaskType] = {}
         self.datasets: dict[str, dict[str, TaskDataset]] = {}
@@ -306,6 +314,7 @@ class MultiTaskDataModule(LightningDataModule):
         examples["train"] = subsample(
             examples["train"], self.max_train_examples, self.seed, stratify=kind.categorical
         )
+        examples = resolve_overlap(task, examples, pair, kind.categorical, self.overlap)
         task_type = kind.from_data(
             task,
             examples["train"].labels,
