@@ -94,7 +94,7 @@ def test_sentence_transformers_encode_equals_the_encode_cli(run_root, ckpt, expo
     output = tmp_path / "embeddings.npy"
     run_cli("encode", f"ckpt_path={ckpt}", f"input={source}", f"output={output}", cwd=tmp_path)
     model = sentence_transformers.SentenceTransformer(str(exported), device="cpu")
-    assert model.max_seq_length == 128  # encode's 256, capped by the tiny encoder's positions
+    assert model.max_seq_length == 64  # encode's default: the run's data.max_length
     np.testing.assert_allclose(model.encode(TEXTS), np.load(output), atol=1e-5)
 
 

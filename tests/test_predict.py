@@ -120,6 +120,27 @@ def test_encode_cli_matches_each_sentence_encoded_alone(ckpt, tmp_path, predicto
     np.testing.assert_allclose(embeddings, alone, atol=1e-5)
 
 
+def test_predict_and_encode_cut_sentences_where_training_did(ckpt, tmp_path, predictor):
+    # The conftest run trained with data.max_length=64 (data=tiny): a longer sentence read
+    # whole at prediction (up to the tiny encoder's 128 positions) would be another input.
+    assert predictor.max_length == 64
+    long = TEXTS[4]
+    assert len(predictor.tokenizer(long)["input_ids"]) > 128
+    source = tmp_path / "long.txt"
+    source.write_text(long + "\n")
+    cut = {"ckpt_path": str(ckpt), "input": str(source), "device": "cpu"}
+    for length, expected in ((None, 64), (100, 100)):
+        given = [] if length is None else [f"max_length={length}"]
+        output = tmp_path / f"e{length}.npy"
+        overrides = [f"{k}={v}" for k, v in cut.items()] + [f"output={output}", *given]
+        encode(compose_cfg("encode", *overrides))
+        again = Predictor.from_checkpoint(ckpt, device="cpu", max_length=expected)
+        np.testing.assert_allclose(np.load(output), again.encode([long]), atol=1e-6)
+    assert not np.allclose(np.load(tmp_path / "eNone.npy"), np.load(tmp_path / "e100.npy"))
+    row = predict(compose_cfg("predict", f"ckpt_path={ckpt}", f"text='{long}'", "device=cpu"))[0]
+    assert row == predictor.predict([long])[0]
+
+
 def test_encode_plain_encoder_from_csv(tiny_encoders, tmp_path):
     source = tmp_path / "sentences.csv"
     source.write_text('id,text\n1,"Who wrote Hamlet?"\n2,"a clever, moving film"\n')

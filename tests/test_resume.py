@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 
 import pytest
 import torch
@@ -153,3 +154,30 @@ def test_resume_after_a_head_froze_is_exact(make_cfg, tmp_path):
         assert torch.equal(mine["sentiment"]["idx"], theirs["sentiment"]["idx"])
     for name, value in straight.after.items():
         torch.testing.assert_close(resumed.after[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_with_other_splits_is_refused(make_cfg, ckpt, tmp_path):
+    # `ckpt` (conftest): data=tiny at seed 42. Another seed or fraction carves other splits,
+    # whose test examples the checkpoint may have trained on.
+    with pytest.raises(
+        ConfigError,
+        match=r"last\.ckpt was trained on other data splits than this run's "
+        r"\(classification/train, classification/val, classification/test, sentiment/train, "
+        r"sentiment/val, sentiment/test differ; data\.seed=42 then, 7 now\), so its test "
+        r"examples may have been trained on: resume with the seed, .* model\.init_from=",
+    ):
+        train(make_cfg(f"ckpt_path={ckpt}", "seed=7"))
+    with pytest.raises(ConfigError, match=r"data\.test_fraction=0\.2 then, 0\.3 now\)"):
+        train(make_cfg(f"ckpt_path={ckpt}", "data.test_fraction=0.3"))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
+
+
+def test_a_checkpoint_without_recorded_splits_resumes_with_a_note(make_cfg, ckpt, tmp_path, caplog):
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert set(checkpoint["data"]["splits"]) == {"classification", "sentiment"}
+    del checkpoint["data"]  # as written before the splits were recorded
+    older = tmp_path / "older.ckpt"
+    torch.save(checkpoint, older)
+    with caplog.at_level(logging.INFO, logger="mtl_lightning.core.checkpoint"):
+        train(make_cfg(f"ckpt_path={older}", "seed=7", "trainer.max_epochs=1"))
+    assert "does not record its data splits (written by an older version)" in caplog.text

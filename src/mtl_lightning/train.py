@@ -27,6 +27,7 @@ from mtl_lightning.callbacks.sigterm import SigtermCheckpoint
 from mtl_lightning.config_check import check_frozen_layers, check_train_config
 from mtl_lightning.core.checkpoint import (
     check_resumable,
+    check_resume_splits,
     check_resume_tasks,
     read_checkpoint,
     remove_stale_temporaries,
@@ -247,6 +248,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resume is not None:
         check_resumable(resume, "ckpt_path", ckpt_path)
         check_resume_tasks(resume, datamodule.label_names, "ckpt_path", ckpt_path)
+        check_resume_splits(resume, datamodule.record(), "ckpt_path", ckpt_path)
     module = build_module(
         cfg.model, datamodule.label_names, datamodule.task_specs, cfg.get("weighting")
     )

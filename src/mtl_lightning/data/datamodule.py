@@ -26,6 +26,8 @@ once the splits are built, whatever the source (`data.overlap`, see `overlap`).
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 import logging
 import random
 from collections import defaultdict
@@ -124,6 +126,15 @@ class TaskDataset(Dataset):
         if self.pair_ids is None:
             return [len(ids) for ids in self.input_ids]
         return [len(a) + len(b) for a, b in zip(self.input_ids, self.pair_ids, strict=True)]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Which examples the split holds, in order: their count and a SHA-256 of each one's
+        texts and label, so that two splits compare without their texts."""
+        digest = hashlib.sha256()
+        pairs = self.text_pairs or [None] * len(self)
+        for text, pair, label in zip(self.texts, pairs, self.labels, strict=True):
+            digest.update(json.dumps([text, pair, label]).encode("utf-8") + b"\n")
+        return {"examples": len(self), "sha256": digest.hexdigest()}
 
 
 class ConcatTaskDataset(Dataset):
@@ -259,6 +270,7 @@ class MultiTaskDataModule(LightningDataModule):
         self.label_names: dict[str, list[str]] = {}
         self.task_types: dict[str, TaskType] = {}
         self.datasets: dict[str, dict[str, TaskDataset]] = {}
+        self.splits: dict[str, dict[str, dict[str, Any]]] = {}  # task -> split -> fingerprint
         self.pad_id = 0
         self.start_epoch = 0
         self.skip_steps = 0
@@ -296,6 +308,27 @@ class MultiTaskDataModule(LightningDataModule):
             labels = task_type.labels
             classes = f"{len(labels)} classes {labels}" if labels else "scores"
             log.info("Task %s (%s) %s; %s examples.", task, task_type.name, classes, sizes)
+        self.splits = {
+            task: {split: dataset.fingerprint() for split, dataset in splits.items()}
+            for task, splits in self.datasets.items()
+        }
+
+    def record(self) -> dict[str, Any]:
+        """What the data was, kept in checkpoints (`MultiTaskModule.on_save_checkpoint`): the
+        length sentences were cut to (predict and encode cut there too), the settings that
+        choose the splits, and each split's fingerprint (a resume must train and test on the
+        same examples: `mtl_lightning.core.checkpoint.check_resume_splits`)."""
+        return {
+            "max_length": self.max_length,
+            "settings": {
+                "seed": self.seed,
+                "val_fraction": self.val_fraction,
+                "test_fraction": self.test_fraction,
+                "max_train_examples": self.max_train_examples,
+                "overlap": self.overlap,
+            },
+            "splits": self.splits,
+        }
 
     def _load_task(self, task: str, source: Source, cache: TokenCache) -> TaskType:
         """Read, split and tokenize one task into `self.datasets[task]`; return its type."""

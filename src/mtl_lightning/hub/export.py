@@ -35,7 +35,7 @@ from mtl_lightning.core import st_folder
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.summary import read_summary
 from mtl_lightning.model.encoder import PACKAGED_MINILM, layer_groups
-from mtl_lightning.model.inference import Predictor
+from mtl_lightning.model.inference import Predictor, trained_length
 from mtl_lightning.model.module import MultiTaskModule, load_module
 from mtl_lightning.scenarios.freezing import FreezingSchedule
 from mtl_lightning.tasks import build_task_type
@@ -304,9 +304,13 @@ def model_card(
 
 
 def export_checkpoint(
-    ckpt_path: str | Path, output: str | Path, max_length: int = 256, overwrite: bool = False
+    ckpt_path: str | Path,
+    output: str | Path,
+    max_length: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write the export folder of a checkpoint (see the module docstring); return its path."""
+    """Write the export folder of a checkpoint (see the module docstring); return its path.
+    `max_length` None: the `data.max_length` it was trained with, as `encode`'s default."""
     ckpt_path = Path(ckpt_path).expanduser()
     module = load_module(ckpt_path, "ckpt_path")  # weights-only; a bad file is one sentence
     output = Path(output).expanduser()
@@ -318,6 +322,8 @@ def export_checkpoint(
     tokenizer = module.tokenizer()
     # The truncation `encode` applies (max_length, capped by positions and the tokenizer) is
     # the folder's max_seq_length: both then cut a long sentence at the same token.
+    if max_length is None:
+        max_length = trained_length(module)
     predictor = Predictor(module.encoder, tokenizer, device="cpu", max_length=max_length)
     output.mkdir(parents=True, exist_ok=True)
     started = time.time_ns() - 1_000_000_000  # file times may trail the clock by a tick
