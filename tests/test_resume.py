@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import logging
+import shutil
 
 import pytest
 import torch
 from helpers import Recorder
+from transformers import AutoTokenizer
 
 from mtl_lightning.core.checkpoint import read_checkpoint
 from mtl_lightning.core.errors import ConfigError
@@ -181,3 +183,36 @@ def test_a_checkpoint_without_recorded_splits_resumes_with_a_note(make_cfg, ckpt
     with caplog.at_level(logging.INFO, logger="mtl_lightning.core.checkpoint"):
         train(make_cfg(f"ckpt_path={older}", "seed=7", "trainer.max_epochs=1"))
     assert "does not record its data splits (written by an older version)" in caplog.text
+
+
+def test_resume_with_another_tokenizer_encoder_or_pooling_is_refused(
+    make_cfg, ckpt, tiny_encoders, tmp_path
+):
+    # `ckpt` (conftest): the tiny BERT with the packaged uncased tokenizer, mean pooling.
+    cased = tmp_path / "cased"
+    shutil.copytree(tiny_encoders["bert"], cased)
+    AutoTokenizer.from_pretrained(cased, do_lower_case=False).save_pretrained(cased)
+    resume = f"ckpt_path={ckpt}"
+    with pytest.raises(
+        ConfigError,
+        match=rf"last\.ckpt was trained with another tokenizer than this run's "
+        rf"data\.tokenizer={cased}: it reads 'What does NASA stand for\? .*' as 'what does nasa "
+        r"stand for \? cafe , \.\.\.', this run as '\[UNK\] does \[UNK\] stand for \? \[UNK\] , "
+        r"\.\.\.'; set model\.encoder\.name_or_path and data\.tokenizer to ",
+    ):
+        train(make_cfg(resume, f"model.encoder.name_or_path={cased}"))
+    with pytest.raises(
+        ConfigError,
+        match=r"last\.ckpt holds a bert encoder that does not fit model\.encoder\.name_or_path="
+        r".*\(distilbert; e\.g\. encoder\.model\..* differs\): set model\.encoder\.name_or_path=",
+    ):
+        train(make_cfg(resume, encoder="distilbert"))
+    with pytest.raises(
+        ConfigError,
+        match=r"last\.ckpt was trained with model\.encoder\.pooling=mean and "
+        r"model\.encoder\.normalize=false, and its heads read embeddings made that way, but this "
+        r"run has model\.encoder\.pooling=cls and model\.encoder\.normalize=true: set "
+        r"model\.encoder\.pooling=mean and model\.encoder\.normalize=false\.$",
+    ):
+        train(make_cfg(resume, "model.encoder.pooling=cls", "model.encoder.normalize=true"))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training

@@ -296,6 +296,7 @@ class MultiTaskDataModule(LightningDataModule):
                 f"data.max_length={self.max_length} is above the {limit} tokens that "
                 f"{self.tokenizer_name} accepts: set data.max_length to at most {limit}."
             )
+        self.tokenizer = tokenizer  # what a checkpoint to resume or start from is checked against
         self.pad_id = tokenizer.pad_token_id or 0
         cache = TokenCache(
             tokenizer, self.max_length, self.data_dir / ".token_cache" if self.token_cache else None

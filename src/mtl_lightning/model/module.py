@@ -481,10 +481,16 @@ class MultiTaskModule(LightningModule):
         files = getattr(self, "_tokenizer_files", None)
         if files is None:
             return load_tokenizer((self.hparams.encoder or {}).get("name_or_path", PACKAGED_MINILM))
-        with tempfile.TemporaryDirectory() as folder:
-            for name, content in files.items():
-                inside(folder, name).write_bytes(content)
-            return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        return tokenizer_from_files(files)
+
+
+def tokenizer_from_files(files: Mapping[str, bytes]) -> PreTrainedTokenizerBase:
+    """The tokenizer whose files a checkpoint stores (`tokenizer_files`, names checked by
+    `read_checkpoint`)."""
+    with tempfile.TemporaryDirectory() as folder:
+        for name, content in files.items():
+            inside(folder, name).write_bytes(content)
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def weighting_by_name(
