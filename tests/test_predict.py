@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -298,3 +299,53 @@ def test_predict_says_when_it_replaces_an_output(ckpt, tmp_path, capsys):
     assert "replacing" not in capsys.readouterr().err
     predict(cfg)
     assert f"{output} (replacing the file that was there)." in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_fails_before_the_model_loads(ckpt, tmp_path, monkeypatch):
+    source = tmp_path / "sentences.txt"
+    source.write_text("ok\n")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(Predictor, "from_checkpoint", no_model)
+    output = blocker / "predictions.jsonl"
+    with pytest.raises(
+        ConfigError,
+        match=rf"^output={re.escape(str(output))} cannot be written: {re.escape(str(blocker))} "
+        r"is a file, not a folder; give a path in a folder\.$",
+    ):
+        predict(compose_cfg("predict", f"ckpt_path={ckpt}", f"input={source}", f"output={output}"))
+    embeddings = f"output={blocker / 'sub' / 'e.npy'}"
+    with pytest.raises(ConfigError, match=r"e\.npy cannot be written: .* is a file, not a folder"):
+        encode(compose_cfg("encode", f"ckpt_path={ckpt}", f"input={source}", embeddings))
+    if os.geteuid() != 0:  # root writes into read-only folders
+        readonly = tmp_path / "readonly"
+        readonly.mkdir(mode=0o555)
+        with pytest.raises(ConfigError, match=r"cannot be written \(Permission denied"):
+            predict(
+                compose_cfg(
+                    "predict", f"ckpt_path={ckpt}", f"input={source}",
+                    f"output={readonly / 'p.jsonl'}",
+                )
+            )  # fmt: skip
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_is_one_sentence_and_keeps_the_old_output(ckpt, tmp_path):
+    source = tmp_path / "sentences.txt"
+    source.write_text("ok\n")
+    output = tmp_path / "predictions.jsonl"
+    output.write_text("old\n")
+    # predict writes beside the output first: there, every write fails as on a full disk.
+    (tmp_path / f".predictions.jsonl.{os.getpid()}.partial").symlink_to("/dev/full")
+    with pytest.raises(
+        ConfigError,
+        match=rf"^output={re.escape(str(output))} cannot be written \(No space left on device\): "
+        r"give a path in a folder you can write to, on a disk with free space\.$",
+    ):
+        predict(compose_cfg("predict", f"ckpt_path={ckpt}", f"input={source}", f"output={output}"))
+    assert output.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.jsonl", "sentences.txt"]

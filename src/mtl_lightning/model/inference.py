@@ -25,6 +25,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.writing import cannot_write, check_writable
 from mtl_lightning.data.sources.files import READERS, decode_utf8
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, load_tokenizer
 from mtl_lightning.model.module import MultiTaskModule, load_module
@@ -270,18 +271,22 @@ def check_output(path: str | Path, suffixes: tuple[str, ...], input_path: str | 
             f"output={path} needs pyarrow, which is not installed: write "
             f"output={path.with_suffix('.npy')} instead, or `pip install pyarrow`."
         )
+    check_writable(path, "output")  # a read-only folder fails now, not after the model ran
     return path
 
 
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
     """A new file beside `path`, moved onto it once written: a write that fails leaves any old
-    file whole and no half-written one under the name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    file whole and no half-written one under the name; an `OSError` (a full disk) is one
+    sentence naming `output`."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield partial
         os.replace(partial, path)
+    except OSError as error:
+        raise cannot_write("output", path, error) from None
     finally:
         partial.unlink(missing_ok=True)
 
