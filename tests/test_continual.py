@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,20 @@ def test_forgetting_is_exactly_zero_under_ddp_when_nothing_changes(tmp_path, sta
     assert len(logged) == 1 and float(logged[0]["val/classification/forgetting"]) == 0.0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metrics"]["val/classification/forgetting"] == 0.0
+
+
+def test_init_from_with_another_pooling_is_refused(make_cfg, ckpt, tmp_path):
+    # `ckpt` (conftest) pooled by mean: its heads would score differently pooled embeddings.
+    with pytest.raises(
+        ConfigError,
+        match=rf"^model\.init_from={re.escape(str(ckpt))} was trained with "
+        r"model\.encoder\.pooling=mean, and its heads read embeddings made that way, but this "
+        r"run has model\.encoder\.pooling=cls: set model\.encoder\.pooling=mean\.$",
+    ):
+        train(
+            make_cfg(
+                "experiment=only_head_frozen", f"model.init_from={ckpt}",
+                "model.encoder.pooling=cls",
+            )
+        )  # fmt: skip
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training

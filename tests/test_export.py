@@ -3,8 +3,10 @@ and a sentence-transformers folder as the encoder to train from (its pooling and
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -94,7 +96,7 @@ def test_sentence_transformers_encode_equals_the_encode_cli(run_root, ckpt, expo
     output = tmp_path / "embeddings.npy"
     run_cli("encode", f"ckpt_path={ckpt}", f"input={source}", f"output={output}", cwd=tmp_path)
     model = sentence_transformers.SentenceTransformer(str(exported), device="cpu")
-    assert model.max_seq_length == 128  # encode's 256, capped by the tiny encoder's positions
+    assert model.max_seq_length == 64  # encode's default: the run's data.max_length
     np.testing.assert_allclose(model.encode(TEXTS), np.load(output), atol=1e-5)
 
 
@@ -183,6 +185,50 @@ def test_export_errors_name_the_key(ckpt, tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(ConfigError, match="is not an empty folder: .* or overwrite=true"):
         export_checkpoint(ckpt, tmp_path / "full")
+
+
+def test_export_checks_its_folder_first_and_leaves_nothing_half_written(
+    ckpt, tmp_path, monkeypatch
+):
+    import mtl_lightning.hub.export as hub_export
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(hub_export, "load_module", no_model)
+        with pytest.raises(
+            ConfigError,
+            match=rf"^output={re.escape(str(blocker / 'out'))} cannot be written: .*a_file is a "
+            r"file, not a folder",
+        ):
+            export_checkpoint(ckpt, blocker / "out")
+
+    def full_disk(folder, module):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    output = tmp_path / "exported"
+    with monkeypatch.context() as patched:
+        patched.setattr(hub_export, "write_heads", full_disk)  # after the encoder's files
+        with pytest.raises(
+            ConfigError,
+            match=rf"^output={re.escape(str(output))} cannot be written \(No space left on "
+            r"device\): give a path in a folder you can write to, on a disk with free space\.$",
+        ):
+            export_checkpoint(ckpt, output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]  # nothing half-written
+    export_checkpoint(ckpt, output)  # so a second export is not refused
+    assert {"heads.json", "modules.json", "README.md"} <= {p.name for p in output.iterdir()}
+    # overwrite=true replaces the export's files and keeps what else the folder holds.
+    (output / "notes.txt").write_text("mine")
+    (output / "heads.json").write_text("stale")
+    export_checkpoint(ckpt, output, overwrite=True)
+    assert (output / "notes.txt").read_text() == "mine"
+    assert json.loads((output / "heads.json").read_text())["format"] == "mtl-lightning-heads/1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "exported"]
 
 
 @pytest.fixture

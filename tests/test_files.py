@@ -7,12 +7,14 @@ import importlib.util
 import io
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.utils import instantiate
 
+from mtl_lightning.config_check import check_train_config
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.data.datamodule import MultiTaskDataModule
 from mtl_lightning.train import train
@@ -385,3 +387,77 @@ def test_tsv_is_plain_tab_separated_text(tmp_path):
     texts, labels = read_train(tmp_path, "q.tsv", content.encode())
     assert texts == [text for text, _ in rows]
     assert labels == ["HUM", "LOC"]
+
+
+def test_test_examples_that_are_training_examples_and_conflicting_labels_are_reported(
+    make_cfg, tmp_path, caplog
+):
+    conflicting = ("HUM question number 0?", "LOC")  # HUM in train too
+    test = questions(2)  # every one a training example
+    write(
+        tmp_path,
+        {
+            "train.csv": csv_bytes(questions() + [conflicting]),
+            "val.csv": csv_bytes([("Who wrote Hamlet?", "HUM"), ("Where is Peru?", "LOC")]),
+            "test.csv": csv_bytes(test),
+            "r.jsonl": jsonl_bytes(reviews()),
+        },
+    )
+    task = "data.tasks.classification"
+    files = (
+        "data=files",
+        f"{task}.train={tmp_path / 'train.csv'}",
+        f"{task}.val={tmp_path / 'val.csv'}",
+        f"{task}.test={tmp_path / 'test.csv'}",
+        f"data.tasks.sentiment.train={tmp_path / 'r.jsonl'}",
+    )
+    found = (
+        "6 of 6 test examples are also in train; 1 text has conflicting labels "
+        "(e.g. 'HUM question number 0?': HUM, LOC)"
+    )
+    with caplog.at_level(logging.WARNING, logger="mtl_lightning.data.overlap"):
+        datamodule = setup_data(make_cfg(*files))
+    assert f"Task classification: {found}; training on them as they are" in caplog.text
+    assert "Task sentiment" not in caplog.text  # carved splits of distinct texts share none
+    assert datamodule.datasets["classification"]["test"].texts == [t for t, _ in test]
+
+    with pytest.raises(ConfigError, match=rf"^data\.tasks\.classification: {re.escape(found)}: "):
+        setup_data(make_cfg(*files, "data.overlap=refuse"))
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mtl_lightning.data.overlap"):
+        dropped = setup_data(make_cfg(*files, "data.overlap=drop")).datasets["classification"]
+    assert "dropped 7 train, 1 test examples (data.overlap=drop)" in caplog.text
+    kept_test = [t for t, _ in test if t != conflicting[0]]
+    assert dropped["test"].texts == kept_test  # the evaluation set stays, less the conflict
+    assert not set(dropped["train"].texts) & {t for t, _ in test}
+    assert len(dropped["train"]) == len(questions()) - len(test)
+
+    with pytest.raises(ConfigError, match=r"^data\.overlap=forbid must be one of warn, drop"):
+        check_train_config(make_cfg(*files, "data.overlap=forbid"))
+
+
+def test_pairs_overlap_as_pairs_and_scores_never_conflict():
+    from mtl_lightning.data.overlap import resolve_overlap
+    from mtl_lightning.data.sources.base import Rows
+
+    splits = {
+        "train": Rows(["a", "a", "b"], ["0", "1", "1"], ["x", "y", "z"]),
+        "val": Rows(["a"], ["1"], ["y"]),  # the pair (a, y): in train
+        "test": Rows(["a", "b"], ["0", "1"], ["z", "z"]),  # (b, z) in train; (a, z) is new
+    }
+    with pytest.raises(
+        ConfigError,
+        match=r"^data\.tasks\.para: 1 of 1 val pairs are also in train; 1 of 2 test pairs are "
+        r"also in train: remove",
+    ):
+        resolve_overlap("para", splits, pair=True, categorical=True, mode="refuse")
+    kept = resolve_overlap("para", splits, pair=True, categorical=True, mode="drop")
+    assert list(zip(kept["train"].texts, kept["train"].text_pairs, strict=True)) == [("a", "x")]
+    # A score is no class: two scores of one pair are no conflict; the shared pair still counts.
+    scored = {
+        "train": Rows(["a", "a"], ["1.0", "4.5"], ["x", "x"]),
+        "val": Rows(["c"], ["2.0"], ["x"]),
+        "test": Rows(["d"], ["2.0"], ["x"]),
+    }
+    assert resolve_overlap("sim", scored, pair=True, categorical=False, mode="refuse") == scored

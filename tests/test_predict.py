@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,27 @@ def test_encode_cli_matches_each_sentence_encoded_alone(ckpt, tmp_path, predicto
     assert embeddings.shape == (len(TEXTS), 32)
     alone = np.concatenate([predictor.encode([text]) for text in TEXTS])
     np.testing.assert_allclose(embeddings, alone, atol=1e-5)
+
+
+def test_predict_and_encode_cut_sentences_where_training_did(ckpt, tmp_path, predictor):
+    # The conftest run trained with data.max_length=64 (data=tiny): a longer sentence read
+    # whole at prediction (up to the tiny encoder's 128 positions) would be another input.
+    assert predictor.max_length == 64
+    long = TEXTS[4]
+    assert len(predictor.tokenizer(long)["input_ids"]) > 128
+    source = tmp_path / "long.txt"
+    source.write_text(long + "\n")
+    cut = {"ckpt_path": str(ckpt), "input": str(source), "device": "cpu"}
+    for length, expected in ((None, 64), (100, 100)):
+        given = [] if length is None else [f"max_length={length}"]
+        output = tmp_path / f"e{length}.npy"
+        overrides = [f"{k}={v}" for k, v in cut.items()] + [f"output={output}", *given]
+        encode(compose_cfg("encode", *overrides))
+        again = Predictor.from_checkpoint(ckpt, device="cpu", max_length=expected)
+        np.testing.assert_allclose(np.load(output), again.encode([long]), atol=1e-6)
+    assert not np.allclose(np.load(tmp_path / "eNone.npy"), np.load(tmp_path / "e100.npy"))
+    row = predict(compose_cfg("predict", f"ckpt_path={ckpt}", f"text='{long}'", "device=cpu"))[0]
+    assert row == predictor.predict([long])[0]
 
 
 def test_encode_plain_encoder_from_csv(tiny_encoders, tmp_path):
@@ -277,3 +299,53 @@ def test_predict_says_when_it_replaces_an_output(ckpt, tmp_path, capsys):
     assert "replacing" not in capsys.readouterr().err
     predict(cfg)
     assert f"{output} (replacing the file that was there)." in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_fails_before_the_model_loads(ckpt, tmp_path, monkeypatch):
+    source = tmp_path / "sentences.txt"
+    source.write_text("ok\n")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(Predictor, "from_checkpoint", no_model)
+    output = blocker / "predictions.jsonl"
+    with pytest.raises(
+        ConfigError,
+        match=rf"^output={re.escape(str(output))} cannot be written: {re.escape(str(blocker))} "
+        r"is a file, not a folder; give a path in a folder\.$",
+    ):
+        predict(compose_cfg("predict", f"ckpt_path={ckpt}", f"input={source}", f"output={output}"))
+    embeddings = f"output={blocker / 'sub' / 'e.npy'}"
+    with pytest.raises(ConfigError, match=r"e\.npy cannot be written: .* is a file, not a folder"):
+        encode(compose_cfg("encode", f"ckpt_path={ckpt}", f"input={source}", embeddings))
+    if os.geteuid() != 0:  # root writes into read-only folders
+        readonly = tmp_path / "readonly"
+        readonly.mkdir(mode=0o555)
+        with pytest.raises(ConfigError, match=r"cannot be written \(Permission denied"):
+            predict(
+                compose_cfg(
+                    "predict", f"ckpt_path={ckpt}", f"input={source}",
+                    f"output={readonly / 'p.jsonl'}",
+                )
+            )  # fmt: skip
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_a_full_disk_is_one_sentence_and_keeps_the_old_output(ckpt, tmp_path):
+    source = tmp_path / "sentences.txt"
+    source.write_text("ok\n")
+    output = tmp_path / "predictions.jsonl"
+    output.write_text("old\n")
+    # predict writes beside the output first: there, every write fails as on a full disk.
+    (tmp_path / f".predictions.jsonl.{os.getpid()}.partial").symlink_to("/dev/full")
+    with pytest.raises(
+        ConfigError,
+        match=rf"^output={re.escape(str(output))} cannot be written \(No space left on device\): "
+        r"give a path in a folder you can write to, on a disk with free space\.$",
+    ):
+        predict(compose_cfg("predict", f"ckpt_path={ckpt}", f"input={source}", f"output={output}"))
+    assert output.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.jsonl", "sentences.txt"]

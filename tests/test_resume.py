@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import logging
+import shutil
 
 import pytest
 import torch
 from helpers import Recorder
+from transformers import AutoTokenizer
 
 from mtl_lightning.core.checkpoint import read_checkpoint
 from mtl_lightning.core.errors import ConfigError
@@ -153,3 +156,63 @@ def test_resume_after_a_head_froze_is_exact(make_cfg, tmp_path):
         assert torch.equal(mine["sentiment"]["idx"], theirs["sentiment"]["idx"])
     for name, value in straight.after.items():
         torch.testing.assert_close(resumed.after[name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_with_other_splits_is_refused(make_cfg, ckpt, tmp_path):
+    # `ckpt` (conftest): data=tiny at seed 42. Another seed or fraction carves other splits,
+    # whose test examples the checkpoint may have trained on.
+    with pytest.raises(
+        ConfigError,
+        match=r"last\.ckpt was trained on other data splits than this run's "
+        r"\(classification/train, classification/val, classification/test, sentiment/train, "
+        r"sentiment/val, sentiment/test differ; data\.seed=42 then, 7 now\), so its test "
+        r"examples may have been trained on: resume with the seed, .* model\.init_from=",
+    ):
+        train(make_cfg(f"ckpt_path={ckpt}", "seed=7"))
+    with pytest.raises(ConfigError, match=r"data\.test_fraction=0\.2 then, 0\.3 now\)"):
+        train(make_cfg(f"ckpt_path={ckpt}", "data.test_fraction=0.3"))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
+
+
+def test_a_checkpoint_without_recorded_splits_resumes_with_a_note(make_cfg, ckpt, tmp_path, caplog):
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert set(checkpoint["data"]["splits"]) == {"classification", "sentiment"}
+    del checkpoint["data"]  # as written before the splits were recorded
+    older = tmp_path / "older.ckpt"
+    torch.save(checkpoint, older)
+    with caplog.at_level(logging.INFO, logger="mtl_lightning.core.checkpoint"):
+        train(make_cfg(f"ckpt_path={older}", "seed=7", "trainer.max_epochs=1"))
+    assert "does not record its data splits (written by an older version)" in caplog.text
+
+
+def test_resume_with_another_tokenizer_encoder_or_pooling_is_refused(
+    make_cfg, ckpt, tiny_encoders, tmp_path
+):
+    # `ckpt` (conftest): the tiny BERT with the packaged uncased tokenizer, mean pooling.
+    cased = tmp_path / "cased"
+    shutil.copytree(tiny_encoders["bert"], cased)
+    AutoTokenizer.from_pretrained(cased, do_lower_case=False).save_pretrained(cased)
+    resume = f"ckpt_path={ckpt}"
+    with pytest.raises(
+        ConfigError,
+        match=rf"last\.ckpt was trained with another tokenizer than this run's "
+        rf"data\.tokenizer={cased}: it reads 'What does NASA stand for\? .*' as 'what does nasa "
+        r"stand for \? cafe , \.\.\.', this run as '\[UNK\] does \[UNK\] stand for \? \[UNK\] , "
+        r"\.\.\.'; set model\.encoder\.name_or_path and data\.tokenizer to ",
+    ):
+        train(make_cfg(resume, f"model.encoder.name_or_path={cased}"))
+    with pytest.raises(
+        ConfigError,
+        match=r"last\.ckpt holds a bert encoder that does not fit model\.encoder\.name_or_path="
+        r".*\(distilbert; e\.g\. encoder\.model\..* differs\): set model\.encoder\.name_or_path=",
+    ):
+        train(make_cfg(resume, encoder="distilbert"))
+    with pytest.raises(
+        ConfigError,
+        match=r"last\.ckpt was trained with model\.encoder\.pooling=mean and "
+        r"model\.encoder\.normalize=false, and its heads read embeddings made that way, but this "
+        r"run has model\.encoder\.pooling=cls and model\.encoder\.normalize=true: set "
+        r"model\.encoder\.pooling=mean and model\.encoder\.normalize=false\.$",
+    ):
+        train(make_cfg(resume, "model.encoder.pooling=cls", "model.encoder.normalize=true"))
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training

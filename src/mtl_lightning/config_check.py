@@ -60,7 +60,8 @@ INFERENCE_RULES: dict[str, Rule] = {
     "output": Rule(str, example="out.jsonl", nullable=True),
     "device": Rule(str, example="auto"),
     "batch_size": int_at_least(64),
-    "max_length": int_at_least(256),  # 0 would turn truncation off
+    # 0 would turn truncation off; null: the checkpoint's training length
+    "max_length": int_at_least(256, nullable=True),
 }
 ENCODE_RULES: dict[str, Rule] = {
     **INFERENCE_RULES,

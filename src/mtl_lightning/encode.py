@@ -14,7 +14,13 @@ from omegaconf import DictConfig
 
 from mtl_lightning.config_check import check_encode_config
 from mtl_lightning.core.errors import ConfigError, one_line_errors
-from mtl_lightning.model.inference import Predictor, check_output, read_texts, write_embeddings
+from mtl_lightning.model.inference import (
+    DEFAULT_MAX_LENGTH,
+    Predictor,
+    check_output,
+    read_texts,
+    write_embeddings,
+)
 
 # How the encoder's errors name training's keys, and this command's keys for the same thing.
 TRAIN_KEYS = {
@@ -62,6 +68,8 @@ def encode(cfg: DictConfig) -> np.ndarray:
     output = check_output(cfg.output, (".npy", ".parquet"), cfg.input)
     settings = {"device": cfg.device, "batch_size": cfg.batch_size, "max_length": cfg.max_length}
     if plain:
+        if cfg.max_length is None:  # no training length to follow
+            settings["max_length"] = DEFAULT_MAX_LENGTH
         try:
             predictor = Predictor.from_encoder(
                 cfg.encoder, pooling=cfg.pooling, normalize=cfg.normalize, **settings

@@ -27,6 +27,7 @@ from mtl_lightning.callbacks.sigterm import SigtermCheckpoint
 from mtl_lightning.config_check import check_frozen_layers, check_train_config
 from mtl_lightning.core.checkpoint import (
     check_resumable,
+    check_resume_splits,
     check_resume_tasks,
     read_checkpoint,
     remove_stale_temporaries,
@@ -35,6 +36,7 @@ from mtl_lightning.core.console import quiet_loggers, quiet_third_party
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.summary import PrimaryHistory, write_summary
 from mtl_lightning.data.datamodule import MultiTaskDataModule
+from mtl_lightning.model.encoder_match import check_same_encoder
 from mtl_lightning.model.module import MultiTaskModule, rename_weighting_keys
 from mtl_lightning.scenarios.base import Scenario, logged
 from mtl_lightning.scenarios.build import build_scenario
@@ -49,11 +51,15 @@ warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode a
 quiet_third_party()
 
 
-def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> list[str]:
+def load_init_weights(
+    module: MultiTaskModule, ckpt_path: str, datamodule: MultiTaskDataModule | None = None
+) -> list[str]:
     """Start from the weights of an earlier run (`model.init_from`): encoder and heads.
 
     A task the checkpoint has no head for gets a fresh head (continual learning: stage 2 adds
-    task B to a model trained on task A alone); its names are returned and logged.
+    task B to a model trained on task A alone); its names are returned and logged. The
+    checkpoint's encoder must read sentences as this run's does: the same weight shapes,
+    pooling and normalisation, and (given `datamodule`) the tokenizer of its data.
     """
     path = Path(ckpt_path).expanduser()
     checkpoint = read_checkpoint(path, "model.init_from")
@@ -66,6 +72,8 @@ def load_init_weights(module: MultiTaskModule, ckpt_path: str) -> list[str]:
                 f"the data has {len(labels)} {list(labels)}: use a checkpoint trained on this "
                 "task's labels."
             )
+    if datamodule is not None:
+        check_same_encoder(checkpoint, module, datamodule, "model.init_from", ckpt_path)
     state = checkpoint["state_dict"]
     new_tasks = [t for t in module.tasks if not any(k.startswith(f"heads.{t}.") for k in state)]
     fresh = tuple(f"{p}.{t}" for t in new_tasks for p in ("heads", "weighting.log_vars"))
@@ -234,12 +242,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resume is not None:
         check_resumable(resume, "ckpt_path", ckpt_path)
         check_resume_tasks(resume, datamodule.label_names, "ckpt_path", ckpt_path)
+        check_resume_splits(resume, datamodule.record(), "ckpt_path", ckpt_path)
     module = build_module(
         cfg.model, datamodule.label_names, datamodule.task_specs, cfg.get("weighting")
     )
     module.weighting.check_sampling(datamodule.sampling)
     check_frozen_layers(scenario.keep_frozen_layers, len(module.encoder_groups()) - 1)
-    new_heads = load_init_weights(module, init_from) if init_from else []
+    if resume is not None:
+        check_same_encoder(resume, module, datamodule, "ckpt_path", ckpt_path)
+    new_heads = load_init_weights(module, init_from, datamodule) if init_from else []
     scenario.check_tasks(list(datamodule.label_names), new_heads)
     schedule = FreezingSchedule(scenario)
     callbacks = [schedule, Forgetting(scenario), PrimaryHistory()]

@@ -9,6 +9,7 @@ hold nothing else (the RNG callback stores NumPy's state as lists for that reaso
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import pickle
 import re
@@ -23,6 +24,7 @@ from typing_extensions import override
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import check_file_name, check_task_names
 
+log = logging.getLogger(__name__)
 HINT = "give a .ckpt written by mtl_lightning.train, such as <run>/checkpoints/last.ckpt"
 
 
@@ -153,6 +155,45 @@ def check_resume_tasks(
                 f"{list(labels)} (class ids would not match): resume with the same "
                 f"data.tasks.{task}.label_names, in the same order."
             )
+
+
+def check_resume_splits(
+    checkpoint: Mapping[str, Any], record: Mapping[str, Any], key: str, path: str
+) -> None:
+    """A resumed run trains, validates and tests on the examples it started with: splits
+    carved with another seed or fraction, or from other files, would test it on examples it
+    had trained on. `record` is this run's data (`MultiTaskDataModule.record`); a checkpoint
+    that records no splits (written before they were) is resumed with a note."""
+    saved = checkpoint.get("data")
+    saved_splits = saved.get("splits") if isinstance(saved, Mapping) else None
+    if not isinstance(saved_splits, Mapping):
+        log.info(
+            "%s=%s does not record its data splits (written by an older version): resuming "
+            "without checking that they are this run's.",
+            key,
+            path,
+        )
+        return
+    changed = [
+        f"{task}/{split}"
+        for task, splits in record["splits"].items()
+        for split, fingerprint in splits.items()
+        if (saved_splits.get(task) or {}).get(split) != fingerprint
+    ]
+    if not changed:
+        return
+    then = saved.get("settings") if isinstance(saved.get("settings"), Mapping) else {}
+    settings = ", ".join(
+        f"data.{name}={then[name]} then, {value} now"
+        for name, value in record["settings"].items()
+        if name in then and then[name] != value
+    )
+    raise ConfigError(
+        f"{key}={path} was trained on other data splits than this run's ({', '.join(changed)} "
+        f"differ{'; ' + settings if settings else ''}), so its test examples may have been "
+        "trained on: resume with the seed, data settings and files it was trained with, or "
+        f"start a new run from its weights with model.init_from={path}."
+    )
 
 
 def _alive(pid: int) -> bool:

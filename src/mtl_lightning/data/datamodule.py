@@ -11,11 +11,15 @@ N and M count only the tasks that train in the epoch: a task whose head is froze
 (`only_head_frozen`) is out of the loss, and out of the train loader too.
 Validation and test keep tasks apart: one DataLoader per task, each batch naming its task.
 Token ids are cached under `<data_dir>/.token_cache/` (`data.token_cache`, see `token_cache`).
+Examples that two splits share, and texts given two labels, are reported, dropped or refused
+once the splits are built, whatever the source (`data.overlap`, see `overlap`).
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 import logging
 import random
 from collections import defaultdict
@@ -34,6 +38,7 @@ from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import check_task_names
 from mtl_lightning.core.resolve import load_tokenizer
 from mtl_lightning.core.rules import Rule, check_values, int_at_least
+from mtl_lightning.data.overlap import OVERLAP_MODES, resolve_overlap
 from mtl_lightning.data.sampling.modes import SamplingMode, sampling_mode
 from mtl_lightning.data.sampling.sampler import (
     EpochSeed,
@@ -71,6 +76,7 @@ DATA_RULES: dict[str, Rule] = {
     "num_workers": int_at_least(2, least=0),
     "bucket_pool": Rule(int, "at least 1", lambda v: v >= 1, fix=lambda v: "1 is random batching"),
     "max_train_examples": int_at_least(1000, least=2, nullable=True),
+    "overlap": Rule(str, f"one of {', '.join(OVERLAP_MODES)}", OVERLAP_MODES.__contains__, "warn"),
 }
 
 
@@ -110,6 +116,15 @@ class TaskDataset(Dataset):
         if self.pair_ids is None:
             return [len(ids) for ids in self.input_ids]
         return [len(a) + len(b) for a, b in zip(self.input_ids, self.pair_ids, strict=True)]
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Which examples the split holds, in order: their count and a SHA-256 of each one's
+        texts and label, so that two splits compare without their texts."""
+        digest = hashlib.sha256()
+        pairs = self.text_pairs or [None] * len(self)
+        for text, pair, label in zip(self.texts, pairs, self.labels, strict=True):
+            digest.update(json.dumps([text, pair, label]).encode("utf-8") + b"\n")
+        return {"examples": len(self), "sha256": digest.hexdigest()}
 
 
 class ConcatTaskDataset(Dataset):
@@ -182,12 +197,14 @@ class MultiTaskDataModule(LightningDataModule):
         bucket_pool: int = 50,
         max_train_examples: int | None = None,
         only_tasks: str | Sequence[str] | None = None,
+        overlap: str = "warn",
     ) -> None:
         """`bucket_pool`: training batches per length-sorted pool (1: random batching).
         `max_train_examples`: keep a fixed, seeded, stratified subsample of at most this many
         training examples per task (quick experiments, benchmarks); null keeps them all.
         `only_tasks`: the task (or list of tasks) of `tasks` to keep, e.g. for a single-task
-        baseline; null keeps them all."""
+        baseline; null keeps them all. `overlap`: what happens to examples that two splits
+        share and to texts given two labels, `warn`, `drop` or `refuse` (`data.overlap`)."""
         super().__init__()
         # A task set to null (`data.tasks.<task>: null`, e.g. in a config that extends another)
         # is left out.
@@ -222,6 +239,7 @@ class MultiTaskDataModule(LightningDataModule):
                 "num_workers": num_workers,
                 "bucket_pool": bucket_pool,
                 "max_train_examples": max_train_examples,
+                "overlap": overlap,
             },
             DATA_RULES,
         )
@@ -241,9 +259,11 @@ class MultiTaskDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.bucket_pool = bucket_pool
         self.max_train_examples = max_train_examples
+        self.overlap = overlap
         self.label_names: dict[str, list[str]] = {}
         self.task_types: dict[str, TaskType] = {}
         self.datasets: dict[str, dict[str, TaskDataset]] = {}
+        self.splits: dict[str, dict[str, dict[str, Any]]] = {}  # task -> split -> fingerprint
         self.pad_id = 0
         self.start_epoch = 0
         self.skip_steps = 0
@@ -269,6 +289,7 @@ class MultiTaskDataModule(LightningDataModule):
                 f"data.max_length={self.max_length} is above the {limit} tokens that "
                 f"{self.tokenizer_name} accepts: set data.max_length to at most {limit}."
             )
+        self.tokenizer = tokenizer  # what a checkpoint to resume or start from is checked against
         self.pad_id = tokenizer.pad_token_id or 0
         cache = TokenCache(
             tokenizer, self.max_length, self.data_dir / ".token_cache" if self.token_cache else None
@@ -281,6 +302,27 @@ class MultiTaskDataModule(LightningDataModule):
             labels = task_type.labels
             classes = f"{len(labels)} classes {labels}" if labels else "scores"
             log.info("Task %s (%s) %s; %s examples.", task, task_type.name, classes, sizes)
+        self.splits = {
+            task: {split: dataset.fingerprint() for split, dataset in splits.items()}
+            for task, splits in self.datasets.items()
+        }
+
+    def record(self) -> dict[str, Any]:
+        """What the data was, kept in checkpoints (`MultiTaskModule.on_save_checkpoint`): the
+        length sentences were cut to (predict and encode cut there too), the settings that
+        choose the splits, and each split's fingerprint (a resume must train and test on the
+        same examples: `mtl_lightning.core.checkpoint.check_resume_splits`)."""
+        return {
+            "max_length": self.max_length,
+            "settings": {
+                "seed": self.seed,
+                "val_fraction": self.val_fraction,
+                "test_fraction": self.test_fraction,
+                "max_train_examples": self.max_train_examples,
+                "overlap": self.overlap,
+            },
+            "splits": self.splits,
+        }
 
     def _load_task(self, task: str, source: Source, cache: TokenCache) -> TaskType:
         """Read, split and tokenize one task into `self.datasets[task]`; return its type."""
@@ -299,6 +341,7 @@ class MultiTaskDataModule(LightningDataModule):
         examples["train"] = subsample(
             examples["train"], self.max_train_examples, self.seed, stratify=kind.categorical
         )
+        examples = resolve_overlap(task, examples, pair, kind.categorical, self.overlap)
         task_type = kind.from_data(
             task,
             examples["train"].labels,

@@ -34,8 +34,9 @@ from torch import nn
 from mtl_lightning.core import st_folder
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.summary import read_summary
+from mtl_lightning.core.writing import staged_folder
 from mtl_lightning.model.encoder import PACKAGED_MINILM, layer_groups
-from mtl_lightning.model.inference import Predictor
+from mtl_lightning.model.inference import Predictor, trained_length
 from mtl_lightning.model.module import MultiTaskModule, load_module
 from mtl_lightning.scenarios.base import Scenario
 from mtl_lightning.scenarios.build import build_scenario
@@ -300,22 +301,36 @@ def model_card(
 
 
 def export_checkpoint(
-    ckpt_path: str | Path, output: str | Path, max_length: int = 256, overwrite: bool = False
+    ckpt_path: str | Path,
+    output: str | Path,
+    max_length: int | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write the export folder of a checkpoint (see the module docstring); return its path."""
+    """Write the export folder of a checkpoint (see the module docstring); return its path.
+    `max_length` None: the `data.max_length` it was trained with, as `encode`'s default."""
     ckpt_path = Path(ckpt_path).expanduser()
-    module = load_module(ckpt_path, "ckpt_path")  # weights-only; a bad file is one sentence
     output = Path(output).expanduser()
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
         raise ConfigError(
             f"output={output} exists and is not an empty folder: give a new folder, or "
             "overwrite=true to write into it."
         )
+    # Written beside the target and moved into place once whole: a full disk or a kill leaves
+    # no half-written folder; a folder that cannot be written fails before the model loads.
+    with staged_folder(output, "output") as staging:
+        _write_export(ckpt_path, staging, max_length)
+    return output
+
+
+def _write_export(ckpt_path: Path, output: Path, max_length: int | None) -> None:
+    """The export folder's files, written into `output` (a new, empty folder)."""
+    module = load_module(ckpt_path, "ckpt_path")  # weights-only; a bad file is one sentence
     tokenizer = module.tokenizer()
     # The truncation `encode` applies (max_length, capped by positions and the tokenizer) is
     # the folder's max_seq_length: both then cut a long sentence at the same token.
+    if max_length is None:
+        max_length = trained_length(module)
     predictor = Predictor(module.encoder, tokenizer, device="cpu", max_length=max_length)
-    output.mkdir(parents=True, exist_ok=True)
     started = time.time_ns() - 1_000_000_000  # file times may trail the clock by a tick
     module.encoder.model.save_pretrained(output)
     tokenizer.save_pretrained(output)
@@ -337,7 +352,6 @@ def export_checkpoint(
     card = model_card(module, ckpt_path, read_run(ckpt_path), predictor.max_length, heads)
     (output / "README.md").write_text(card, encoding="utf-8")
     readable_as_umask_allows(output, started)
-    return output
 
 
 def readable_as_umask_allows(folder: Path, since_ns: int) -> None:

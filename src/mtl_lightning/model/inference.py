@@ -25,9 +25,10 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.writing import cannot_write, check_writable
 from mtl_lightning.data.sources.files import READERS, decode_utf8
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, load_tokenizer
-from mtl_lightning.model.module import load_module
+from mtl_lightning.model.module import MultiTaskModule, load_module
 from mtl_lightning.tasks import TaskType, build_task_type
 from mtl_lightning.tasks.collate import pad
 
@@ -49,6 +50,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+# Tokens per sentence where neither the command nor the checkpoint says (a plain encoder, a
+# checkpoint written before training's length was recorded); the encoder's positions cap it.
+DEFAULT_MAX_LENGTH = 256
+
+
+def trained_length(module: MultiTaskModule) -> int:
+    """The length a checkpoint's sentences were cut to in training, else `DEFAULT_MAX_LENGTH`."""
+    return module.trained_max_length or DEFAULT_MAX_LENGTH
+
+
 class Predictor:
     """An encoder, its tokenizer and (from a checkpoint) one head per task, ready for inference."""
 
@@ -60,7 +71,7 @@ class Predictor:
         tasks: dict[str, list[str]] | None = None,
         device: str = "auto",
         batch_size: int = 64,
-        max_length: int = 256,
+        max_length: int = DEFAULT_MAX_LENGTH,
         task_types: Mapping[str, TaskType] | None = None,
     ) -> None:
         """`task_types`: each task's type (default: classification with the labels of
@@ -84,9 +95,15 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, device: str = "auto", batch_size: int = 64, max_length: int = 256
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        batch_size: int = 64,
+        max_length: int | None = None,
     ) -> Predictor:
-        """Load a training checkpoint; it carries the encoder config, heads, labels, tokenizer."""
+        """Load a training checkpoint; it carries the encoder config, heads, labels, tokenizer.
+        `max_length` None: the `data.max_length` it was trained with (checkpoints that do not
+        record it: 256)."""
         path = Path(path).expanduser()
         module = load_module(path, "ckpt_path")  # weights-only; a bad file is one sentence
         tokenizer = module.tokenizer()  # from the checkpoint just loaded, not read again
@@ -97,7 +114,7 @@ class Predictor:
             module.tasks,
             device,
             batch_size,
-            max_length,
+            trained_length(module) if max_length is None else max_length,
             module.task_types,
         )
 
@@ -109,7 +126,7 @@ class Predictor:
         normalize: bool | None = None,
         device: str = "auto",
         batch_size: int = 64,
-        max_length: int = 256,
+        max_length: int = DEFAULT_MAX_LENGTH,
     ) -> Predictor:
         """A plain pretrained encoder without heads: `encode` only. Pooling and normalisation
         left None are a sentence-transformers folder's, else mean and none (see `Encoder`)."""
@@ -254,18 +271,22 @@ def check_output(path: str | Path, suffixes: tuple[str, ...], input_path: str | 
             f"output={path} needs pyarrow, which is not installed: write "
             f"output={path.with_suffix('.npy')} instead, or `pip install pyarrow`."
         )
+    check_writable(path, "output")  # a read-only folder fails now, not after the model ran
     return path
 
 
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
     """A new file beside `path`, moved onto it once written: a write that fails leaves any old
-    file whole and no half-written one under the name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    file whole and no half-written one under the name; an `OSError` (a full disk) is one
+    sentence naming `output`."""
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield partial
         os.replace(partial, path)
+    except OSError as error:
+        raise cannot_write("output", path, error) from None
     finally:
         partial.unlink(missing_ok=True)
 

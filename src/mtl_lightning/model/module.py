@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from mtl_lightning.core.checkpoint import check_settings, read_checkpoint
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import check_task_names, inside
-from mtl_lightning.core.rules import Rule, check_values
+from mtl_lightning.core.rules import Rule, check_values, is_int
 from mtl_lightning.model.embedding_cache import FrozenCache
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
 from mtl_lightning.model.lr_schedule import staggered_warmup_schedule
@@ -449,10 +449,16 @@ class MultiTaskModule(LightningModule):
                 files = [path for path in Path(folder).iterdir() if path.is_file()]
                 self._tokenizer_files = {path.name: path.read_bytes() for path in files}
         checkpoint["tokenizer_files"] = self._tokenizer_files
+        # What the data was (`MultiTaskDataModule.record`): a resume checks that it trains and
+        # tests on the same splits, and predict and encode cut sentences where training did.
+        record = getattr(getattr(self._trainer, "datamodule", None), "record", None)
+        if record is not None:
+            checkpoint["data"] = record()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Keep the tokenizer of a loaded checkpoint, so re-saving needs no `name_or_path` either.
         self._tokenizer_files = checkpoint.get("tokenizer_files")
+        self.data_record = checkpoint.get("data")
         rename_weighting_keys(checkpoint["state_dict"])
         # Loaded to predict or export (no weighting given, so static), or resumed under another
         # method: the checkpoint's weighting state that this weighting has no place for is
@@ -463,15 +469,28 @@ class MultiTaskModule(LightningModule):
                 if key not in mine:
                     del checkpoint["state_dict"][key]
 
+    @property
+    def trained_max_length(self) -> int | None:
+        """The `data.max_length` a loaded checkpoint was trained with (None: not recorded)."""
+        record = getattr(self, "data_record", None)
+        length = record.get("max_length") if isinstance(record, Mapping) else None
+        return length if is_int(length) and length >= 1 else None
+
     def tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer loaded with the checkpoint; checkpoints without one use `name_or_path`."""
         files = getattr(self, "_tokenizer_files", None)
         if files is None:
             return load_tokenizer((self.hparams.encoder or {}).get("name_or_path", PACKAGED_MINILM))
-        with tempfile.TemporaryDirectory() as folder:
-            for name, content in files.items():
-                inside(folder, name).write_bytes(content)
-            return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        return tokenizer_from_files(files)
+
+
+def tokenizer_from_files(files: Mapping[str, bytes]) -> PreTrainedTokenizerBase:
+    """The tokenizer whose files a checkpoint stores (`tokenizer_files`, names checked by
+    `read_checkpoint`)."""
+    with tempfile.TemporaryDirectory() as folder:
+        for name, content in files.items():
+            inside(folder, name).write_bytes(content)
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
 
 
 def weighting_by_name(
