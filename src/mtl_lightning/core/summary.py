@@ -11,6 +11,8 @@ import lightning as L
 from lightning import Callback
 from lightning.pytorch.callbacks import Timer
 
+from mtl_lightning.core.provenance import project_commit
+
 SUMMARY_FILE = "summary.json"
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,10 @@ def write_summary(
         # Examples per task and split (after data.max_train_examples): the report's size axis
         # and the exported model card.
         "examples": _examples(trainer),
+        # The splits each task's source gave; the others were carved out of its train split.
+        "given_splits": getattr(getattr(trainer, "datamodule", None), "given_splits", None),
+        # The project's git commit the run's code came from (null outside a git checkout).
+        "commit": project_commit(),
         # The epoch the best checkpoint is of, each task's own best validation epoch, and a note
         # when they differ by more than one epoch (`best_epochs`).
         "best_epochs": epochs,

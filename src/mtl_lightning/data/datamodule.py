@@ -264,6 +264,8 @@ class MultiTaskDataModule(LightningDataModule):
         self.task_types: dict[str, TaskType] = {}
         self.datasets: dict[str, dict[str, TaskDataset]] = {}
         self.splits: dict[str, dict[str, dict[str, Any]]] = {}  # task -> split -> fingerprint
+        # Each task's splits as its source gave them (the others are carved out of train).
+        self.given_splits: dict[str, list[str]] = {}
         self.pad_id = 0
         self.start_epoch = 0
         self.skip_steps = 0
@@ -328,6 +330,7 @@ class MultiTaskDataModule(LightningDataModule):
         """Read, split and tokenize one task into `self.datasets[task]`; return its type."""
         kind = task_type_class(task, getattr(source, "type", None))
         rows = {split: Rows.of(value) for split, value in source.load(self.data_dir).items()}
+        self.given_splits[task] = [split for split in SPLITS if split in rows]
         pair = len(kind.columns) == 2
         if pair and any(r.text_pairs is None for r in rows.values()):
             raise ConfigError(

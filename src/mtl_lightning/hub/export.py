@@ -4,12 +4,14 @@
   does with the checkpoint (same pooling, normalisation and truncation);
 - a plain Hugging Face model at its root: `AutoModel.from_pretrained(DIR)`, `AutoTokenizer` too;
 - the task heads: `heads.safetensors` and `heads.json` (tasks, types, label names, shapes);
-- a model card, `README.md`: base encoder, tasks and data sizes, freezing scenario and its
-  schedule, test metrics and forgetting, library versions, the training command.
+- a model card, `README.md`: Hub metadata (base model, license, language, datasets,
+  model-index), base encoder, tasks, their data and losses, hyperparameters, freezing scenario
+  and schedule, test metrics and the epochs, usage of every head, limitations, versions, commit,
+  the training command, citations (docs/export.md).
 
-python -m mtl_lightning.export ckpt_path=<run>/checkpoints/last.ckpt output=exported/
-python -m mtl_lightning.export ckpt_path=<run>/checkpoints/last.ckpt output=exported/ \
-    push_to_hub=<user>/<repo>
+python -m mtl_lightning.export ckpt_path=<run>/checkpoints/best-epochNN.ckpt output=exported/
+python -m mtl_lightning.export ckpt_path=<run>/checkpoints/best-epochNN.ckpt output=exported/ \
+    push_to_hub=<user>/<repo> license=apache-2.0
 
 sentence-transformers is not needed to export: its files are written directly (the format of
 `mtl_lightning.core.st_folder`).
@@ -25,17 +27,21 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from hydra.utils import get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mtl_lightning.core import st_folder
 from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.provenance import project_commit
 from mtl_lightning.core.summary import read_summary
 from mtl_lightning.core.writing import staged_folder
-from mtl_lightning.model.encoder import PACKAGED_MINILM, layer_groups
+from mtl_lightning.model.encoder import PACKAGED_MINILM, layer_groups, packaged_minilm_path
 from mtl_lightning.model.inference import Predictor, trained_length
 from mtl_lightning.model.module import MultiTaskModule, load_module
 from mtl_lightning.scenarios.base import Scenario
@@ -52,6 +58,8 @@ VERSIONED = (
     "lightning",
     "sentence-transformers",
     "safetensors",
+    "tokenizers",
+    "datasets",
 )
 
 
@@ -128,9 +136,11 @@ def load_heads(folder: str | Path) -> tuple[nn.ModuleDict, dict[str, list[str]]]
 
 def read_run(ckpt_path: Path) -> dict:
     """What the run folder of `<run>/checkpoints/<name>.ckpt` recorded: its config (Hydra's copy,
-    else the CSV logger's `hparams.yaml`), the command-line overrides, and `summary.json`."""
+    else the CSV logger's `hparams.yaml`), the command-line overrides, and `summary.json`; and
+    the checkpoint's own epoch and step."""
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else None
     record = {"dir": run_dir, "config": None, "overrides": None, "summary": {}}
+    record["checkpoint"] = _checkpoint_position(ckpt_path)
     if run_dir is None:
         return record
     for config_file in (run_dir / ".hydra" / "config.yaml", run_dir / "hparams.yaml"):
@@ -157,9 +167,14 @@ def _scenario(config: dict) -> Scenario | None:
         return None
 
 
-def _value(value) -> str:
-    """A setting as one writes it on the command line (`true`, not Python's `True`)."""
-    return value if isinstance(value, str) else json.dumps(value)
+def _checkpoint_position(ckpt_path: Path) -> dict:
+    """The checkpoint's `epoch` and `global_step` (None where unreadable), memory-mapped: the
+    weights are not read again."""
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # export has read it already; a file it cannot map just says less
+        return {"epoch": None, "global_step": None}
+    return {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
 
 
 def _epochs(config: dict) -> int:
@@ -167,37 +182,312 @@ def _epochs(config: dict) -> int:
     return epochs if isinstance(epochs, int) and 0 < epochs <= 50 else 3
 
 
-def _metric(metrics: dict, key: str) -> str:
-    value = metrics.get(key)
-    return "-" if value is None else f"{value:.4f}"
+# The run's settings listed as the card's training hyperparameters (each where the run set it).
+HYPERPARAMETERS = (
+    "data.max_length",
+    "data.batch_size",
+    "data.sampling",
+    "data.temperature",
+    "data.max_train_examples",
+    "data.val_fraction",
+    "data.test_fraction",
+    "model.lr",
+    "model.head_lr",
+    "model.layerwise_lr_decay",
+    "model.weight_decay",
+    "model.warmup_ratio",
+    "model.head_dropout",
+    "model.init_from",
+    "trainer.max_epochs",
+    "trainer.precision",
+    "trainer.accumulate_grad_batches",
+    "trainer.gradient_clip_val",
+    "seed",
+    "optimized_metric",
+)
+# Shown only when set: their absence is the usual case and says nothing.
+OPTIONAL_HYPERPARAMETERS = (
+    "model.init_from",
+    "trainer.accumulate_grad_batches",
+    "trainer.gradient_clip_val",
+)
+SOURCES_PACKAGE = "mtl_lightning.data.sources."
+SBERT_CITATION = """@inproceedings{reimers-2019-sentence-bert,
+    title = "Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks",
+    author = "Reimers, Nils and Gurevych, Iryna",
+    booktitle = "Proceedings of the 2019 Conference on Empirical Methods in Natural Language Processing",
+    month = "11",
+    year = "2019",
+    publisher = "Association for Computational Linguistics",
+    url = "https://arxiv.org/abs/1908.10084",
+}"""  # noqa: E501 (as sentence-transformers' cards print it)
+MINILM_CITATION = """@inproceedings{wang-2020-minilm,
+    title = "MiniLM: Deep Self-Attention Distillation for Task-Agnostic Compression of Pre-Trained Transformers",
+    author = "Wang, Wenhui and Wei, Furu and Dong, Li and Bao, Hangbo and Yang, Nan and Zhou, Ming",
+    booktitle = "Advances in Neural Information Processing Systems",
+    volume = "33",
+    pages = "5776--5788",
+    year = "2020",
+    url = "https://arxiv.org/abs/2002.10957",
+}"""  # noqa: E501
+COSENT_CITATION = """@article{10531646,
+    author={Huang, Xiang and Peng, Hao and Zou, Dongcheng and Liu, Zhiwei and Li, Jianxin and Liu, Kay and Wu, Jia and Su, Jianlin and Yu, Philip S.},
+    journal={IEEE/ACM Transactions on Audio, Speech, and Language Processing},
+    title={CoSENT: Consistent Sentence Embedding via Similarity Ranking},
+    year={2024},
+    doi={10.1109/TASLP.2024.3402087}
+}"""  # noqa: E501 (sentence-transformers' CoSENTLoss.citation)
+_MISSING = object()
+
+
+def _plain(value: Any) -> str:
+    """A setting as the command line writes it (`true`, `null`, `0.0001`, JSON for containers),
+    never Python's repr (`True`, `None`)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: a `|` inside it would end the cell."""
+    return text.replace("|", "\\|")
+
+
+def _setting(config: DictConfig, key: str) -> Any:
+    """`key` of the run's config, interpolations resolved where they can be (`${hydra:...}`
+    cannot be outside the run); `_MISSING` when the config lacks it."""
+    try:
+        value = OmegaConf.select(config, key, default=_MISSING, throw_on_resolution_failure=False)
+    except Exception:  # an interpolation into a key that is gone
+        return _MISSING
+    if isinstance(value, DictConfig | ListConfig):
+        try:
+            return OmegaConf.to_container(value, resolve=True)
+        except Exception:
+            return OmegaConf.to_container(value, resolve=False)
+    return value
+
+
+def hub_model_id(name_or_path: str) -> str | None:
+    """`name_or_path` when it is known to be a Hugging Face Hub model id, else None (a local
+    folder, here or where the run trained, or a name that is not in the local Hub cache, such
+    as a folder given relative to a directory that is gone)."""
+    if name_or_path == PACKAGED_MINILM:
+        return name_or_path
+    looks_local = name_or_path.startswith((".", "/", "~", "\\")) or name_or_path.count("/") > 1
+    if looks_local or Path(name_or_path).expanduser().exists():
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+    except Exception:  # not a valid repo id
+        return None
+    return name_or_path if isinstance(cached, str) else None
+
+
+def _front_matter(readme: Path) -> dict:
+    """The YAML front matter of a model card (empty when it has none or is unreadable)."""
+    try:
+        text = readme.read_text(encoding="utf-8")
+        if not text.startswith("---"):
+            return {}
+        meta = yaml.safe_load(text.split("---", 2)[1])
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _base_folder(base: str) -> Path | None:
+    if base == PACKAGED_MINILM:
+        return packaged_minilm_path()
+    path = Path(base).expanduser()
+    return path if path.is_dir() else None
+
+
+def _sources(config: DictConfig, tasks: list[str]) -> dict[str, Any]:
+    """Each task's data source rebuilt from the run's `data.tasks.<task>`, to ask where its
+    examples come from; None where that cannot be done. Only this project's sources are built
+    (their constructors store their arguments and read nothing): a run folder's config is not
+    a reason to import or call anything else."""
+    sources: dict[str, Any] = {}
+    for task in tasks:
+        node = _setting(config, f"data.tasks.{task}")
+        sources[task] = None
+        target = node.get("_target_") if isinstance(node, dict) else None
+        if not isinstance(target, str) or not target.startswith(SOURCES_PACKAGE):
+            continue
+        try:
+            builder = get_object(target)
+            if getattr(builder, "__module__", "").startswith(SOURCES_PACKAGE):
+                sources[task] = builder(**{k: v for k, v in node.items() if k[0] != "_"})
+        except Exception:  # a source renamed or changed since the run: the card says less
+            continue
+    return sources
+
+
+def _source_text(config: DictConfig, task: str, source: Any) -> str:
+    origin = getattr(source, "origin", None)
+    if origin:
+        return origin
+    target = _setting(config, f"data.tasks.{task}._target_")
+    return f"`{target}`" if isinstance(target, str) else "not recorded"
+
+
+def _exported_and_tested(run: dict, config: DictConfig) -> tuple[int | None, int | None]:
+    """The exported checkpoint's epoch, and the epoch of the checkpoint the run tested (the best
+    by `val/primary_mean`, summary.json's `best_epochs.chosen`; None when not recorded, or when
+    the run chose its best checkpoint otherwise, whose epoch the summary does not hold)."""
+    exported = (run.get("checkpoint") or {}).get("epoch")
+    monitor = _setting(config, "optimized_metric")
+    chosen = (run["summary"].get("best_epochs") or {}).get("chosen")
+    mode = _setting(config, "callbacks.model_checkpoint.mode")
+    if monitor not in (_MISSING, "val/primary_mean") or mode not in (_MISSING, "max"):
+        chosen = None
+    return exported, chosen
+
+
+def _model_index(
+    name: str, module: MultiTaskModule, metrics: dict, datasets: dict[str, str | None]
+) -> list[dict]:
+    """The Hub's `model-index`: per task, its test metrics (the types' Hub names)."""
+    results = []
+    for task, kind in module.task_types.items():
+        values = [
+            {"type": hub_type, "value": metrics[f"test/{task}/{key}"], "name": shown}
+            for key, (hub_type, shown) in kind.card_metrics.items()
+            if metrics.get(f"test/{task}/{key}") is not None
+        ]
+        if values:
+            task_name = kind.hub_task.replace("-", " ").title()
+            dataset = {"name": task, "type": datasets.get(task) or task, "split": "test"}
+            results.append(
+                {
+                    "task": {"type": kind.hub_task, "name": task_name},
+                    "dataset": dataset,
+                    "metrics": values,
+                }
+            )
+    return [{"name": name, "results": results}] if results else []
+
+
+def _usage(module: MultiTaskModule) -> list[str]:
+    """A runnable example: the embeddings, then every head in NumPy, each as its type says."""
+    kinds = module.task_types
+    lines = [
+        "```python",
+        "import numpy as np",
+        "from safetensors.numpy import load_file",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        'model = SentenceTransformer("<this folder>")',
+        f'heads = load_file("<this folder>/{HEADS_WEIGHTS}")  # label names: {HEADS_CONFIG}',
+    ]
+    if any(not kind.pair for kind in kinds.values()):
+        lines.append('embeddings = model.encode(["Who wrote Hamlet?"])')
+    if any(kind.pair for kind in kinds.values()):
+        lines += [
+            "# A pair task's two sentences, each encoded alone:",
+            'u = model.encode(["A man is playing a guitar."])',
+            'v = model.encode(["A man plays the guitar."])',
+        ]
+    lines.append("out = {}")
+    for task, kind in kinds.items():
+        lines += kind.usage_lines(module.heads[task])
+    return [*lines, "```"]
+
+
+def _citations(module: MultiTaskModule, base: str) -> list[str]:
+    entries = [("Sentence Transformers", SBERT_CITATION)]
+    if base == PACKAGED_MINILM:
+        entries.append(("MiniLM (the base model's architecture)", MINILM_CITATION))
+    if any(getattr(k, "loss_name", None) == "cosent" for k in module.task_types.values()):
+        entries.append(("CoSENTLoss", COSENT_CITATION))
+    lines = ["## Citation", ""]
+    for name, bibtex in entries:
+        lines += [f"### {name}", "", "```bibtex", bibtex, "```", ""]
+    if base != PACKAGED_MINILM:
+        lines += [f"For the base model (`{base}`), cite what its own model card asks for.", ""]
+    return lines[:-1]
+
+
+def _commit_line(summary: dict) -> str:
+    recorded, when = summary.get("commit"), "recorded when the run trained"
+    if not recorded:
+        recorded, when = project_commit(), "at export: the run did not record one"
+    if not recorded:
+        return (
+            "- code: mtl-lightning commit not recorded (neither the run nor this export ran "
+            "from a git checkout)"
+        )
+    dirty = ", with uncommitted changes" if recorded.get("dirty") else ""
+    return f"- code: mtl-lightning commit `{recorded['sha']}` ({when}{dirty})"
 
 
 def model_card(
-    module: MultiTaskModule, ckpt_path: Path, run: dict, max_seq_length: int, heads: dict
+    module: MultiTaskModule,
+    ckpt_path: Path,
+    run: dict,
+    max_seq_length: int,
+    heads: dict,
+    license: str | None = None,  # noqa: A002 (the Hub's metadata key)
+    language: str | list[str] | None = None,
 ) -> str:
-    """The README.md of the exported folder (Hub model-card front matter, then the facts)."""
+    """The README.md of the exported folder: Hub front matter (metadata), then the facts.
+
+    `license` and `language` are the export's settings; without a `language`, the sources'
+    language where they all state the same one.
+    """
     encoder_settings = dict(module.hparams.encoder or {})
     base = encoder_settings.get("name_or_path", PACKAGED_MINILM)
-    config = run["config"] or {}
+    base_id = hub_model_id(base)
+    config = OmegaConf.create(run["config"] or {})
+    recorded = run["config"] is not None
     summary = run["summary"]
     metrics = summary.get("metrics") or {}
     examples = summary.get("examples") or {}
+    given = summary.get("given_splits")
     scenario = _scenario(config)
-    # The task shown in the usage example: a single-sentence classification, where there is one.
-    task = next((t for t, k in module.task_types.items() if k.name == "classification"), None)
-    is_hub_id = not Path(base).expanduser().exists() and base.count("/") <= 1
+    tasks = list(module.tasks)
+    kinds = module.task_types
+    sources = _sources(config, tasks)
+    hub_datasets = {t: getattr(s, "hub_dataset", None) for t, s in sources.items()}
+    if language is None:
+        languages = {getattr(s, "language", None) for s in sources.values()}
+        language = languages.pop() if len(languages) == 1 else None
+    exported_epoch, tested_epoch = _exported_and_tested(run, config)
+    same_weights = exported_epoch is not None and exported_epoch == tested_epoch
+    train_length = _setting(config, "data.max_length")
+    title = f"Multi-task sentence encoder ({', '.join(tasks)})"
+
     # The Hub reads this front matter (YAML) as the model's metadata.
-    lines = [
-        "---",
-        "library_name: sentence-transformers",
-        "pipeline_tag: sentence-similarity",
-        "tags: [sentence-transformers, feature-extraction, text-classification, mtl-lightning]",
-        *([f"base_model: {base}"] if is_hub_id else []),
-        "---",
-        "",
-    ]
+    meta: dict[str, Any] = {
+        "library_name": "sentence-transformers",
+        "pipeline_tag": "sentence-similarity",
+        "tags": ["sentence-transformers", "feature-extraction", "text-classification"]
+        + ["mtl-lightning"],
+    }
+    if base_id:
+        meta["base_model"] = base_id
+    if license:
+        meta["license"] = license
+    if language:
+        meta["language"] = language
+    if any(hub_datasets.values()):
+        meta["datasets"] = sorted({d for d in hub_datasets.values() if d})
+    model_index = _model_index(title, module, metrics, hub_datasets) if same_weights else []
+    if model_index:
+        meta["model-index"] = model_index
+    lines = ["---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", ""]
+
     lines += [
-        f"# Multi-task sentence encoder ({', '.join(module.tasks)})",
+        f"# {title}",
         "",
         "Trained with mtl-lightning: one shared encoder, one head per task. This "
         "folder is a sentence-transformers model, a plain Hugging Face model at its root, and "
@@ -205,82 +495,226 @@ def model_card(
         "",
         "## Base encoder",
         "",
-        f"- `{base}`",
+        f"- [`{base}`](https://huggingface.co/{base})"
+        if base_id
+        else f"- `{base}`: a local folder or a name not known to be a Hub id, so not the "
+        "card's `base_model` metadata",
         f"- pooling: {module.encoder.pooling}; normalised: "
         f"{'yes' if module.encoder.normalize else 'no'}; max_seq_length: {max_seq_length}; "
         f"embedding dimension: {module.encoder.hidden_size}",
-        f"- exported from `{ckpt_path.name}`",
+        "- similarity function: cosine (`model.similarity`, sentence-transformers' default) of "
+        "the embeddings"
+        + (
+            "; a similarity task's trained score is not that: it is the cosine of the embeddings "
+            "after that task's head, a linear projection (see Use)"
+            if any(k.name == "similarity" for k in kinds.values())
+            else ""
+        ),
+        f"- exported from `{ckpt_path.name}`, epoch "
+        f"{_plain(exported_epoch)} (counted from 0, as in `best-epochNN.ckpt`), global step "
+        f"{_plain((run.get('checkpoint') or {}).get('global_step'))}",
+        _commit_line(summary),
+        f"- language: {_plain(language) if language else 'not given (export `language=`)'}",
+        f"- license: {license or 'not given (export `license=`)'}",
+    ]
+    base_folder = _base_folder(base)
+    base_license = _front_matter(base_folder / "README.md").get("license") if base_folder else None
+    if base_license:
+        lines[-1] += f"; the base model's card gives `{base_license}`"
+
+    lines += [
         "",
         "## Tasks",
         "",
-        "| task | type | labels | train | val | test |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| task | type | labels | loss | train | val | test |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for task, labels in module.tasks.items():
         sizes = examples.get(task) or {}
         counts = " | ".join(str(sizes.get(split, "-")) for split in ("train", "val", "test"))
-        kind = module.task_types[task]
+        kind = kinds[task]
         shown = ", ".join(labels) or "scores in [{}, {}]".format(*kind.options["score_range"])
-        lines.append(f"| {task} | {kind.name} | {shown} | {counts} |")
+        loss = _cell(kind.loss_in_words())
+        lines.append(f"| {task} | {kind.name} | {_cell(shown)} | {loss} | {counts} |")
     if not examples:
         lines += ["", "Data sizes: not recorded (the run has no summary.json with `examples`)."]
+
+    lines += [
+        "",
+        "## Training data",
+        "",
+        "| task | source | splits the source gave | carved out of its train split |",
+        "| --- | --- | --- | --- |",
+    ]
+    carved_tests = []
+    for task in tasks:
+        if given is not None and task in given:
+            gave = ", ".join(given[task])
+            carved = [s for s in ("val", "test") if s not in given[task]]
+            carved_tests += [task] if "test" in carved else []
+            carved_text = ", ".join(carved) or "none"
+        else:
+            gave = carved_text = "not recorded"
+        source_text = _source_text(config, task, sources[task])
+        lines.append(f"| {task} | {_cell(source_text)} | {gave} | {carved_text} |")
+    fractions = {s: _setting(config, f"data.{s}_fraction") for s in ("val", "test")}
+    if fractions["val"] is not _MISSING and fractions["test"] is not _MISSING:
+        lines += [
+            "",
+            f"A split a source does not give is carved out of its train split: "
+            f"`data.val_fraction={_plain(fractions['val'])}`, "
+            f"`data.test_fraction={_plain(fractions['test'])}`, seeded (`seed`), stratified by "
+            "label for classes.",
+        ]
+
+    lines += ["", "## Training hyperparameters", ""]
+    if recorded:
+        for key in HYPERPARAMETERS:
+            value = _setting(config, key)
+            skip = value is _MISSING or (key in OPTIONAL_HYPERPARAMETERS and value is None)
+            if key == "data.temperature" and _setting(config, "data.sampling") != "temperature":
+                skip = True
+            if skip:
+                continue
+            note = ""
+            if key == "data.max_length":
+                note = (
+                    f" (the training truncation; the exported model's max_seq_length is "
+                    f"{max_seq_length})"
+                )
+            lines.append(f"- `{key}`: {_plain(value)}{note}")
+        weighting = _setting(config, "weighting")
+        if isinstance(weighting, dict) and isinstance(weighting.get("_target_"), str):
+            arguments = ", ".join(
+                f"{k}={_plain(v)}" for k, v in weighting.items() if not k.startswith("_")
+            )
+            name = weighting["_target_"].rsplit(".", 1)[-1]
+            lines.append(f"- `weighting`: {name}" + (f" ({arguments})" if arguments else ""))
+    else:
+        lines.append(
+            "The run's config was not recorded (no .hydra/config.yaml or hparams.yaml beside "
+            "the checkpoint); the checkpoint's own model settings:"
+        )
+        stored = ("lr", "head_lr", "layerwise_lr_decay", "weight_decay", "warmup_ratio")
+        for key in (*stored, "head_dropout", "loss_weighting", "loss_weights"):
+            lines.append(f"- `model.{key}`: {_plain(module.hparams.get(key))}")
+        lines.append("- `data.max_length` (the training truncation): not recorded")
+
     lines += ["", "## Freezing", ""]
     if scenario is None:
         lines.append("Scenario: not recorded.")
     else:
         lines.append(f"Scenario: `{scenario.name}`.")
-        settings = scenario.settings()
+        settings = scenario.settings()  # only those it reads, and only where they act
         if settings:
-            shown = ", ".join(f"`freezing.{k}={_value(v)}`" for k, v in settings.items())
+            shown = ", ".join(f"`freezing.{k}={_plain(v)}`" for k, v in settings.items())
             lines.append(f"Settings: {shown}.")
         groups = len(layer_groups(module.encoder.model))
-        lines += ["", *scenario.schedule_lines(list(module.tasks), groups, _epochs(config))]
-    lines += [
-        "",
-        "## Test metrics",
-        "",
-        "As the run reported them in summary.json (training tests its best checkpoint by "
-        f"`{config.get('optimized_metric', 'val/acc_mean')}`). Forgetting is `val/<task>/"
-        "forgetting` of `only_head_frozen` (the frozen task's accuracy when its head froze "
-        "minus at the end); `-` where a value was not recorded.",
-        "",
-        "| task | accuracy (similarity: Spearman) | macro F1 (similarity: Pearson) | forgetting |",
-        "| --- | --- | --- | --- |",
-    ]
-    for task, kind in module.task_types.items():
-        first, second = ("spearman", "pearson") if kind.primary == "spearman" else ("acc", "f1")
+        lines += ["", *scenario.schedule_lines(tasks, groups, _epochs(config))]
+
+    monitor = _setting(config, "optimized_metric")
+    monitor = "val/primary_mean" if monitor is _MISSING else monitor
+    lines += ["", "## Test metrics", ""]
+    if tested_epoch is not None:
         lines.append(
-            f"| {task} | {_metric(metrics, f'test/{task}/{first}')} | "
-            f"{_metric(metrics, f'test/{task}/{second}')} | "
-            f"{_metric(metrics, f'val/{task}/forgetting')} |"
+            f"Of the run's best checkpoint by `{monitor}`, epoch {tested_epoch}, on each task's "
+            "test split, as the run reported them in summary.json."
         )
+    else:
+        lines.append(
+            f"Of the run's best checkpoint by `{monitor}` (its epoch is not recorded in "
+            "summary.json), on each task's test split, as the run reported them."
+        )
+    if same_weights:
+        lines.append(f"These are the exported weights (`{ckpt_path.name}` is of that epoch).")
+    else:
+        lines += [
+            "",
+            f"> **The exported weights are not the ones tested.** `{ckpt_path.name}` is of "
+            f"epoch {_plain(exported_epoch)}, the metrics below of epoch {_plain(tested_epoch)}; "
+            "so they are left out of the card's model-index metadata. Export "
+            "`checkpoints/best-epochNN.ckpt` of the run for the weights they describe.",
+        ]
+    lines += ["", "| task | metric | test |", "| --- | --- | --- |"]
+    for task, kind in kinds.items():
+        for key, (_, shown) in kind.card_metrics.items():
+            value = metrics.get(f"test/{task}/{key}")
+            lines.append(f"| {task} | {shown} | {'-' if value is None else f'{value:.4f}'} |")
+    forgetting = {t: metrics.get(f"val/{t}/forgetting") for t in tasks}
+    if any(value is not None for value in forgetting.values()):  # a head frozen in the run
+        for task, value in forgetting.items():
+            if value is not None:
+                lines.append(f"| {task} | forgetting (val) | {value:.4f} |")
+        lines += [
+            "",
+            "Forgetting is `val/<task>/forgetting` of the frozen-head task: its val accuracy "
+            "when its head froze minus at the end.",
+        ]
+    best = summary.get("best_epochs") or {}
+    if best.get("per_task"):
+        peaks = ", ".join(f"{t} {e}" for t, e in best["per_task"].items())
+        lines += ["", f"Each task's own best val epoch: {peaks}."]
+        if best.get("note"):
+            lines.append(best["note"])
+
     lines += [
         "",
         "## Use",
         "",
-        "```python",
-        "from sentence_transformers import SentenceTransformer",
+        "Every head in NumPy, from this folder's files alone "
+        "(`out[task]`: a classification task's logits, a similarity task's score):",
         "",
-        'embeddings = SentenceTransformer("<this folder>").encode(["Who wrote Hamlet?"])',
+        *_usage(module),
         "",
-    ]
-    if task is not None:
-        lines += [
-            "# The heads without mtl-lightning: logits = embedding @ weight.T + bias",
-            "from safetensors.numpy import load_file",
-            "",
-            f'heads = load_file("<this folder>/{HEADS_WEIGHTS}")  # label names: {HEADS_CONFIG}',
-            f'weight, bias = heads["{task}.classifier.weight"], heads["{task}.classifier.bias"]',
-            "logits = embeddings @ weight.T + bias",
-        ]
-    if any(len(k.columns) == 2 for k in module.task_types.values()):
-        lines.append(f"# Pair and similarity heads: their `architecture` in {HEADS_CONFIG}.")
-    lines += [
-        "```",
+        "With mtl-lightning, `mtl_lightning.hub.export.load_heads(<this folder>)` gives the heads "
+        "as torch modules and the label names: `heads[task](embeddings)`, pair and similarity "
+        "heads `heads[task](u, v)`, on `model.encode(..., convert_to_tensor=True)` (a "
+        "similarity head returns the cosine; map it onto the score range as above).",
         "",
         "`AutoModel.from_pretrained(<this folder>)` loads the encoder; pool its "
         "`last_hidden_state` as above (its pooler is not part of the trained model: its "
         "`pooler_output` is untrained).",
+        "",
+        "## Intended use and limitations",
+        "",
+        f"Sentence embeddings, and predictions for the tasks it was trained on ({', '.join(tasks)}"
+        f"), for text like their training data{f' ({_plain(language)})' if language else ''}. "
+        "A research model: it was evaluated only on the test splits above.",
+        "",
+    ]
+    limits = []
+    if carved_tests:
+        limits.append(
+            f"The test split of {', '.join(carved_tests)} was carved out of the task's training "
+            "data, not given by its source: its metrics measure the training distribution; they "
+            "are not a separate benchmark."
+        )
+    if given is None:
+        limits.append(
+            "Whether the test splits were given by their sources or carved out of training "
+            "data was not recorded (summary.json has no `given_splits`)."
+        )
+    if isinstance(train_length, int) and train_length < max_seq_length:
+        limits.append(
+            f"Training cut sentences at {train_length} tokens (`data.max_length`); this "
+            f"model encodes up to {max_seq_length}: text past {train_length} tokens was never "
+            "trained on."
+        )
+    for task, kind in kinds.items():
+        if kind.name == "similarity":
+            limits.append(
+                f"{task}: `model.similarity` (the cosine of the embeddings) is not the score the "
+                "task trained; compute it with the head's projection as in Use. The embeddings' "
+                "own cosine may rank pairs differently."
+            )
+    if not same_weights:
+        limits.append("The exported weights are not the tested ones (see Test metrics).")
+    limits.append(
+        "What the base model learned, and its limits, carry over: see the base model's card."
+    )
+    lines += [f"- {limit}" for limit in limits]
+
+    lines += [
         "",
         "## Versions",
         "",
@@ -297,6 +731,7 @@ def model_card(
             "Not recorded: the run was not started from the command line (no .hydra/overrides"
             ".yaml in its folder)."
         )
+    lines += ["", *_citations(module, base)]
     return "\n".join(lines) + "\n"
 
 
@@ -305,9 +740,12 @@ def export_checkpoint(
     output: str | Path,
     max_length: int | None = None,
     overwrite: bool = False,
+    license: str | None = None,  # noqa: A002 (the Hub's metadata key)
+    language: str | list[str] | None = None,
 ) -> Path:
     """Write the export folder of a checkpoint (see the module docstring); return its path.
-    `max_length` None: the `data.max_length` it was trained with, as `encode`'s default."""
+    `max_length` None: the `data.max_length` it was trained with, as `encode`'s default.
+    `license` and `language` are the model card's metadata (`model_card`)."""
     ckpt_path = Path(ckpt_path).expanduser()
     output = Path(output).expanduser()
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
@@ -318,11 +756,17 @@ def export_checkpoint(
     # Written beside the target and moved into place once whole: a full disk or a kill leaves
     # no half-written folder; a folder that cannot be written fails before the model loads.
     with staged_folder(output, "output") as staging:
-        _write_export(ckpt_path, staging, max_length)
+        _write_export(ckpt_path, staging, max_length, license, language)
     return output
 
 
-def _write_export(ckpt_path: Path, output: Path, max_length: int | None) -> None:
+def _write_export(
+    ckpt_path: Path,
+    output: Path,
+    max_length: int | None,
+    license: str | None,  # noqa: A002 (the Hub's metadata key)
+    language: str | list[str] | None,
+) -> None:
     """The export folder's files, written into `output` (a new, empty folder)."""
     module = load_module(ckpt_path, "ckpt_path")  # weights-only; a bad file is one sentence
     tokenizer = module.tokenizer()
@@ -349,7 +793,9 @@ def _write_export(ckpt_path: Path, output: Path, max_length: int | None) -> None
         | {"pytorch": torch.__version__},
     )
     heads = write_heads(output, module)
-    card = model_card(module, ckpt_path, read_run(ckpt_path), predictor.max_length, heads)
+    card = model_card(
+        module, ckpt_path, read_run(ckpt_path), predictor.max_length, heads, license, language
+    )
     (output / "README.md").write_text(card, encoding="utf-8")
     readable_as_umask_allows(output, started)
 
@@ -398,7 +844,15 @@ def export(cfg: DictConfig) -> Path:
             f"ckpt_path and output are both needed: got ckpt_path={cfg.ckpt_path}, "
             f"output={cfg.output}; e.g. ckpt_path=<run>/checkpoints/last.ckpt output=exported/."
         )
-    folder = export_checkpoint(cfg.ckpt_path, cfg.output, cfg.max_length, cfg.overwrite)
+    language = cfg.get("language")
+    folder = export_checkpoint(
+        cfg.ckpt_path,
+        cfg.output,
+        cfg.max_length,
+        cfg.overwrite,
+        license=cfg.get("license"),
+        language=list(language) if isinstance(language, ListConfig) else language,
+    )
     print(f"Exported {cfg.ckpt_path} to {folder}.", file=sys.stderr)
     if cfg.push_to_hub:
         url = push_to_hub(folder, str(cfg.push_to_hub))

@@ -66,7 +66,8 @@ class Scenario:
 
     def settings(self) -> dict[str, Any]:
         """The scenario's keys and values, as its config sets them (the model card shows them)."""
-        settings = {key: getattr(self, key, None) for key in type(self).RULES}
+        own = [key for key in type(self).RULES if key not in Scenario.RULES]  # its own first
+        settings = {key: getattr(self, key, None) for key in [*own, *Scenario.RULES]}
         return {key: value for key, value in settings.items() if value is not None}
 
     # --- the plan: from the epoch and the step alone ---

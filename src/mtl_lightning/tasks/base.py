@@ -42,6 +42,9 @@ class TaskType(ABC):
     primary: ClassVar[str]  # the metric that the monitored mean over tasks averages
     direction: ClassVar[str] = "max"  # whether the primary metric is better higher or lower
     architecture: ClassVar[str]  # the head in words, for exported heads (heads.json)
+    hub_task: ClassVar[str]  # the Hugging Face task id, for the model card's model-index
+    # Metric (as `metrics()` names it) -> (its Hub metric type, its name in the model card).
+    card_metrics: ClassVar[dict[str, tuple[str, str]]]
 
     def __init__(self, task: str, labels: Sequence[str] = (), **options: Any) -> None:
         self.task = task
@@ -128,3 +131,14 @@ class TaskType(ABC):
     def class_ids(self, outputs: torch.Tensor) -> torch.Tensor | None:
         """Predicted class ids for the confusion matrices; None for a type without classes."""
         return None
+
+    @abstractmethod
+    def loss_in_words(self) -> str:
+        """The training loss, for the model card."""
+
+    @abstractmethod
+    def usage_lines(self, head: nn.Module) -> list[str]:
+        """The model card's NumPy lines that compute `out["<task>"]` from the exported head (of
+        `heads = safetensors.numpy.load_file(...)`, tensors `<task>.<name>`), and from
+        `embeddings` (a single-sentence type's) or `u`, `v` (the first and second sentences'
+        embeddings of a pair type); `np` is NumPy."""

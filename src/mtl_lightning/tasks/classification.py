@@ -37,6 +37,8 @@ class Classification(TaskType):
     name = "classification"
     primary = "acc"
     architecture = "dropout, then linear: logits = embedding @ weight.T + bias"
+    hub_task = "text-classification"
+    card_metrics = {"acc": ("accuracy", "Accuracy"), "f1": ("f1", "Macro F1")}
 
     @classmethod
     def from_data(
@@ -75,6 +77,20 @@ class Classification(TaskType):
                 "f1": MulticlassF1Score(n, average="macro"),
             }
         )
+
+    def loss_in_words(self) -> str:
+        return "cross-entropy on the head's logits"
+
+    def usage_lines(self, head: nn.Module) -> list[str]:
+        return self._logits_lines("embeddings")
+
+    def _logits_lines(self, features: str) -> list[str]:
+        task = self.task
+        return [
+            f"# {task}: logits over {', '.join(self.labels)} (argmax: the class)",
+            f'w, b = heads["{task}.classifier.weight"], heads["{task}.classifier.bias"]',
+            f'out["{task}"] = {features} @ w.T + b',
+        ]
 
     def class_ids(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.argmax(-1)

@@ -64,5 +64,13 @@ class PairClassification(Classification):
     def build_head(self, hidden_size: int, dropout: float) -> nn.Module:
         return PairHead(hidden_size, len(self.labels), dropout)
 
+    def loss_in_words(self) -> str:
+        return "cross-entropy on the head's logits of (u, v, |u - v|, u * v)"
+
+    def usage_lines(self, head: nn.Module) -> list[str]:
+        parts = ["u", "v", "np.abs(u - v)", "u * v"][: head.width]
+        features = f"np.concatenate([{', '.join(parts)}], axis=-1)"
+        return self._logits_lines(features)
+
     def outputs(self, head: nn.Module, embeddings: Sequence[torch.Tensor]) -> torch.Tensor:
         return head(*embeddings)

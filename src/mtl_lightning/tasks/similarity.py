@@ -97,6 +97,8 @@ class Similarity(TaskType):
         "cosine = cos(p(u), p(v)); score = low + cosine * (high - low), [low, high] = "
         "options.score_range"
     )
+    hub_task = "sentence-similarity"
+    card_metrics = {"spearman": ("spearman", "Spearman"), "pearson": ("pearson", "Pearson")}
 
     def __init__(self, task: str, labels: Sequence[str] = (), **options: Any) -> None:
         super().__init__(task, (), **options)
@@ -180,6 +182,31 @@ class Similarity(TaskType):
 
     def metrics(self) -> MetricCollection:
         return MetricCollection({"spearman": SpearmanCorrCoef(), "pearson": PearsonCorrCoef()})
+
+    def loss_in_words(self) -> str:
+        if self.loss_name == "cosine_mse":
+            return (
+                "cosine_mse: the squared error between cos(p(u), p(v)) and the score scaled to "
+                "[0, 1] (as sentence-transformers' CosineSimilarityLoss)"
+            )
+        return (
+            f"cosent: CoSENT on cos(p(u), p(v)), scale {self.scale:g}, divided by the scale "
+            "(sentence-transformers' CoSENTLoss / scale)"
+        )
+
+    def usage_lines(self, head: nn.Module) -> list[str]:
+        task = self.task
+        low, high = self.options["score_range"]
+        return [
+            f"# {task}: the trained score is the cosine of the PROJECTED embeddings, p(x) = "
+            "x @ w.T + b, on [low, high];",
+            "# model.similarity(u, v), the cosine of the embeddings themselves, is not it.",
+            f'w, b = heads["{task}.projection.weight"], heads["{task}.projection.bias"]',
+            "pu, pv = u @ w.T + b, v @ w.T + b",
+            "cosine = (pu * pv).sum(-1) / (np.linalg.norm(pu, axis=-1) * np.linalg.norm(pv, "
+            "axis=-1))",
+            f'out["{task}"] = {low!r} + cosine * ({high!r} - {low!r})',
+        ]
 
     def predictions(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
         """The cosine mapped onto the score range (what `cosine_mse` trains it to match; for

@@ -5,6 +5,10 @@ which fetches files once, before any process reads them). `data.tasks.<task>` in
 a `_target_` node that builds one, so a new source needs no change here. A split is
 `(texts, labels)`, or `Rows(texts, labels, text_pairs)` for tasks of two sentences; a source's
 optional `type` and `type_options` name its task type (`mtl_lightning.tasks`).
+
+For the exported model card a source may also say where its examples come from: `origin` (a
+sentence), `hub_dataset` (a Hugging Face dataset id, the card's `datasets` metadata) and
+`language` (an ISO 639-1 code); absent ones are left out of the card.
 """
 
 from __future__ import annotations
@@ -112,6 +116,12 @@ class TinySource:
         self.label_names = label_names
         self.type = type
         self.type_options = type_options
+
+    language = "en"
+
+    @property
+    def origin(self) -> str:
+        return f"the tiny corpus shipped in mtl-lightning, `data/tiny/{self.file}.tsv`"
 
     def load(self, data_dir: Path) -> Examples:
         resource = importlib.resources.files("mtl_lightning.data") / "tiny" / f"{self.file}.tsv"

@@ -232,6 +232,10 @@ class FileSource:
     def key(self, name: str) -> str:
         return f"data.tasks.{self.task}.{name}"
 
+    @property
+    def origin(self) -> str:
+        return "files " + ", ".join(f"{split}=`{f}`" for split, f in self.files.items() if f)
+
     def load(self, data_dir: Path) -> Examples:
         """Read the splits whose files are given; `data_dir` is unused: paths are the user's."""
         if not self.files["train"]:

@@ -8,6 +8,7 @@ datasets`); a hub id needs the hub or a cached copy, and without either the run 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -129,6 +130,24 @@ class HFSource:
     def local(self) -> bool:
         """A packaged builder or a local folder: nothing to fetch from the hub."""
         return self.path in LOCAL_BUILDERS or Path(self.path).expanduser().exists()
+
+    @property
+    def hub_dataset(self) -> str | None:
+        """`path` when it is a hub dataset id (not a builder, nor a folder here or relative)."""
+        looks_local = self.path.startswith((".", "/", "~")) or self.path.count("/") > 1
+        return None if self.local or looks_local else self.path
+
+    @property
+    def origin(self) -> str:
+        where = f"the Hugging Face dataset `{self.path}`" if self.hub_dataset else f"`{self.path}`"
+        parts = [where]
+        if self.name:
+            parts.append(f"config `{self.name}`")
+        splits = ", ".join(f"{ours}={theirs}" for ours, theirs in self.splits.items() if theirs)
+        parts.append(f"splits {splits}")
+        if self.data_files:
+            parts.append(f"data_files {json.dumps(_plain_files(self.data_files, False))}")
+        return ", ".join(parts)
 
     def _check_hub(self, datasets: Any) -> None:
         """A hub id without a reachable hub: stop now, not after `datasets`' retries."""

