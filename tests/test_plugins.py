@@ -63,8 +63,8 @@ def test_a_scenario_sampler_and_weighting_from_a_test_file_train_report_predict_
 def test_a_plugin_scenarios_own_rules_refuse_a_bad_value(make_cfg):
     with pytest.raises(ConfigError, match=r"^freezing\.probe_epochs=0 must be at least 1"):
         train(make_cfg(SCENARIO, "+freezing.probe_epochs=0"))
-    with pytest.raises(ConfigError, match=r"^freezing\.head is not a setting of probe_then"):
-        train(make_cfg(SCENARIO, "+freezing.head=sentiment"))
+    with pytest.raises(ConfigError, match=r"^freezing\.probe_epoch is not a setting of probe_"):
+        train(make_cfg(SCENARIO, "+freezing.probe_epoch=1"))  # a typo
 
 
 def test_a_readout_from_a_test_file_scores_the_frozen_features(make_cfg, tmp_path):

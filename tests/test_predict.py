@@ -349,3 +349,33 @@ def test_a_full_disk_is_one_sentence_and_keeps_the_old_output(ckpt, tmp_path):
         predict(compose_cfg("predict", f"ckpt_path={ckpt}", f"input={source}", f"output={output}"))
     assert output.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.jsonl", "sentences.txt"]
+
+
+def test_predict_on_a_runs_own_test_texts_reproduces_its_test_predictions_and_accuracy(
+    make_cfg, tmp_path
+):
+    """The end-to-end truth: the tested checkpoint, loaded by predict on the run's own test
+    sentences, gives every row of test_predictions/<task>.csv and the accuracy of summary.json."""
+    import csv
+
+    from mtl_lightning.train import build_data, train
+
+    cfg = make_cfg("trainer.max_epochs=2")
+    train(cfg)
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    (best,) = (run / "checkpoints").glob("best-*.ckpt")
+    predictor = Predictor.from_checkpoint(best)
+    datamodule = build_data(cfg.data)  # the same config: the same splits
+    for task, labels in summary["tasks"].items():
+        test = datamodule.datasets[task]["test"]
+        predicted = predictor.predict(list(test.texts))
+        with (run / "test_predictions" / f"{task}.csv").open() as file:
+            rows = {int(r["idx"]): (int(r["label"]), int(r["pred"])) for r in csv.DictReader(file)}
+        assert sorted(rows) == list(range(len(test.texts)))
+        for index, result in enumerate(predicted):
+            label, pred = rows[index]
+            assert label == test.labels[index], (task, index)  # the same example at idx
+            assert result[task]["label"] == labels[pred], (task, index)
+        accuracy = np.mean([labels[rows[i][0]] == predicted[i][task]["label"] for i in rows])
+        assert accuracy == pytest.approx(summary["metrics"][f"test/{task}/acc"], abs=1e-6)

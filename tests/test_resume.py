@@ -216,3 +216,16 @@ def test_resume_with_another_tokenizer_encoder_or_pooling_is_refused(
     ):
         train(make_cfg(resume, "model.encoder.pooling=cls", "model.encoder.normalize=true"))
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
+
+
+def test_resume_only_head_frozen_with_another_head_is_refused(make_cfg, tmp_path):
+    """The forgetting a resumed run logs is measured against the head that froze: resuming with
+    another `freezing.head` would log the second head's change against the first's value."""
+    common = ("experiment=only_head_frozen", "trainer.max_epochs=2")
+    train(make_cfg(*common, "freezing.head=classification", output="first"))
+    ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    resume = (*common, "trainer.max_epochs=3", f"ckpt_path={ckpt}")
+    with pytest.raises(ConfigError, match=r"froze the head of classification, not freezing\.head"):
+        train(make_cfg(*resume, "freezing.head=sentiment", output="other"))
+    metrics = train(make_cfg(*resume, "freezing.head=classification", output="same"))
+    assert "val/classification/forgetting" in metrics

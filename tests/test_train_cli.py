@@ -82,8 +82,8 @@ def test_unknown_scenario_and_head_are_refused(make_cfg):
         train(make_cfg("freezing._target_=bogus.Nope"))
     with pytest.raises(ConfigError, match="freezing._target_=collections.OrderedDict is not a"):
         train(make_cfg("freezing._target_=collections.OrderedDict"))
-    with pytest.raises(ConfigError, match="freezing.head is not a setting of full_finetune"):
-        train(make_cfg("+freezing.head=classification"))
+    with pytest.raises(ConfigError, match="freezing.heads is not a setting of full_finetune"):
+        train(make_cfg("+freezing.heads=classification"))  # a typo
     with pytest.raises(ConfigError, match="freezing.head=nope is not a task"):
         train(make_cfg("experiment=only_head_frozen", "freezing.head=nope"))
 

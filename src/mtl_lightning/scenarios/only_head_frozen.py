@@ -3,6 +3,9 @@ and the other heads train on, and `Forgetting` logs what the frozen task loses."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.rules import Rule, int_at_least
 from mtl_lightning.scenarios.base import Plan, Scenario, need_task
@@ -55,4 +58,16 @@ class OnlyHeadFrozen(Scenario):
                 f"freezing.head={self.head} has no head in model.init_from, so it would freeze "
                 "untrained: freeze a task that checkpoint was trained on, or set "
                 "freezing.head_warmup_epochs=1 to train it first."
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"head": self.head}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        # The forgetting a resumed run logs is measured against the head that froze then.
+        saved = state.get("head")
+        if saved is not None and saved != self.head:
+            raise ConfigError(
+                f"ckpt_path froze the head of {saved}, not freezing.head={self.head}: resume with "
+                f"freezing.head={saved}, or start a new run to freeze {self.head}."
             )
