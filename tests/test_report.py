@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from fake_sweep import (
     SCORES,
     SIMILARITY_RUNS,
@@ -25,6 +26,7 @@ from fake_sweep import (
 )
 
 from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.summary import read_summary, write_summary
 from mtl_lightning.report import main
 from mtl_lightning.study import stats
 from mtl_lightning.study.report import fingerprint_of_test_split, load_runs, write_report
@@ -239,7 +241,7 @@ def test_report_of_a_study_at_two_training_set_sizes(tmp_path):
 
 
 def test_report_on_a_folder_without_runs_says_what_to_give(tmp_path):
-    with pytest.raises(ConfigError, match=r"holds no run folders with \.hydra/config\.yaml"):
+    with pytest.raises(ConfigError, match=r"holds no finished run folders \(\.hydra/config\.yaml"):
         write_report(tmp_path)
     with pytest.raises(SystemExit, match=r"^Error: sweep folder .*/missing does not exist"):
         main([str(tmp_path / "missing")])
@@ -405,3 +407,67 @@ def test_report_delta_m_per_scenario_and_weighting(tmp_path):
     lines = text.splitlines()
     row = next(line for line in lines if line.startswith("| full_finetune+pcgrad | all"))
     assert f"1: {expected[0]:+.2f}, 2: {expected[1]:+.2f}" in row
+
+
+def test_report_names_a_killed_run_and_a_cut_off_summary(tmp_path):
+    """A third seed of full_finetune killed mid-training (validation rows only, no summary.json,
+    a last.ckpt) and one whose summary.json was cut mid-write: both are named in report.md and
+    report.json, left out of the numbers, and the header's seeds are those that finished."""
+    sweep = make_fake_study(tmp_path / "sweep")
+    killed, cut = sweep / "10_full_finetune", sweep / "11_only_head_frozen"
+    for copy, original in ((killed, "0_full_finetune"), (cut, "2_only_head_frozen")):
+        shutil.copytree(sweep / original, copy)
+        config = copy / ".hydra" / "config.yaml"
+        config.write_text(config.read_text().replace("seed: 1\n", "seed: 3\n"))
+    (killed / "summary.json").unlink()
+    shutil.rmtree(killed / "test_predictions")
+    with (killed / "metrics.csv").open(newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row["epoch"] == "0"]
+    with (killed / "metrics.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (killed / "checkpoints").mkdir()
+    (killed / "checkpoints" / "last.ckpt").write_bytes(b"")
+    text = (cut / "summary.json").read_text()
+    (cut / "summary.json").write_text(text[: len(text) // 2])
+
+    text = write_report(sweep).read_text()
+    numbers = json.loads((sweep / "report.json").read_text())
+    assert numbers["seeds"] == [1, 2]
+    assert set(numbers["incomplete"]) == {"10_full_finetune", "11_only_head_frozen"}
+    assert numbers["incomplete"]["10_full_finetune"].startswith("no summary.json: it stopped")
+    assert (
+        f"ckpt_path={killed / 'checkpoints' / 'last.ckpt'}"
+        in numbers["incomplete"]["10_full_finetune"]
+    )
+    assert "summary.json is cut off" in numbers["incomplete"]["11_only_head_frozen"]
+    assert numbers["scenarios"]["full_finetune"]["classification"]["acc"]["n"] == 2
+    assert ": seeds 1, 2; training examples" in text
+    assert "**2 unfinished runs, left out of every number below**" in text
+    assert "- `10_full_finetune`: no summary.json" in text
+    assert "- `11_only_head_frozen`: summary.json is cut off" in text
+    with pytest.raises(ConfigError, match=r"summary\.json is not valid JSON .* cut off"):
+        read_summary(cut)
+
+
+def test_summary_is_written_atomically(tmp_path, monkeypatch):
+    """A write stopped midway leaves the previous summary.json (or none), never half of one."""
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(is_global_zero=True, callbacks=[])
+    module = torch.nn.Linear(2, 2)
+    write_summary(tmp_path, trainer, module, {"val/x": 0.5}, 1.0)
+    before = (tmp_path / "summary.json").read_text()
+
+    def cut_off(self, text, **kwargs):  # the process dies after half the text is on disk
+        with open(self, "w", **kwargs) as file:
+            file.write(text[: len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        write_summary(tmp_path, trainer, module, {"val/x": 0.75}, 2.0)
+    monkeypatch.undo()
+    assert (tmp_path / "summary.json").read_text() == before
+    assert read_summary(tmp_path)["metrics"] == {"val/x": 0.5}
