@@ -33,6 +33,7 @@ from mtl_lightning.core.checkpoint import (
 )
 from mtl_lightning.core.console import quiet_loggers, quiet_third_party
 from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.run_folder import claim_run_folder
 from mtl_lightning.core.summary import PrimaryHistory, fit_seconds, write_summary
 from mtl_lightning.data.datamodule import MultiTaskDataModule
 from mtl_lightning.model.module import MultiTaskModule, rename_weighting_keys
@@ -345,8 +346,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry: returns the monitored metric, which sweepers optimise."""
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    key = "hydra.sweep.dir/hydra.sweep.subdir" if multirun else "hydra.run.dir"
     try:
-        metrics = train(cfg)
+        with claim_run_folder(Path(cfg.paths.output_dir), cfg.get("ckpt_path"), key):
+            metrics = train(cfg)
     except ConfigError as error:
         # A mistake in the config or a file: one sentence, no traceback, and no run folder that
         # looks like a run. Removed only if it holds nothing but Hydra's config copy and log.
