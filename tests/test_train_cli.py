@@ -149,3 +149,37 @@ def test_sigterm_exits_non_zero_and_leaves_a_resumable_checkpoint(tiny_encoders,
     )
     assert not (run / "summary.json").exists()
     assert read_checkpoint(last, "ckpt_path")["global_step"] == 3
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_exits_130_and_says_how_to_resume(tiny_encoders, tmp_path, presses):
+    """Ctrl-C once: the batch in flight finishes and last.ckpt is saved, as for SIGTERM; twice:
+    it stops at once, without a checkpoint (a state caught mid-step would not resume exactly)."""
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "mtl_lightning.train", "data=tiny", "logger=csv",
+        f"model.encoder.name_or_path={tiny_encoders['bert']}", f"paths.root_dir={tmp_path}",
+        f"hydra.run.dir={run}", "trainer.max_epochs=2", "+trainer.enable_progress_bar=false",
+        "+callbacks.sigint._target_=helpers.SigintAtStep", "+callbacks.sigint.step=3",
+        f"+callbacks.sigint.times={presses}",
+    ]  # fmt: skip
+    tests = os.path.dirname(__file__)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 130, result.stderr[-3000:]
+    last = run / "checkpoints" / "last.ckpt"
+    then = (
+        f"and saved {last}: resume with ckpt_path={last}"
+        if presses == 1
+        else "with no checkpoint written at the stop: rerun it, or resume from its last.ckpt"
+    )
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Stopped: Training was stopped by Ctrl-C (SIGINT) at epoch 0, step 3, {then}."
+    )
+    assert "Traceback" not in result.stderr
+    assert not (run / "summary.json").exists() and not (run / "run.lock").exists()
+    if presses == 1:
+        assert read_checkpoint(last, "ckpt_path")["global_step"] == 3
+    else:
+        assert not last.exists()  # no epoch ended: no last.ckpt of the epoch either

@@ -163,7 +163,34 @@ def build_loggers(cfg: DictConfig) -> list:
 
 
 class RunStopped(Exception):
-    """Training was stopped by SIGTERM; `last.ckpt` holds where it stood, to resume from."""
+    """Training was stopped by SIGTERM or Ctrl-C; `last.ckpt` holds where it stood, to resume
+    from. `exit_code`: 128 + the signal's number, as a shell reports a process it ended."""
+
+    def __init__(self, message: str, exit_code: int = 143) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# The signals SigtermCheckpoint names: how a message says them, and the exit code.
+STOP_SIGNALS = {"SIGTERM": ("SIGTERM", 143), "SIGINT": ("Ctrl-C (SIGINT)", 130)}
+
+
+def _run_stopped(trainer: L.Trainer, callbacks: list) -> RunStopped:
+    """The sentence for a run stopped by a signal: where, and which checkpoint resumes it."""
+    stops = [c for c in callbacks if isinstance(c, SigtermCheckpoint)]
+    signal_name = next((c.stopped_by for c in stops if c.stopped_by), "SIGTERM")
+    saved = [c.ckpt_path for c in stops if c.saved]
+    then = (
+        f"and saved {saved[0]}: resume with ckpt_path={saved[0]}"
+        if saved
+        else "with no checkpoint written at the stop: rerun it, or resume from its last.ckpt"
+    )
+    words, exit_code = STOP_SIGNALS[signal_name]
+    return RunStopped(
+        f"Training was stopped by {words} at epoch {trainer.current_epoch}, step "
+        f"{trainer.global_step}, {then}.",
+        exit_code,
+    )
 
 
 def _earlier_csv_rows(
@@ -322,16 +349,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
             best_path = best.best_model_path if has_best else None  # the first ModelCheckpoint's
             trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
     except SIGTERMException:  # Lightning's: a SystemExit with code 0, which reads as success
-        saved = [c.ckpt_path for c in callbacks if isinstance(c, SigtermCheckpoint) and c.saved]
-        then = (
-            f"and saved {saved[0]}: resume with ckpt_path={saved[0]}"
-            if saved
-            else "with no checkpoint written at the stop: rerun it, or resume from its last.ckpt"
-        )
-        raise RunStopped(
-            f"Training was stopped by SIGTERM at epoch {trainer.current_epoch}, step "
-            f"{trainer.global_step}, {then}."
-        ) from None
+        raise _run_stopped(trainer, callbacks) from None
+    except SystemExit:  # Lightning's exit(1) after a KeyboardInterrupt (a second Ctrl-C)
+        stopped = any(isinstance(c, SigtermCheckpoint) and c.stopped_by for c in callbacks)
+        if not stopped:
+            raise
+        raise _run_stopped(trainer, callbacks) from None
     finally:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
@@ -360,9 +383,9 @@ def main(cfg: DictConfig) -> float | None:
             shutil.rmtree(output_dir, ignore_errors=True)
         raise SystemExit(f"Error: {error}") from None
     except RunStopped as stopped:
-        # Not a success: a scheduler must see that the run did not finish (128 + SIGTERM).
+        # Not a success: a scheduler must see that the run did not finish (128 + the signal).
         print(f"Stopped: {stopped}", file=sys.stderr)
-        raise SystemExit(143) from None
+        raise SystemExit(stopped.exit_code) from None
     return metrics.get(cfg.optimized_metric)
 
 
