@@ -148,7 +148,7 @@ def test_keep_frozen_layers_must_leave_a_layer_to_train(make_cfg, tmp_path):
 
 
 def test_max_epochs_minus_one_trains_until_max_steps(make_cfg, tmp_path):
-    metrics = train(make_cfg("trainer.max_epochs=-1", "+trainer.max_steps=3"))
+    metrics = train(make_cfg("trainer.max_epochs=-1", "trainer.max_steps=3"))
     assert 0 <= metrics["test/acc_mean"] <= 1
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 

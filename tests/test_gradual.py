@@ -92,7 +92,7 @@ def test_a_fraction_of_an_epoch_paces_unfreezing_and_warmup_alike(make_cfg, limi
     train(
         make_cfg(
             "experiment=gradual_unfreeze", "freezing.every_n_epochs=0.5", RECORD, limit,
-            "+trainer.max_steps=14", "model.warmup_ratio=0.2",
+            "trainer.max_steps=14", "model.warmup_ratio=0.2",
         )
     )  # fmt: skip
     steps = StepRecorder.last.steps

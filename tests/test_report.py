@@ -436,7 +436,9 @@ def test_report_names_a_killed_run_and_a_cut_off_summary(tmp_path):
     numbers = json.loads((sweep / "report.json").read_text())
     assert numbers["seeds"] == [1, 2]
     assert set(numbers["incomplete"]) == {"10_full_finetune", "11_only_head_frozen"}
-    assert numbers["incomplete"]["10_full_finetune"].startswith("no summary.json: it stopped")
+    assert numbers["incomplete"]["10_full_finetune"].startswith(
+        "no summary.json and no test metrics"
+    )
     assert (
         f"ckpt_path={killed / 'checkpoints' / 'last.ckpt'}"
         in numbers["incomplete"]["10_full_finetune"]
@@ -445,7 +447,7 @@ def test_report_names_a_killed_run_and_a_cut_off_summary(tmp_path):
     assert numbers["scenarios"]["full_finetune"]["classification"]["acc"]["n"] == 2
     assert ": seeds 1, 2; training examples" in text
     assert "**2 unfinished runs, left out of every number below**" in text
-    assert "- `10_full_finetune`: no summary.json" in text
+    assert "- `10_full_finetune`: no summary.json and no test metrics: it stopped" in text
     assert "- `11_only_head_frozen`: summary.json is cut off" in text
     with pytest.raises(ConfigError, match=r"summary\.json is not valid JSON .* cut off"):
         read_summary(cut)

@@ -182,21 +182,33 @@ def weighting_name(overrides: Sequence[str], config) -> str:
     return str(OmegaConf.select(config, "model.loss_weighting", default=None) or "static")
 
 
+def _tested(metrics: Path) -> bool:
+    """Whether `metrics.csv` holds a test metric's value: the run got to its test."""
+    with metrics.open(newline="", encoding="utf-8") as file:
+        return any(
+            v for row in csv.DictReader(file) for k, v in row.items() if k.startswith("test/")
+        )
+
+
 def unfinished(folder: Path) -> str | None:
     """Why a run folder (it has `.hydra/config.yaml`) holds no finished run, or None when it
-    does: a finished run wrote `summary.json` last, after its test, and `metrics.csv`."""
+    does. A run writes `summary.json` last, after its test; a folder without one holds a
+    finished run only if its `metrics.csv` has test values (a run from before summaries)."""
+    metrics = folder / "metrics.csv"
     if not (folder / SUMMARY_FILE).is_file():
+        if metrics.is_file() and _tested(metrics):
+            return None
         last = folder / "checkpoints" / "last.ckpt"
         resume = f"; resume it with ckpt_path={last}" if last.is_file() else ""
         return (
-            "no summary.json: it stopped before its end (killed, preempted or failed) or is "
-            f"still running{resume}"
+            "no summary.json and no test metrics: it stopped before its end (killed, preempted "
+            f"or failed) or is still running{resume}"
         )
     try:
         read_summary(folder)
     except ConfigError:
         return "summary.json is cut off (not valid JSON), its write was stopped: rerun it"
-    if not (folder / "metrics.csv").is_file():
+    if not metrics.is_file():
         return "no metrics.csv: the report reads the CSV logger's (logger=default or csv)"
     return None
 
