@@ -18,9 +18,10 @@ UV ?=
 PIP = $(BIN)/pip install -q --disable-pip-version-check
 ARGS ?=
 # make compare: the five scenarios, then the single-task baselines (experiment=single_task, one
-# per task of TASKS: the task names of your data config), at each training-set size of SIZES (per
-# task; all = every example); seed by seed (SEEDS), so that a study stopped early holds whole
-# seeds; all into one sweep folder, fixed once per make call (run folders <job>_<name>_seed<s>);
+# per task of TASKS: by default the task names of the data config that ARGS composes, e.g.
+# ARGS="data=tiny_types", read with Hydra's --cfg; TASKS=a,b chooses), at each training-set size
+# of SIZES (per task; all = every example); seed by seed (SEEDS), so that a study stopped early
+# holds whole seeds; all into one sweep folder, fixed once per make call (run folders <job>_<name>_seed<s>);
 # then the report (REFERENCE: the reference scenario, default full_finetune where the sweep has it).
 # WEIGHTINGS: loss weightings (conf/weighting) the scenarios are also swept over, e.g.
 # WEIGHTINGS=static,pcgrad,dwa (default empty: static only); the baselines stay static, and the
@@ -31,7 +32,9 @@ ARGS ?=
 SCENARIOS := full_finetune,entire_network_frozen,only_transformer_frozen,only_head_frozen,gradual_unfreeze
 SEEDS ?= 1,2,3
 SIZES ?= all
-TASKS ?= classification,sentiment
+TASKS ?= $(shell $(BIN)/python -m mtl_lightning.train $(ARGS) --cfg job --package data.tasks \
+	| $(BIN)/python -c 'import sys, yaml; tasks = yaml.safe_load(sys.stdin) or {}; \
+	print(",".join(name for name, source in tasks.items() if source is not None))')
 REFERENCE ?=
 WEIGHTINGS ?=
 SIZE_AXIS = data.max_train_examples=$(subst all,null,$(SIZES))

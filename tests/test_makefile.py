@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,16 @@ def test_install_reinstalls_torch_when_torch_changes(installed):
     # The CUDA build installed: a later target without TORCH keeps it (no CPU reinstall).
     (installed / ".venv" / ".torch").write_text(CUDA + "\n")
     assert "pip" not in dry_run(installed, "test")
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    ("args", "tasks"),
+    [("", "classification,sentiment"), ("data=tiny_types", "classification,paraphrase,similarity")],
+)
+def test_compare_baselines_are_the_data_configs_tasks(args, tasks):
+    """`make compare`'s single-task baselines: one per task of the data config ARGS composes."""
+    venv = Path(sys.executable).parent.parent  # this interpreter's, as `make test` runs it
+    plan = dry_run(ROOT, "compare", f"VENV={venv}", f"ARGS={args}", "SEEDS=1", "SWEEP=/nowhere")
+    baselines = [line for line in plan.splitlines() if "experiment=single_task" in line]
+    assert baselines and f"experiment=single_task data.only_tasks={tasks} seed=" in baselines[0]
