@@ -42,7 +42,7 @@ SWEEP ?=
 comma := ,
 COMPARE_DIR := $(or $(SWEEP),logs/compare/$(shell date +%Y-%m-%d_%H-%M-%S))
 
-.PHONY: help install train test lint format clean compare report bench FORCE
+.PHONY: help install train test test-fast lint format clean compare report bench FORCE
 
 FORCE:
 
@@ -96,8 +96,11 @@ bench: install ## Measure the speed claims side by side (about 30 min on 2 cores
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python benchmarks/run.py $(ARGS)
 
-test: install ## Run the test suite (offline: tiny random encoders, the shipped tiny corpus)
-	$(BIN)/python -m pytest -q $(ARGS)
+test: install ## Run the test suite (offline: tiny random encoders, the shipped tiny corpus); the 15 slowest tests last
+	$(BIN)/python -m pytest -q --durations=15 $(ARGS)
+
+test-fast: install ## The inner loop: the tests not marked slow, ddp or subprocess (about 1 min on 2 cores)
+	$(BIN)/python -m pytest -q -m "not slow and not ddp and not subprocess" --durations=15 $(ARGS)
 
 lint: install ## ruff check, format check, and the package's import layers (import-linter)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports

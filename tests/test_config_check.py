@@ -147,6 +147,7 @@ def test_keep_frozen_layers_must_leave_a_layer_to_train(make_cfg, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_max_epochs_minus_one_trains_until_max_steps(make_cfg, tmp_path):
     metrics = train(make_cfg("trainer.max_epochs=-1", "trainer.max_steps=3"))
     assert 0 <= metrics["test/acc_mean"] <= 1
@@ -165,6 +166,7 @@ def test_max_epochs_minus_one_without_max_steps_in_python(make_cfg):
         trainer.fit(module, datamodule=datamodule)
 
 
+@pytest.mark.slow
 def test_fit_without_the_best_checkpoint_callback(make_cfg, tmp_path):
     """`~callbacks.model_checkpoint` (documented) leaves last.ckpt's callback, monitor=None."""
     metrics = train(make_cfg("~callbacks.model_checkpoint", "trainer.max_epochs=1"))

@@ -63,6 +63,7 @@ def setup_data(cfg) -> MultiTaskDataModule:
     return datamodule
 
 
+@pytest.mark.slow
 def test_train_end_to_end_on_csv_and_jsonl(make_cfg, tmp_path, monkeypatch, caplog):
     blank = [("   ", "HUM"), ("", "LOC")]  # dropped, with a logged count
     write(tmp_path, {"q.csv": csv_bytes(questions() + blank), "r.jsonl": jsonl_bytes(reviews())})

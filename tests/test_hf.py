@@ -115,6 +115,7 @@ def test_bad_splits_name_the_key():
         HFSource("a", "csv", splits={"training": "train"})
 
 
+@pytest.mark.slow
 def test_train_with_data_hf_on_local_files(tiny_encoders, tmp_path):
     pytest.importorskip("datasets")
     files = {}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import CONF_DIR
 
@@ -38,6 +39,7 @@ def _train(tiny_encoders: dict[str, str], tmp_path: Path, *overrides: str) -> No
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.subprocess
 def test_optuna_search_runs_trials_and_reports_the_best(tiny_encoders, tmp_path):
     storage = tmp_path / "optuna.db"  # a persistent study: what resuming or sharing one needs
     _train(
@@ -62,6 +64,7 @@ def test_optuna_search_runs_trials_and_reports_the_best(tiny_encoders, tmp_path)
     assert storage.is_file()
 
 
+@pytest.mark.subprocess
 def test_submitit_local_launcher_runs_a_job(tiny_encoders, tmp_path):
     _train(
         tiny_encoders,

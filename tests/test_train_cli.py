@@ -14,6 +14,7 @@ from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.train import train
 
 
+@pytest.mark.subprocess
 def test_multirun_writes_one_folder_per_run_with_wandb_offline(tiny_encoders, tmp_path):
     command = [
         sys.executable,
@@ -42,6 +43,7 @@ def test_multirun_writes_one_folder_per_run_with_wandb_offline(tiny_encoders, tm
         assert len(offline) == 1 and any(offline[0].glob("*.wandb"))
 
 
+@pytest.mark.slow
 def test_entire_network_frozen_evaluates_heads_from_init_from(make_cfg, tmp_path):
     trained = train(make_cfg("experiment=full_finetune", "trainer.max_epochs=1", output="first"))
     ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"  # one epoch: the tested weights
@@ -59,6 +61,7 @@ def test_entire_network_frozen_evaluates_heads_from_init_from(make_cfg, tmp_path
     assert (tmp_path / "run" / "embeddings" / "classification_train.npz").is_file()
 
 
+@pytest.mark.slow
 def test_init_from_with_other_labels_is_refused(make_cfg, tmp_path):
     swapped = "data.tasks.sentiment.label_names=[positive,negative]"
     train(make_cfg("experiment=full_finetune", "trainer.max_epochs=1", swapped, output="first"))
@@ -77,6 +80,7 @@ def test_init_from_with_other_labels_is_refused(make_cfg, tmp_path):
         train(make_cfg("data.tasks.sentiment.label_names=[neg,pos]"))
 
 
+@pytest.mark.slow
 def test_unknown_scenario_and_head_are_refused(make_cfg):
     with pytest.raises(ConfigError, match="freezing.scenario=bogus is unknown"):
         train(make_cfg("freezing.scenario=bogus"))
@@ -84,6 +88,7 @@ def test_unknown_scenario_and_head_are_refused(make_cfg):
         train(make_cfg("experiment=only_head_frozen", "freezing.head=nope"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -100,6 +105,7 @@ def test_bad_settings_are_refused_before_training(make_cfg, tmp_path, override, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.subprocess
 def test_unknown_experiment_is_refused_by_name(tiny_encoders, tmp_path):
     command = [sys.executable, "-m", "mtl_lightning.train", "experiment=no_such_scenario"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
@@ -109,6 +115,7 @@ def test_unknown_experiment_is_refused_by_name(tiny_encoders, tmp_path):
     assert not (tmp_path / "logs").exists()  # no run folder was made
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -130,6 +137,7 @@ def test_cli_config_error_is_one_line_and_leaves_no_run_folder(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.subprocess
 def test_sigterm_exits_non_zero_and_leaves_a_resumable_checkpoint(tiny_encoders, tmp_path):
     run = tmp_path / "run"
     command = [
