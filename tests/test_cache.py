@@ -44,6 +44,7 @@ def shared_position_encoders(tmp_path_factory) -> dict[str, str]:
     return folders
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("experiment", "pace"),
     [
@@ -81,6 +82,7 @@ def test_cached_and_fresh_training_agree(make_cfg, experiment, pace):
         assert with_cache["freeze/prefix_cache_hits"] > 0
 
 
+@pytest.mark.slow
 def test_a_frozen_encoder_evaluated_again_is_served_and_other_data_is_not(make_cfg):
     """entire_network_frozen evaluates: a second test of the same data comes from the cache and
     matches the first; a test on other data (another split: other sentences at the same indices)
@@ -134,6 +136,7 @@ def test_cache_serves_only_complete_batches_of_the_same_tokens_and_clears():
     assert cache.get(key, torch.tensor([2]), ids[1:], mask[1:]) is None and len(cache) == 0
 
 
+@pytest.mark.slow
 def test_loading_weights_empties_the_cache(make_cfg, tmp_path):
     from hydra.utils import instantiate
 
@@ -153,6 +156,7 @@ def test_loading_weights_empties_the_cache(make_cfg, tmp_path):
     assert len(module.frozen_cache.embeddings) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["bert", "distilbert"])
 def test_prefix_cached_and_fresh_training_agree(make_cfg, encoder):
     """Top layer trainable, the rest frozen: training from the cached states of the frozen layers
@@ -174,6 +178,7 @@ def test_prefix_cached_and_fresh_training_agree(make_cfg, encoder):
     assert "freeze/prefix_cache_hits" not in without
 
 
+@pytest.mark.slow
 def test_prefix_cache_over_budget_falls_back_with_a_logged_reason(make_cfg, caplog):
     common = ("freezing.keep_frozen_layers=2", "trainer.max_epochs=2", RECORD)
     with caplog.at_level("WARNING", logger="mtl_lightning.model.embedding_cache"):
@@ -317,6 +322,7 @@ def test_prefix_cache_serves_only_where_its_states_reproduce_the_encoder(
     assert used and all(id(p) in below for n, p in encoder.named_parameters() if n in used)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", sorted(SHARED_POSITIONS))
 def test_shared_position_parameters_stay_frozen_and_the_prefix_cache_exact(
     make_cfg, shared_position_encoders, encoder

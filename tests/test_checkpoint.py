@@ -91,6 +91,7 @@ def test_a_crafted_file_runs_no_code_anywhere(make_cfg, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_failed_checkpoint_write_leaves_the_previous_one_resumable(
     make_cfg, tmp_path, monkeypatch
 ):
@@ -137,6 +138,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_resumable(
     assert 0 <= resumed["test/acc_mean"] <= 1
 
 
+@pytest.mark.slow
 def test_the_best_checkpoint_holds_weights_only_and_last_the_optimizer(make_cfg, tmp_path):
     metrics = train(make_cfg("trainer.max_epochs=1"))
     folder = tmp_path / "run" / "checkpoints"

@@ -6,9 +6,11 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pytest
 import torch
 from lightning import Callback, Trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mtl_lightning.core import compat
 
@@ -64,6 +66,29 @@ def test_the_wrappers_read_lightnings_state_in_a_real_fit(tmp_path):
     assert saved == ["e1.ckpt", "e3.ckpt"]
     at_end = torch.load(tmp_path / "e1.ckpt", weights_only=True)
     assert compat.checkpoint_boundary_epoch(at_end) == 2  # a resume starts epoch 2
+
+
+class StopAtStep(Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 3:
+            compat.stop_after_this_batch(trainer)
+
+
+def test_stop_after_this_batch_is_lightnings_sigterm_stop(tmp_path):
+    seen: list[BaseException] = []
+    probe = Callback()
+    probe.on_exception = lambda trainer, module, exception: seen.append(exception)
+    trainer = Trainer(
+        max_epochs=2,
+        callbacks=[StopAtStep(), probe],
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    with pytest.raises(SIGTERMException):
+        trainer.fit(BoringModel())
+    assert trainer.global_step == 3 and [type(e) for e in seen] == [SIGTERMException]
 
 
 def test_rng_states_round_trip():

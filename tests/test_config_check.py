@@ -21,7 +21,6 @@ from mtl_lightning.train import build_data, build_module, train
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 TASKS = {"classification": ["a", "b", "c"], "sentiment": ["negative", "positive"]}
-NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 
 
 def compose_cfg(name: str, *overrides: str):
@@ -129,10 +128,22 @@ def test_a_loss_with_mode_min_passes(make_cfg):
     )
 
 
-@NO_GPU
-def test_gpu_trainer_without_a_gpu_suggests_cpu():
+@pytest.mark.parametrize(
+    ("cuda", "message"),
+    [
+        # `make install` kept a CPU build: named as the cause, with the command that fixes it.
+        (None, r'^trainer\.accelerator=gpu but this torch \S+ is a CPU build: install a CUDA one, '
+         r'e\.g\. make install TORCH="torch==\d[^ ]* --index-url \S+/cu128" .*trainer=cpu\.$'),
+        ("12.8", r"^trainer\.accelerator=gpu but no CUDA GPU is visible \(torch \S+, built for "
+         r"CUDA 12\.8\): check nvidia-smi and CUDA_VISIBLE_DEVICES, or use trainer=cpu"),
+    ],
+)  # fmt: skip
+def test_gpu_trainer_without_a_gpu_names_the_cause(monkeypatch, cuda, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", cuda)
+    monkeypatch.setattr(torch.version, "hip", None, raising=False)
     cfg = compose_cfg("train", "trainer=gpu")
-    with pytest.raises(ConfigError, match=r"^trainer\.accelerator=gpu but no CUDA GPU.*=cpu"):
+    with pytest.raises(ConfigError, match=message):
         check_trainer(cfg.trainer)
 
 
@@ -149,8 +160,9 @@ def test_keep_frozen_layers_must_leave_a_layer_to_train(make_cfg, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_max_epochs_minus_one_trains_until_max_steps(make_cfg, tmp_path):
-    metrics = train(make_cfg("trainer.max_epochs=-1", "+trainer.max_steps=3"))
+    metrics = train(make_cfg("trainer.max_epochs=-1", "trainer.max_steps=3"))
     assert 0 <= metrics["test/acc_mean"] <= 1
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 3  # it stopped at max_steps, within the first epoch
@@ -168,6 +180,7 @@ def test_max_epochs_minus_one_without_max_steps_in_python(make_cfg):
         trainer.fit(module, datamodule=datamodule)
 
 
+@pytest.mark.slow
 def test_fit_without_the_best_checkpoint_callback(make_cfg, tmp_path):
     """`~callbacks.model_checkpoint` (documented) leaves last.ckpt's callback, monitor=None."""
     metrics = train(make_cfg("~callbacks.model_checkpoint", "trainer.max_epochs=1"))

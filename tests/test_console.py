@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 FOREIGN = [
     "litlogger",  # Lightning's advertisement
     "anonymous setting has no effect",  # wandb, about an argument WandbLogger always passes
@@ -14,6 +16,7 @@ FOREIGN = [
 ]
 
 
+@pytest.mark.subprocess
 def test_training_prints_no_foreign_warnings(tiny_encoders, tmp_path):
     command = [
         sys.executable,

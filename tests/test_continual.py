@@ -34,6 +34,7 @@ def _val_rows(run: Path) -> list[dict]:
         return [r for r in csv.DictReader(f) if r.get("val/classification/acc")]
 
 
+@pytest.mark.slow
 def test_stage_two_adds_a_new_head_and_keeps_the_old_one(make_cfg, tmp_path, stage1, caplog):
     saved = torch.load(stage1, map_location="cpu", weights_only=False)["state_dict"]
     assert not any(k.startswith("heads.sentiment.") for k in saved)
@@ -64,6 +65,7 @@ def test_stage_two_adds_a_new_head_and_keeps_the_old_one(make_cfg, tmp_path, sta
         assert float(row["val/classification/forgetting"]) == pytest.approx(drop, abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_forgetting_is_exactly_zero_when_nothing_changes(make_cfg, tmp_path, stage1, precision):
     train(
@@ -77,6 +79,7 @@ def test_forgetting_is_exactly_zero_when_nothing_changes(make_cfg, tmp_path, sta
     assert all(float(r["val/classification/forgetting"]) == 0.0 for r in logged)
 
 
+@pytest.mark.slow
 def test_forgetting_after_a_joint_warmup_is_read_at_the_last_validation(make_cfg, tmp_path):
     train(make_cfg("experiment=only_head_frozen", "trainer.max_epochs=3", "model.lr=0"))
     rows = _val_rows(tmp_path / "run")
@@ -86,6 +89,7 @@ def test_forgetting_after_a_joint_warmup_is_read_at_the_last_validation(make_cfg
     assert all(float(r["val/classification/acc_at_freeze"]) == frozen_at for r in logged)
 
 
+@pytest.mark.slow
 def test_freezing_a_head_the_checkpoint_lacks_is_refused(make_cfg, stage1):
     with pytest.raises(ConfigError, match="freezing.head=sentiment"):
         train(
@@ -96,6 +100,8 @@ def test_freezing_a_head_the_checkpoint_lacks_is_refused(make_cfg, stage1):
         )  # fmt: skip
 
 
+@pytest.mark.ddp
+@pytest.mark.subprocess
 def test_forgetting_is_exactly_zero_under_ddp_when_nothing_changes(tmp_path, stage1, tiny_encoders):
     run = tmp_path / "ddp"
     command = [

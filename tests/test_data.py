@@ -172,6 +172,7 @@ def test_bucket_pool_one_is_random_batching_and_larger_pools_pad_less():
     assert padded(1) > 0.3 > 0.05 > padded(50)
 
 
+@pytest.mark.slow
 def test_max_train_examples_keeps_a_fixed_stratified_subsample(make_cfg):
     from hydra.utils import instantiate
 
@@ -207,6 +208,7 @@ def test_subsample_keeps_every_label_even_a_rare_one():
     assert subsample((texts, labels), None, seed=1) == (texts, labels)
 
 
+@pytest.mark.subprocess
 def test_inferred_class_order_is_the_same_in_every_process():
     """`1` and `01` sort alike as numbers; the order must not follow a set's, which depends on
     the process's string hashing (PYTHONHASHSEED)."""

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 TESTS = Path(__file__).resolve().parent
 
 
@@ -34,6 +36,8 @@ def _run_ddp(tiny_encoders, tmp_path, *overrides: str) -> tuple[dict, dict]:
     return rank0, rank1
 
 
+@pytest.mark.ddp
+@pytest.mark.subprocess
 def test_ddp_replicas_stay_identical_across_unfreezing(tiny_encoders, tmp_path):
     rank0, rank1 = _run_ddp(tiny_encoders, tmp_path)
     assert rank0.keys() == rank1.keys() == {"0", "1", "2"}
@@ -45,6 +49,8 @@ def test_ddp_replicas_stay_identical_across_unfreezing(tiny_encoders, tmp_path):
     assert any(rank0["0"][n] != rank0["2"][n] for n in top)
 
 
+@pytest.mark.ddp
+@pytest.mark.subprocess
 def test_ddp_ranks_unfreeze_together_on_rank_zeros_plateau(tiny_encoders, tmp_path):
     # The pace (100 steps) is never reached: only plateaus unfreeze. The monitor plateaus on
     # rank 0 and never on rank 1; both ranks act on rank 0's reading.

@@ -91,6 +91,7 @@ def exported(run_root, ckpt) -> Path:
     return output
 
 
+@pytest.mark.subprocess
 def test_sentence_transformers_encode_equals_the_encode_cli(run_root, ckpt, exported, tmp_path):
     sentence_transformers = pytest.importorskip("sentence_transformers")
     source = tmp_path / "sentences.txt"
@@ -102,6 +103,7 @@ def test_sentence_transformers_encode_equals_the_encode_cli(run_root, ckpt, expo
     np.testing.assert_allclose(model.encode(TEXTS), np.load(output), atol=1e-5)
 
 
+@pytest.mark.subprocess
 def test_the_root_is_a_plain_hugging_face_model(ckpt, exported):
     model = AutoModel.from_pretrained(exported, local_files_only=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(exported, local_files_only=True)
@@ -113,6 +115,7 @@ def test_the_root_is_a_plain_hugging_face_model(ckpt, exported):
     np.testing.assert_allclose(pooled.numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.subprocess
 def test_heads_reload_from_safetensors_with_the_checkpoints_logits(ckpt, exported):
     assert not [p.name for p in exported.rglob("*") if p.suffix in (".bin", ".pkl", ".pt")]
     spec = json.loads((exported / "heads.json").read_text())
@@ -132,6 +135,7 @@ def test_heads_reload_from_safetensors_with_the_checkpoints_logits(ckpt, exporte
         torch.testing.assert_close(heads[task](embedding), expected[task])
 
 
+@pytest.mark.subprocess
 def test_model_card_holds_what_the_run_recorded(run_root, exported):
     card = (exported / "README.md").read_text()
     summary = json.loads((run_root / "run" / "summary.json").read_text())
@@ -391,6 +395,7 @@ def test_project_commit_is_none_outside_a_git_checkout(tmp_path):
     assert project_commit(tmp_path / "site-packages" / "mtl_lightning") is None
 
 
+@pytest.mark.subprocess
 def test_export_needs_no_sentence_transformers(ckpt, tmp_path):
     """sentence-transformers is a dev extra: export runs with it made unimportable."""
     script = (
@@ -407,6 +412,7 @@ def test_export_needs_no_sentence_transformers(ckpt, tmp_path):
     assert (tmp_path / "out" / "modules.json").is_file()
 
 
+@pytest.mark.subprocess
 def test_push_to_hub_offline_is_one_sentence_and_keeps_the_folder(run_root, ckpt, tmp_path):
     output = tmp_path / "out"
     overrides = [f"ckpt_path={ckpt}", f"output={output}", "push_to_hub=someone/mtl-model"]
@@ -421,6 +427,7 @@ def test_push_to_hub_offline_is_one_sentence_and_keeps_the_folder(run_root, ckpt
     assert (output / "modules.json").is_file()
 
 
+@pytest.mark.subprocess
 def test_export_errors_name_the_key(ckpt, tmp_path):
     with pytest.raises(ConfigError, match="ckpt_path=.*missing.ckpt does not exist"):
         export_checkpoint(tmp_path / "missing.ckpt", tmp_path / "out")
@@ -488,6 +495,7 @@ def st_encoder(tiny_encoders, tmp_path):
     return make
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("pooling", "normalize"), [("cls", False), ("max", True)])
 def test_a_sentence_transformers_folder_round_trips(
     make_cfg, st_encoder, tmp_path, pooling, normalize
@@ -542,6 +550,7 @@ def test_the_packaged_minilm_is_read_as_a_sentence_transformers_folder():
     assert load_tokenizer(PACKAGED_MINILM).model_max_length == 256  # its max_seq_length
 
 
+@pytest.mark.slow
 def test_data_max_length_above_the_folders_max_seq_length_is_refused(make_cfg, st_encoder):
     folder = st_encoder("mean", False)  # max_seq_length 64
     cfg = make_cfg(f"model.encoder.name_or_path={folder}", "data.max_length=100")

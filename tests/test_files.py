@@ -65,6 +65,7 @@ def setup_data(cfg) -> MultiTaskDataModule:
     return datamodule
 
 
+@pytest.mark.slow
 def test_train_end_to_end_on_csv_and_jsonl(make_cfg, tmp_path, monkeypatch, caplog):
     blank = [("   ", "HUM"), ("", "LOC")]  # dropped, with a logged count
     write(tmp_path, {"q.csv": csv_bytes(questions() + blank), "r.jsonl": jsonl_bytes(reviews())})
@@ -121,6 +122,49 @@ def test_given_val_and_test_files_are_used_as_given(make_cfg, tmp_path):
     assert datamodule.label_names["classification"] == ["LOC", "HUM", "ABBR"]  # as declared
     assert splits["val"].labels == [1, 0]
     assert len(datamodule.datasets["sentiment"]["val"]) == 4  # carved: 10% of 20 per class
+
+
+def test_documented_keys_need_no_plus(make_cfg, tmp_path):
+    """`type`, `text_pair_column`, `type_options.*` of data=files (and data=hf) and
+    `trainer.max_steps` are declared: ordinary overrides set them; the nulls keep the defaults."""
+    scored = [(f"a cat sat {i}", f"a cat sat down {i}", str(i % 6)) for i in range(40)]
+    write(
+        tmp_path,
+        {
+            "q.csv": csv_bytes(questions()),
+            "s.csv": csv_bytes(scored, ("first", "second", "score")),
+        },
+    )
+    task = "data.tasks.sentiment"
+    cfg = make_cfg(
+        "data=files",
+        f"data.tasks.classification.train={tmp_path / 'q.csv'}",
+        f"{task}.train={tmp_path / 's.csv'}",
+        f"{task}.type=similarity",
+        f"{task}.text_column=first",
+        f"{task}.text_pair_column=second",
+        f"{task}.label_column=score",
+        f"{task}.type_options.loss=cosine_mse",
+        f"{task}.type_options.score_range=[0,5]",
+        "trainer.max_steps=2",
+    )
+    assert cfg.trainer.max_steps == 2
+    types = setup_data(cfg).task_types
+    assert types["classification"].name == "classification"
+    assert types["classification"].options == {}  # its declared nulls are not options
+    assert types["sentiment"].name == "similarity"
+    assert types["sentiment"].options == {
+        "loss": "cosine_mse",
+        "scale": 20.0,
+        "score_range": [0, 5],
+    }
+    hf = make_cfg(
+        "data=hf",
+        "data.tasks.sentiment.type=similarity",
+        "data.tasks.sentiment.type_options.loss=cosine_mse",
+    )
+    assert hf.data.tasks.sentiment.type_options.loss == "cosine_mse"
+    assert make_cfg().trainer.max_steps == -1  # Lightning's default: no limit
 
 
 def test_integer_labels_are_ordered_as_numbers(make_cfg, tmp_path):

@@ -41,6 +41,7 @@ def source(make_cfg, tmp_path) -> Path:
     return point
 
 
+@pytest.mark.slow
 def test_only_head_frozen_forked_from_full_finetune_is_the_run_from_scratch(
     make_cfg, tmp_path, source
 ):
@@ -78,6 +79,7 @@ def test_only_head_frozen_forked_from_full_finetune_is_the_run_from_scratch(
     assert json.loads((tmp_path / "scratch" / "summary.json").read_text())["fork"] is None
 
 
+@pytest.mark.slow
 def test_a_sweep_folder_gives_each_run_the_fork_that_fits_or_none(make_cfg, tmp_path, source):
     sweep = tmp_path  # holds full/ (and each new run's folder)
     _run(make_cfg, *OHF, f"fork_from={sweep}", output="ohf")
@@ -90,6 +92,7 @@ def test_a_sweep_folder_gives_each_run_the_fork_that_fits_or_none(make_cfg, tmp_
     assert json.loads((tmp_path / "seed7" / "summary.json").read_text())["fork"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -114,6 +117,7 @@ def test_a_fork_that_would_not_be_exact_is_refused(make_cfg, tmp_path, source, o
     assert not (tmp_path / "refused" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_fork_from_needs_an_epoch_end_in_a_run_folder(make_cfg, tmp_path, source):
     steps = (
         "+callbacks.steps._target_=lightning.pytorch.callbacks.ModelCheckpoint",
@@ -137,6 +141,7 @@ def test_fork_from_needs_an_epoch_end_in_a_run_folder(make_cfg, tmp_path, source
         _run(make_cfg, "fork_points=[-1]", output="no")
 
 
+@pytest.mark.slow
 def test_a_later_fork_point_copies_the_best_checkpoint_and_a_resumed_fork_keeps_its_record(
     make_cfg, tmp_path
 ):
@@ -165,6 +170,7 @@ def test_a_later_fork_point_copies_the_best_checkpoint_and_a_resumed_fork_keeps_
     assert not (tmp_path / "refused" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_folder_search_passes_over_what_it_cannot_read(make_cfg, tmp_path, source):
     broken = tmp_path / "broken" / "checkpoints"
     broken.mkdir(parents=True)

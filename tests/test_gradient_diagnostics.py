@@ -44,6 +44,7 @@ def test_a_group_of_two_parameters_is_one_vector():
     assert stats["grad/encoder/norm/a"] == pytest.approx(math.sqrt(10), rel=1e-6)
 
 
+@pytest.mark.slow
 def test_the_callback_logs_every_group_on_the_steps_asked(make_cfg):
     cfg = make_cfg(
         DIAGNOSTICS, "callbacks.gradient_diagnostics.every_n_steps=2", "trainer.max_epochs=1"
@@ -70,6 +71,7 @@ def test_the_callback_logs_every_group_on_the_steps_asked(make_cfg):
     assert summary["best_epochs"]["per_task"] == {"classification": 0, "sentiment": 0}
 
 
+@pytest.mark.slow
 def test_the_callback_refuses_steps_of_one_task(make_cfg):
     with pytest.raises(ConfigError, match=r"needs steps holding every task's loss"):
         train(make_cfg(DIAGNOSTICS, "data.sampling=alternating"))

@@ -50,6 +50,7 @@ class StepRecorder(Callback):
 RECORD = "+callbacks.steps_seen._target_=test_gradual.StepRecorder"
 
 
+@pytest.mark.slow
 def test_the_schedule_step_by_step(make_cfg):
     # Tiny data: 7 joint steps per epoch, 3 epochs = 21 steps; a stage is 3 steps.
     train(
@@ -78,6 +79,7 @@ def test_the_schedule_step_by_step(make_cfg):
                 assert name in seen["trainable"] and seen["lr"][name] == 0.0
 
 
+@pytest.mark.slow
 def test_a_fraction_of_an_epoch_sets_the_pace_in_steps(make_cfg):
     train(make_cfg("experiment=gradual_unfreeze", "freezing.every_n_epochs=0.5", RECORD))
     steps = StepRecorder.last.steps
@@ -86,6 +88,7 @@ def test_a_fraction_of_an_epoch_sets_the_pace_in_steps(make_cfg):
         assert seen["trainable"] - {"heads"} == set(GROUPS_TOP_DOWN[: seen["step"] // 4])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", ["trainer.max_epochs=2", "trainer.max_epochs=-1"])
 def test_a_fraction_of_an_epoch_paces_unfreezing_and_warmup_alike(make_cfg, limit):
     # max_epochs=-1 + max_steps: Lightning has no train loader yet when the LR schedule is
@@ -94,7 +97,7 @@ def test_a_fraction_of_an_epoch_paces_unfreezing_and_warmup_alike(make_cfg, limi
     train(
         make_cfg(
             "experiment=gradual_unfreeze", "freezing.every_n_epochs=0.5", RECORD, limit,
-            "+trainer.max_steps=14", "model.warmup_ratio=0.2",
+            "trainer.max_steps=14", "model.warmup_ratio=0.2",
         )
     )  # fmt: skip
     steps = StepRecorder.last.steps
@@ -150,6 +153,7 @@ def straight_then_resumed(make_cfg, tmp_path, common, every: int, at: int, steps
         torch.testing.assert_close(resumed.after[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_resume_in_the_middle_of_a_stage_is_exact(make_cfg, tmp_path):
     common = ("experiment=gradual_unfreeze", "freezing.unfreeze_every_steps=4", RECORD)
     # Step 10: the third stage (steps 8-11, layer 1 unfrozen at 8, still warming up), epoch 1.
@@ -184,6 +188,7 @@ PLATEAU = (
 )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_plateau_unfreezes_the_next_group_before_the_pace(make_cfg):
     # 7 steps per epoch, 21 in all; a validation every 2 batches (steps 2, 4, 6, 9, 11, ...).
     # Stage 0 would last to step 6, but val/probe does not improve at step 4: layer_2 unfreezes
@@ -206,12 +211,14 @@ def test_a_plateau_unfreezes_the_next_group_before_the_pace(make_cfg):
             assert seen["lr"][name] == pytest.approx(expected, abs=1e-12), (step, name)
 
 
+@pytest.mark.slow
 def test_resume_after_a_plateau_is_exact(make_cfg, tmp_path):
     # Step 12: after the plateau at 4 (without it, layer_1 would start at 12, not 10), and
     # after stage 2's first validation (11), which the plateau at 13 compares with.
     straight_then_resumed(make_cfg, tmp_path, PLATEAU, every=6, at=12, steps=21)
 
 
+@pytest.mark.slow
 def test_a_plateau_monitor_that_is_not_logged_is_named(make_cfg):
     from mtl_lightning.core.errors import ConfigError
 
@@ -231,6 +238,7 @@ class Flat(Callback):
             pl_module.log("val/flat", 0.5)
 
 
+@pytest.mark.slow
 def test_a_plateau_waits_for_the_end_of_an_accumulation_window(make_cfg):
     # Windows of 2 batches, a validation every 3 (batches 2 and 5 of each epoch of 7): the
     # first falls inside a window. With patience 2 the first plateau comes at epoch 1's batch

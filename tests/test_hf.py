@@ -86,7 +86,12 @@ def test_unreachable_hub_fails_fast(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", False)
     monkeypatch.setattr(hf, "hub_reachable", lambda: False)
     monkeypatch.setattr("datasets.load_dataset", pytest.fail)  # never reached
-    with pytest.raises(ConfigError, match="data.tasks.a.path=someone/data: the Hugging Face hub"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^data\.tasks\.a\.path=someone/data: the Hugging Face hub is unreachable .*: set "
+        r"HF_HUB_OFFLINE=1 \(and HF_DATASETS_OFFLINE=1\) on a machine without the hub, .* "
+        r"export the dataset to files where there is a network and use data=files with them\.$",
+    ):
         HFSource("a", "someone/data").load(Path("unused"))
 
 
@@ -110,6 +115,7 @@ def test_bad_splits_name_the_key():
         HFSource("a", "csv", splits={"training": "train"})
 
 
+@pytest.mark.slow
 def test_train_with_data_hf_on_local_files(tiny_encoders, tmp_path):
     pytest.importorskip("datasets")
     files = {}

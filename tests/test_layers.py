@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
@@ -25,12 +27,14 @@ def lint_imports(source: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.subprocess
 def test_the_package_keeps_its_layers():
     result = lint_imports(ROOT / "src")
     assert result.returncode == 0, result.stdout[-2000:]
     assert "1 kept, 0 broken" in result.stdout
 
 
+@pytest.mark.subprocess
 def test_an_upward_import_breaks_the_layers(tmp_path):
     copy = tmp_path / "src"
     shutil.copytree(ROOT / "src" / "mtl_lightning", copy / "mtl_lightning")

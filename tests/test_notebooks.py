@@ -35,6 +35,7 @@ def test_stored_notebooks_have_no_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
 
 
+@pytest.mark.subprocess
 def test_embeddings_notebook_trains_and_plots(tiny_encoders, tmp_path, monkeypatch):
     monkeypatch.setenv("MTL_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("MTL_NOTEBOOK_ENCODER", tiny_encoders["bert"])
@@ -45,6 +46,7 @@ def test_embeddings_notebook_trains_and_plots(tiny_encoders, tmp_path, monkeypat
     assert len(_shown(notebook, "image/png")) == 1  # the two heatmaps, one figure
 
 
+@pytest.mark.subprocess
 def test_compare_notebook_reads_a_sweep_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("MTL_NOTEBOOK_SWEEP", str(make_fake_sweep(tmp_path / "sweep")))
     notebook = _execute("02_compare.ipynb")

@@ -51,6 +51,7 @@ def test_keep_frozen_layers_caps_the_schedule(scenario):
     assert depths == ([2] * 6 if scenario is FullFinetune else [0, 1, 2, 2, 2, 2])
 
 
+@pytest.mark.slow
 def test_keep_frozen_layers_in_a_run(make_cfg):
     train(
         make_cfg(
@@ -65,6 +66,7 @@ def test_keep_frozen_layers_in_a_run(make_cfg):
     assert any(".layer.2." in n for n in trainable)
 
 
+@pytest.mark.slow
 def test_forgetting_is_logged_every_epoch_after_the_head_freezes(make_cfg, tmp_path):
     train(make_cfg("experiment=only_head_frozen", "trainer.max_epochs=3"))
     with open(tmp_path / "run" / "metrics.csv") as f:

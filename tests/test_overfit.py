@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 import torch
 from conftest import CONF_DIR
 from helpers import Recorder
@@ -12,6 +13,7 @@ from omegaconf import OmegaConf
 from mtl_lightning.train import train
 
 
+@pytest.mark.slow
 def test_debug_overfit_memorises_its_batches(make_cfg, tmp_path):
     debug = OmegaConf.load(CONF_DIR / "debug" / "overfit.yaml")
     epochs, batches = debug.trainer.max_epochs, debug.trainer.overfit_batches

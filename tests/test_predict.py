@@ -70,6 +70,7 @@ def test_checkpoint_loads_without_the_encoder_folder(run_root, ckpt, predictor):
     assert predictor.tokenizer("Hello")["input_ids"] == [101, 7592, 102]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
 def test_predict_cli_writes_one_object_per_line_in_input_order(ckpt, tmp_path, suffix):
     source = tmp_path / f"sentences{suffix}"
@@ -91,6 +92,7 @@ def test_predict_cli_writes_one_object_per_line_in_input_order(ckpt, tmp_path, s
     assert list(cwd.iterdir()) == []  # Hydra left no run folder or log behind
 
 
+@pytest.mark.subprocess
 def test_predict_cli_text_prints_one_json_line(ckpt, tmp_path, predictor):
     result = run_cli("predict", f"ckpt_path={ckpt}", "text=Who wrote Hamlet?", cwd=tmp_path)
     lines = result.stdout.splitlines()
@@ -109,6 +111,7 @@ def test_batched_predictions_equal_one_at_a_time(predictor):
             assert record[task]["probs"] == pytest.approx(alone[task]["probs"], abs=1e-5)
 
 
+@pytest.mark.subprocess
 def test_encode_cli_matches_each_sentence_encoded_alone(ckpt, tmp_path, predictor):
     source = tmp_path / "sentences.txt"
     source.write_text("\n".join(TEXTS) + "\n")
@@ -225,6 +228,7 @@ def test_txt_lines_split_at_line_ends_and_blank_lines_are_skipped(tmp_path, newl
     assert read_rows(source) == [{"text": text} for text in sentences]
 
 
+@pytest.mark.subprocess
 def test_predict_cli_text_is_the_text_as_typed(ckpt, tmp_path):
     result = run_cli("predict", f"ckpt_path={ckpt}", "text=true", "text_pair=1e3", cwd=tmp_path)
     record = json.loads(result.stdout)

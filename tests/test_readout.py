@@ -87,6 +87,7 @@ def _readout_accuracy(run, task: str, kind: str, k: int = 25) -> float:
     return _accuracy(fitted, embeddings, labels)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["centroid", "knn"])
 def test_entire_network_frozen_scores_the_readout_computing_embeddings_once(
     make_cfg, tmp_path, kind
@@ -108,6 +109,7 @@ def test_entire_network_frozen_scores_the_readout_computing_embeddings_once(
     assert EncoderRows.last.rows == examples  # every example through the encoder once
 
 
+@pytest.mark.slow
 def test_entire_network_frozen_with_init_from_logs_the_readout_beside_the_heads(make_cfg, tmp_path):
     train(make_cfg("experiment=full_finetune", "trainer.max_epochs=1", output="first"))
     ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from fake_sweep import (
     SCORES,
     SIMILARITY_RUNS,
@@ -25,6 +26,7 @@ from fake_sweep import (
 )
 
 from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.summary import read_summary, write_summary
 from mtl_lightning.report import main
 from mtl_lightning.study import stats
 from mtl_lightning.study.report import fingerprint_of_test_split, load_runs, write_report
@@ -32,6 +34,7 @@ from mtl_lightning.study.report import fingerprint_of_test_split, load_runs, wri
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_report_tables_and_plots_from_a_sweep_folder(tmp_path):
     sweep = make_fake_sweep(tmp_path / "sweep")
     report = write_report(sweep)
@@ -66,6 +69,7 @@ def test_report_tables_and_plots_from_a_sweep_folder(tmp_path):
     assert names == ["0_full_finetune", "1_only_head_frozen", "2_entire_network_frozen"]
 
 
+@pytest.mark.slow
 def test_report_json_of_a_two_seed_study(tmp_path):
     """Known numbers (fake_sweep.STUDY_ERRORS): spread over seeds, baselines, paired deltas."""
     sweep = make_fake_study(tmp_path / "sweep")
@@ -130,6 +134,7 @@ def test_report_json_of_a_two_seed_study(tmp_path):
     assert "| baseline_0_single_task_classification | single_task | 1 | all |" in text
 
 
+@pytest.mark.slow
 def test_report_of_a_similarity_task_uses_spearman_and_pearson(tmp_path):
     """A similarity task's numbers are its primary metric (Spearman) and Pearson, over seeds and
     as paired bootstrap differences of the predicted scores, not accuracies."""
@@ -157,6 +162,7 @@ def test_report_of_a_similarity_task_uses_spearman_and_pearson(tmp_path):
     assert header in text
 
 
+@pytest.mark.slow
 def test_report_pairs_only_runs_on_the_same_test_examples(tmp_path):
     sweep = make_fake_study(tmp_path / "sweep")
     # A run whose test split is another one (e.g. other data): no paired test with it.
@@ -172,6 +178,7 @@ def test_report_pairs_only_runs_on_the_same_test_examples(tmp_path):
     assert any("2_only_head_frozen" in note for note in numbers["notes"])
 
 
+@pytest.mark.slow
 def test_report_detects_a_test_split_the_seeds_share(tmp_path):
     """Seeds with one test split (the same idx and labels) share each resample of it: their
     differences move together, so the example-level interval of their mean is wider than with a
@@ -206,6 +213,7 @@ def test_split_fingerprint_is_the_examples_not_the_config():
     assert same != fingerprint_of_test_split("sentiment", index, labels)
 
 
+@pytest.mark.slow
 def test_report_reference_is_configurable(tmp_path):
     sweep = make_fake_study(tmp_path / "sweep")
     main([str(sweep), "--reference", "only_head_frozen"])
@@ -225,6 +233,7 @@ def test_report_reference_is_configurable(tmp_path):
     assert "| scenario | Δ acc vs single_task | Δ F1 vs single_task |" in text
 
 
+@pytest.mark.slow
 def test_report_of_a_study_at_two_training_set_sizes(tmp_path):
     sweep = make_fake_study(tmp_path / "sweep", sizes=(64, None))
     text = write_report(sweep).read_text()
@@ -239,12 +248,13 @@ def test_report_of_a_study_at_two_training_set_sizes(tmp_path):
 
 
 def test_report_on_a_folder_without_runs_says_what_to_give(tmp_path):
-    with pytest.raises(ConfigError, match=r"holds no run folders with \.hydra/config\.yaml"):
+    with pytest.raises(ConfigError, match=r"holds no finished run folders \(\.hydra/config\.yaml"):
         write_report(tmp_path)
     with pytest.raises(SystemExit, match=r"^Error: sweep folder .*/missing does not exist"):
         main([str(tmp_path / "missing")])
 
 
+@pytest.mark.subprocess
 def test_two_seed_study_multirun_then_report(tiny_encoders, tmp_path):
     """As `make compare SEEDS=1,2` does, with two scenarios: the scenarios' multirun, the
     single-task baselines' multirun into the same folder, then the report. only_head_frozen
@@ -335,6 +345,7 @@ def test_two_seed_study_multirun_then_report(tiny_encoders, tmp_path):
         assert len(tables) == 1  # the W&B confusion-matrix chart's table
 
 
+@pytest.mark.slow
 def test_summary_train_time_is_the_fit_alone(make_cfg, tmp_path):
     """Testing the best checkpoint restores its Timer state; that must not count twice."""
     import json
@@ -349,6 +360,7 @@ def test_summary_train_time_is_the_fit_alone(make_cfg, tmp_path):
     assert 0 < summary["train_seconds"] < elapsed
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_report_picks_the_newest_sweep_by_time(tmp_path):
     """`logs/compare/default` sorts after any dated folder by name; the newer one is meant."""
@@ -370,6 +382,7 @@ def test_make_report_picks_the_newest_sweep_by_time(tmp_path):
     assert "-m mtl_lightning.report logs/compare/2026-01-02_03-04-05 " in result.stdout + " "
 
 
+@pytest.mark.slow
 def test_report_delta_m_per_scenario_and_weighting(tmp_path):
     """Δm over the baselines (fake_sweep.STUDY_ERRORS), each seed against its own; a copy of
     full_finetune's runs trained with `weighting=pcgrad` is a group of its own."""
@@ -405,3 +418,70 @@ def test_report_delta_m_per_scenario_and_weighting(tmp_path):
     lines = text.splitlines()
     row = next(line for line in lines if line.startswith("| full_finetune+pcgrad | all"))
     assert f"1: {expected[0]:+.2f}, 2: {expected[1]:+.2f}" in row
+
+
+@pytest.mark.slow
+def test_report_names_a_killed_run_and_a_cut_off_summary(tmp_path):
+    """A third seed of full_finetune killed mid-training (validation rows only, no summary.json,
+    a last.ckpt) and one whose summary.json was cut mid-write: both are named in report.md and
+    report.json, left out of the numbers, and the header's seeds are those that finished."""
+    sweep = make_fake_study(tmp_path / "sweep")
+    killed, cut = sweep / "10_full_finetune", sweep / "11_only_head_frozen"
+    for copy, original in ((killed, "0_full_finetune"), (cut, "2_only_head_frozen")):
+        shutil.copytree(sweep / original, copy)
+        config = copy / ".hydra" / "config.yaml"
+        config.write_text(config.read_text().replace("seed: 1\n", "seed: 3\n"))
+    (killed / "summary.json").unlink()
+    shutil.rmtree(killed / "test_predictions")
+    with (killed / "metrics.csv").open(newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row["epoch"] == "0"]
+    with (killed / "metrics.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (killed / "checkpoints").mkdir()
+    (killed / "checkpoints" / "last.ckpt").write_bytes(b"")
+    text = (cut / "summary.json").read_text()
+    (cut / "summary.json").write_text(text[: len(text) // 2])
+
+    text = write_report(sweep).read_text()
+    numbers = json.loads((sweep / "report.json").read_text())
+    assert numbers["seeds"] == [1, 2]
+    assert set(numbers["incomplete"]) == {"10_full_finetune", "11_only_head_frozen"}
+    assert numbers["incomplete"]["10_full_finetune"].startswith(
+        "no summary.json and no test metrics"
+    )
+    assert (
+        f"ckpt_path={killed / 'checkpoints' / 'last.ckpt'}"
+        in numbers["incomplete"]["10_full_finetune"]
+    )
+    assert "summary.json is cut off" in numbers["incomplete"]["11_only_head_frozen"]
+    assert numbers["scenarios"]["full_finetune"]["classification"]["acc"]["n"] == 2
+    assert ": seeds 1, 2; training examples" in text
+    assert "**2 unfinished runs, left out of every number below**" in text
+    assert "- `10_full_finetune`: no summary.json and no test metrics: it stopped" in text
+    assert "- `11_only_head_frozen`: summary.json is cut off" in text
+    with pytest.raises(ConfigError, match=r"summary\.json is not valid JSON .* cut off"):
+        read_summary(cut)
+
+
+def test_summary_is_written_atomically(tmp_path, monkeypatch):
+    """A write stopped midway leaves the previous summary.json (or none), never half of one."""
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(is_global_zero=True, callbacks=[])
+    module = torch.nn.Linear(2, 2)
+    write_summary(tmp_path, trainer, module, {"val/x": 0.5}, 1.0)
+    before = (tmp_path / "summary.json").read_text()
+
+    def cut_off(self, text, **kwargs):  # the process dies after half the text is on disk
+        with open(self, "w", **kwargs) as file:
+            file.write(text[: len(text) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        write_summary(tmp_path, trainer, module, {"val/x": 0.75}, 2.0)
+    monkeypatch.undo()
+    assert (tmp_path / "summary.json").read_text() == before
+    assert read_summary(tmp_path)["metrics"] == {"val/x": 0.5}

@@ -18,6 +18,7 @@ from mtl_lightning.train import RunStopped, train
 RECORD = "+callbacks.recorder._target_=helpers.Recorder"
 
 
+@pytest.mark.slow
 def test_gradual_unfreeze_resumes_exactly_across_an_unfreeze_boundary(make_cfg, tmp_path):
     common = ("experiment=gradual_unfreeze", "trainer.max_epochs=4", RECORD)
     train(make_cfg(*common, output="straight"))
@@ -42,6 +43,7 @@ def test_gradual_unfreeze_resumes_exactly_across_an_unfreeze_boundary(make_cfg, 
     assert any(".layer.1." in n for n in changed)  # the comparison covers unfrozen layers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampling", ["joint", "alternating"])
 def test_resume_from_the_middle_of_an_epoch_is_exact(make_cfg, tmp_path, sampling):
     steps = tmp_path / "steps"
@@ -74,6 +76,7 @@ def test_resume_from_the_middle_of_an_epoch_is_exact(make_cfg, tmp_path, samplin
         torch.testing.assert_close(resumed.after[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_resume_with_other_tasks_or_labels_is_refused(make_cfg, tmp_path):
     train(make_cfg("trainer.max_epochs=1", output="first"))
     ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
@@ -90,6 +93,7 @@ def test_resume_with_other_tasks_or_labels_is_refused(make_cfg, tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
 
 
+@pytest.mark.slow
 def test_resuming_into_the_same_run_folder_keeps_its_metrics(make_cfg, tmp_path):
     def logged_steps(folder: str) -> list[tuple[str, str]]:
         with (tmp_path / folder / "metrics.csv").open(newline="") as file:
@@ -108,6 +112,7 @@ def test_resuming_into_the_same_run_folder_keeps_its_metrics(make_cfg, tmp_path)
     assert len([r for r in rows if r["test/acc_mean"]]) == 1  # the stopped run's test is gone
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_last_ckpt_that_resumes_exactly(make_cfg, tmp_path):
     common = ("experiment=gradual_unfreeze", "trainer.max_epochs=3", RECORD)
     train(make_cfg(*common, output="straight"))
@@ -127,6 +132,7 @@ def test_sigterm_mid_epoch_saves_last_ckpt_that_resumes_exactly(make_cfg, tmp_pa
             assert torch.equal(mine[task]["idx"], theirs[task]["idx"])
 
 
+@pytest.mark.slow
 def test_resume_after_a_head_froze_is_exact(make_cfg, tmp_path):
     """only_head_frozen, alternating: epoch 0 has 14 steps (both tasks), later epochs only the
     sentiment task's 4; a checkpoint 2 steps into epoch 1 resumes with its remaining batches."""

@@ -98,6 +98,7 @@ def test_bad_sampling_settings_name_the_key(options, match):
         MultiTaskDataModule({"a": TinySource("classification")}, "unused", **options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampling", ["proportional", "temperature"])
 def test_train_with_a_task_schedule(make_cfg, tmp_path, sampling):
     cfg = make_cfg(RECORDER, f"data.sampling={sampling}", "trainer.max_epochs=1")
@@ -181,6 +182,7 @@ def test_bad_loss_weighting_names_the_key(encoder, options, match):
         MultiTaskModule(TASKS, encoder, **options)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spelling", ["weighting=uncertainty", "model.loss_weighting=uncertainty"])
 def test_train_with_uncertainty_weighting(make_cfg, tmp_path, spelling):
     train(make_cfg(RECORDER, spelling, "trainer.max_epochs=1"))
@@ -241,6 +243,7 @@ def _train_batches(cfg) -> dict[str, int]:
     return {task: math.ceil(len(s["train"]) / size) for task, s in datamodule.datasets.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampling", ["joint", "alternating", "temperature"])
 def test_a_frozen_heads_task_leaves_the_train_loader(make_cfg, sampling):
     """only_head_frozen: after warm-up the frozen task has no steps and no batches, the epochs

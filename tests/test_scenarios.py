@@ -27,6 +27,7 @@ def test_each_experiment_selects_its_scenario_class(make_cfg):
         assert cfg.run_name.startswith(experiment)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["bert", "distilbert"])
 @pytest.mark.parametrize("experiment", SCENARIO_EXPERIMENTS)
 def test_experiment_runs_end_to_end(make_cfg, tmp_path, experiment, encoder):
@@ -62,6 +63,7 @@ def _changed(recorder: Recorder) -> set[str]:
     return {n for n in recorder.before if not torch.equal(recorder.before[n], recorder.after[n])}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["bert", "distilbert"])
 def test_only_transformer_frozen_trains_heads_only(make_cfg, encoder):
     recorder, _ = _run_recorded(make_cfg, "experiment=only_transformer_frozen", encoder=encoder)
@@ -76,6 +78,7 @@ def test_only_transformer_frozen_trains_heads_only(make_cfg, encoder):
     assert changed == {n for n in recorder.before if n.startswith("heads.")}
 
 
+@pytest.mark.slow
 def test_full_finetune_trains_everything_in_train_mode(make_cfg):
     recorder, _ = _run_recorded(make_cfg, "experiment=full_finetune")
     for epoch, names in recorder.trainable.items():
@@ -84,6 +87,7 @@ def test_full_finetune_trains_everything_in_train_mode(make_cfg):
     assert any(n.startswith("encoder.model.embeddings") for n in _changed(recorder))
 
 
+@pytest.mark.slow
 def test_only_head_frozen_keeps_the_named_head_after_warmup(make_cfg, tmp_path):
     recorder, _ = _run_recorded(
         make_cfg, "experiment=only_head_frozen", "freezing.head=sentiment", "trainer.max_epochs=3"
@@ -114,6 +118,7 @@ def test_only_head_frozen_keeps_the_named_head_after_warmup(make_cfg, tmp_path):
     assert sorted(int(r["epoch"]) for r in rows) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_only_head_frozen_head_is_bit_identical_once_frozen(make_cfg, tmp_path):
     first, _ = _run_recorded(make_cfg, "experiment=full_finetune", "trainer.max_epochs=1")
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -136,6 +141,7 @@ def test_only_head_frozen_head_is_bit_identical_once_frozen(make_cfg, tmp_path):
     assert any(n.startswith("encoder.") for n in changed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("encoder", ["bert", "distilbert"])
 def test_gradual_unfreeze_follows_the_schedule(make_cfg, encoder):
     recorder, metrics = _run_recorded(
@@ -163,6 +169,7 @@ def test_gradual_unfreeze_follows_the_schedule(make_cfg, encoder):
     assert metrics["freeze/unfrozen_layers"] == 4.0
 
 
+@pytest.mark.slow
 def test_gradual_unfreeze_can_keep_embeddings_frozen(make_cfg):
     recorder, _ = _run_recorded(
         make_cfg,
@@ -178,6 +185,7 @@ def test_gradual_unfreeze_can_keep_embeddings_frozen(make_cfg):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampling", ["joint", "alternating"])
 def test_every_batch_goes_to_its_own_tasks_head(make_cfg, sampling):
     recorder, _ = _run_recorded(
@@ -202,6 +210,7 @@ def test_every_batch_goes_to_its_own_tasks_head(make_cfg, sampling):
         assert recorder.head_calls[: len(order)] == order
 
 
+@pytest.mark.slow
 def test_batches_hold_their_tasks_examples(make_cfg):
     cfg = make_cfg("data.sampling=alternating")
     from hydra.utils import instantiate

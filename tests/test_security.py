@@ -57,6 +57,7 @@ def written_outside(absolute: Path, relative: str, folders: list[Path]) -> list[
     return [place for place in places if place.exists()]
 
 
+@pytest.mark.slow
 def test_tokenizer_file_names_that_leave_the_folder_are_refused_everywhere(
     ckpt, make_cfg, tmp_path, escaping_names
 ):
@@ -162,6 +163,7 @@ def test_unicode_and_spaces_stay_valid_task_names(name):
     assert task_name_problem(name) is None
 
 
+@pytest.mark.slow
 def test_unicode_and_space_task_names_train_and_write_their_files(make_cfg, tmp_path):
     name = "Stimmung ä"
     train(with_task(make_cfg("~data.tasks.sentiment", "trainer.max_epochs=1"), name, "sentiment"))
@@ -192,6 +194,7 @@ def test_a_stored_target_is_one_sentence_and_builds_nothing(ckpt, tmp_path, wher
     assert not marker.exists()
 
 
+@pytest.mark.subprocess
 def test_a_stored_target_through_the_predict_command_is_one_line(ckpt, tmp_path):
     def add_target(checkpoint):
         checkpoint["hyper_parameters"]["encoder"]["_target_"] = "builtins.exec"

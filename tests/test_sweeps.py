@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+from conftest import CONF_DIR
 
-SEARCHED = {
-    "model.lr",
-    "model.layerwise_lr_decay",
-    "freezing.every_n_epochs",
-    "++model.loss_weights.sentiment",
-}
+from mtl_lightning.config_check import check_train_config
+from mtl_lightning.train import build_data, build_module
+
+SEARCHED = {"model.lr", "model.layerwise_lr_decay", "freezing.every_n_epochs"}
 
 
 def _train(tiny_encoders: dict[str, str], tmp_path: Path, *overrides: str) -> None:
@@ -38,6 +39,7 @@ def _train(tiny_encoders: dict[str, str], tmp_path: Path, *overrides: str) -> No
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.subprocess
 def test_optuna_search_runs_trials_and_reports_the_best(tiny_encoders, tmp_path):
     storage = tmp_path / "optuna.db"  # a persistent study: what resuming or sharing one needs
     _train(
@@ -62,6 +64,7 @@ def test_optuna_search_runs_trials_and_reports_the_best(tiny_encoders, tmp_path)
     assert storage.is_file()
 
 
+@pytest.mark.subprocess
 def test_submitit_local_launcher_runs_a_job(tiny_encoders, tmp_path):
     _train(
         tiny_encoders,
@@ -77,3 +80,18 @@ def test_submitit_local_launcher_runs_a_job(tiny_encoders, tmp_path):
     assert json.loads((run / "summary.json").read_text())["metrics"]["test/acc_mean"] >= 0
     # The job ran through submitit (its own process, its result pickled), not in this one.
     assert list((sweep / ".submitit").glob("*/*_0_result.pkl"))
+
+
+def test_every_searched_value_passes_the_checks_on_any_data_config(make_cfg):
+    """Each parameter of hparams_search=optuna, at the low end of its range, is a valid
+    override with a data config of other tasks (data=tiny_types): no trial is refused."""
+    path = CONF_DIR / "hparams_search" / "optuna.yaml"
+    searched = yaml.safe_load(path.read_text())["hydra"]["sweeper"]["params"]
+    data = ("hparams_search=optuna", "data=tiny_types", "experiment=gradual_unfreeze")
+    datamodule = build_data(make_cfg(*data).data)
+    for key, space in searched.items():
+        low = re.search(r"-?\d[\d.]*(?:e-?\d+)?", str(space).split("interval", 1)[-1]).group()
+        cfg = make_cfg(*data, f"{key}={low}")
+        check_train_config(cfg)
+        tasks, specs = datamodule.label_names, datamodule.task_specs
+        build_module(cfg.model, tasks, specs, cfg.get("weighting"))  # the model's own checks

@@ -24,6 +24,7 @@ SCENARIOS = [name for name in EXPERIMENTS if name != "single_task"]  # the five 
 PRIMARY = {"classification": "acc", "paraphrase": "acc", "similarity": "spearman"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", SCENARIOS)
 def test_each_type_runs_through_each_scenario(make_cfg, tmp_path, experiment):
     metrics = train(make_cfg(*TYPES, f"experiment={experiment}", RECORD))
@@ -61,6 +62,7 @@ def test_each_type_runs_through_each_scenario(make_cfg, tmp_path, experiment):
     assert stats.spearman(scores, cosines) == pytest.approx(logged, abs=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "frozen", ["experiment=only_transformer_frozen", "freezing.keep_frozen_layers=2"]
 )
@@ -89,6 +91,7 @@ def test_caches_are_exact_for_pairs(make_cfg, frozen):
         assert with_cache["freeze/prefix_cache_hits"] > 0
 
 
+@pytest.mark.slow
 def test_a_pair_task_resumes_exactly(make_cfg, tmp_path):
     common = (*TYPES, "experiment=gradual_unfreeze", "trainer.max_epochs=3", RECORD)
     train(make_cfg(*common, output="straight"))
@@ -159,6 +162,7 @@ def files_overrides(paths) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_user_csv_files_train_and_predict_on_pairs(make_cfg, tmp_path):
     """A pair task and a similarity task from CSV files, by config alone, trained with a
     classification task; then predict reads rows with and without a second sentence."""
@@ -244,6 +248,7 @@ def test_hf_source_reads_pairs_and_scores(tmp_path):
         HFSource("sts", **common, label_column="score", type="similarity").load(tmp_path)
 
 
+@pytest.mark.slow
 def test_predict_one_pair_from_the_command_line_keys(make_cfg, tmp_path):
     train(make_cfg(*TYPES, "trainer.max_epochs=1"))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -302,6 +307,7 @@ def test_report_uses_each_tasks_primary_metric(tmp_path):
     assert (tmp_path / "sweep" / "val_acc_sts.png").is_file()
 
 
+@pytest.mark.slow
 def test_export_writes_and_reloads_every_types_head(make_cfg, tmp_path):
     from mtl_lightning.hub.export import export_checkpoint, load_heads
     from mtl_lightning.model.module import load_module
@@ -351,6 +357,7 @@ def test_data_resolves_tokenizers_below_model_and_inference_pads_without_the_dat
     assert "mtl_lightning.tasks.collate" in inference
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -371,6 +378,8 @@ def test_pair_and_score_tasks_in_every_sampling_mode_and_weighting(make_cfg, ove
         assert metrics["train/weight/similarity"] != 1.0  # learned
 
 
+@pytest.mark.ddp
+@pytest.mark.subprocess
 def test_ddp_replicas_stay_identical_with_pair_and_score_tasks(tiny_encoders, tmp_path):
     import os
     import subprocess

@@ -14,6 +14,7 @@ from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.train import train
 
 
+@pytest.mark.subprocess
 def test_multirun_writes_one_folder_per_run_with_wandb_offline(tiny_encoders, tmp_path):
     command = [
         sys.executable,
@@ -42,6 +43,7 @@ def test_multirun_writes_one_folder_per_run_with_wandb_offline(tiny_encoders, tm
         assert len(offline) == 1 and any(offline[0].glob("*.wandb"))
 
 
+@pytest.mark.slow
 def test_entire_network_frozen_evaluates_heads_from_init_from(make_cfg, tmp_path):
     trained = train(make_cfg("experiment=full_finetune", "trainer.max_epochs=1", output="first"))
     ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"  # one epoch: the tested weights
@@ -59,6 +61,7 @@ def test_entire_network_frozen_evaluates_heads_from_init_from(make_cfg, tmp_path
     assert (tmp_path / "run" / "embeddings" / "classification_train.npz").is_file()
 
 
+@pytest.mark.slow
 def test_init_from_with_other_labels_is_refused(make_cfg, tmp_path):
     swapped = "data.tasks.sentiment.label_names=[positive,negative]"
     train(make_cfg("experiment=full_finetune", "trainer.max_epochs=1", swapped, output="first"))
@@ -77,6 +80,7 @@ def test_init_from_with_other_labels_is_refused(make_cfg, tmp_path):
         train(make_cfg("data.tasks.sentiment.label_names=[neg,pos]"))
 
 
+@pytest.mark.slow
 def test_unknown_scenario_and_head_are_refused(make_cfg):
     with pytest.raises(ConfigError, match="freezing._target_=bogus.Nope cannot be imported"):
         train(make_cfg("freezing._target_=bogus.Nope"))
@@ -88,6 +92,7 @@ def test_unknown_scenario_and_head_are_refused(make_cfg):
         train(make_cfg("experiment=only_head_frozen", "freezing.head=nope"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -104,6 +109,7 @@ def test_bad_settings_are_refused_before_training(make_cfg, tmp_path, override, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.subprocess
 def test_unknown_experiment_is_refused_by_name(tiny_encoders, tmp_path):
     command = [sys.executable, "-m", "mtl_lightning.train", "experiment=no_such_scenario"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
@@ -113,6 +119,7 @@ def test_unknown_experiment_is_refused_by_name(tiny_encoders, tmp_path):
     assert not (tmp_path / "logs").exists()  # no run folder was made
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -134,6 +141,7 @@ def test_cli_config_error_is_one_line_and_leaves_no_run_folder(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.subprocess
 def test_sigterm_exits_non_zero_and_leaves_a_resumable_checkpoint(tiny_encoders, tmp_path):
     run = tmp_path / "run"
     command = [
@@ -153,3 +161,37 @@ def test_sigterm_exits_non_zero_and_leaves_a_resumable_checkpoint(tiny_encoders,
     )
     assert not (run / "summary.json").exists()
     assert read_checkpoint(last, "ckpt_path")["global_step"] == 3
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_exits_130_and_says_how_to_resume(tiny_encoders, tmp_path, presses):
+    """Ctrl-C once: the batch in flight finishes and last.ckpt is saved, as for SIGTERM; twice:
+    it stops at once, without a checkpoint (a state caught mid-step would not resume exactly)."""
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "mtl_lightning.train", "data=tiny", "logger=csv",
+        f"model.encoder.name_or_path={tiny_encoders['bert']}", f"paths.root_dir={tmp_path}",
+        f"hydra.run.dir={run}", "trainer.max_epochs=2", "+trainer.enable_progress_bar=false",
+        "+callbacks.sigint._target_=helpers.SigintAtStep", "+callbacks.sigint.step=3",
+        f"+callbacks.sigint.times={presses}",
+    ]  # fmt: skip
+    tests = os.path.dirname(__file__)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 130, result.stderr[-3000:]
+    last = run / "checkpoints" / "last.ckpt"
+    then = (
+        f"and saved {last}: resume with ckpt_path={last}"
+        if presses == 1
+        else "with no checkpoint written at the stop: rerun it, or resume from its last.ckpt"
+    )
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Stopped: Training was stopped by Ctrl-C (SIGINT) at epoch 0, step 3, {then}."
+    )
+    assert "Traceback" not in result.stderr
+    assert not (run / "summary.json").exists() and not (run / "run.lock").exists()
+    if presses == 1:
+        assert read_checkpoint(last, "ckpt_path")["global_step"] == 3
+    else:
+        assert not last.exists()  # no epoch ended: no last.ckpt of the epoch either

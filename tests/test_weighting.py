@@ -38,6 +38,7 @@ def trained(make_cfg, *overrides, target=None, output="run"):
     return Recorder.last
 
 
+@pytest.mark.slow
 def test_a_gradient_method_from_a_test_file_changes_the_shared_gradient(make_cfg):
     """The encoder trained under `FirstTaskGradientOnly` equals the encoder trained with the
     second task's loss weighted 0; the second task's head trains under the first, not the

@@ -164,6 +164,7 @@ def weighting_state(path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if k.startswith("weighting.")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "epochs", "stop"), [("dwa", 3, 1), ("gradnorm", 2, 0)])
 def test_resume_is_exact(make_cfg, tmp_path, name, epochs, stop):
     """Straight through, and stopped after epoch `stop` then resumed from last.ckpt: the same

@@ -108,9 +108,20 @@ def check_trainer(trainer: DictConfig) -> None:
             "trainer=cpu, trainer=gpu)."
         )
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            # The likely cause: `make install` kept the CPU build it installed first.
+            release = torch.__version__.split("+")[0]
+            raise ConfigError(
+                f"trainer.accelerator={accelerator} but this torch {torch.__version__} is a CPU "
+                f'build: install a CUDA one, e.g. make install TORCH="torch=={release} '
+                '--index-url https://download.pytorch.org/whl/cu128" (it reinstalls torch), or '
+                "use trainer=cpu."
+            )
         raise ConfigError(
-            f"trainer.accelerator={accelerator} but no CUDA GPU is visible: use trainer=cpu (or "
-            "trainer=default, which picks a GPU when there is one)."
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible (torch "
+            f"{torch.__version__}, built for CUDA {torch.version.cuda}): check nvidia-smi and "
+            "CUDA_VISIBLE_DEVICES, or use trainer=cpu (or trainer=default, which picks a GPU "
+            "when there is one)."
         )
     deterministic = trainer.get("deterministic")
     if deterministic not in (None, True, False, "warn"):

@@ -34,6 +34,7 @@ from mtl_lightning.core.checkpoint import (
 )
 from mtl_lightning.core.console import quiet_loggers, quiet_third_party
 from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.run_folder import claim_run_folder
 from mtl_lightning.core.summary import PrimaryHistory, write_summary
 from mtl_lightning.data.datamodule import MultiTaskDataModule
 from mtl_lightning.model.encoder_match import check_same_encoder
@@ -173,7 +174,34 @@ def build_loggers(cfg: DictConfig) -> list:
 
 
 class RunStopped(Exception):
-    """Training was stopped by SIGTERM; `last.ckpt` holds where it stood, to resume from."""
+    """Training was stopped by SIGTERM or Ctrl-C; `last.ckpt` holds where it stood, to resume
+    from. `exit_code`: 128 + the signal's number, as a shell reports a process it ended."""
+
+    def __init__(self, message: str, exit_code: int = 143) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# The signals SigtermCheckpoint names: how a message says them, and the exit code.
+STOP_SIGNALS = {"SIGTERM": ("SIGTERM", 143), "SIGINT": ("Ctrl-C (SIGINT)", 130)}
+
+
+def _run_stopped(trainer: L.Trainer, callbacks: list) -> RunStopped:
+    """The sentence for a run stopped by a signal: where, and which checkpoint resumes it."""
+    stops = [c for c in callbacks if isinstance(c, SigtermCheckpoint)]
+    signal_name = next((c.stopped_by for c in stops if c.stopped_by), "SIGTERM")
+    saved = [c.ckpt_path for c in stops if c.saved]
+    then = (
+        f"and saved {saved[0]}: resume with ckpt_path={saved[0]}"
+        if saved
+        else "with no checkpoint written at the stop: rerun it, or resume from its last.ckpt"
+    )
+    words, exit_code = STOP_SIGNALS[signal_name]
+    return RunStopped(
+        f"Training was stopped by {words} at epoch {trainer.current_epoch}, step "
+        f"{trainer.global_step}, {then}.",
+        exit_code,
+    )
 
 
 def _earlier_csv_rows(
@@ -289,16 +317,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if forked is not None:  # last.ckpt holds more; the source still has this state
             forked.path.unlink(missing_ok=True)
     except SIGTERMException:  # Lightning's: a SystemExit with code 0, which reads as success
-        saved = [c.ckpt_path for c in callbacks if isinstance(c, SigtermCheckpoint) and c.saved]
-        then = (
-            f"and saved {saved[0]}: resume with ckpt_path={saved[0]}"
-            if saved
-            else "with no checkpoint written at the stop: rerun it, or resume from its last.ckpt"
-        )
-        raise RunStopped(
-            f"Training was stopped by SIGTERM at epoch {trainer.current_epoch}, step "
-            f"{trainer.global_step}, {then}."
-        ) from None
+        raise _run_stopped(trainer, callbacks) from None
+    except SystemExit:  # Lightning's exit(1) after a KeyboardInterrupt (a second Ctrl-C)
+        stopped = any(isinstance(c, SigtermCheckpoint) and c.stopped_by for c in callbacks)
+        if not stopped:
+            raise
+        raise _run_stopped(trainer, callbacks) from None
     finally:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
@@ -313,8 +337,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry: returns the monitored metric, which sweepers optimise."""
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    key = "hydra.sweep.dir/hydra.sweep.subdir" if multirun else "hydra.run.dir"
     try:
-        metrics = train(cfg)
+        with claim_run_folder(Path(cfg.paths.output_dir), cfg.get("ckpt_path"), key):
+            metrics = train(cfg)
     except ConfigError as error:
         # A mistake in the config or a file: one sentence, no traceback, and no run folder that
         # looks like a run. Removed only if it holds nothing but Hydra's config copy and log.
@@ -324,9 +351,9 @@ def main(cfg: DictConfig) -> float | None:
             shutil.rmtree(output_dir, ignore_errors=True)
         raise SystemExit(f"Error: {error}") from None
     except RunStopped as stopped:
-        # Not a success: a scheduler must see that the run did not finish (128 + SIGTERM).
+        # Not a success: a scheduler must see that the run did not finish (128 + the signal).
         print(f"Stopped: {stopped}", file=sys.stderr)
-        raise SystemExit(143) from None
+        raise SystemExit(stopped.exit_code) from None
     return metrics.get(cfg.optimized_metric)
 
 

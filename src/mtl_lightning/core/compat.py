@@ -33,6 +33,12 @@ def dump_checkpoint(trainer: Trainer) -> dict[str, Any]:
     return trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
 
 
+def stop_after_this_batch(trainer: Trainer) -> None:
+    """Stop fitting as Lightning does on SIGTERM: after the batch in flight (a whole step, so the
+    state is exact), by raising `SIGTERMException`, which callbacks see in `on_exception`."""
+    trainer._signal_connector.received_sigterm = True
+
+
 def accumulating(trainer: Trainer) -> bool:
     """Whether the current micro-batch is inside a gradient-accumulation window (the optimizer
     steps after a later one)."""

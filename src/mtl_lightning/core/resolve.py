@@ -21,6 +21,12 @@ from mtl_lightning.core import st_folder
 from mtl_lightning.core.errors import ConfigError
 
 PACKAGED_MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+# The longest a request to the hub may wait (connect, or between two reads), in seconds.
+HUB_TIMEOUT = 5.0
+OFFLINE_HINT = (
+    "set HF_HUB_OFFLINE=1 (and HF_DATASETS_OFFLINE=1) on a machine without the hub, so that "
+    "nothing waits on it"
+)
 
 
 def packaged_minilm_path() -> Path | None:
@@ -48,6 +54,50 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     except OSError:  # URLError, timeouts, refused connections
         return False
     return True
+
+
+def bound_hub_waits(seconds: float = HUB_TIMEOUT) -> None:
+    """Give huggingface_hub's shared HTTP client a timeout: its default has none (httpx-based
+    releases), so a hub that answers the probe and then stalls would hold the run for ever.
+    A timeout the user's own client sets is kept."""
+    from huggingface_hub import get_session
+
+    session = get_session()
+    timeout = getattr(session, "timeout", None)
+    if timeout is not None and getattr(timeout, "read", 0) is None:
+        session.timeout = seconds
+
+
+def check_on_hub(repo_id: str, filename: str, key: str) -> None:
+    """One bounded request (`HUB_TIMEOUT`) for a file of a hub repository, before
+    `from_pretrained` makes its own: huggingface_hub retries a file it has no copy of five times
+    with a 60 s timeout each, minutes on a hub that stalls. A refusal or a stall stops the run
+    here in one sentence naming `key`."""
+    from huggingface_hub import constants, hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    bound_hub_waits()  # the requests from_pretrained makes next
+    url = hf_hub_url(repo_id, filename)
+    request = urllib.request.Request(url, headers=build_hf_headers(), method="HEAD")
+    try:
+        urllib.request.build_opener().open(request, timeout=HUB_TIMEOUT).close()
+    except urllib.error.HTTPError as error:
+        if error.code in (401, 403, 404):
+            raise ConfigError(
+                f"{key}={repo_id} is not a repository the hub at {constants.ENDPOINT} serves you "
+                f"(HTTP {error.code} for {filename}): check the id, or log in (hf auth login) "
+                "for a gated or private one."
+            ) from None
+        reason = f"HTTP {error.code}"
+    except OSError as error:  # URLError, timeouts, refused connections
+        reason = str(getattr(error, "reason", None) or error) or type(error).__name__
+    else:
+        return
+    raise ConfigError(
+        f"{key}={repo_id}: the hub at {constants.ENDPOINT} did not answer for {filename} within "
+        f"{HUB_TIMEOUT:.0f} s ({reason}): {OFFLINE_HINT}, and copy the model folder from a "
+        "machine with a network (save_pretrained's) and give its path."
+    )
 
 
 def _in_hub_cache(repo_id: str) -> bool:
@@ -94,6 +144,7 @@ def resolve_encoder_path(name_or_path: str) -> tuple[str, bool]:
             f"cache nor reachable (no network): download it where you have a network and copy "
             f"the folder here, or use {hint} (drop the model= override)."
         )
+    check_on_hub(name_or_path, "config.json", "model.encoder.name_or_path")
     return name_or_path, False
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import lightning as L
 from lightning import Callback
 from lightning.pytorch.callbacks import Timer
 
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.provenance import project_commit
 
 SUMMARY_FILE = "summary.json"
@@ -127,7 +129,11 @@ def write_summary(
     }
     path = Path(output_dir) / SUMMARY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    # Written beside it and renamed into place: a process killed mid-write leaves no half a
+    # summary, which would read as a finished run.
+    partial = path.with_name(f".{SUMMARY_FILE}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, path)
     return path
 
 
@@ -142,4 +148,12 @@ def _examples(trainer: L.Trainer) -> dict[str, dict[str, int]]:
 def read_summary(run_dir: Path) -> dict:
     """The run's summary, or `{}` for a run written before summaries existed."""
     path = Path(run_dir) / SUMMARY_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(
+            f"{path} is not valid JSON ({error}), cut off by a process stopped mid-write: "
+            "rerun that run, or delete the file to treat the run as unfinished."
+        ) from None

@@ -349,7 +349,12 @@ class MultiTaskDataModule(LightningDataModule):
             task,
             examples["train"].labels,
             getattr(source, "label_names", None),
-            getattr(source, "type_options", None) or {},
+            # An option declared null (conf/data/files.yaml, hf.yaml) takes the type's default.
+            {
+                k: v
+                for k, v in (getattr(source, "type_options", None) or {}).items()
+                if v is not None
+            },
         )
         self.datasets[task] = {}
         for split in SPLITS:

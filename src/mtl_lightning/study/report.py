@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from mtl_lightning.callbacks.test_predictions import PREDICTIONS_DIR, read_predictions
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import inside
-from mtl_lightning.core.summary import read_summary
+from mtl_lightning.core.summary import SUMMARY_FILE, read_summary
 from mtl_lightning.scenarios.build import scenario_name
 from mtl_lightning.study import stats
 
@@ -191,22 +191,61 @@ def weighting_name(overrides: Sequence[str], config) -> str:
     return target.rsplit(".", 1)[-1] if target and not shipped else "static"
 
 
-def load_runs(sweep_dir: str | Path) -> list[Run]:
-    """The runs of a sweep folder, in job order: folders with `.hydra/config.yaml` and metrics."""
+def _tested(metrics: Path) -> bool:
+    """Whether `metrics.csv` holds a test metric's value: the run got to its test."""
+    with metrics.open(newline="", encoding="utf-8") as file:
+        return any(
+            v for row in csv.DictReader(file) for k, v in row.items() if k.startswith("test/")
+        )
+
+
+def unfinished(folder: Path) -> str | None:
+    """Why a run folder (it has `.hydra/config.yaml`) holds no finished run, or None when it
+    does. A run writes `summary.json` last, after its test; a folder without one holds a
+    finished run only if its `metrics.csv` has test values (a run from before summaries)."""
+    metrics = folder / "metrics.csv"
+    if not (folder / SUMMARY_FILE).is_file():
+        if metrics.is_file() and _tested(metrics):
+            return None
+        last = folder / "checkpoints" / "last.ckpt"
+        resume = f"; resume it with ckpt_path={last}" if last.is_file() else ""
+        return (
+            "no summary.json and no test metrics: it stopped before its end (killed, preempted "
+            f"or failed) or is still running{resume}"
+        )
+    try:
+        read_summary(folder)
+    except ConfigError:
+        return "summary.json is cut off (not valid JSON), its write was stopped: rerun it"
+    if not metrics.is_file():
+        return "no metrics.csv: the report reads the CSV logger's (logger=default or csv)"
+    return None
+
+
+def scan_sweep(sweep_dir: str | Path) -> tuple[list[Run], dict[str, str]]:
+    """The finished runs of a sweep folder in job order, and the run folders that hold no
+    finished run, by name, with why (`unfinished`): the report names them, never drops them
+    unsaid."""
     sweep = Path(sweep_dir).expanduser()
     if not sweep.is_dir():
         raise ConfigError(f"sweep folder {sweep} does not exist: give a multirun's sweep folder.")
-    folders = [
-        p
-        for p in sorted(sweep.iterdir(), key=_job_order)
-        if (p / ".hydra" / "config.yaml").is_file() and (p / "metrics.csv").is_file()
-    ]
-    if not folders:
+    folders = [p for p in sorted(sweep.iterdir(), key=_job_order) if (p / ".hydra").is_dir()]
+    folders = [p for p in folders if (p / ".hydra" / "config.yaml").is_file()]
+    incomplete = {p.name: why for p in folders if (why := unfinished(p)) is not None}
+    runs = [load_run(p) for p in folders if p.name not in incomplete]
+    if not runs:
+        also = f" ({len(incomplete)} unfinished: {sorted(incomplete)})" if incomplete else ""
         raise ConfigError(
-            f"sweep folder {sweep} holds no run folders with .hydra/config.yaml and metrics.csv: "
-            "give the hydra.sweep.dir of a finished multirun, e.g. logs/compare/<time>."
+            f"sweep folder {sweep} holds no finished run folders (.hydra/config.yaml, "
+            f"metrics.csv and summary.json){also}: give the hydra.sweep.dir of a finished "
+            "multirun, e.g. logs/compare/<time>."
         )
-    return [load_run(folder) for folder in folders]
+    return runs, incomplete
+
+
+def load_runs(sweep_dir: str | Path) -> list[Run]:
+    """The finished runs of a sweep folder, in job order (`scan_sweep`)."""
+    return scan_sweep(sweep_dir)[0]
 
 
 def task_names(runs: Sequence[Run]) -> list[str]:
@@ -355,11 +394,13 @@ def study(
     tasks: Sequence[str],
     reference: str | None = REFERENCE,
     samples: int = stats.BOOTSTRAP_SAMPLES,
+    incomplete: dict[str, str] | None = None,
 ) -> dict:
     """The numbers of report.json: per training-set size, per scenario and task, each task's
     primary metric and its companion over seeds (accuracy and macro-F1; Spearman and Pearson);
     the single-task baselines; and the paired differences of every scenario from the baseline
-    and from `reference` (None: none). The top level repeats the largest size."""
+    and from `reference` (None: none); `incomplete`: the sweep's run folders left out, by name,
+    with why (`scan_sweep`). The top level repeats the largest size."""
     if reference not in {run.label for run in runs}:
         reference = None
     sizes = sorted({run.size_label for run in runs}, key=_size_order)
@@ -457,6 +498,8 @@ def study(
         "reused_seconds": sum(run.reused_seconds for run in forks),
         "forks": {run.name: run.summary["fork"]["from"] for run in forks},
         "seeds": sorted({run.seed for run in runs}, key=_seed_order),
+        # Run folders that hold no finished run: not in any number here.
+        "incomplete": dict(incomplete or {}),
         "sizes": sizes,
         "size": sizes[-1],
         **largest,
@@ -755,6 +798,15 @@ def markdown_report(
         "(entire_network_frozen: of the model as loaded).",
         "",
     ]
+    incomplete = numbers.get("incomplete") or {}
+    if incomplete:
+        lines += [
+            f"**{len(incomplete)} unfinished run{'s' if len(incomplete) > 1 else ''}, left out of "
+            "every number below** (rerun or resume them, then rebuild the report):",
+            "",
+            *(f"- `{name}`: {why}" for name, why in incomplete.items()),
+            "",
+        ]
     if numbers["forks"]:
         lines += [
             f"{len(numbers['forks'])} runs forked from another run's first epochs, which they "
@@ -980,7 +1032,7 @@ def write_report(sweep_dir: str | Path, reference: str | None = None) -> Path:
     report's path. `reference`: the scenario every other one is also compared with (None:
     full_finetune where the sweep has it)."""
     sweep = Path(sweep_dir).expanduser()
-    runs = load_runs(sweep)
+    runs, incomplete = scan_sweep(sweep)
     tasks = task_names(runs)
     labels = {run.label for run in runs}
     if reference is not None and reference not in labels:
@@ -988,7 +1040,7 @@ def write_report(sweep_dir: str | Path, reference: str | None = None) -> Path:
             f"--reference {reference} is not a scenario of {sweep}: use one of {sorted(labels)}."
         )
     reference = reference or REFERENCE
-    numbers = study(runs, tasks, reference)
+    numbers = study(runs, tasks, reference, incomplete=incomplete)
     figures = {f"val_acc_{task}.png": plot_val_curves(runs, task) for task in tasks}
     figures[TIME_PLOT] = plot_time_vs_accuracy(runs)
     if len(numbers["sizes"]) > 1:

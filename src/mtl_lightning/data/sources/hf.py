@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mtl_lightning.core.errors import ConfigError
-from mtl_lightning.core.resolve import hub_reachable
+from mtl_lightning.core.resolve import OFFLINE_HINT, hub_reachable
 from mtl_lightning.data.sources.base import (
     SPLITS,
     Examples,
@@ -154,9 +154,9 @@ class HFSource:
         if self.local or _offline_mode(datasets) or hub_reachable():
             return  # offline mode: `datasets` reads its cache, or says at once that it cannot
         raise ConfigError(
-            f"{self.key('path')}={self.path}: the Hugging Face hub is unreachable (no network): "
-            "set HF_HUB_OFFLINE=1 to use a copy in the local datasets cache, or use data=files "
-            "with the dataset exported to files."
+            f"{self.key('path')}={self.path}: the Hugging Face hub is unreachable (no answer "
+            f"within seconds): {OFFLINE_HINT}, to read a copy in the local datasets cache, or "
+            "export the dataset to files where there is a network and use data=files with them."
         )
 
     def _load_split(self, datasets: Any, split: str, hf_split: str):

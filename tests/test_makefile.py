@@ -1,0 +1,57 @@
+"""The Makefile's own logic, dry-run (`make -n`) in a copy: nothing is installed or trained."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA = "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+
+
+@pytest.fixture
+def installed(tmp_path) -> Path:
+    """A copy of the Makefile beside a .venv that `make install` finished with the CPU build."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / ".torch").write_text("torch==2.13.0\n")
+    (tmp_path / ".venv" / "bin" / ".installed").touch()  # newer than the copies
+    return tmp_path
+
+
+def dry_run(folder: Path, *args: str, env: dict | None = None) -> str:
+    command = ["make", "-n", *args]
+    result = subprocess.run(command, cwd=folder, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_install_reinstalls_torch_when_torch_changes(installed):
+    assert "pip" not in dry_run(installed, "install")  # up to date
+    assert "pip" not in dry_run(installed, "install", "TORCH=torch==2.13.0")  # the same TORCH
+    plan = dry_run(installed, "install", f"TORCH={CUDA}")
+    assert ".venv/bin/pip uninstall -y -q torch" in plan  # pip would keep 2.13.0+cpu
+    assert f"--no-compile {CUDA}" in plan
+    assert f"printf '%s\\n' '{CUDA}' > .venv/.torch" in plan
+    # The CUDA build installed: a later target without TORCH keeps it (no CPU reinstall).
+    (installed / ".venv" / ".torch").write_text(CUDA + "\n")
+    assert "pip" not in dry_run(installed, "test")
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    ("args", "tasks"),
+    [("", "classification,sentiment"), ("data=tiny_types", "classification,paraphrase,similarity")],
+)
+def test_compare_baselines_are_the_data_configs_tasks(args, tasks):
+    """`make compare`'s single-task baselines: one per task of the data config ARGS composes."""
+    venv = Path(sys.executable).parent.parent  # this interpreter's, as `make test` runs it
+    plan = dry_run(ROOT, "compare", f"VENV={venv}", f"ARGS={args}", "SEEDS=1", "SWEEP=/nowhere")
+    baselines = [line for line in plan.splitlines() if "experiment=single_task" in line]
+    assert baselines and f"experiment=single_task data.only_tasks={tasks} seed=" in baselines[0]
