@@ -127,8 +127,9 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_resumable(
     monkeypatch.setattr(os, "rename", rename)
     monkeypatch.setattr(shutil, "copyfile", copy_half)
     monkeypatch.setattr(torch, "save", save_half)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as failed:
         train(make_cfg(f"ckpt_path={last}", output="first"))
+    assert failed.value.errno == errno.ENOSPC  # the disk, not some other error on the way
     monkeypatch.undo()
 
     assert last.read_bytes() == before
