@@ -92,7 +92,7 @@ compare: install ## The study: five scenarios (x WEIGHTINGS) + single-task basel
 report: install ## Rebuild report.md/.json and plots of SWEEP=<sweep folder> without training (default: the newest logs/compare/*)
 	$(BIN)/python -m mtl_lightning.report $(or $(SWEEP),$(patsubst %/,%,$(shell ls -dt logs/compare/*/ 2>/dev/null | head -n 1)),logs/compare) $(if $(REFERENCE),--reference $(REFERENCE))
 
-bench: install ## Measure the speed claims side by side (about 30 min on 2 cores) and print one table; ARGS="--only plain_loop full_finetune" for some runs
+bench: install ## Measure the speed claims side by side and print one table; ARGS="--only plain_loop full_finetune" for some runs
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[bench]"
 	$(BIN)/python benchmarks/run.py $(ARGS)
 
