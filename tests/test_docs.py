@@ -71,3 +71,30 @@ def test_speed_md_gives_the_shipped_gradual_unfreeze_pace():
     assert f"every {ordinal[pace]} of an epoch" in re.sub(r"\s+", " ", speed)
     assert f"`model.layerwise_lr_decay={shipped.model.layerwise_lr_decay}`" in speed
     assert "heads-only epoch" not in speed and "moves the boundary every epoch" not in speed
+
+
+def test_the_readme_is_a_front_page_with_its_license():
+    """Issue 23, item 26: the two commands, the scenarios (start with full_finetune), your own
+    data, the latest verdict, the layout; logs and history live in docs/; the LICENSE it names."""
+    readme = (ROOT / "README.md").read_text()
+    sections = re.findall(r"^## (.+)$", readme, flags=re.M)
+    for wanted in ("Two commands", "The five scenarios", "Your own data", "Latest verdict"):
+        assert wanted in sections
+    assert "Layout" in sections and "License" in sections
+    assert "full_finetune" in readme.split("## The five scenarios")[1].split("## ")[0]
+    assert len(readme.splitlines()) < 160  # a front page, not the manual
+    license_text = (ROOT / "LICENSE").read_text()
+    assert license_text.startswith("MIT License")
+    assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_every_measured_number_in_the_readme_says_when_where_and_how():
+    """Issue 23, item 27: a paragraph of the README with a measured score (0.xyz) or time
+    (1h30m33s) gives the date, the commit and the command that measured it."""
+    readme = (ROOT / "README.md").read_text()
+    measured = re.compile(r"\b0\.\d{3}\b|\b\d+h\d+m\d+s\b|\b\d+m\d+s\b")
+    for paragraph in readme.split("\n\n"):
+        if measured.search(paragraph) and not paragraph.lstrip().startswith("```"):
+            assert re.search(r"\b20\d\d-\d\d-\d\d\b", paragraph), paragraph[:120]
+            assert re.search(r"\bcommit [0-9a-f]{7,40}\b", paragraph), paragraph[:120]
+            assert re.search(r"`(make|python) [^`]+`", paragraph), paragraph[:120]
