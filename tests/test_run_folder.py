@@ -67,7 +67,8 @@ def test_the_default_run_folder_names_differ_within_one_second():
 @pytest.mark.subprocess
 def test_cli_refuses_a_folder_a_live_run_trains_in(tiny_encoders, tmp_path):
     run = tmp_path / "run"
-    run.mkdir()
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("the first run's config\n")
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]) as first:
         (run / LOCK_FILE).write_text(f"{first.pid} {socket.gethostname()}\n")
         command = [
@@ -84,4 +85,6 @@ def test_cli_refuses_a_folder_a_live_run_trains_in(tiny_encoders, tmp_path):
         f"for that run to end (delete {run / LOCK_FILE} if no such process runs)."
     )
     assert "Traceback" not in result.stderr
-    assert not (run / "metrics.csv").exists() and not (run / "checkpoints").exists()
+    # Refused before Hydra writes into the folder: the first run's record is untouched.
+    assert sorted(p.name for p in run.iterdir()) == [".hydra", LOCK_FILE]
+    assert (run / ".hydra" / "config.yaml").read_text() == "the first run's config\n"

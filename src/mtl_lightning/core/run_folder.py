@@ -9,8 +9,12 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
 
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.summary import SUMMARY_FILE
@@ -54,19 +58,19 @@ def _take(lock: Path) -> bool:
     return True
 
 
-@contextmanager
-def claim_run_folder(
-    output_dir: Path, ckpt_path: str | None = None, key: str = "hydra.run.dir"
-) -> Iterator[None]:
-    """Hold `output_dir/run.lock` while the block runs (rank 0 only: DDP's other ranks share
-    the folder). Refused, in one sentence naming `key`: a folder whose lock names a live process,
-    and a folder that holds a finished run (`summary.json`) unless `ckpt_path` resumes from a
-    checkpoint inside it. A lock left by a process that died is taken over."""
-    if rank_zero_only.rank != 0:
-        yield
-        return
+def check_run_folder(output_dir: Path, ckpt_path: str | None, key: str) -> None:
+    """Refuse, in one sentence naming `key`, a folder whose lock names a live process, and a
+    folder that holds a finished run (`summary.json`) unless `ckpt_path` resumes from a
+    checkpoint inside it."""
     output_dir = Path(output_dir).expanduser().resolve()
     lock = output_dir / LOCK_FILE
+    holder = _holder(lock) if lock.is_file() else None
+    if holder is not None and _alive(*holder):
+        raise ConfigError(
+            f"{key}={output_dir} holds a run that is still running (pid {holder[0]} on "
+            f"{holder[1]}, {lock}): give this run a folder of its own, or wait for that run "
+            f"to end (delete {lock} if no such process runs)."
+        )
     resuming = bool(ckpt_path) and output_dir in Path(ckpt_path).expanduser().resolve().parents
     if (output_dir / SUMMARY_FILE).is_file() and not resuming:
         raise ConfigError(
@@ -74,17 +78,41 @@ def claim_run_folder(
             "its own (the default is new at each launch), or resume from a checkpoint in it "
             "with ckpt_path=."
         )
+
+
+@contextmanager
+def claim_run_folder(
+    output_dir: Path, ckpt_path: str | None = None, key: str = "hydra.run.dir"
+) -> Iterator[None]:
+    """Hold `output_dir/run.lock` while the block runs, after `check_run_folder` (rank 0 only:
+    DDP's other ranks share the folder). A lock left by a process that died is taken over."""
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    output_dir = Path(output_dir).expanduser().resolve()
+    lock = output_dir / LOCK_FILE
+    check_run_folder(output_dir, ckpt_path, key)
     output_dir.mkdir(parents=True, exist_ok=True)
     while not _take(lock):
-        holder = _holder(lock)
-        if holder is not None and _alive(*holder):
-            raise ConfigError(
-                f"{key}={output_dir} holds a run that is still running (pid {holder[0]} on "
-                f"{holder[1]}, {lock}): give this run a folder of its own, or wait for that run "
-                f"to end (delete {lock} if no such process runs)."
-            )
+        check_run_folder(output_dir, ckpt_path, key)  # a run that took it since: refused
         lock.unlink(missing_ok=True)  # its process died without removing it
     try:
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+class RunFolderCheck(Callback):
+    """A Hydra callback (conf/hydra/default.yaml): `check_run_folder` on `hydra.run.dir` before
+    Hydra writes its `.hydra/` files and log there, which would overwrite a finished or running
+    run's record. Multirun jobs are checked by `claim_run_folder` only, inside the job."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if rank_zero_only.rank != 0:
+            return  # DDP's other ranks start in rank 0's folder
+        HydraConfig.instance().set_config(config)  # as Hydra does next: ${hydra:...} resolve
+        folder = Path(str(OmegaConf.select(config, "hydra.run.dir")))
+        try:
+            check_run_folder(folder, OmegaConf.select(config, "ckpt_path"), "hydra.run.dir")
+        except ConfigError as error:
+            raise SystemExit(f"Error: {error}") from None

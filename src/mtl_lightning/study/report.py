@@ -229,8 +229,11 @@ def scan_sweep(sweep_dir: str | Path) -> tuple[list[Run], dict[str, str]]:
     sweep = Path(sweep_dir).expanduser()
     if not sweep.is_dir():
         raise ConfigError(f"sweep folder {sweep} does not exist: give a multirun's sweep folder.")
-    folders = [p for p in sorted(sweep.iterdir(), key=_job_order) if (p / ".hydra").is_dir()]
-    folders = [p for p in folders if (p / ".hydra" / "config.yaml").is_file()]
+    folders = [
+        p
+        for p in sorted(sweep.iterdir(), key=_job_order)
+        if (p / ".hydra" / "config.yaml").is_file()
+    ]
     incomplete = {p.name: why for p in folders if (why := unfinished(p)) is not None}
     runs = [load_run(p) for p in folders if p.name not in incomplete]
     if not runs:
