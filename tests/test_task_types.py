@@ -118,7 +118,7 @@ def _write_csv(path, header, rows):
 
 
 def _user_files(tmp_path):
-    """docs/task-types.md's CSVs: questions, paraphrase pairs, scored pairs, from the tiny corpus."""
+    """docs/task-types.md's CSVs: questions, paraphrase and scored pairs, from the tiny corpus."""
     from mtl_lightning.data.sources.base import Rows, TinySource
 
     paths = {}
@@ -138,7 +138,7 @@ def _user_files(tmp_path):
 
 
 def files_overrides(paths) -> list[str]:
-    """docs/task-types.md's data=files command: a pair task and a similarity task added by config."""
+    """docs/task-types.md's data=files command: a pair and a similarity task added by config."""
     return [
         "data=files",
         f"data.tasks.classification.train={paths['classification']}",
