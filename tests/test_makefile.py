@@ -55,3 +55,26 @@ def test_compare_baselines_are_the_data_configs_tasks(args, tasks):
     plan = dry_run(ROOT, "compare", f"VENV={venv}", f"ARGS={args}", "SEEDS=1", "SWEEP=/nowhere")
     baselines = [line for line in plan.splitlines() if "experiment=single_task" in line]
     assert baselines and f"experiment=single_task data.only_tasks={tasks} seed=" in baselines[0]
+
+
+def _collected(*args: str) -> list[str]:
+    command = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider"]
+    result = subprocess.run([*command, *args], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return [line for line in result.stdout.splitlines() if "::" in line]
+
+
+@pytest.mark.subprocess
+def test_make_test_fast_leaves_out_the_slow_ddp_and_subprocess_tests(installed):
+    """Issue 23, item 30: the inner loop's marker expression (as `make test-fast` runs it) names
+    registered markers and leaves out the multi-process and training-heavy tests."""
+    (expression,) = [
+        line.split('-m "', 1)[1].split('"', 1)[0]
+        for line in dry_run(installed, "test-fast").splitlines()
+        if "pytest" in line
+    ]
+    everything = _collected("--strict-markers", "tests")
+    fast = _collected("--strict-markers", "-m", expression, "tests")
+    assert 0 < len(fast) < len(everything) * 0.8
+    assert not [t for t in fast if t.startswith("tests/test_ddp.py")]  # the DDP tests
+    assert any(t.startswith("tests/test_stats.py") for t in fast)  # the statistics, no training
