@@ -13,6 +13,7 @@ FOREIGN = [
     "anonymous setting has no effect",  # wandb, about an argument WandbLogger always passes
     "exists and is not empty",  # CSVLogger, about Hydra's .hydra in the run folder
     "LeafSpec",  # torch's deprecation, hit by Lightning's _pytree
+    "Loading weights",  # transformers' progress bar at every model load
 ]
 
 

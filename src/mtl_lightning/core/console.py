@@ -41,6 +41,11 @@ def quiet_third_party() -> None:
         category=FutureWarning,
         module=r"lightning\.pytorch\.utilities\._pytree",
     )
+    # transformers' "Loading weights: 100%" bar at every model load: a bar for a load that
+    # takes a fraction of a second, printed into every run's console and log.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
     rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropRecords) for f in rank_zero.filters):
         rank_zero.addFilter(_DropRecords(LITLOGGER_TIP))
