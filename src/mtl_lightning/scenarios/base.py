@@ -72,7 +72,9 @@ class Scenario:
 
     # --- the plan: from the epoch and the step alone ---
 
-    def trainable(self, epoch: int, heads: frozenset[str], num_groups: int, step: int | None):
+    def trainable(
+        self, epoch: int, heads: frozenset[str], num_groups: int, step: int | None
+    ) -> Plan:
         """This scenario's plan before `keep_frozen_layers`: everything trains."""
         return Plan(heads, num_groups)
 

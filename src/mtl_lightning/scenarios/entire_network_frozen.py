@@ -20,7 +20,9 @@ class EntireNetworkFrozen(Scenario):
     trains = False
     forks = False
 
-    def trainable(self, epoch: int, heads: frozenset[str], num_groups: int, step: int | None):
+    def trainable(
+        self, epoch: int, heads: frozenset[str], num_groups: int, step: int | None
+    ) -> Plan:
         return Plan(frozenset(), 0)
 
     def check_start(self, ckpt_path: str | None, fork_from: str | None) -> None:

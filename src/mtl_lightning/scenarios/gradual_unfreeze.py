@@ -134,7 +134,9 @@ class GradualUnfreeze(Scenario):
             stage += 1
         return stage
 
-    def trainable(self, epoch: int, heads: frozenset[str], num_groups: int, step: int | None):
+    def trainable(
+        self, epoch: int, heads: frozenset[str], num_groups: int, step: int | None
+    ) -> Plan:
         cap = self.depth_limit(num_groups)
         if step is not None and self.stage_steps is not None:
             return Plan(heads, self.stage_at(step, cap))

@@ -40,7 +40,9 @@ class OnlyHeadFrozen(Scenario):
         if self.head_warmup_epochs is None:
             self.head_warmup_epochs = 0 if init_from else 1
 
-    def trainable(self, epoch: int, heads: frozenset[str], num_groups: int, step: int | None):
+    def trainable(
+        self, epoch: int, heads: frozenset[str], num_groups: int, step: int | None
+    ) -> Plan:
         return Plan(heads - {self.head} if self.frozen_head(epoch) else heads, num_groups)
 
     def frozen_head(self, epoch: int) -> str | None:

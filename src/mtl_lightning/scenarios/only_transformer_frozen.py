@@ -11,5 +11,7 @@ class OnlyTransformerFrozen(Scenario):
 
     name = "only_transformer_frozen"
 
-    def trainable(self, epoch: int, heads: frozenset[str], num_groups: int, step: int | None):
+    def trainable(
+        self, epoch: int, heads: frozenset[str], num_groups: int, step: int | None
+    ) -> Plan:
         return Plan(heads, 0)

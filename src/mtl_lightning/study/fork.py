@@ -57,14 +57,20 @@ from mtl_lightning.scenarios.schedule import FreezingSchedule
 log = logging.getLogger(__name__)
 
 
-def changes_training(target: Any) -> bool:
-    """Whether a callback of class `target` (its config's `_target_`) may change what trains.
-    A class says so itself (`changes_training = False`: it only writes or shows things);
-    Lightning's observers are known (`core.compat.LIGHTNING_OBSERVERS`); any other class, or one
-    that cannot be imported, may."""
+def _callback_class(target: Any) -> type | None:
+    """The class a callback's `_target_` names, or None where it cannot be imported."""
     try:
-        cls = get_class(str(target))
+        return get_class(str(target))
     except Exception:  # Hydra wraps the ImportError in its own exception types
+        return None
+
+
+def changes_training(cls: type | None) -> bool:
+    """Whether a callback of class `cls` may change what trains. A class says so itself
+    (`changes_training = False`: it only writes or shows things); Lightning's observers are
+    known (`core.compat.LIGHTNING_OBSERVERS`); any other class, or None (it cannot be imported),
+    may."""
+    if cls is None:
         return True
     if issubclass(cls, LIGHTNING_OBSERVERS):
         return False
@@ -87,12 +93,13 @@ def _comparable(cfg: DictConfig, ignores: list[str]) -> dict[str, Any]:
         target = node.get("_target_") if isinstance(node, dict) else None
         if target is None:
             continue
-        if _is_model_checkpoint(target):
+        cls = _callback_class(target)
+        if cls is not None and issubclass(cls, ModelCheckpoint):
             if node.get("monitor") is None:  # it keeps files, and chooses no best epoch
                 del callbacks[name]
             else:  # which epoch is "best" is chosen by it: compared, wherever it writes
                 callbacks[name] = {k: v for k, v in node.items() if k != "dirpath"}
-        elif not changes_training(target):
+        elif not changes_training(cls):
             del callbacks[name]
     return config
 
@@ -117,13 +124,6 @@ def _differences(mine: Any, theirs: Any, prefix: str = "") -> Iterable[tuple[str
             yield from _differences(mine.get(key), theirs.get(key), f"{prefix}{key}.")
     elif mine != theirs:
         yield prefix.rstrip("."), theirs, mine
-
-
-def _is_model_checkpoint(target: str) -> bool:
-    try:
-        return issubclass(get_class(target), ModelCheckpoint)
-    except Exception:
-        return False
 
 
 def schedule_problem(
