@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from mtl_lightning.study import stats
+from mtl_lightning.tasks.similarity import Similarity
 
 # Per run: scenario, train seconds, trainable params, and per epoch the validation metrics.
 RUNS = {
@@ -194,7 +195,8 @@ def make_fake_similarity_study(sweep: Path) -> Path:
             f"data:\n  max_train_examples: null\n  only_tasks: {'[sts]' if baseline else 'null'}\n"
         )
         preds = similarity_predictions(stray)
-        spearman, pearson = stats.spearman(SCORES, preds), stats.pearson(SCORES, preds)
+        found = stats.score(Similarity("sts"), SCORES, preds)
+        spearman, pearson = found["spearman"], found["pearson"]
         (folder / "test_predictions").mkdir()
         with (folder / "test_predictions" / "sts.csv").open("w") as file:
             file.write("idx,label,pred\n")

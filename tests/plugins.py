@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.regression import MeanSquaredError, R2Score
 
 from mtl_lightning.core.rules import int_at_least
 from mtl_lightning.data.sampling.modes import SamplingMode
 from mtl_lightning.data.sampling.sampler import TaskSequenceBatchSampler
 from mtl_lightning.scenarios.base import Plan, Scenario
 from mtl_lightning.scenarios.readout import CentroidReadout
+from mtl_lightning.tasks import ReportMetric, TaskType
+from mtl_lightning.tasks.pair_classification import pair_features
 from mtl_lightning.weighting import LossWeighting
 
 
@@ -66,3 +71,69 @@ class FarthestCentroid(nn.Module):
 
     def forward(self, embedding):
         return torch.log_softmax(-self.centroid(embedding), dim=-1)
+
+
+class PairRegression(TaskType):
+    """Two sentences, a real-valued score regressed from (u, v, |u - v|, u * v) with squared
+    error: R² (primary) and RMSE, a metric better when lower."""
+
+    name = "pair_regression"
+    columns = ("text", "text_pair")
+    categorical = False
+    primary = "r2"
+    architecture = "score = [u, v, |u - v|, u * v] @ regressor.weight.T + regressor.bias"
+    hub_task = "sentence-similarity"
+    report_metrics = {
+        "r2": ReportMetric("R²", "R²", hub="r_squared", card="R²"),
+        "rmse": ReportMetric("RMSE", "RMSE", hub="rmse", card="RMSE", higher_is_better=False),
+    }
+
+    @classmethod
+    def label_problem(cls, task, label, options):
+        try:
+            float(label)
+        except ValueError:
+            return f"score {label!r}, which is not a number"
+        return None
+
+    def encode_labels(self, labels, split):
+        return [float(label) for label in labels]
+
+    def build_head(self, hidden_size, dropout):
+        head = nn.Module()
+        head.regressor = nn.Linear(4 * hidden_size, 1)
+        return head
+
+    def outputs(self, head, embeddings):
+        return head.regressor(pair_features(*embeddings)).squeeze(-1).float()
+
+    def loss(self, outputs, labels):
+        return nn.functional.mse_loss(outputs, labels.to(outputs.dtype))
+
+    def metrics(self):
+        return MetricCollection({"r2": R2Score(), "rmse": MeanSquaredError(squared=False)})
+
+    def predictions(self, outputs):
+        return [{"score": value} for value in outputs.float().cpu().tolist()]
+
+    def resampled_metrics(self, labels, preds_by_run, weights):
+        labels = np.asarray(labels, dtype=float)
+        total = weights.sum(1)
+        mean = weights @ labels / total
+        spread = (weights * (labels - mean[:, None]) ** 2).sum(1)
+        found = {}
+        for name, preds in preds_by_run.items():
+            squared = weights @ (labels - np.asarray(preds, dtype=float)) ** 2
+            found[name] = {"r2": 1 - squared / spread, "rmse": np.sqrt(squared / total)}
+        return found
+
+    def loss_in_words(self):
+        return "squared error of the regressed score"
+
+    def usage_lines(self, head):
+        task = self.task
+        return [
+            f"# {task}: the regressed score",
+            f'w, b = heads["{task}.regressor.weight"], heads["{task}.regressor.bias"]',
+            f'out["{task}"] = np.concatenate([u, v, np.abs(u - v), u * v], -1) @ w.T + b',
+        ]

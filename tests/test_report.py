@@ -30,6 +30,8 @@ from mtl_lightning.core.summary import read_summary, write_summary
 from mtl_lightning.report import main
 from mtl_lightning.study import stats
 from mtl_lightning.study.report import fingerprint_of_test_split, load_runs, write_report
+from mtl_lightning.tasks.classification import Classification
+from mtl_lightning.tasks.similarity import Similarity
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -154,7 +156,7 @@ def test_report_of_a_similarity_task_uses_spearman_and_pearson(tmp_path):
     numbers = json.loads((sweep / "report.json").read_text())
     assert numbers["metrics"] == {"sts": ["spearman", "pearson"]}
     expected = {
-        seed: stats.spearman(SCORES, similarity_predictions(stray))
+        seed: stats.score(Similarity("sts"), SCORES, similarity_predictions(stray))["spearman"]
         for (scenario, seed), stray in SIMILARITY_RUNS.items()
         if scenario == "full_finetune"
     }
@@ -348,9 +350,9 @@ def test_two_seed_study_multirun_then_report(tiny_encoders, tmp_path):
             rows = list(csv.DictReader(file))
         assert [int(r["idx"]) for r in rows] == list(range(sum(map(sum, counts))))
         labels, preds = ([int(r[key]) for r in rows] for key in ("label", "pred"))
-        assert stats.accuracy(labels, preds) == pytest.approx(accuracy)
-        f1 = stats.macro_f1(labels, preds, len(summary["tasks"][task]))
-        assert f1 == pytest.approx(summary["metrics"][f"test/{task}/f1"], abs=1e-6)
+        found = stats.score(Classification(task, summary["tasks"][task]), labels, preds)
+        assert found["acc"] == pytest.approx(accuracy)
+        assert found["f1"] == pytest.approx(summary["metrics"][f"test/{task}/f1"], abs=1e-6)
         assert summary["examples"][task]["train"] > 0
         tables = list((run / "wandb").glob(f"offline-run-*/files/media/table/test/{task}/*.json"))
         assert len(tables) == 1  # the W&B confusion-matrix chart's table

@@ -12,6 +12,23 @@ from torchmetrics.regression import SpearmanCorrCoef
 
 from mtl_lightning.study import stats
 from mtl_lightning.study.stats import Replicates
+from mtl_lightning.tasks.classification import Classification
+from mtl_lightning.tasks.similarity import Similarity
+
+SCORES = Similarity("sts")  # Spearman and Pearson
+
+
+def classes(n: int) -> Classification:
+    return Classification("task", [str(i) for i in range(n)])  # accuracy and macro-F1
+
+
+def spearman(labels, preds) -> float:
+    return stats.score(SCORES, labels, preds)["spearman"]
+
+
+def pearson(labels, preds) -> float:
+    return stats.score(SCORES, labels, preds)["pearson"]
+
 
 # Published 97.5% quantiles of Student's t (any t table).
 T_TABLE = {1: 12.7062, 2: 4.3027, 4: 2.7764, 9: 2.2622, 29: 2.0452, 40: 2.0211, 60: 2.0003}
@@ -48,31 +65,29 @@ def test_macro_f1_is_torchmetrics_macro_f1():
     labels = rng.integers(0, 3, size=50)  # class 3 of 4 never occurs
     preds = np.where(rng.random(50) < 0.6, labels, rng.integers(0, 3, size=50))
     expected = MulticlassF1Score(4, average="macro")(torch.tensor(preds), torch.tensor(labels))
-    assert stats.macro_f1(labels, preds, 4) == pytest.approx(float(expected))
-    assert stats.accuracy(labels, preds) == pytest.approx(float(np.mean(labels == preds)))
+    found = stats.score(classes(4), labels, preds)
+    assert found["f1"] == pytest.approx(float(expected))
+    assert found["acc"] == pytest.approx(float(np.mean(labels == preds)))
 
 
-def test_bootstrap_replicates_are_the_metrics_of_resamples():
+def test_bootstrap_of_classes_is_the_metrics_of_resamples():
     """A replicate is the metric on one resample (drawn with replacement), the same for all runs."""
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 3, size=30)
     preds = {"a": rng.integers(0, 3, size=30), "b": labels.copy()}
-    reps = stats.bootstrap_replicates(labels, preds, 3, samples=5, seed=7)
+    reps = stats.bootstrap(classes(3), labels, preds, samples=5, seed=7)
     draws = np.random.default_rng(7).integers(0, 30, size=(5, 30))  # the generator's own draws
     for row, sample in enumerate(draws):
         for name in preds:
-            assert reps[name].values["acc"][row] == pytest.approx(
-                stats.accuracy(labels[sample], preds[name][sample])
-            )
-            assert reps[name].values["f1"][row] == pytest.approx(
-                stats.macro_f1(labels[sample], preds[name][sample], 3)
-            )
+            found = stats.score(classes(3), labels[sample], preds[name][sample])
+            assert reps[name].values["acc"][row] == pytest.approx(found["acc"])
+            assert reps[name].values["f1"][row] == pytest.approx(found["f1"])
     assert reps["b"].point == {"acc": 1.0, "f1": 1.0}
     assert np.all(reps["b"].values["acc"] == 1.0)
 
 
 def _pair(labels, preds_a, preds_b, seed=0, samples=4000):
-    reps = stats.bootstrap_replicates(labels, {"a": preds_a, "b": preds_b}, 2, samples, seed)
+    reps = stats.bootstrap(classes(2), labels, {"a": preds_a, "b": preds_b}, samples, seed)
     return reps["a"], reps["b"]
 
 
@@ -124,35 +139,35 @@ def test_fixed_models_bootstrap_pools_seeds_and_sees_balanced_differences_as_noi
 
 
 def test_spearman_and_pearson_known_answers():
-    assert stats.spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 - 6*4/120
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)  # 1 - 6*4/120
     # Ties at their mean rank: x ranks 1, 2.5, 2.5, 4.
-    assert stats.spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(4.5 * 5))
-    assert stats.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
-    assert stats.pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
-    assert stats.spearman([1, 2, 3, 4], [1, 8, 27, 64]) == pytest.approx(1.0)  # ranks, not values
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(4.5 / math.sqrt(4.5 * 5))
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4], [1, 8, 27, 64]) == pytest.approx(1.0)  # ranks, not values
     # As the metric training logs (torchmetrics), ties included.
     labels, preds = [0.2, 0.4, 0.4, 0.8, 1.0, 0.0], [0.1, 0.5, 0.3, 0.3, 0.9, 0.2]
     logged = SpearmanCorrCoef()(torch.tensor(preds), torch.tensor(labels))
-    assert stats.spearman(labels, preds) == pytest.approx(float(logged), abs=1e-6)
+    assert spearman(labels, preds) == pytest.approx(float(logged), abs=1e-6)
 
 
-def test_bootstrap_correlations_are_the_correlations_of_resamples():
+def test_bootstrap_of_scores_is_the_correlations_of_resamples():
     """Each replicate equals Spearman (ties, and the resample's own repeats, at their mean rank)
     and Pearson of the resample written out example by example."""
     rng = np.random.default_rng(2)
     labels = np.round(rng.uniform(0, 1, 25), 1)  # many ties
     preds = {"a": labels + rng.normal(0, 0.3, 25), "b": np.round(labels * 3)}
-    reps = stats.bootstrap_correlations(labels, preds, samples=6, seed=5)
+    reps = stats.bootstrap(SCORES, labels, preds, samples=6, seed=5)
     draws = np.random.default_rng(5).integers(0, 25, size=(6, 25))
     for row, sample in enumerate(draws):
         for name in preds:
             assert reps[name].values["spearman"][row] == pytest.approx(
-                stats.spearman(labels[sample], preds[name][sample]), abs=1e-12
+                spearman(labels[sample], preds[name][sample]), abs=1e-12
             )
             assert reps[name].values["pearson"][row] == pytest.approx(
-                stats.pearson(labels[sample], preds[name][sample]), abs=1e-12
+                pearson(labels[sample], preds[name][sample]), abs=1e-12
             )
-    assert reps["a"].point["spearman"] == pytest.approx(stats.spearman(labels, preds["a"]))
+    assert reps["a"].point["spearman"] == pytest.approx(spearman(labels, preds["a"]))
 
 
 def test_t_cdf_matches_closed_forms_and_the_table():

@@ -16,6 +16,7 @@ from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.model.inference import Predictor, read_rows
 from mtl_lightning.predict import predict
 from mtl_lightning.study import stats
+from mtl_lightning.tasks.similarity import Similarity
 from mtl_lightning.train import build_data, train
 
 RECORD = "+callbacks.recorder._target_=helpers.Recorder"
@@ -59,7 +60,8 @@ def test_each_type_runs_through_each_scenario(make_cfg, tmp_path, experiment):
     assert not (run / "confusion_similarity.csv").exists()
     _, scores, cosines = read_predictions(run / PREDICTIONS_DIR / "similarity.csv")
     logged = metrics["test/similarity/spearman"]
-    assert stats.spearman(scores, cosines) == pytest.approx(logged, abs=1e-5)
+    found = stats.score(Similarity("similarity"), scores, cosines)
+    assert found["spearman"] == pytest.approx(logged, abs=1e-5)
 
 
 @pytest.mark.slow

@@ -1,10 +1,11 @@
 """Per-example test predictions: `test_predictions/<task>.csv` in the run folder.
 
 One row per test example: `idx` (its index in the task's test split, from the batch), `label`
-and `pred`: class ids (in the order of `summary.json`'s `tasks`), or for a similarity task the
-true score (scaled to [0, 1]) and the predicted cosine. Two runs with the same data,
+and `pred`, as the task type's `test_rows` gives them (class ids in the order of
+`summary.json`'s `tasks`; a score type's true and predicted scores). Two runs with the same data,
 seed and training-set size have the same test split, so their rows pair up by `idx`: the
-report's paired tests (`mtl_lightning.study.stats`) are computed on them.
+report's paired tests (`mtl_lightning.study.stats`) score them with the type's
+`resampled_metrics`.
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ class TestPredictions(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         rows = self.rows[batch["task"]]
-        columns = (batch["idx"], outputs["labels"], outputs["preds"])
-        for index, label, pred in zip(*(c.tolist() for c in columns), strict=True):
+        labels, preds = outputs["rows"]
+        for index, label, pred in zip(batch["idx"].tolist(), labels, preds, strict=True):
             rows[index] = (label, pred)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

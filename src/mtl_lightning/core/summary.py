@@ -114,6 +114,11 @@ def write_summary(
         "total_params": sum(p.numel() for p in module.parameters()),
         # Each task's label names, in class-id order (test_predictions/<task>.csv holds ids).
         "tasks": {task: list(labels) for task, labels in getattr(module, "tasks", {}).items()},
+        # Each task's type as its checkpoint stores it (`TaskType.spec`): the report asks the
+        # type which metrics to show and how to compare runs on them.
+        "task_types": {
+            task: kind.spec() for task, kind in getattr(module, "task_types", {}).items()
+        },
         # Examples per task and split (after data.max_train_examples): the report's size axis
         # and the exported model card.
         "examples": _examples(trainer),

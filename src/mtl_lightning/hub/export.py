@@ -230,13 +230,6 @@ MINILM_CITATION = """@inproceedings{wang-2020-minilm,
     year = "2020",
     url = "https://arxiv.org/abs/2002.10957",
 }"""  # noqa: E501
-COSENT_CITATION = """@article{10531646,
-    author={Huang, Xiang and Peng, Hao and Zou, Dongcheng and Liu, Zhiwei and Li, Jianxin and Liu, Kay and Wu, Jia and Su, Jianlin and Yu, Philip S.},
-    journal={IEEE/ACM Transactions on Audio, Speech, and Language Processing},
-    title={CoSENT: Consistent Sentence Embedding via Similarity Ranking},
-    year={2024},
-    doi={10.1109/TASLP.2024.3402087}
-}"""  # noqa: E501 (sentence-transformers' CoSENTLoss.citation)
 _MISSING = object()
 
 
@@ -360,8 +353,8 @@ def _model_index(
     results = []
     for task, kind in module.task_types.items():
         values = [
-            {"type": hub_type, "value": metrics[f"test/{task}/{key}"], "name": shown}
-            for key, (hub_type, shown) in kind.card_metrics.items()
+            {"type": metric.hub, "value": metrics[f"test/{task}/{key}"], "name": metric.card}
+            for key, metric in kind.report_metrics.items()
             if metrics.get(f"test/{task}/{key}") is not None
         ]
         if values:
@@ -407,8 +400,8 @@ def _citations(module: MultiTaskModule, base: str) -> list[str]:
     entries = [("Sentence Transformers", SBERT_CITATION)]
     if base == PACKAGED_MINILM:
         entries.append(("MiniLM (the base model's architecture)", MINILM_CITATION))
-    if any(getattr(k, "loss_name", None) == "cosent" for k in module.task_types.values()):
-        entries.append(("CoSENTLoss", COSENT_CITATION))
+    for kind in module.task_types.values():
+        entries += [entry for entry in kind.card_citations() if entry not in entries]
     lines = ["## Citation", ""]
     for name, bibtex in entries:
         lines += [f"### {name}", "", "```bibtex", bibtex, "```", ""]
@@ -504,12 +497,7 @@ def model_card(
         f"embedding dimension: {module.encoder.hidden_size}",
         "- similarity function: cosine (`model.similarity`, sentence-transformers' default) of "
         "the embeddings"
-        + (
-            "; a similarity task's trained score is not that: it is the cosine of the embeddings "
-            "after that task's head, a linear projection (see Use)"
-            if any(k.name == "similarity" for k in kinds.values())
-            else ""
-        ),
+        + "".join(f"; {note}" for kind in kinds.values() for note in kind.card_similarity_notes()),
         f"- exported from `{ckpt_path.name}`, epoch "
         f"{_plain(exported_epoch)} (counted from 0, as in `best-epochNN.ckpt`), global step "
         f"{_plain((run.get('checkpoint') or {}).get('global_step'))}",
@@ -529,11 +517,11 @@ def model_card(
         "| task | type | labels | loss | train | val | test |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for task, labels in module.tasks.items():
+    for task in module.tasks:
         sizes = examples.get(task) or {}
         counts = " | ".join(str(sizes.get(split, "-")) for split in ("train", "val", "test"))
         kind = kinds[task]
-        shown = ", ".join(labels) or "scores in [{}, {}]".format(*kind.options["score_range"])
+        shown = kind.label_description()
         loss = _cell(kind.loss_in_words())
         lines.append(f"| {task} | {kind.name} | {_cell(shown)} | {loss} | {counts} |")
     if not examples:
@@ -637,9 +625,9 @@ def model_card(
         ]
     lines += ["", "| task | metric | test |", "| --- | --- | --- |"]
     for task, kind in kinds.items():
-        for key, (_, shown) in kind.card_metrics.items():
+        for key, metric in kind.report_metrics.items():
             value = metrics.get(f"test/{task}/{key}")
-            lines.append(f"| {task} | {shown} | {'-' if value is None else f'{value:.4f}'} |")
+            lines.append(f"| {task} | {metric.card} | {'-' if value is None else f'{value:.4f}'} |")
     forgetting = {t: metrics.get(f"val/{t}/forgetting") for t in tasks}
     if any(value is not None for value in forgetting.values()):  # a head frozen in the run
         for task, value in forgetting.items():
@@ -700,13 +688,8 @@ def model_card(
             f"model encodes up to {max_seq_length}: text past {train_length} tokens was never "
             "trained on."
         )
-    for task, kind in kinds.items():
-        if kind.name == "similarity":
-            limits.append(
-                f"{task}: `model.similarity` (the cosine of the embeddings) is not the score the "
-                "task trained; compute it with the head's projection as in Use. The embeddings' "
-                "own cosine may rank pairs differently."
-            )
+    for kind in kinds.values():
+        limits += kind.card_limits()
     if not same_weights:
         limits.append("The exported weights are not the tested ones (see Test metrics).")
     limits.append(

@@ -6,7 +6,7 @@ import math
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from lightning import LightningModule, Trainer
@@ -319,14 +319,18 @@ class MultiTaskModule(LightningModule):
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._step(batch, "val")
 
-    def test_step(
-        self, batch: dict, batch_idx: int, dataloader_idx: int = 0
-    ) -> dict[str, torch.Tensor]:
-        """Labels and predictions go to `on_test_batch_end` (the confusion matrices and the
-        per-example test predictions): class ids, or a type without classes' scores."""
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """What `on_test_batch_end` callbacks read: `labels` and `preds` (class ids, or a type
+        without classes' outputs) for the confusion matrices, and `rows`, the task type's
+        `test_rows` (label and prediction columns), for the per-example test predictions."""
         _, outputs = self._step(batch, "test")
-        preds = self.task_types[batch["task"]].class_ids(outputs)
-        return {"preds": outputs if preds is None else preds, "labels": batch["labels"]}
+        task_type = self.task_types[batch["task"]]
+        preds = task_type.class_ids(outputs)
+        return {
+            "preds": outputs if preds is None else preds,
+            "labels": batch["labels"],
+            "rows": task_type.test_rows(outputs, batch["labels"]),
+        }
 
     def _log_means(self, stage: str) -> None:
         """`<stage>/primary_mean`: the mean of each task's primary metric (accuracy for classes,

@@ -150,7 +150,7 @@ class FrozenReadout(Callback):
             for task, labels in datamodule.label_names.items()
             # A readout scores one sentence's classes; other task types keep their heads (a
             # similarity head starts as the encoder's own cosine).
-            if module.task_types[task].name == "classification"
+            if module.task_types[task].categorical and not module.task_types[task].pair
         }
         module.attach_readout(readouts, replace_heads=self.heads_from is None)
         log.info(

@@ -36,6 +36,7 @@ from mtl_lightning.core.names import inside
 from mtl_lightning.core.summary import SUMMARY_FILE, read_summary
 from mtl_lightning.scenarios.build import scenario_name
 from mtl_lightning.study import stats
+from mtl_lightning.tasks import DEFAULT_TYPE, TASK_TYPES, TaskType, build_task_type
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -47,12 +48,6 @@ MISSING = "—"
 ALL = "all"  # the size label of a run on all training examples (data.max_train_examples=null)
 BASELINE = "single_task"  # the scenario label of single-task baselines
 REFERENCE = "full_finetune"
-METRICS = {"acc": "accuracy", "f1": "macro-F1"}
-# A task's primary metric (what the monitored mean averages) and its companion, per task type:
-# classes (accuracy, macro-F1), similarity scores (Spearman, Pearson).
-TASK_METRICS = {"acc": "f1", "spearman": "pearson"}
-NAMES = {**METRICS, "spearman": "Spearman", "pearson": "Pearson"}
-SHORT = {"acc": "acc", "f1": "F1", "spearman": "Spearman", "pearson": "Pearson"}  # table headers
 
 
 @dataclass
@@ -251,25 +246,51 @@ def load_runs(sweep_dir: str | Path) -> list[Run]:
     return scan_sweep(sweep_dir)[0]
 
 
+def _recorded_types(run: Run) -> dict[str, TaskType]:
+    """The task types that the run's summary.json records (`task_types`: each one's spec)."""
+    labels = run.summary.get("tasks") or {}
+    return {
+        task: build_task_type(task, labels.get(task) or [], spec)
+        for task, spec in (run.summary.get("task_types") or {}).items()
+    }
+
+
 def task_names(runs: Sequence[Run]) -> list[str]:
-    """Tasks with a validation primary metric (accuracy, Spearman) in any run, in order of
-    first appearance."""
+    """Tasks with a validation primary metric (their type's: accuracy, Spearman, ...) in any
+    run, in order of first appearance."""
     tasks: dict[str, None] = {}
-    primaries = "|".join(TASK_METRICS)
+    shipped = {cls.primary for cls in TASK_TYPES.values()}
     for run in runs:
+        recorded = _recorded_types(run)
         for metric in run.history:
-            match = re.fullmatch(rf"val/([^/]+)/(?:{primaries})", metric)
-            if match:
-                tasks.setdefault(match.group(1))
+            stage, _, rest = metric.partition("/")
+            task, _, name = rest.rpartition("/")
+            primaries = {recorded[task].primary} if task in recorded else shipped
+            if stage == "val" and task and name in primaries:
+                tasks.setdefault(task)
     return list(tasks)
 
 
-def task_metrics(runs: Sequence[Run], task: str) -> tuple[str, str]:
-    """`(primary, companion)` metric names of `task`, as its runs logged them."""
-    for primary, companion in TASK_METRICS.items():
-        if any(f"val/{task}/{primary}" in run.history for run in runs):
-            return primary, companion
-    return "acc", "f1"
+def task_type(runs: Sequence[Run], task: str) -> TaskType:
+    """`task`'s type: as its runs' summary.json records it, or, for runs from before that
+    record, the shipped type whose primary metric they logged. The report shows its
+    `report_metrics` and compares runs with its `resampled_metrics`; it names no metric."""
+    for run in runs:
+        recorded = _recorded_types(run)
+        if task in recorded:
+            return recorded[task]
+    labels = next(
+        (run.summary["tasks"][task] for run in runs if task in run.summary.get("tasks", {})), []
+    )
+    for cls in TASK_TYPES.values():
+        if any(f"val/{task}/{cls.primary}" in run.history for run in runs):
+            return cls(task, labels)
+    return TASK_TYPES[DEFAULT_TYPE](task, labels)
+
+
+def task_metrics(runs: Sequence[Run], task: str) -> tuple[str, ...]:
+    """The metric names the report shows for `task`, its type's primary first."""
+    return tuple(task_type(runs, task).report_metrics)
 
 
 def primary_mean(run: Run, stage: str, best: bool = False) -> float | None:
@@ -294,14 +315,6 @@ def _labels(runs: Sequence[Run]) -> list[str]:
     return labels + ([BASELINE] if any(run.label == BASELINE for run in runs) else [])
 
 
-def _num_classes(runs: Sequence[Run], task: str, columns: Sequence[tuple]) -> int:
-    for run in runs:
-        names = run.summary.get("tasks", {}).get(task)
-        if names:
-            return len(names)
-    return 1 + max(max(labels + preds) for _, labels, preds in columns)
-
-
 def _rng_seed(*key: object) -> int:
     """A fixed bootstrap seed per test split: the report is the same every time it is built."""
     return zlib.crc32(":".join(map(str, key)).encode())
@@ -317,12 +330,13 @@ def fingerprint_of_test_split(task: str, index: Sequence[int], labels: Sequence[
 
 
 def _paired_replicates(
-    runs: Sequence[Run], task: str, primary: str, samples: int, notes: list[str]
+    runs: Sequence[Run], kind: TaskType, samples: int, notes: list[str]
 ) -> tuple[dict[str, stats.Replicates], str | None]:
     """Bootstrap replicates of the runs scored on one test split (same task, seed and size),
     keyed by label, and the split's fingerprint; a run whose test examples differ from the first
     run's is left out. The resamples are seeded by the fingerprint, so seeds sharing a test split
     draw the same resamples of it."""
+    task = kind.task
     scored = [(run, run.predictions(task)) for run in runs]
     scored = [(run, columns) for run, columns in scored if columns is not None]
     if not scored:
@@ -338,11 +352,7 @@ def _paired_replicates(
             continue
         preds[run.label] = run_preds
     split = fingerprint_of_test_split(task, index, labels)
-    key = _rng_seed(task, split)
-    if primary != "acc":  # scores: Spearman and Pearson
-        return stats.bootstrap_correlations(labels, preds, samples, key), split
-    classes = _num_classes(runs, task, [columns for _, columns in scored])
-    return stats.bootstrap_replicates(labels, preds, classes, samples, key), split
+    return stats.bootstrap(kind, labels, preds, samples, _rng_seed(task, split)), split
 
 
 def _delta(
@@ -407,7 +417,8 @@ def study(
     if reference not in {run.label for run in runs}:
         reference = None
     sizes = sorted({run.size_label for run in runs}, key=_size_order)
-    metrics_of = {task: task_metrics(runs, task) for task in tasks}
+    types = {task: task_type(runs, task) for task in tasks}
+    metrics_of = {task: tuple(kind.report_metrics) for task, kind in types.items()}
     notes: list[str] = []
     by_size = {}
     for size in sizes:
@@ -447,9 +458,7 @@ def study(
             task_seeds = {seed for (_, t), c in cells.items() if t == task for seed in c}
             for seed in sorted(task_seeds, key=_seed_order):
                 split_runs = [c[seed] for (_, t), c in cells.items() if t == task and seed in c]
-                found, split = _paired_replicates(
-                    split_runs, task, metrics_of[task][0], samples, notes
-                )
+                found, split = _paired_replicates(split_runs, types[task], samples, notes)
                 for label, reps in found.items():
                     replicates[(label, seed)] = reps
                 if split is not None:
@@ -476,7 +485,7 @@ def study(
             "scenarios": scenarios,
             "baselines": baselines,
             "deltas": deltas,
-            "delta_m": _delta_m(cells, tasks, metrics_of),
+            "delta_m": _delta_m(cells, types),
             "shared_test_splits": shared,
         }
     family_size = _adjust_over_family(by_size)
@@ -495,6 +504,14 @@ def study(
         "family_size": family_size,
         "alpha": stats.ALPHA,
         "metrics": {task: list(metrics_of[task]) for task in tasks},
+        # Each metric's name in words (`name`), as a table header (`short`), and its direction.
+        "metric_names": {
+            task: {
+                key: {"name": m.name, "short": m.short, "higher_is_better": m.higher_is_better}
+                for key, m in kind.report_metrics.items()
+            }
+            for task, kind in types.items()
+        },
         "bootstrap_samples": samples,
         "reference": reference,
         "train_seconds_total": sum(seconds),  # each second once: a fork's reused ones not again
@@ -512,19 +529,23 @@ def study(
 
 
 def _delta_m(
-    cells: dict[tuple[str, str], dict[int | None, Run]],
-    tasks: Sequence[str],
-    metrics_of: dict[str, tuple[str, str]],
+    cells: dict[tuple[str, str], dict[int | None, Run]], types: dict[str, TaskType]
 ) -> dict[str, dict]:
     """Per scenario label, Δm (%) over the single-task baselines (`stats.delta_m_over_seeds`):
-    every task and both its test metrics, each seed against the same seed's baselines. Every
-    metric of the report is better when higher (`TASK_METRICS`)."""
+    every task and each of its type's report metrics, each seed against the same seed's
+    baselines; a metric better when lower counts with its sign flipped."""
+    lower = {
+        (task, key)
+        for task, kind in types.items()
+        for key, metric in kind.report_metrics.items()
+        if not metric.higher_is_better
+    }
 
     def by_seed(label: str) -> dict[int | None, dict[tuple[str, str], float]]:
         found: dict[int | None, dict[tuple[str, str], float]] = {}
-        for task in tasks:
+        for task, kind in types.items():
             for seed, run in cells.get((label, task), {}).items():
-                for metric in metrics_of[task]:
+                for metric in kind.report_metrics:
                     value = run.last(f"test/{task}/{metric}")
                     if value is not None:
                         found.setdefault(seed, {})[(task, metric)] = value
@@ -534,7 +555,7 @@ def _delta_m(
     labels = dict.fromkeys(label for label, _ in cells if label != BASELINE)
     result = {}
     for label in labels:
-        numbers = stats.delta_m_over_seeds(by_seed(label), baseline)
+        numbers = stats.delta_m_over_seeds(by_seed(label), baseline, lower)
         if numbers["n"]:
             result[label] = numbers
     return result
@@ -569,6 +590,11 @@ def _delta_m_lines(numbers: dict) -> list[str]:
         "",
         *_table(header, rows),
     ]
+
+
+def _short(numbers: dict, task: str, metric: str) -> str:
+    """A metric's table header, as its task type names it (report.json's `metric_names`)."""
+    return numbers["metric_names"][task][metric]["short"]
 
 
 def _fmt(value: float | int | None, spec: str) -> str:
@@ -665,7 +691,8 @@ def _power_lines(numbers: dict, tasks: Sequence[str]) -> list[str]:
                     needed = delta["seeds_for_power"]
                     count = f"{needed} seeds" if needed else "more than 1000 seeds"
                     found.append(
-                        f"- `{label}` − `{other}`, `{task}` {SHORT[numbers['metrics'][task][0]]}"
+                        f"- `{label}` − `{other}`, `{task}` "
+                        f"{_short(numbers, task, numbers['metrics'][task][0])}"
                         f" ({_size_title(size)}): {delta['delta']:+.4f}, {count}"
                     )
     return lines + (found or ["- (no difference within noise)"])
@@ -714,17 +741,19 @@ def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
                 cell = cell.get(task) if cell and label != BASELINE else cell
                 if not cell:
                     continue
-                first, second = (cell[metric] for metric in metrics[task])
+                found = [cell[metric] for metric in metrics[task]]
                 rows.append(
-                    [label, str(first["n"]), _spread(first), _interval(first)]
-                    + [_spread(second), _interval(second), _per_seed(first), _per_seed(second)]
+                    [label, str(found[0]["n"])]
+                    + [text for m in found for text in (_spread(m), _interval(m))]
+                    + [_per_seed(m) for m in found]
                 )
             if not rows:
                 continue
             lines += ["", f"### `{task}`, {_size_title(size)}", ""]
-            a, b = (SHORT[metric] for metric in metrics[task])
-            header = ["scenario", "seeds", f"test {a}", f"{a} 95% CI", f"test {b}", f"{b} 95% CI"]
-            lines += _table(header + [f"{a} per seed", f"{b} per seed"], rows)
+            shorts = [_short(numbers, task, metric) for metric in metrics[task]]
+            header = ["scenario", "seeds"]
+            header += [text for a in shorts for text in (f"test {a}", f"{a} 95% CI")]
+            lines += _table(header + [f"{a} per seed" for a in shorts], rows)
     lines += _delta_m_lines(numbers)
     lines += [
         "",
@@ -771,7 +800,11 @@ def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
             if not rows:
                 continue
             lines += ["", f"### `{task}`, {_size_title(size)}", ""]
-            header = [f"Δ {SHORT[m]} vs {other}" for m in metrics[task] for other in versus]
+            header = [
+                f"Δ {_short(numbers, task, m)} vs {other}"
+                for m in metrics[task]
+                for other in versus
+            ]
             lines += _table(["scenario", *header], rows)
     lines += _power_lines(numbers, tasks)
     if numbers["notes"]:
@@ -855,22 +888,16 @@ def markdown_report(
     )
     for task in tasks:
         lines += ["", f"### Task `{task}`", ""]
-        first, second = task_metrics(runs, task)
-        short = {m: "acc" if m == "acc" else NAMES[m] for m in (first, second)}
+        shown = task_type(runs, task).report_metrics
         lines += _table(
             ["run", "scenario"]
-            + [f"{stage} {short[m]}" for stage in ("best val", "test") for m in (first, second)]
+            + [f"{stage} {m.short}" for stage in ("best val", "test") for m in shown.values()]
             + ["forgetting"],
             [
-                [
-                    run.name,
-                    run.label,
-                    _fmt(run.best(f"val/{task}/{first}"), ".4f"),
-                    _fmt(run.best(f"val/{task}/{second}"), ".4f"),
-                    _fmt(run.last(f"test/{task}/{first}"), ".4f"),
-                    _fmt(run.last(f"test/{task}/{second}"), ".4f"),
-                    _fmt(run.last(f"val/{task}/forgetting"), "+.4f"),
-                ]
+                [run.name, run.label]
+                + [_fmt(run.best(f"val/{task}/{key}"), ".4f") for key in shown]
+                + [_fmt(run.last(f"test/{task}/{key}"), ".4f") for key in shown]
+                + [_fmt(run.last(f"val/{task}/forgetting"), "+.4f")]
                 for run in runs
             ],
         )
@@ -924,7 +951,8 @@ def plot_val_curves(runs: Sequence[Run], task: str) -> Figure:
 
     figure = _figure()
     axes = figure.add_subplot()
-    primary = task_metrics(runs, task)[0]  # accuracy, or a similarity task's Spearman
+    kind = task_type(runs, task)
+    primary = kind.primary  # accuracy, or a similarity task's Spearman
     runs = _largest_size(runs)
     for index, label in enumerate(_labels(runs)):
         curves = [dict(run.curve(f"val/{task}/{primary}")) for run in runs if run.label == label]
@@ -940,7 +968,7 @@ def plot_val_curves(runs: Sequence[Run], task: str) -> Figure:
             low = [mean - std for mean, std in points]
             high = [mean + std for mean, std in points]
             axes.fill_between(epochs, low, high, color=_color(index), alpha=0.2, linewidth=0)
-    name = NAMES[primary] if primary != "acc" else "accuracy"
+    name = kind.report_metrics[primary].name
     axes.set(title=f"{task}: validation {name}", xlabel="epoch", ylabel=f"val {name}")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(alpha=0.3)
@@ -991,8 +1019,8 @@ def _train_examples(run: Run, task: str) -> float | None:
 def plot_accuracy_vs_examples(runs: Sequence[Run], task: str) -> Figure:
     """Test primary metric (accuracy; Spearman) of `task` against its training examples, one
     line per scenario (mean over seeds, error bars of ± one std): the study's data-size axis."""
-    primary = task_metrics(runs, task)[0]
-    name = "accuracy" if primary == "acc" else NAMES[primary]
+    kind = task_type(runs, task)
+    primary, name = kind.primary, kind.report_metrics[kind.primary].name
     figure = _figure()
     axes = figure.add_subplot()
     sizes = sorted({run.size_label for run in runs}, key=_size_order)

@@ -1,10 +1,11 @@
 """The study's statistics: spread over seeds, and paired differences on the same test examples.
 
 - `over_seeds(values)`: mean, sample std and a Student-t 95% interval of one number per seed.
-- `bootstrap_replicates` / `bootstrap_correlations`: a paired bootstrap of test accuracy and
-  macro-F1 (classes), or of Spearman and Pearson (similarity scores). Every run scored on one test
-  split (same task, seed and training-set size: the same examples) is scored on the same resamples
-  of its examples, so the difference of two runs' replicates is paired.
+- `bootstrap(task_type, ...)`: a paired bootstrap of a task type's metrics (its
+  `resampled_metrics`: accuracy and macro-F1 of classes, Spearman and Pearson of scores, ...).
+  Every run scored on one test split (same task, seed and training-set size: the same examples)
+  is scored on the same resamples of its examples, so the difference of two runs' replicates is
+  paired.
 - `compare_over_seeds(...)`: one difference `metric(a) - metric(b)`, a mean over seeds, tested
   twice over. Does the scenario differ (training's seed-to-seed variance included)? A paired
   t-test over the per-seed differences and a two-level bootstrap (seeds, then the test examples
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -174,29 +176,6 @@ def over_seeds(values: Sequence[float]) -> dict:
     }
 
 
-def accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
-    return float(np.mean(np.asarray(labels) == np.asarray(preds)))
-
-
-def _macro_f1_from_counts(tp: np.ndarray, predicted: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Macro F1 per row of per-class counts, as torchmetrics' MulticlassF1Score(average="macro"):
-    F1_c = 2 tp / (predicted + true); a class never true nor predicted leaves the average."""
-    denominator = predicted + true
-    present = denominator > 0
-    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp, dtype=float), where=present)
-    return f1.sum(-1) / np.maximum(present.sum(-1), 1)
-
-
-def macro_f1(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> float:
-    """Macro F1 over `num_classes` classes (see `_macro_f1_from_counts`)."""
-    labels, preds = np.asarray(labels), np.asarray(preds)
-    classes = np.arange(num_classes)
-    true = (labels[:, None] == classes).astype(float)
-    predicted = (preds[:, None] == classes).astype(float)
-    tp = (true * predicted).sum(0)
-    return float(_macro_f1_from_counts(tp, predicted.sum(0), true.sum(0)))
-
-
 @dataclass
 class Replicates:
     """One run's metrics (`values[name]`) on each bootstrap resample of one test split, and on
@@ -215,115 +194,55 @@ def _resample_weights(rng: np.random.Generator, n: int, samples: int, chunk: int
         yield np.bincount(draws.ravel(), minlength=rows * n).reshape(rows, n).astype(float)
 
 
-def bootstrap_replicates(
-    labels: np.ndarray,
-    preds_by_run: Mapping[str, np.ndarray],
-    num_classes: int,
-    samples: int = BOOTSTRAP_SAMPLES,
-    seed: int = 0,
-    chunk: int = 1000,
-) -> dict[str, Replicates]:
-    """Accuracy and macro-F1 of every run on the same `samples` resamples (with replacement) of
-    one test split's examples. `preds_by_run[name][i]` is run `name`'s prediction for example `i`
-    with true label `labels[i]`: the same example order for every run."""
+class ScoresResamples(Protocol):
+    """What the bootstrap asks of a task type (`TaskType.resampled_metrics`)."""
+
+    def resampled_metrics(
+        self, labels: np.ndarray, preds_by_run: Mapping[str, np.ndarray], weights: np.ndarray
+    ) -> dict[str, dict[str, np.ndarray]]: ...
+
+
+def score(
+    task_type: ScoresResamples, labels: Sequence[float], preds: Sequence[float]
+) -> dict[str, float]:
+    """The task type's report metrics of one run's predictions on the whole test split."""
     labels = np.asarray(labels)
-    n = len(labels)
-    classes = np.arange(num_classes)
-    true = (labels[:, None] == classes).astype(float)
-    per_run = {}
-    for name, preds in _checked(labels, preds_by_run).items():
-        predicted = (preds[:, None] == classes).astype(float)
-        per_run[name] = (preds == labels).astype(float), predicted, true * predicted
-    acc = {name: [] for name in per_run}
-    f1 = {name: [] for name in per_run}
-    for weights in _resample_weights(np.random.default_rng(seed), n, samples, chunk):
-        true_counts = weights @ true
-        for name, (correct, predicted, hits) in per_run.items():
-            acc[name].append(weights @ correct / n)
-            f1[name].append(_macro_f1_from_counts(weights @ hits, weights @ predicted, true_counts))
-    return {
-        name: Replicates(
-            values={"acc": np.concatenate(acc[name]), "f1": np.concatenate(f1[name])},
-            point={
-                "acc": accuracy(labels, preds_by_run[name]),
-                "f1": macro_f1(labels, preds_by_run[name], num_classes),
-            },
-        )
-        for name in per_run
-    }
-
-
-def _checked(labels: np.ndarray, preds_by_run: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    found = {name: np.asarray(preds) for name, preds in preds_by_run.items()}
-    for name, preds in found.items():
-        if preds.shape != labels.shape:
-            raise ValueError(f"run {name} has {len(preds)} predictions for {len(labels)} examples")
-    return found
-
-
-def _weighted_ranks(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Each example's average rank (from 1) in each resample, the resample being `weights[r, i]`
-    copies of example `i`: ties, within the data or between the copies, share their mean rank.
-    So the Pearson correlation of these ranks, weighted alike, is the resample's Spearman."""
-    order = np.argsort(values, kind="stable")
-    _, start, counts = np.unique(values[order], return_index=True, return_counts=True)
-    group = np.repeat(np.arange(len(start)), counts)  # tie group of each sorted position
-    cumulative = np.cumsum(weights[:, order], axis=1)
-    end = cumulative[:, start + counts - 1]  # weight up to and including each tie group
-    below = np.concatenate([np.zeros((len(weights), 1)), end[:, :-1]], axis=1)  # weight before
-    total = end - below
-    ranks = np.empty_like(weights)
-    ranks[:, order] = below[:, group] + (total[:, group] + 1) / 2
-    return ranks
-
-
-def _weighted_pearson(x: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Pearson's r of each resample (row of `weights`); `x`, `y` per example or per resample."""
-    total = weights.sum(1, keepdims=True)
-    dx = x - (weights * x).sum(1, keepdims=True) / total
-    dy = y - (weights * y).sum(1, keepdims=True) / total
-    covariance = (weights * dx * dy).sum(1)
-    spread = np.sqrt((weights * dx**2).sum(1) * (weights * dy**2).sum(1))
-    return np.divide(covariance, spread, out=np.zeros_like(covariance), where=spread > 0)
-
-
-def pearson(labels: np.ndarray, preds: np.ndarray) -> float:
     ones = np.ones((1, len(labels)))
-    return float(_weighted_pearson(np.asarray(labels, float), np.asarray(preds, float), ones)[0])
+    found = task_type.resampled_metrics(labels, {"run": np.asarray(preds)}, ones)["run"]
+    return {metric: float(values[0]) for metric, values in found.items()}
 
 
-def spearman(labels: np.ndarray, preds: np.ndarray) -> float:
-    """Spearman's rho with ties at their mean rank (as scipy.stats.spearmanr)."""
-    ones = np.ones((1, len(labels)))
-    ranks = [_weighted_ranks(np.asarray(v, float), ones) for v in (labels, preds)]
-    return float(_weighted_pearson(*ranks, ones)[0])
-
-
-def bootstrap_correlations(
-    labels: np.ndarray,
-    preds_by_run: Mapping[str, np.ndarray],
+def bootstrap(
+    task_type: ScoresResamples,
+    labels: Sequence[float],
+    preds_by_run: Mapping[str, Sequence[float]],
     samples: int = BOOTSTRAP_SAMPLES,
     seed: int = 0,
     chunk: int = 500,
 ) -> dict[str, Replicates]:
-    """Spearman and Pearson correlation of every run's scores with the true scores `labels`, on
-    the same `samples` resamples of one test split's examples (as `bootstrap_replicates`)."""
-    labels = np.asarray(labels, dtype=float)
+    """The task type's metrics of every run on the same `samples` resamples (with replacement)
+    of one test split's examples, and on the split itself. `preds_by_run[name][i]` is run
+    `name`'s prediction for example `i` with true label `labels[i]` (the columns of
+    `test_predictions/<task>.csv`): the same example order for every run, so the difference of
+    two runs' replicates is paired."""
+    labels = np.asarray(labels)
     n = len(labels)
-    per_run = {name: preds.astype(float) for name, preds in _checked(labels, preds_by_run).items()}
-    found = {name: {"spearman": [], "pearson": []} for name in per_run}
+    preds = {name: np.asarray(values) for name, values in preds_by_run.items()}
+    for name, values in preds.items():
+        if values.shape != labels.shape:
+            raise ValueError(f"run {name} has {len(values)} predictions for {n} examples")
+    found: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in preds}
     for weights in _resample_weights(np.random.default_rng(seed), n, samples, chunk):
-        label_ranks = _weighted_ranks(labels, weights)
-        for name, preds in per_run.items():
-            found[name]["pearson"].append(_weighted_pearson(labels, preds, weights))
-            ranks = _weighted_ranks(preds, weights)
-            found[name]["spearman"].append(_weighted_pearson(label_ranks, ranks, weights))
+        for name, by_metric in task_type.resampled_metrics(labels, preds, weights).items():
+            for metric, values in by_metric.items():
+                found[name].setdefault(metric, []).append(values)
+    point = task_type.resampled_metrics(labels, preds, np.ones((1, n)))
     return {
         name: Replicates(
             values={metric: np.concatenate(rows) for metric, rows in found[name].items()},
-            point={"spearman": spearman(labels, preds), "pearson": pearson(labels, preds)},
+            point={metric: float(values[0]) for metric, values in point[name].items()},
         )
-        for name, preds in per_run.items()
+        for name in preds
     }
 
 
@@ -505,13 +424,14 @@ def delta_m(
 ) -> float:
     """Δm in percent (Maninis et al. 2019, as LibMTL): the mean over every (task, metric) of
     `model` of `(-1)^l (M_m - M_b) / M_b * 100`, `l = 1` for a metric named in `lower_is_better`
-    (by its metric name, e.g. "loss"), else 0. Positive: better than the baselines."""
+    (by its metric name, e.g. "loss", or as a `(task, metric)` pair), else 0. Positive: better
+    than the baselines."""
     if not model:
         raise ValueError("Δm needs at least one (task, metric)")
     terms = []
     for (task, metric), value in model.items():
         reference = baseline[(task, metric)]
-        sign = -1.0 if metric in lower_is_better else 1.0
+        sign = -1.0 if metric in lower_is_better or (task, metric) in lower_is_better else 1.0
         terms.append(sign * (value - reference) / reference * 100)
     return float(np.mean(terms))
 

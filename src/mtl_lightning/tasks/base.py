@@ -1,16 +1,22 @@
-"""What a task type owns: its columns, collate, head, loss, metrics and prediction output.
+"""What a task type owns: its columns, collate, head, loss, metrics, prediction output, how
+runs are compared on it, and its text in the model card.
 
 A task type is one class here and one line in `mtl_lightning.tasks.TASK_TYPES`. The datamodule
 asks it how to read and batch a task's examples, the LightningModule how to score, train and
-evaluate the task; neither branches on the type. `data.tasks.<task>.type` names it.
+evaluate the task, the test-prediction callback which rows to write, the study report which
+metrics to show and how to score them on resampled test examples, and the export what to say
+in the model card; none of them branches on the type or names a metric.
+`data.tasks.<task>.type` names it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
@@ -29,6 +35,23 @@ COLUMN_KEYS = {
 }
 
 
+@dataclass(frozen=True)
+class ReportMetric:
+    """How a logged metric (`{stage}/{task}/<key>`) is named where runs are compared.
+
+    `name`: in words, in sentences and plot axes ("accuracy"); `short`: a table header ("acc");
+    `hub`: its Hugging Face metric type, for the model card's model-index ("accuracy");
+    `card`: its name in the model card's tables ("Accuracy"); `higher_is_better`: its direction
+    (Δm flips the sign of a metric better when lower).
+    """
+
+    name: str
+    short: str
+    hub: str
+    card: str
+    higher_is_better: bool = True
+
+
 class TaskType(ABC):
     """One task of one type: built from its training labels, then asked by data and model.
 
@@ -43,8 +66,10 @@ class TaskType(ABC):
     direction: ClassVar[str] = "max"  # whether the primary metric is better higher or lower
     architecture: ClassVar[str]  # the head in words, for exported heads (heads.json)
     hub_task: ClassVar[str]  # the Hugging Face task id, for the model card's model-index
-    # Metric (as `metrics()` names it) -> (its Hub metric type, its name in the model card).
-    card_metrics: ClassVar[dict[str, tuple[str, str]]]
+    # The metrics that the study report and the model card show (as `metrics()` names them),
+    # the primary first: the report's tables, paired differences, Δm and plots, and the card's
+    # test metrics, take these and nothing else.
+    report_metrics: ClassVar[dict[str, ReportMetric]]
 
     def __init__(self, task: str, labels: Sequence[str] = (), **options: Any) -> None:
         self.task = task
@@ -79,7 +104,8 @@ class TaskType(ABC):
         return None
 
     def spec(self) -> dict[str, Any]:
-        return {"type": self.name, **self.options}
+        # A type of your own is stored by the name it was registered under (its dotted path).
+        return {"type": type(self).__dict__.get("registered_as", self.name), **self.options}
 
     @property
     def pair(self) -> bool:
@@ -131,6 +157,45 @@ class TaskType(ABC):
     def class_ids(self, outputs: torch.Tensor) -> torch.Tensor | None:
         """Predicted class ids for the confusion matrices; None for a type without classes."""
         return None
+
+    def test_rows(self, outputs: torch.Tensor, labels: torch.Tensor) -> tuple[list, list]:
+        """The `label` and `pred` columns of `test_predictions/<task>.csv`, one number each per
+        test example (class ids, or the true score and the predicted one): what
+        `resampled_metrics` scores, so that the report can pair two runs example by example."""
+        preds = self.class_ids(outputs)
+        return labels.tolist(), (outputs if preds is None else preds).tolist()
+
+    @abstractmethod
+    def resampled_metrics(
+        self,
+        labels: np.ndarray,
+        preds_by_run: Mapping[str, np.ndarray],
+        weights: np.ndarray,
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """Each of `report_metrics` of each run, on each resample of one test split: run ->
+        metric -> one value per row of `weights`, where `weights[r, i]` is how often example `i`
+        (`labels[i]`, `preds_by_run[run][i]`: `test_rows`' columns) is drawn in resample `r`. A
+        row of ones is the split itself, and must give the metric as logged. The study's paired
+        bootstrap (`mtl_lightning.study.stats.bootstrap`) draws the weights, the same for every
+        run, so the runs' differences are paired."""
+
+    def label_description(self) -> str:
+        """The labels in words, for the model card's task table."""
+        return ", ".join(self.labels)
+
+    def card_limits(self) -> list[str]:
+        """The model card's limitations that this task adds (e.g. a trained score that is not
+        the embeddings' own cosine)."""
+        return []
+
+    def card_similarity_notes(self) -> list[str]:
+        """What the model card's "similarity function" line adds for this task (e.g. that its
+        trained score is another cosine than the embeddings')."""
+        return []
+
+    def card_citations(self) -> list[tuple[str, str]]:
+        """(title, BibTeX) of what this task's training builds on, for the model card."""
+        return []
 
     @abstractmethod
     def loss_in_words(self) -> str:

@@ -5,14 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from mtl_lightning.core.errors import ConfigError
-from mtl_lightning.tasks.base import TaskType
+from mtl_lightning.tasks.base import ReportMetric, TaskType
 from mtl_lightning.tasks.heads import ClassificationHead
+from mtl_lightning.tasks.resampling import class_metrics
 
 
 def class_names(
@@ -38,7 +40,10 @@ class Classification(TaskType):
     primary = "acc"
     architecture = "dropout, then linear: logits = embedding @ weight.T + bias"
     hub_task = "text-classification"
-    card_metrics = {"acc": ("accuracy", "Accuracy"), "f1": ("f1", "Macro F1")}
+    report_metrics = {
+        "acc": ReportMetric("accuracy", "acc", hub="accuracy", card="Accuracy"),
+        "f1": ReportMetric("macro-F1", "F1", hub="f1", card="Macro F1"),
+    }
 
     @classmethod
     def from_data(
@@ -77,6 +82,14 @@ class Classification(TaskType):
                 "f1": MulticlassF1Score(n, average="macro"),
             }
         )
+
+    def resampled_metrics(
+        self,
+        labels: np.ndarray,
+        preds_by_run: Mapping[str, np.ndarray],
+        weights: np.ndarray,
+    ) -> dict[str, dict[str, np.ndarray]]:
+        return class_metrics(labels, preds_by_run, weights, len(self.labels))
 
     def loss_in_words(self) -> str:
         return "cross-entropy on the head's logits"

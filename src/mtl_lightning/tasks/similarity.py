@@ -18,15 +18,25 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
 from mtl_lightning.core.errors import ConfigError
-from mtl_lightning.tasks.base import TaskType
+from mtl_lightning.tasks.base import ReportMetric, TaskType
+from mtl_lightning.tasks.resampling import correlation_metrics
 
 LOSSES = ("cosent", "cosine_mse")
+
+COSENT_CITATION = """@article{10531646,
+    author={Huang, Xiang and Peng, Hao and Zou, Dongcheng and Liu, Zhiwei and Li, Jianxin and Liu, Kay and Wu, Jia and Su, Jianlin and Yu, Philip S.},
+    journal={IEEE/ACM Transactions on Audio, Speech, and Language Processing},
+    title={CoSENT: Consistent Sentence Embedding via Similarity Ranking},
+    year={2024},
+    doi={10.1109/TASLP.2024.3402087}
+}"""  # noqa: E501 (sentence-transformers' CoSENTLoss.citation)
 
 
 def parse_score(value: str) -> float | None:
@@ -98,7 +108,10 @@ class Similarity(TaskType):
         "options.score_range"
     )
     hub_task = "sentence-similarity"
-    card_metrics = {"spearman": ("spearman", "Spearman"), "pearson": ("pearson", "Pearson")}
+    report_metrics = {
+        "spearman": ReportMetric("Spearman", "Spearman", hub="spearman", card="Spearman"),
+        "pearson": ReportMetric("Pearson", "Pearson", hub="pearson", card="Pearson"),
+    }
 
     def __init__(self, task: str, labels: Sequence[str] = (), **options: Any) -> None:
         super().__init__(task, (), **options)
@@ -182,6 +195,33 @@ class Similarity(TaskType):
 
     def metrics(self) -> MetricCollection:
         return MetricCollection({"spearman": SpearmanCorrCoef(), "pearson": PearsonCorrCoef()})
+
+    def resampled_metrics(
+        self,
+        labels: np.ndarray,
+        preds_by_run: Mapping[str, np.ndarray],
+        weights: np.ndarray,
+    ) -> dict[str, dict[str, np.ndarray]]:
+        return correlation_metrics(labels, preds_by_run, weights)
+
+    def label_description(self) -> str:
+        return "scores in [{}, {}]".format(*self.options["score_range"])
+
+    def card_limits(self) -> list[str]:
+        return [
+            f"{self.task}: `model.similarity` (the cosine of the embeddings) is not the score the "
+            "task trained; compute it with the head's projection as in Use. The embeddings' "
+            "own cosine may rank pairs differently."
+        ]
+
+    def card_similarity_notes(self) -> list[str]:
+        return [
+            f"{self.task}'s trained score is not that: it is the cosine of the embeddings after "
+            "that task's head, a linear projection (see Use)"
+        ]
+
+    def card_citations(self) -> list[tuple[str, str]]:
+        return [("CoSENTLoss", COSENT_CITATION)] if self.loss_name == "cosent" else []
 
     def loss_in_words(self) -> str:
         if self.loss_name == "cosine_mse":
