@@ -157,6 +157,7 @@ class MultiTaskModule(LightningModule):
                 for stage in STAGES
             }
         )
+        self._trained_tasks: set[str] = set()  # the tasks with training metrics this epoch
         self.readout: nn.ModuleDict | None = None  # see `attach_readout`
         # What says when each encoder group starts training: given by the freezing callback at
         # setup (the module never looks for it among the trainer's callbacks).
@@ -239,8 +240,13 @@ class MultiTaskModule(LightningModule):
         size = len(batch["labels"])
         kwargs = {"batch_size": size, "add_dataloader_idx": False, "on_epoch": True}
         self.log(f"{stage}/{task}/loss", loss, on_step=stage == "train", **kwargs)
-        for name, metric in metrics.items():
-            self.log(f"{stage}/{task}/{name}", metric, on_step=False, **kwargs)
+        if stage == "train":
+            # Logged once, at the epoch's end (`on_train_epoch_end`): logging a Metric object at
+            # every step costs Lightning a walk over its state, ~1 ms a metric on a CPU step.
+            self._trained_tasks.add(task)
+        else:
+            for name, metric in metrics.items():
+                self.log(f"{stage}/{task}/{name}", metric, on_step=False, **kwargs)
         if self.readout is not None and stage != "train" and task in self.readout:
             # A readout reads a single sentence's embedding (the cache serves it again).
             readout_metrics = self.readout_metrics[f"{stage}_metrics"][task]
@@ -347,6 +353,13 @@ class MultiTaskModule(LightningModule):
         self.weighting.on_train_epoch_start(self.current_epoch)
 
     def on_train_epoch_end(self) -> None:
+        # The epoch's training metrics, over every batch of it (as Lightning logs a Metric
+        # object at its epoch's end: computed, synced across processes, then reset).
+        for task in sorted(self._trained_tasks):
+            for name, metric in self.metrics["train_metrics"][task].items():
+                self.log(f"train/{task}/{name}", metric.compute(), on_step=False, on_epoch=True)
+                metric.reset()
+        self._trained_tasks.clear()
         # Visible in the logs: what the frozen encoder, or its frozen layers, did not recompute.
         if self.frozen_cache is not None:
             for name, value in self.frozen_cache.totals().items():
