@@ -26,10 +26,16 @@ from fake_sweep import (
 )
 
 from mtl_lightning.core.errors import ConfigError
-from mtl_lightning.core.summary import read_summary, write_summary
+from mtl_lightning.core.summary import best_epochs, read_summary, write_summary
 from mtl_lightning.report import main
 from mtl_lightning.study import stats
-from mtl_lightning.study.report import fingerprint_of_test_split, load_runs, write_report
+from mtl_lightning.study.report import (
+    fingerprint_of_test_split,
+    load_runs,
+    markdown_report,
+    task_names,
+    write_report,
+)
 from mtl_lightning.tasks.classification import Classification
 from mtl_lightning.tasks.similarity import Similarity
 
@@ -498,3 +504,28 @@ def test_summary_is_written_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert (tmp_path / "summary.json").read_text() == before
     assert read_summary(tmp_path)["metrics"] == {"val/x": 0.5}
+
+
+def test_each_tasks_best_epoch_is_shown_beside_the_checkpoints(tmp_path):
+    """summary.json's best_epochs: each task's own best val epoch against the tested
+    checkpoint's, flagged (and its note repeated) where they are more than one epoch apart."""
+    sweep = make_fake_sweep(tmp_path / "sweep")
+    history = {
+        0: {"classification": 0.90, "sentiment": 0.50, "primary_mean": 0.70},
+        1: {"classification": 0.70, "sentiment": 0.60, "primary_mean": 0.65},
+        2: {"classification": 0.60, "sentiment": 0.95, "primary_mean": 0.775},
+    }
+    path = sweep / "1_only_head_frozen" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["best_epochs"] = best_epochs(history)
+    path.write_text(json.dumps(summary))
+    runs = load_runs(sweep)
+    text = markdown_report(runs, task_names(runs), plots=[])
+    classification = text.split("### Task `classification`")[1].split("### Task `sentiment`")[0]
+    assert "| 1_only_head_frozen | only_head_frozen |" in classification
+    assert classification.split("| 1_only_head_frozen |")[1].split("\n")[0].endswith("| 0 / 2 ! |")
+    assert classification.split("| 0_full_finetune |")[1].split("\n")[0].endswith("| — |")
+    sentiment = text.split("### Task `sentiment`")[1]
+    assert sentiment.split("| 1_only_head_frozen |")[1].split("\n")[0].endswith("| 2 / 2 |")
+    assert "- `1_only_head_frozen`: The checkpoint is of epoch 2" in text
+    assert "(classification at epoch 0)" in text

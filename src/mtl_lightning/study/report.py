@@ -592,6 +592,16 @@ def _delta_m_lines(numbers: dict) -> list[str]:
     ]
 
 
+def _best_epochs(run: Run, task: str) -> str:
+    """`own / chosen`: the task's best val epoch and the tested checkpoint's (summary.json's
+    `best_epochs`), `!` where they are more than one epoch apart; — when not recorded."""
+    best = run.summary.get("best_epochs") or {}
+    own, chosen = (best.get("per_task") or {}).get(task), best.get("chosen")
+    if own is None or chosen is None:
+        return MISSING
+    return f"{own} / {chosen}" + (" !" if abs(own - chosen) > 1 else "")
+
+
 def _short(numbers: dict, task: str, metric: str) -> str:
     """A metric's table header, as its task type names it (report.json's `metric_names`)."""
     return numbers["metric_names"][task][metric]["short"]
@@ -892,15 +902,29 @@ def markdown_report(
         lines += _table(
             ["run", "scenario"]
             + [f"{stage} {m.short}" for stage in ("best val", "test") for m in shown.values()]
-            + ["forgetting"],
+            + ["forgetting", "best epoch: own / checkpoint's"],
             [
                 [run.name, run.label]
                 + [_fmt(run.best(f"val/{task}/{key}"), ".4f") for key in shown]
                 + [_fmt(run.last(f"test/{task}/{key}"), ".4f") for key in shown]
-                + [_fmt(run.last(f"val/{task}/forgetting"), "+.4f")]
+                + [_fmt(run.last(f"val/{task}/forgetting"), "+.4f"), _best_epochs(run, task)]
                 for run in runs
             ],
         )
+    far = [
+        f"- `{run.name}`: {run.summary['best_epochs']['note']}"
+        for run in runs
+        if (run.summary.get("best_epochs") or {}).get("note")
+    ]
+    if far:
+        lines += [
+            "",
+            "Best epoch: the epoch of the task's own best val primary metric, and the epoch of "
+            "the checkpoint tested (the best mean over tasks). Runs where a task peaked more than "
+            "one epoch from the checkpoint, so that its test metrics are not its best:",
+            "",
+            *far,
+        ]
     if any(run.history.get(f"val/{task}/forgetting") for run in runs for task in tasks):
         lines += [
             "",
