@@ -427,6 +427,91 @@ def test_the_tiny_retrieval_data_has_no_label_column_and_batches_without_duplica
         assert len(texts) == len(set(texts))
 
 
+# --- search and mining --------------------------------------------------------------------
+
+
+def test_mining_never_returns_a_positive_and_respects_the_rank_range_and_margin():
+    from mtl_lightning.mine import mine_negatives
+
+    documents = [f"d{i}" for i in range(8)]
+    embeddings = torch.eye(8)
+    a = [0.5, 0.9, 0.6, 0.45, 0.4, 0.3, 0.2, 0.1]
+    b = [0.1, 0.95, 0.9, 0.8, 0.2, 0.3, 0.0, 0.0]
+    anchors, positives = ["a", "b", "b"], ["d0", "d1", "d2"]
+    vectors = torch.tensor([a, b, b])
+
+    def mined(**options):
+        return mine_negatives(anchors, positives, vectors, documents, embeddings, **options)
+
+    # margin 0: only candidates scoring at most the positive's (d1, d2 score above d0 for a)
+    assert mined(num_negatives=2, range_max=10) == [["d3", "d4"], ["d3", "d5"], ["d3", "d5"]]
+    # margin 0.05 (cosines: a's vector has norm 1.3865, so d0 0.361, d3 0.325, d4 0.289):
+    # d3 is within the margin of the positive, d4 and d5 are not
+    assert mined(num_negatives=2, range_max=10, margin=0.05)[0] == ["d4", "d5"]
+    # rank range: skip the 2 most similar candidates (positives excluded first)
+    assert mined(num_negatives=1, range_min=2, range_max=10, margin=-1.0)[0] == ["d3"]
+    # too few within range_max: the row gets None (dropped from the file)
+    assert mined(num_negatives=2, range_max=2)[0] is None
+    for row, found in enumerate(mined(num_negatives=3, range_max=10, margin=-1.0)):
+        own = {p for a, p in zip(anchors, positives, strict=True) if a == anchors[row]}
+        assert not own & set(found)  # never a positive of the anchor, whatever the margin
+
+
+@pytest.mark.slow
+def test_search_and_mine_from_the_command_functions(tiny_encoders, tmp_path):
+    """search writes each query's top k as JSONL; mine writes a file a retrieval task reads."""
+    import json
+
+    from conftest import compose_cfg
+
+    from mtl_lightning.mine import mine
+    from mtl_lightning.search import search
+
+    queries = tmp_path / "q.csv"
+    queries.write_text("id,text\nq7,Who wrote Hamlet?\nq8,What do pandas eat?\n")
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("Hamlet was written by Shakespeare.\nPandas eat bamboo.\nOslo is cold.\n")
+    encoder = tiny_encoders["bert"]
+    records = search(
+        compose_cfg(
+            "search", "ckpt_path=none", f"encoder={encoder}", f"queries={queries}",
+            f"corpus={corpus}", f"output={tmp_path / 'hits.jsonl'}", "top_k=2", "device=cpu",
+        )
+    )  # fmt: skip
+    written = [json.loads(line) for line in (tmp_path / "hits.jsonl").read_text().splitlines()]
+    assert written == json.loads(json.dumps(records))
+    assert [r["query_id"] for r in written] == ["q7", "q8"]
+    for record in written:
+        assert [h["rank"] for h in record["hits"]] == [1, 2]
+        assert record["hits"][0]["score"] >= record["hits"][1]["score"]
+        assert {h["id"] for h in record["hits"]} <= {0, 1, 2}
+
+    pairs = tmp_path / "pairs.csv"
+    lines = ["text,text_pair"] + [f"question {i},answer {i} is here" for i in range(12)]
+    pairs.write_text("\n".join(lines) + "\n")
+    kept = mine(
+        compose_cfg(
+            "mine", "ckpt_path=none", f"encoder={encoder}", f"input={pairs}",
+            f"output={tmp_path / 'negatives.csv'}", "num_negatives=2", "range_max=5",
+            "margin=-1", "device=cpu",
+        )
+    )  # fmt: skip
+    assert len(kept) == 12
+    for row in kept:
+        assert row["text_pair"] not in (row["negative_1"], row["negative_2"])
+        assert row["negative_1"] != row["negative_2"]
+    from mtl_lightning.data.sources.files import FileSource
+
+    source = FileSource(
+        "qa",
+        train=str(tmp_path / "negatives.csv"),
+        type="retrieval",
+        type_options={"negative_columns": ["negative_1", "negative_2"]},
+    )
+    rows = source.load(tmp_path)["train"]
+    assert rows.extra[0] == (kept[0]["negative_1"], kept[0]["negative_2"])
+
+
 def test_a_corpus_file_joins_val_and_test_as_documents_without_a_query(tiny_encoders, tmp_path):
     from mtl_lightning.data.datamodule import MultiTaskDataModule
     from mtl_lightning.data.sources.files import FileSource
