@@ -545,6 +545,61 @@ def test_a_corpus_file_joins_val_and_test_as_documents_without_a_query(tiny_enco
     assert kind.loss(outputs[-2:], labels[-2:]).item() == 0.0
 
 
+@pytest.mark.slow
+def test_trained_retrieval_searches_exports_and_loads_in_sentence_transformers(make_cfg, tmp_path):
+    """Done when: trained beside a classification task, the checkpoint searches a corpus, its
+    export is a sentence-transformers folder that embeds as the checkpoint does, and searching
+    with the export gives the checkpoint's hits."""
+    import json
+
+    from conftest import compose_cfg
+    from sentence_transformers import SentenceTransformer
+
+    from mtl_lightning.hub.export import export_checkpoint
+    from mtl_lightning.model.inference import Predictor
+    from mtl_lightning.search import search
+
+    metrics = train(make_cfg(*RETRIEVAL, "trainer.max_epochs=1"))
+    assert "test/retrieval/ndcg@10" in metrics and "test/classification/acc" in metrics
+    # test_predictions: one row per (query, relevant document), the query and the rank; the
+    # report's resampled metrics give the logged ones on the split itself
+    from mtl_lightning.callbacks.test_predictions import PREDICTIONS_DIR, read_predictions
+    from mtl_lightning.tasks import build_task_type
+
+    _, queries, ranks = read_predictions(tmp_path / "run" / PREDICTIONS_DIR / "retrieval.csv")
+    kind = build_task_type("retrieval", [], {"type": "retrieval"})
+    ones = np.ones((1, len(queries)))
+    scored = kind.resampled_metrics(np.array(queries), {"run": np.array(ranks)}, ones)["run"]
+    for name in METRICS:
+        assert scored[name][0] == pytest.approx(metrics[f"test/retrieval/{name}"], abs=1e-5)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    exported = export_checkpoint(ckpt, tmp_path / "exported")
+    spec = json.loads((exported / "heads.json").read_text())
+    assert spec["tasks"]["retrieval"]["type"] == "retrieval"
+    assert spec["tasks"]["retrieval"]["tensors"] == {}  # no head
+    texts = ["Who wrote Hamlet?", "Hamlet was written by William Shakespeare."]
+    st = SentenceTransformer(str(exported), device="cpu").encode(texts)
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    np.testing.assert_allclose(st, predictor.encode(texts), atol=1e-5)
+    assert set(predictor.predict(["Who wrote Hamlet?"])[0]) == {"text", "classification"}
+
+    queries = tmp_path / "q.txt"
+    queries.write_text("Who wrote Hamlet?\nWhat is the capital of Peru?\n")
+    corpus = tmp_path / "docs.txt"
+    corpus.write_text("Lima is the capital city of Peru.\nHamlet was written by Shakespeare.\n")
+    hits = {}
+    sources = {"ckpt": [f"ckpt_path={ckpt}"], "st": ["ckpt_path=none", f"encoder={exported}"]}
+    for name, source in sources.items():
+        records = search(
+            compose_cfg(
+                "search", *source, f"queries={queries}", f"corpus={corpus}",
+                f"output={tmp_path / name}.jsonl", "device=cpu",
+            )
+        )  # fmt: skip
+        hits[name] = [[(h["id"], round(h["score"], 4)) for h in r["hits"]] for r in records]
+    assert hits["ckpt"] == hits["st"] and len(hits["ckpt"][0]) == 2
+
+
 def test_gradcache_is_refused_with_a_weighting_that_takes_each_tasks_gradient(make_cfg):
     from mtl_lightning.core.errors import ConfigError
 

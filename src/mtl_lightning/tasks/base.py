@@ -213,6 +213,12 @@ class TaskType(ABC):
         preds = self.class_ids(outputs)
         return labels.tolist(), (outputs if preds is None else preds).tolist()
 
+    def split_test_rows(self, metrics: MetricCollection) -> tuple[list, list] | None:
+        """The `label` and `pred` columns for the whole test split, where they need all of it
+        (a ranking's per-query rows), from the stage's `metrics` at the end of the test; they
+        replace `test_rows`' per-example rows. None (the default): `test_rows` stand."""
+        return None
+
     @abstractmethod
     def resampled_metrics(
         self,

@@ -53,8 +53,25 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.utilities import dim_zero_cat
 
 from mtl_lightning.core.errors import ConfigError
-from mtl_lightning.tasks.base import TaskType
+from mtl_lightning.tasks.base import ReportMetric, TaskType
 from mtl_lightning.tasks.ranking import CHUNK_SIZE, METRICS, per_query, relevant_ranks
+
+MNRL_CITATION = """@misc{henderson2017efficient,
+    title={Efficient Natural Language Response Suggestion for Smart Reply},
+    author={Matthew Henderson and Rami Al-Rfou and Brian Strope and Yun-hsuan Sung and Laszlo Lukacs and Ruiqi Guo and Sanjiv Kumar and Balint Miklos and Ray Kurzweil},
+    year={2017},
+    eprint={1705.00652},
+    archivePrefix={arXiv},
+    primaryClass={cs.CL}
+}"""  # noqa: E501 (sentence-transformers' MultipleNegativesRankingLoss.citation)
+GRADCACHE_CITATION = """@misc{gao2021scaling,
+    title={Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup},
+    author={Luyu Gao and Yunyi Zhang and Jiawei Han and Jamie Callan},
+    year={2021},
+    eprint={2101.06983},
+    archivePrefix={arXiv},
+    primaryClass={cs.LG}
+}"""
 
 
 def gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -338,12 +355,13 @@ class Retrieval(TaskType):
         "p(x) = x @ projection.weight.T + projection.bias first)"
     )
     hub_task = "sentence-similarity"
-    card_metrics = {
-        "ndcg@10": ("ndcg_at_10", "nDCG@10"),
-        "mrr@10": ("mrr_at_10", "MRR@10"),
-        "recall@1": ("recall_at_1", "Recall@1"),
-        "recall@10": ("recall_at_10", "Recall@10"),
-        "map@100": ("map_at_100", "MAP@100"),
+    # The primary first: an instance puts `type_options.primary` first.
+    report_metrics = {
+        "ndcg@10": ReportMetric("nDCG@10", "nDCG@10", hub="ndcg_at_10", card="nDCG@10"),
+        "mrr@10": ReportMetric("MRR@10", "MRR@10", hub="mrr_at_10", card="MRR@10"),
+        "recall@1": ReportMetric("Recall@1", "R@1", hub="recall_at_1", card="Recall@1"),
+        "recall@10": ReportMetric("Recall@10", "R@10", hub="recall_at_10", card="Recall@10"),
+        "map@100": ReportMetric("MAP@100", "MAP@100", hub="map_at_100", card="MAP@100"),
     }
     extra_columns_key = "negative_columns"
 
@@ -371,6 +389,10 @@ class Retrieval(TaskType):
                 f"data.tasks.{task}.type_options.primary={self.primary} is unknown: use one of "
                 f"{list(METRICS)}."
             )
+        self.report_metrics = {
+            self.primary: type(self).report_metrics[self.primary],
+            **type(self).report_metrics,
+        }
         if not self.scale > 0:
             raise ConfigError(f"data.tasks.{task}.type_options.scale={self.scale} must be > 0.")
 
@@ -462,6 +484,42 @@ class Retrieval(TaskType):
         return MetricCollection(
             {name: RankingMetric(name, ranked) for name in METRICS}, compute_groups=False
         )
+
+    def test_rows(self, outputs: torch.Tensor, labels: torch.Tensor) -> tuple[list, list]:
+        """Per example its anchor and positive ids: the whole split's `split_test_rows`, one row
+        per query and relevant document, take their place at the end of the test."""
+        return labels[:, 0].tolist(), labels[:, 1].tolist()
+
+    def split_test_rows(self, metrics: MetricCollection) -> tuple[list, list]:
+        """`test_predictions/<task>.csv`: one row per (query, relevant document), `label` the
+        query's number and `pred` the document's rank, from the test ranking (computed, and so
+        gathered across DDP ranks, first)."""
+        metric = metrics[self.primary]
+        metric.compute()
+        ranks = metric.ranked.get("ranks")
+        return rank_rows(metric.ranks() if ranks is None else ranks)
+
+    def resampled_metrics(
+        self,
+        labels: np.ndarray,
+        preds_by_run: Mapping[str, np.ndarray],
+        weights: np.ndarray,
+    ) -> dict[str, dict[str, np.ndarray]]:
+        """The IR metrics of each run on each resample, from `split_test_rows`' (query, rank)
+        rows: per-query values, weighted means (`resampled_ranking_metrics`)."""
+        return {
+            run: resampled_ranking_metrics(labels, preds, weights)
+            for run, preds in preds_by_run.items()
+        }
+
+    def label_description(self) -> str:
+        return "none: (anchor, positive) pairs, ranked against the batch's other texts"
+
+    def card_citations(self) -> list[tuple[str, str]]:
+        cited = [("MultipleNegativesRankingLoss", MNRL_CITATION)]
+        if self.mini_batch_size:
+            cited.append(("CachedMultipleNegativesRankingLoss", GRADCACHE_CITATION))
+        return cited
 
     def predictions(self, outputs: torch.Tensor) -> list[dict[str, Any]]:
         """The cosine of the two texts (of the projected embeddings, with a projection)."""
