@@ -607,3 +607,66 @@ def test_gradcache_is_refused_with_a_weighting_that_takes_each_tasks_gradient(ma
     cfg = make_cfg(*RETRIEVAL, "weighting=pcgrad", cached)
     with pytest.raises(ConfigError, match=r"mini_batch_size \(GradCache\).*weighting=PCGrad"):
         train(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("data.sampling=temperature", "weighting=uncertainty"),
+        ("data.sampling=proportional", "+data.tasks.retrieval.type_options.symmetric=true"),
+        ("weighting=pcgrad", "+data.tasks.retrieval.type_options.projection=true"),
+    ],
+)
+def test_retrieval_trains_in_other_sampling_modes_and_weightings(make_cfg, overrides):
+    metrics = train(make_cfg(*RETRIEVAL, "trainer.max_epochs=1", *overrides))
+    assert 0 <= metrics["test/retrieval/ndcg@10"] <= 1
+    assert np.isfinite(metrics["train/retrieval/loss_epoch"])
+
+
+@pytest.mark.slow
+def test_the_prefix_cache_is_exact_for_retrieval(make_cfg):
+    """Frozen lower layers served from the prefix cache give the weights and metrics of
+    recomputing them, for both texts of a retrieval example (each its own cache entry)."""
+    common = (*RETRIEVAL, "freezing.keep_frozen_layers=2", "trainer.max_epochs=2", RECORD)
+    with_cache = train(make_cfg(*common, "model.frozen_cache=true", output="cached"))
+    cached = Recorder.last
+    without = train(make_cfg(*common, "model.frozen_cache=false", output="fresh"))
+    fresh = Recorder.last
+    for name, value in fresh.after.items():
+        torch.testing.assert_close(cached.after[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    for key in ("val/primary_mean", "test/retrieval/ndcg@10", "test/retrieval/mrr@10"):
+        assert with_cache[key] == pytest.approx(without[key], abs=1e-5)
+    assert with_cache["freeze/prefix_cache_hits"] > 0
+
+
+@pytest.mark.ddp
+@pytest.mark.subprocess
+def test_ddp_replicas_stay_identical_with_a_retrieval_task(tiny_encoders, tmp_path):
+    """trainer=ddp, 2 CPU ranks: candidates gathered across ranks, replicas identical, the
+    ranking metrics computed on the whole (gathered) test split."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    tests = Path(__file__).resolve().parent
+    sums = tmp_path / "sums"
+    command = [
+        sys.executable, "-m", "mtl_lightning.train", "trainer=ddp", *RETRIEVAL, "logger=csv",
+        "trainer.max_epochs=1", "+trainer.enable_progress_bar=false",
+        f"model.encoder.name_or_path={tiny_encoders['bert']}",
+        f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}",
+        "+callbacks.checksum._target_=helpers.ParamChecksum", f"+callbacks.checksum.out={sums}",
+    ]  # fmt: skip
+    path = os.pathsep.join(p for p in (str(tests), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((sums / "rank0.json").read_text()) == json.loads(
+        (sums / "rank1.json").read_text()
+    )
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0 <= summary["metrics"]["test/retrieval/ndcg@10"] <= 1
+    rows = (tmp_path / "run" / "test_predictions" / "retrieval.csv").read_text().splitlines()
+    assert len(rows) - 1 >= 18  # every test query of both ranks' shards (18 test pairs)
