@@ -670,3 +670,38 @@ def test_ddp_replicas_stay_identical_with_a_retrieval_task(tiny_encoders, tmp_pa
     assert 0 <= summary["metrics"]["test/retrieval/ndcg@10"] <= 1
     rows = (tmp_path / "run" / "test_predictions" / "retrieval.csv").read_text().splitlines()
     assert len(rows) - 1 >= 18  # every test query of both ranks' shards (18 test pairs)
+
+
+@pytest.mark.slow
+def test_the_study_report_compares_retrieval_runs_with_a_paired_statistic_over_queries(
+    make_cfg, tmp_path
+):
+    """Two scenarios on the tiny retrieval task: the report shows the IR metrics under their
+    names, and its paired difference over queries is that of the logged test metrics."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from mtl_lightning.hub.export import export_checkpoint
+    from mtl_lightning.study.report import write_report
+
+    runs = {}
+    for job, experiment in enumerate(("full_finetune", "only_transformer_frozen")):
+        output = f"sweep/{job}_{experiment}"
+        cfg = make_cfg(*RETRIEVAL, f"experiment={experiment}", "seed=3", output=output)
+        runs[experiment] = train(cfg)
+        (tmp_path / output / ".hydra").mkdir()
+        OmegaConf.save(cfg, tmp_path / output / ".hydra" / "config.yaml")
+    text = write_report(tmp_path / "sweep").read_text()
+    numbers = json.loads((tmp_path / "sweep" / "report.json").read_text())
+    assert numbers["metrics"]["retrieval"][0] == "ndcg@10"
+    assert set(numbers["metrics"]["retrieval"]) == set(METRICS)
+    assert "test nDCG@10" in text and "Δ nDCG@10 vs full_finetune" in text
+    delta = numbers["deltas"]["only_transformer_frozen"]["retrieval"]["vs_reference"]
+    for metric in ("ndcg@10", "mrr@10"):
+        logged = runs["only_transformer_frozen"], runs["full_finetune"]
+        expected = logged[0][f"test/retrieval/{metric}"] - logged[1][f"test/retrieval/{metric}"]
+        assert delta[metric]["delta"] == pytest.approx(expected, abs=1e-4)
+    ckpt = tmp_path / "sweep" / "0_full_finetune" / "checkpoints" / "last.ckpt"
+    card = (export_checkpoint(ckpt, tmp_path / "export") / "README.md").read_text()
+    assert "| retrieval | nDCG@10 |" in card and "henderson2017efficient" in card
