@@ -705,3 +705,57 @@ def test_the_study_report_compares_retrieval_runs_with_a_paired_statistic_over_q
     ckpt = tmp_path / "sweep" / "0_full_finetune" / "checkpoints" / "last.ckpt"
     card = (export_checkpoint(ckpt, tmp_path / "export") / "README.md").read_text()
     assert "| retrieval | nDCG@10 |" in card and "henderson2017efficient" in card
+
+
+@pytest.mark.slow
+def test_hard_negatives_from_files_train_with_gradcache_beside_classification(make_cfg, tmp_path):
+    """By config alone: a classification task and a retrieval task with a hard-negative column
+    from the user's CSV files (val without negatives), GradCache on; trains and evaluates."""
+    import csv
+
+    from mtl_lightning.data.sources.base import Rows, TinySource
+
+    def write(path, header, records):
+        with path.open("w", newline="", encoding="utf-8") as file:
+            csv.writer(file).writerows([header, *records])
+        return path
+
+    rows = Rows.of(TinySource("retrieval").load(tmp_path)["train"])
+    positives = rows.text_pairs
+    wrong = [positives[(i + 7) % len(positives)] for i in range(len(positives))]
+    qa = write(
+        tmp_path / "qa.csv",
+        ["question", "answer", "wrong"],
+        zip(rows.texts, positives, wrong, strict=True),
+    )
+    val = write(
+        tmp_path / "qa_val.csv",
+        ["question", "answer"],
+        zip(rows.texts[:12], positives[:12], strict=True),
+    )
+    classes = Rows.of(TinySource("classification").load(tmp_path)["train"])
+    questions = write(
+        tmp_path / "questions.csv",
+        ["question", "label"],
+        zip(classes.texts, classes.labels, strict=True),
+    )
+    metrics = train(
+        make_cfg(
+            "data=files",
+            f"data.tasks.classification.train={questions}",
+            "data.tasks.classification.text_column=question",
+            "~data.tasks.sentiment",
+            "+data.tasks.qa._target_=mtl_lightning.data.sources.files.FileSource",
+            "+data.tasks.qa.task=qa",
+            "+data.tasks.qa.type=retrieval",
+            f"+data.tasks.qa.train={qa}",
+            f"+data.tasks.qa.val={val}",
+            "+data.tasks.qa.text_column=question",
+            "+data.tasks.qa.text_pair_column=answer",
+            "+data.tasks.qa.type_options={negative_columns:[wrong],mini_batch_size:5}",
+            "data.batch_size=16",
+            "trainer.max_epochs=1",
+        )
+    )
+    assert 0 <= metrics["test/qa/ndcg@10"] <= 1 and "test/classification/acc" in metrics
+    assert np.isfinite(metrics["train/qa/loss_epoch"])
