@@ -329,6 +329,8 @@ class MultiTaskDataModule(LightningDataModule):
             sizes = ", ".join(f"{s} {len(self.datasets[task][s])}" for s in SPLITS)
             labels = task_type.labels
             classes = f"{len(labels)} classes {labels}" if labels else "scores"
+            if not task_type.has_labels:
+                classes = "pairs, no labels"
             log.info("Task %s (%s) %s; %s examples.", task, task_type.name, classes, sizes)
         self.splits = {
             task: {split: dataset.fingerprint() for split, dataset in splits.items()}
