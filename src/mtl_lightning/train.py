@@ -297,6 +297,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
         forked.checkpoint = None
     resume = None  # the trainer reads the file again; do not hold a second copy while training
     trainer: L.Trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers)
+    cached = [t.task for t in module.task_types.values() if t.backpropagates_itself]
+    if cached and (module.weighting.needs_task_gradients or trainer.world_size > 1):
+        refused = (
+            "DDP"
+            if trainer.world_size > 1
+            else f"weighting={type(module.weighting).__name__}, which takes each task's gradient"
+        )
+        raise ConfigError(
+            f"data.tasks.{cached[0]}.type_options.mini_batch_size (GradCache) backpropagates "
+            f"in pieces itself, which {refused} does not see: set it to null, or train "
+            "without that."
+        )
     if module.weighting.needs_task_gradients and trainer.world_size > 1:
         raise ConfigError(  # torch.autograd.grad bypasses DDP's gradient all-reduce
             f"weighting={type(module.weighting).__name__} computes each task's gradient itself, "

@@ -48,6 +48,12 @@ class TestPredictions(Callback):
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         rows = self.rows
+        for task, task_type in pl_module.task_types.items():
+            # A type whose rows need the whole split (a ranking's per-query rows) gives them
+            # now, on every rank alike (its metrics are synced), numbered from 0.
+            split_rows = task_type.split_test_rows(pl_module.metrics["test_metrics"][task])
+            if split_rows is not None:
+                rows[task] = dict(enumerate(zip(*split_rows, strict=True)))
         if trainer.world_size > 1 and torch.distributed.is_initialized():
             # Each rank saw a shard; a padded shard repeats examples, which the dict keys merge.
             shards: list = [None] * trainer.world_size

@@ -43,10 +43,11 @@ from mtl_lightning.data.sampling.modes import SamplingMode, sampling_mode
 from mtl_lightning.data.sampling.sampler import (
     EpochSeed,
     LengthBucketBatchSampler,
+    NoDuplicatesBatchSampler,
     TaskScheduleBatchSampler,
     TaskSequenceBatchSampler,
 )
-from mtl_lightning.data.sources.base import SPLITS, Rows, Source, complete_splits
+from mtl_lightning.data.sources.base import CORPUS, SPLITS, Rows, Source, complete_splits
 from mtl_lightning.data.token_cache import TokenCache
 from mtl_lightning.tasks import TaskType, task_type_class
 
@@ -102,6 +103,9 @@ class TaskDataset(Dataset):
     labels: list
     text_pairs: list[str] | None = None
     pair_ids: list[list[int]] | None = None
+    # Further sentences per example (the type's `extra_columns`: hard negatives) and their ids.
+    extra: list[tuple[str, ...]] | None = None
+    extra_ids: list[tuple[list[int], ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -109,6 +113,8 @@ class TaskDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[str, int, tuple[list[int], ...], Any]:
         ids = self.input_ids[index]
         columns = (ids,) if self.pair_ids is None else (ids, self.pair_ids[index])
+        if self.extra_ids is not None:
+            columns += self.extra_ids[index]
         return self.task, index, columns, self.labels[index]
 
     def lengths(self) -> list[int]:
@@ -117,13 +123,25 @@ class TaskDataset(Dataset):
             return [len(ids) for ids in self.input_ids]
         return [len(a) + len(b) for a, b in zip(self.input_ids, self.pair_ids, strict=True)]
 
+    def example_texts(self, index: int) -> tuple[str, ...]:
+        """Every sentence of one example (text, text_pair, further columns)."""
+        texts = (self.texts[index],)
+        if self.text_pairs is not None:
+            texts += (self.text_pairs[index],)
+        return texts + (self.extra[index] if self.extra is not None else ())
+
     def fingerprint(self) -> dict[str, Any]:
         """Which examples the split holds, in order: their count and a SHA-256 of each one's
         texts and label, so that two splits compare without their texts."""
         digest = hashlib.sha256()
         pairs = self.text_pairs or [None] * len(self)
-        for text, pair, label in zip(self.texts, pairs, self.labels, strict=True):
-            digest.update(json.dumps([text, pair, label]).encode("utf-8") + b"\n")
+        for index, (text, pair, label) in enumerate(
+            zip(self.texts, pairs, self.labels, strict=True)
+        ):
+            values = [text, pair, label]
+            if self.extra is not None:  # only then: older splits keep their fingerprints
+                values.append(list(self.extra[index]))
+            digest.update(json.dumps(values).encode("utf-8") + b"\n")
         return {"examples": len(self), "sha256": digest.hexdigest()}
 
 
@@ -162,6 +180,14 @@ def subsample(examples, count: int | None, seed: int, stratify: bool = True):
     keep.sort()
     kept = rows.select(keep)
     return kept if isinstance(examples, Rows) else (kept.texts, kept.labels)
+
+
+def tokenize_columns(
+    cache: Callable[[Sequence[str]], list[list[int]]], rows: Sequence[tuple[str, ...]]
+) -> list[tuple[list[int], ...]]:
+    """Token ids of each example's further sentences, each column tokenized (and cached) alone."""
+    columns = [cache([row[c] for row in rows]) for c in range(len(rows[0]) if rows else 0)]
+    return [tuple(column[i] for column in columns) for i in range(len(rows))]
 
 
 class Collator:
@@ -303,6 +329,8 @@ class MultiTaskDataModule(LightningDataModule):
             sizes = ", ".join(f"{s} {len(self.datasets[task][s])}" for s in SPLITS)
             labels = task_type.labels
             classes = f"{len(labels)} classes {labels}" if labels else "scores"
+            if not task_type.has_labels:
+                classes = "pairs, no labels"
             log.info("Task %s (%s) %s; %s examples.", task, task_type.name, classes, sizes)
         self.splits = {
             task: {split: dataset.fingerprint() for split, dataset in splits.items()}
@@ -329,7 +357,14 @@ class MultiTaskDataModule(LightningDataModule):
     def _load_task(self, task: str, source: Source, cache: TokenCache) -> TaskType:
         """Read, split and tokenize one task into `self.datasets[task]`; return its type."""
         kind = task_type_class(task, getattr(source, "type", None))
-        rows = {split: Rows.of(value) for split, value in source.load(self.data_dir).items()}
+        loaded = dict(source.load(self.data_dir))
+        documents = loaded.pop(CORPUS, None)
+        if documents and not kind.ranks_corpus:
+            raise ConfigError(
+                f"data.tasks.{task}.corpus is for a task that ranks documents (type=retrieval), "
+                f"and this task is of type {kind.name}: remove it."
+            )
+        rows = {split: Rows.of(value) for split, value in loaded.items()}
         self.given_splits[task] = [split for split in SPLITS if split in rows]
         pair = len(kind.columns) == 2
         if pair and any(r.text_pairs is None for r in rows.values()):
@@ -338,6 +373,13 @@ class MultiTaskDataModule(LightningDataModule):
                 f"source ({type(source).__name__}) gives one: use data=files or data=hf with "
                 f"data.tasks.{task}.text_pair_column, or a single-sentence type."
             )
+        extra = kind.extra_columns(getattr(source, "type_options", None) or {})
+        if extra and rows["train"].extra is None:
+            raise ConfigError(
+                f"data.tasks.{task}.type_options.{kind.extra_columns_key}={list(extra)} names "
+                f"further columns, and its source ({type(source).__name__}) gives none: use "
+                "data=files, or leave them out."
+            )
         examples = complete_splits(
             rows, self.val_fraction, self.test_fraction, self.seed, stratify=kind.categorical
         )
@@ -345,6 +387,14 @@ class MultiTaskDataModule(LightningDataModule):
             examples["train"], self.max_train_examples, self.seed, stratify=kind.categorical
         )
         examples = resolve_overlap(task, examples, pair, kind.categorical, self.overlap)
+        if documents:  # evaluation's further documents: rows without a query (see CORPUS)
+            for split in ("val", "test"):
+                split_rows = examples[split]
+                examples[split] = Rows(
+                    split_rows.texts + [""] * len(documents),
+                    split_rows.labels + [""] * len(documents),
+                    split_rows.text_pairs + list(documents),
+                )
         task_type = kind.from_data(
             task,
             examples["train"].labels,
@@ -366,13 +416,16 @@ class MultiTaskDataModule(LightningDataModule):
                     f"{split} file."
                 )
             pairs = split_rows.text_pairs if pair else None
+            extra = split_rows.extra if kind.extra_columns(task_type.options) else None
             self.datasets[task][split] = TaskDataset(
                 task,
                 split_rows.texts,
                 cache(split_rows.texts),  # each sentence column is tokenized (and cached) alone
-                task_type.encode_labels(split_rows.labels, split),
+                task_type.encode_rows(split_rows, split),
                 pairs,
                 None if pairs is None else cache(pairs),
+                extra,
+                None if extra is None else tokenize_columns(cache, extra),
             )
         return task_type
 
@@ -390,8 +443,15 @@ class MultiTaskDataModule(LightningDataModule):
         sharded: bool = True,
     ) -> LengthBucketBatchSampler:
         trainer = self.trainer if sharded else None
-        return LengthBucketBatchSampler(
-            self.datasets[task][split].lengths(),
+        dataset = self.datasets[task][split]
+        sampler_class = LengthBucketBatchSampler
+        options = {}
+        if split == "train" and self.task_types[task].no_duplicates:
+            # In-batch negatives: a text twice in a batch would be its own false negative.
+            sampler_class = NoDuplicatesBatchSampler
+            options["texts"] = [dataset.example_texts(i) for i in range(len(dataset))]
+        return sampler_class(
+            dataset.lengths(),
             self.batch_size if split == "train" else self.eval_batch_size,
             epoch_seed=epoch_seed,
             pool_factor=self.bucket_pool,
@@ -401,6 +461,7 @@ class MultiTaskDataModule(LightningDataModule):
             num_replicas=trainer.world_size if trainer else 1,
             rank=trainer.global_rank if trainer else 0,
             stream=task,
+            **options,
         )
 
     # Where the training order stands, saved in checkpoints: Lightning creates the train iterator

@@ -21,7 +21,7 @@ from mtl_lightning.model.embedding_cache import FrozenCache
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
 from mtl_lightning.model.lr_schedule import staggered_warmup_schedule
 from mtl_lightning.tasks import TaskType, build_task_type
-from mtl_lightning.tasks.base import COLUMN_KEYS
+from mtl_lightning.tasks.base import column_keys
 from mtl_lightning.weighting import BY_NAME, LossWeighting
 
 STAGES = ("train", "val", "test")
@@ -174,8 +174,16 @@ class MultiTaskModule(LightningModule):
         return self._encoder_groups
 
     def head_trains(self, task: str) -> bool:
-        """A task whose head is frozen does not train: its loss would only move the encoder."""
-        return any(p.requires_grad for p in self.heads[task].parameters())
+        """A task whose head is frozen does not train: its loss would only move the encoder.
+
+        A head without parameters (a retrieval task's, without projection) is frozen or not by
+        its mode, which the freezing schedule sets with the plan; its task trains only the
+        encoder, so it trains when the plan lets its head train and some encoder weight trains.
+        """
+        params = list(self.heads[task].parameters())
+        if params:
+            return any(p.requires_grad for p in params)
+        return self.heads[task].training and any(p.requires_grad for p in self.encoder.parameters())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task: str):
         """A single-sentence task's outputs (logits) for one padded batch."""
@@ -188,15 +196,19 @@ class MultiTaskModule(LightningModule):
         cached alone: a pair's second sentences are their own cache entries)."""
         task_type = self.task_types[batch["task"]]
         embeddings = []
-        for column in task_type.columns:
-            ids_key, mask_key = COLUMN_KEYS[column]
+        for column in task_type.sentence_columns:
+            ids_key, mask_key = column_keys(column)
+            if ids_key not in batch:  # a further column this split lacks (val without negatives)
+                continue
             column_batch = {
                 "task": batch["task"] if column == "text" else f"{batch['task']}/{column}",
                 "input_ids": batch[ids_key],
                 "attention_mask": batch[mask_key],
                 "idx": batch["idx"],
             }
-            embeddings.append(self.sentence_embedding(column_batch, stage))
+            embeddings.append(
+                task_type.embed(lambda part: self.sentence_embedding(part, stage), column_batch)
+            )
         return task_type.outputs(self.heads[batch["task"]], embeddings)
 
     def frozen_groups(self) -> int:

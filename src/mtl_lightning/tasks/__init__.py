@@ -23,12 +23,14 @@ from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.tasks.base import ReportMetric, TaskType
 from mtl_lightning.tasks.classification import Classification
 from mtl_lightning.tasks.pair_classification import PairClassification
+from mtl_lightning.tasks.retrieval import Retrieval
 from mtl_lightning.tasks.similarity import Similarity
 
 TASK_TYPES: dict[str, type[TaskType]] = {
     Classification.name: Classification,
     PairClassification.name: PairClassification,
     Similarity.name: Similarity,
+    Retrieval.name: Retrieval,
 }
 DEFAULT_TYPE = Classification.name
 ENTRY_POINTS = "mtl_lightning.task_types"

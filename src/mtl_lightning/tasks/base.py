@@ -12,7 +12,7 @@ in the model card; none of them branches on the type or names a metric.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,6 +33,12 @@ COLUMN_KEYS = {
     "text": ("input_ids", "attention_mask"),
     "text_pair": ("pair_input_ids", "pair_attention_mask"),
 }
+
+
+def column_keys(column: str) -> tuple[str, str]:
+    """The batch keys of a sentence column: `COLUMN_KEYS`, or `<column>_input_ids` and
+    `<column>_attention_mask` for a type's further columns (a retrieval task's negatives)."""
+    return COLUMN_KEYS.get(column, (f"{column}_input_ids", f"{column}_attention_mask"))
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,12 @@ class TaskType(ABC):
     name: ClassVar[str]
     columns: ClassVar[tuple[str, ...]] = ("text",)  # the sentence columns, in batch order
     categorical: ClassVar[bool] = True  # labels are classes (stratified splits, confusion)
+    # Whether a source reads a label column: a type without one (retrieval: its pairs are its
+    # supervision) gets an empty label per example.
+    has_labels: ClassVar[bool] = True
+    # Whether a source's further documents (`corpus`) join its val and test splits, as rows
+    # whose first sentence is empty (retrieval: documents ranked, never a query).
+    ranks_corpus: ClassVar[bool] = False
     primary: ClassVar[str]  # the metric that the monitored mean over tasks averages
     direction: ClassVar[str] = "max"  # whether the primary metric is better higher or lower
     architecture: ClassVar[str]  # the head in words, for exported heads (heads.json)
@@ -97,6 +109,15 @@ class TaskType(ABC):
         """The task type for this training data (class names, a score's range, ...)."""
         return cls(task, list(label_names or []), **options)
 
+    # The type option that names `extra_columns` (for errors that name the key to fix).
+    extra_columns_key: ClassVar[str] = ""
+
+    @classmethod
+    def extra_columns(cls, options: Mapping[str, Any]) -> tuple[str, ...]:
+        """The source columns this type reads beyond `text` (and `text_pair`), as `type_options`
+        name them (a retrieval task's hard negatives); each is a further sentence per example."""
+        return ()
+
     @classmethod
     def label_problem(cls, task: str, label: str, options: Mapping[str, Any]) -> str | None:
         """Why a source's label cannot be one of this type's (with the task's `type_options`),
@@ -115,6 +136,32 @@ class TaskType(ABC):
     def encode_labels(self, labels: Sequence[str], split: str) -> list:
         """The source's string labels as the values the loss and metrics take."""
 
+    def encode_rows(self, rows: Any, split: str) -> list:
+        """The label values of a split's rows (`texts`, `labels`, `text_pairs`: a source's
+        `Rows`): its labels, encoded; a type whose labels depend on the texts overrides it."""
+        return self.encode_labels(rows.labels, split)
+
+    @property
+    def sentence_columns(self) -> tuple[str, ...]:
+        """Every sentence column of a training example: `columns`, then `extra_columns`."""
+        return self.columns
+
+    @property
+    def backpropagates_itself(self) -> bool:
+        """Whether `embed` writes the encoder's gradients during backward itself (GradCache),
+        out of reach of a weighting that takes each task's gradient or of DDP's all-reduce."""
+        return False
+
+    @property
+    def no_duplicates(self) -> bool:
+        """Whether a training batch must not hold one text twice (in-batch negatives)."""
+        return False
+
+    def embed(self, encode: Callable[[dict], torch.Tensor], column_batch: dict) -> torch.Tensor:
+        """One sentence column's embeddings of a batch: `encode(column_batch)`, by default; a
+        type may encode in pieces (a retrieval task's GradCache)."""
+        return encode(column_batch)
+
     def collate(self, items: list[Item], pad_id: int) -> dict:
         """Pad each sentence column to its longest sequence in the batch (dynamic padding).
 
@@ -123,8 +170,9 @@ class TaskType(ABC):
         """
         batch: dict[str, Any] = {"task": items[0][0]}
         real = total = 0
-        for position, column in enumerate(self.columns):
-            ids_key, mask_key = COLUMN_KEYS[column]
+        # A split without the further columns (val or test without hard negatives) has fewer.
+        for position, column in enumerate(self.sentence_columns[: len(items[0][2])]):
+            ids_key, mask_key = column_keys(column)
             input_ids, attention_mask = pad([item[2][position] for item in items], pad_id)
             batch[ids_key], batch[mask_key] = input_ids, attention_mask
             real += int(attention_mask.sum())
@@ -164,6 +212,12 @@ class TaskType(ABC):
         `resampled_metrics` scores, so that the report can pair two runs example by example."""
         preds = self.class_ids(outputs)
         return labels.tolist(), (outputs if preds is None else preds).tolist()
+
+    def split_test_rows(self, metrics: MetricCollection) -> tuple[list, list] | None:
+        """The `label` and `pred` columns for the whole test split, where they need all of it
+        (a ranking's per-query rows), from the stage's `metrics` at the end of the test; they
+        replace `test_rows`' per-example rows. None (the default): `test_rows` stand."""
+        return None
 
     @abstractmethod
     def resampled_metrics(

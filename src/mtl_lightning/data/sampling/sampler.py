@@ -96,7 +96,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         batches = []
         for start in range(0, len(indices), pool_size):
             pool = sorted(indices[start : start + pool_size], key=self.lengths.__getitem__)
-            batches += self._cut(pool)
+            batches += self._cut_pool(pool)
         rng.shuffle(batches)
         return self._shard(batches)
 
@@ -114,6 +114,50 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
             [self.offset + i for i in indices[start : start + self.batch_size]]
             for start in range(0, len(indices), self.batch_size)
         ]
+
+    def _cut_pool(self, pool: list[int]) -> list[list[int]]:
+        """A training pool's batches (the pool in length order)."""
+        return self._cut(pool)
+
+
+class NoDuplicatesBatchSampler(LengthBucketBatchSampler):
+    """Training batches in which no text occurs twice, in any column (sentence-transformers'
+    `NoDuplicatesBatchSampler`): with in-batch negatives, a text twice in a batch is scored as
+    a negative of itself. `texts[i]` holds every sentence of example i.
+
+    Pools are drawn as `LengthBucketBatchSampler` draws them, and each pool is cut into exactly
+    as many batches as there (`ceil(pool / batch_size)`), so an epoch's length is known without
+    drawing it, the same as without this sampler: each batch takes, in the pool's length order,
+    the next examples that share no text with it. An example that fits no batch of its pool
+    (a text in more examples than the pool has batches) sits that pass out. Under DDP each rank's
+    batch is free of duplicates; batches of different ranks may share a text.
+    """
+
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, *args, texts: Sequence[tuple[str, ...]], **kw
+    ) -> None:
+        super().__init__(lengths, batch_size, *args, **kw)
+        if len(texts) != len(self.lengths):
+            raise ValueError(f"{len(texts)} examples' texts for {len(self.lengths)} lengths")
+        self.texts = [frozenset(t) for t in texts]
+
+    def _cut_pool(self, pool: list[int]) -> list[list[int]]:
+        remaining = dict.fromkeys(pool)  # ordered, with cheap removal
+        batches = []
+        for _ in range(-(-len(pool) // self.batch_size)):
+            batch: list[int] = []
+            seen: set[str] = set()
+            for index in remaining:
+                if self.texts[index] & seen:
+                    continue
+                batch.append(index)
+                seen |= self.texts[index]
+                if len(batch) == self.batch_size:
+                    break
+            for index in batch:
+                del remaining[index]
+            batches.append([self.offset + i for i in batch])
+        return batches
 
 
 class TaskSequenceBatchSampler(Sampler[list[int]]):

@@ -37,6 +37,9 @@ class Rows:
     texts: list[str]
     labels: list[str]
     text_pairs: list[str] | None = None
+    # Further sentences of each example, one per column of the type's `extra_columns` (a
+    # retrieval task's hard negatives); None: the type has none.
+    extra: list[tuple[str, ...]] | None = None
 
     @classmethod
     def of(cls, split: Rows | Sequence[list[str]]) -> Rows:
@@ -47,17 +50,21 @@ class Rows:
         return len(self.texts)
 
     def select(self, indices: Sequence[int]) -> Rows:
-        pairs = self.text_pairs
+        pairs, extra = self.text_pairs, self.extra
         return Rows(
             [self.texts[i] for i in indices],
             [self.labels[i] for i in indices],
             None if pairs is None else [pairs[i] for i in indices],
+            None if extra is None else [extra[i] for i in indices],
         )
 
 
-# split name -> (texts, string labels), or Rows
-Examples = dict[str, Union[tuple[list[str], list[str]], Rows]]  # noqa: UP007 (a runtime alias)
+# split name -> (texts, string labels), or Rows; and optionally CORPUS -> further documents
+Examples = dict[str, Union[tuple[list[str], list[str]], Rows, list[str]]]  # noqa: UP007
 SPLITS = ("train", "val", "test")
+# A source's further documents for a task type that ranks them (`TaskType.ranks_corpus`): they
+# join the val and test splits as rows with an empty first sentence (a document, no query).
+CORPUS = "corpus"
 
 
 class Source(Protocol):
@@ -128,7 +135,7 @@ class TinySource:
         if not resource.is_file():
             raise ConfigError(
                 f"data.tasks.*.file={self.file}: no shipped tiny corpus of that name; "
-                "use 'classification', 'sentiment', 'paraphrase' or 'similarity'."
+                "use 'classification', 'sentiment', 'paraphrase', 'similarity' or 'retrieval'."
             )
         return {"train": read_label_tsv(resource.read_text("utf-8"), f"tiny/{self.file}.tsv")}
 

@@ -22,6 +22,7 @@ from hydra.utils import get_original_cwd
 
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.data.sources.base import (
+    CORPUS,
     Examples,
     Rows,
     check_columns,
@@ -201,7 +202,8 @@ class FileSource:
     Labels may be strings or integers; both become strings, which are the label names stored
     with the model. `label_names` declares the label set (and its order); else it is inferred.
     `type` is the task type (`mtl_lightning.tasks`); a pair type reads its second sentence from
-    `text_pair_column`, and `similarity` takes numbers as labels (its scores).
+    `text_pair_column`, and `similarity` takes numbers as labels (its scores). `corpus`: a file
+    of further documents for a type that ranks them (retrieval's evaluation).
     """
 
     def __init__(
@@ -216,9 +218,11 @@ class FileSource:
         type: str | None = None,  # noqa: A002 (the config key data.tasks.<task>.type)
         type_options: dict | None = None,
         text_pair_column: str = "text_pair",
+        corpus: str | None = None,
     ) -> None:
         self.task = task
         self.files = {"train": train, "val": val, "test": test}
+        self.corpus = corpus
         self.text_column = text_column
         self.label_column = label_column
         self.label_names = None if label_names is None else list(map(normalize_label, label_names))
@@ -228,6 +232,10 @@ class FileSource:
         self.kind = kind
         self.text_pair_column = text_pair_column if len(kind.columns) == 2 else None
         self.numeric_labels = not kind.categorical
+        # A type without labels (retrieval) reads no label column; one with further sentence
+        # columns (a retrieval task's hard negatives) names them in its type_options.
+        self.has_labels = kind.has_labels
+        self.extra_columns = list(kind.extra_columns(type_options or {}))
 
     def key(self, name: str) -> str:
         return f"data.tasks.{self.task}.{name}"
@@ -243,7 +251,31 @@ class FileSource:
                 f"{self.key('train')} is not set: give the task's training file, e.g. "
                 f"{self.key('train')}=train.csv."
             )
-        return {split: self.read(split, str(file)) for split, file in self.files.items() if file}
+        files = {split: file for split, file in self.files.items() if file}
+        examples: Examples = {split: self.read(split, str(file)) for split, file in files.items()}
+        if self.corpus:
+            examples[CORPUS] = self.read_corpus(str(self.corpus))
+        return examples
+
+    def read_corpus(self, file: str) -> list[str]:
+        """The documents of `corpus` (its `text_pair_column`, else `text_column`; blank ones
+        dropped): a type that ranks (retrieval) adds them to the val and test splits'."""
+        path = launch_dir() / Path(file).expanduser()
+        reader = READERS.get(path.suffix.lower())
+        if reader is None or not path.is_file():
+            raise ConfigError(
+                f"{self.key('corpus')}={file} must be an existing .csv, .tsv, .jsonl or .parquet "
+                "file (relative paths start from the directory you ran the command in)."
+            )
+        columns, rows, _ = reader(path)
+        column = next((c for c in (self.text_pair_column, self.text_column) if c in columns), None)
+        if column is None:
+            raise ConfigError(
+                f"{path} ({self.key('corpus')}) has no column '{self.text_pair_column}' or "
+                f"'{self.text_column}'; its columns are {columns}: name the documents' column "
+                "like the positives' (text_pair_column)."
+            )
+        return [str(row[column]) for row in rows if first_blank({column: row.get(column)}) is None]
 
     def read(self, split: str, file: str) -> tuple[list[str], list[str]] | Rows:
         """(texts, labels) of one split's file, empty texts dropped; `Rows` with the second
@@ -269,28 +301,41 @@ class FileSource:
         where = f"{path} ({self.key(split)})"
         if not rows:
             raise ConfigError(f"{where} is empty: give a file with at least one example.")
-        wanted = {
-            self.key("text_column"): self.text_column,
-            self.key("label_column"): self.label_column,
-        }
+        wanted = {self.key("text_column"): self.text_column}
+        if self.has_labels:
+            wanted[self.key("label_column")] = self.label_column
         if self.text_pair_column is not None:
             wanted[self.key("text_pair_column")] = self.text_pair_column
+        # Further columns (hard negatives) are needed to train; val and test may lack them.
+        extra_columns = self.extra_columns
+        if split != "train" and not set(extra_columns) <= set(columns):
+            extra_columns = []
+        for position, column in enumerate(extra_columns):
+            wanted[f"{self.key('type_options')}.{self.kind.extra_columns_key}[{position}]"] = column
         check_columns(where, columns, wanted)
         # A score may be a float; bool is an int subclass, but True/False are no labels.
         kinds = str | int | float if self.numeric_labels else str | int
         sentence_columns = [self.text_column]
         if self.text_pair_column is not None:
             sentence_columns.append(self.text_pair_column)
+        sentence_columns += [c for c in extra_columns if c not in sentence_columns]
         empty = dict.fromkeys(sentence_columns, 0)
-        texts, labels, pairs, places = [], [], [], []
+        texts, labels, pairs, places, extra = [], [], [], [], []
         for number, row in enumerate(rows, 1):
             sentences = [row.get(column) for column in sentence_columns]
             blank = first_blank(dict(zip(sentence_columns, sentences, strict=True)))
             if blank is not None:
                 empty[blank] += 1
                 continue
-            label = row.get(self.label_column)
             place = f"line {lines[number - 1]}" if lines else f"row {number}"
+            extra.append(tuple(str(row[column]) for column in extra_columns))
+            if not self.has_labels:
+                texts.append(str(sentences[0]))
+                labels.append("")
+                pairs.append(str(sentences[1 if self.text_pair_column else 0]))
+                places.append(place)
+                continue
+            label = row.get(self.label_column)
             if isinstance(label, bool) or not isinstance(label, kinds) or not str(label).strip():
                 wanted_label = "numeric score" if self.numeric_labels else "string or integer label"
                 raise ConfigError(
@@ -309,12 +354,16 @@ class FileSource:
                 raise ConfigError(f"{where} {place} has {problem}: fix or remove that example.")
             texts.append(str(sentences[0]))
             labels.append(label)
-            pairs.append(str(sentences[-1]))
+            pairs.append(str(sentences[1 if self.text_pair_column else 0]))
             places.append(place)
         keys = {self.text_column: self.key("text_column")}
         if self.text_pair_column is not None:
             keys[self.text_pair_column] = self.key("text_pair_column")
+        for column in extra_columns:
+            keys.setdefault(column, f"{self.key('type_options')}.{self.kind.extra_columns_key}")
         check_dropped(where, len(rows), empty, keys)
-        if not self.numeric_labels:
+        if self.has_labels and not self.numeric_labels:
             check_label_variants(where, labels, places, self.label_names, self.key("label_names"))
+        if extra_columns:
+            return Rows(texts, labels, pairs, extra)
         return Rows(texts, labels, pairs) if self.text_pair_column else (texts, labels)
