@@ -84,7 +84,7 @@ train: install ## Train (default: full fine-tuning on TREC + Rotten Tomatoes); p
 compare: install ## The study: five scenarios (x WEIGHTINGS) + single-task baselines x SEEDS=1,2,3 x SIZES=all, then report.md/.json + plots in logs/compare/<time>/; ARGS="trainer.max_epochs=1" to shorten; TUNE=N: each tuned first, N trials on val
 ifneq ($(strip $(TUNE)),)
 	$(BIN)/python -m mtl_lightning.tune $(COMPARE_DIR) --trials $(TUNE) --scenarios $(SCENARIOS) \
-		--tasks $(TASKS) --seeds $(SEEDS) --sizes $(SIZES) $(if $(WEIGHTINGS),--weightings $(WEIGHTINGS)) \
+		--tasks=$(TASKS) --seeds $(SEEDS) --sizes $(SIZES) $(if $(WEIGHTINGS),--weightings $(WEIGHTINGS)) \
 		-- $(ARGS)
 else
 	@set -e; for seed in $(subst $(comma), ,$(SEEDS)); do \

@@ -286,7 +286,7 @@ def test_make_compare_without_tune_is_unchanged_and_with_it_tunes(make_folder):
     tuned = plan("TUNE=4", "SIZES=500", "ARGS=trainer.max_epochs=1")
     assert "experiment=full_finetune," not in tuned
     assert "-m mtl_lightning.tune /s --trials 4 --scenarios full_finetune," in tuned
-    assert "--tasks a --seeds 1,2 --sizes 500" in tuned and "-- trainer.max_epochs=1" in tuned
+    assert "--tasks=a --seeds 1,2 --sizes 500" in tuned and "-- trainer.max_epochs=1" in tuned
     assert "-m mtl_lightning.report /s" in tuned
 
 
