@@ -29,6 +29,11 @@ ARGS ?=
 # Reuse: each scenario run keeps its epoch-0 state (fork_points) and starts from a sibling's where
 # that is exact (fork_from: only_head_frozen from full_finetune's joint first epoch); a seed's
 # epochNN.ckpt files are deleted once its scenarios have run.
+# TUNE=N: an equal tuning budget. Each scenario and each baseline first gets N Optuna trials over
+# the space its experiment declares (`tune:`), on the validation split only, at the first seed
+# (logs/compare/<time>/tune/<size>/<label>/); then each one's best configuration trains over
+# SEEDS and is tested once (mtl_lightning.tune); the report adds the chosen configurations and
+# the expected best validation score against the number of trials (Dodge et al. 2019).
 SCENARIOS := full_finetune,entire_network_frozen,only_transformer_frozen,only_head_frozen,gradual_unfreeze
 SEEDS ?= 1,2,3
 SIZES ?= all
@@ -39,6 +44,7 @@ REFERENCE ?=
 WEIGHTINGS ?=
 SIZE_AXIS = data.max_train_examples=$(subst all,null,$(SIZES))
 SWEEP ?=
+TUNE ?=
 comma := ,
 COMPARE_DIR := $(or $(SWEEP),logs/compare/$(shell date +%Y-%m-%d_%H-%M-%S))
 
@@ -75,7 +81,12 @@ install: $(BIN)/.installed ## Make .venv and install torch (CPU unless TORCH=...
 train: install ## Train (default: full fine-tuning on TREC + Rotten Tomatoes); pass Hydra overrides as ARGS="..."
 	$(BIN)/python -m mtl_lightning.train $(ARGS)
 
-compare: install ## The study: five scenarios (x WEIGHTINGS) + single-task baselines x SEEDS=1,2,3 x SIZES=all, then report.md/.json + plots in logs/compare/<time>/; ARGS="trainer.max_epochs=1" to shorten
+compare: install ## The study: five scenarios (x WEIGHTINGS) + single-task baselines x SEEDS=1,2,3 x SIZES=all, then report.md/.json + plots in logs/compare/<time>/; ARGS="trainer.max_epochs=1" to shorten; TUNE=N: each tuned first, N trials on val
+ifneq ($(strip $(TUNE)),)
+	$(BIN)/python -m mtl_lightning.tune $(COMPARE_DIR) --trials $(TUNE) --scenarios $(SCENARIOS) \
+		--tasks=$(TASKS) --seeds $(SEEDS) --sizes $(SIZES) $(if $(WEIGHTINGS),--weightings $(WEIGHTINGS)) \
+		-- $(ARGS)
+else
 	@set -e; for seed in $(subst $(comma), ,$(SEEDS)); do \
 		$(BIN)/python -m mtl_lightning.train -m experiment=$(SCENARIOS) seed=$$seed $(SIZE_AXIS) \
 			$(if $(WEIGHTINGS),weighting=$(WEIGHTINGS)) \
@@ -86,6 +97,7 @@ compare: install ## The study: five scenarios (x WEIGHTINGS) + single-task basel
 			$(SIZE_AXIS) hydra.sweep.dir=$(COMPARE_DIR) \
 			'hydra.sweep.subdir=baseline_$${hydra.job.num}_$${run_name}_seed'$$seed $(ARGS); \
 	done
+endif
 	$(BIN)/python -m mtl_lightning.report $(COMPARE_DIR) $(if $(REFERENCE),--reference $(REFERENCE))
 
 # The newest sweep by modification time (not by name: logs/compare/default sorts after dates).

@@ -37,6 +37,7 @@ RULES: dict[str, Rule] = {
     "ckpt_path": Rule(str, example="<run>/checkpoints/last.ckpt", nullable=True),
     "fork_from": Rule(str, example="<run>/checkpoints/epoch00.ckpt", nullable=True),
     "optimized_metric": Rule(str, example="val/primary_mean"),
+    "test_after_fit": Rule(bool, example="false"),
     **prefixed("model", MODEL_RULES),
     **prefixed("model.encoder", ENCODER_RULES),
     **prefixed("data", DATA_RULES),

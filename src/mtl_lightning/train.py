@@ -325,7 +325,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     try:
         # What training is belongs to the scenario (entire_network_frozen only evaluates).
-        metrics, train_seconds = scenario.run(trainer, module, datamodule, ckpt_path)
+        # test_after_fit=false (a tuning trial): the test split is never evaluated.
+        test = cfg.get("test_after_fit", True)
+        metrics, train_seconds = scenario.run(trainer, module, datamodule, ckpt_path, test=test)
         if forked is not None:  # last.ckpt holds more; the source still has this state
             forked.path.unlink(missing_ok=True)
     except SIGTERMException:  # Lightning's: a SystemExit with code 0, which reads as success

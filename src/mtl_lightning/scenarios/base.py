@@ -140,9 +140,10 @@ class Scenario:
         """A validation's value of `monitor`, with training at optimizer `step` (`mid_window`:
         inside a gradient-accumulation window); `agree(flag)` gives rank 0's flag to every rank."""
 
-    def run(self, trainer, module, datamodule, ckpt_path: str | None):
-        """Train, then test the best checkpoint. Returns (the metrics logged by the end of
-        training, the best checkpoint's monitored score among them; the training seconds)."""
+    def run(self, trainer, module, datamodule, ckpt_path: str | None, test: bool = True):
+        """Train, then test the best checkpoint (`test=False`: not, the test split never
+        evaluated: a tuning trial). Returns (the metrics logged by the end of training, the best
+        checkpoint's monitored score among them; the training seconds)."""
         if self.frozen_head(0) is not None and not ckpt_path:
             # The frozen head's accuracy before training, by Lightning's own validation (the
             # same path as every later val/<head>/acc, so forgetting is comparable).
@@ -157,6 +158,8 @@ class Scenario:
             # What is returned describes the best checkpoint: its monitored score, its test.
             metrics[best.monitor] = float(best.best_model_score)
         best_path = best.best_model_path if has_best else None  # the first ModelCheckpoint's
+        if not test:
+            return metrics, seconds
         trainer.test(module, datamodule=datamodule, ckpt_path=best_path, weights_only=True)
         return metrics, seconds
 

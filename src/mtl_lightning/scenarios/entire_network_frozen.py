@@ -37,10 +37,11 @@ class EntireNetworkFrozen(Scenario):
                 "entire_network_frozen trains nothing: drop fork_from."
             )
 
-    def run(self, trainer, module, datamodule, ckpt_path: str | None):
+    def run(self, trainer, module, datamodule, ckpt_path: str | None, test: bool = True):
         log.info("entire_network_frozen: nothing trains; evaluating and exporting embeddings.")
         apply_plan(module, self.plan(0, list(module.heads), len(module.encoder_groups())))
         trainer.validate(module, datamodule=datamodule)
         metrics = logged(trainer)
-        trainer.test(module, datamodule=datamodule)
+        if test:
+            trainer.test(module, datamodule=datamodule)
         return metrics, 0.0

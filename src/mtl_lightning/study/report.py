@@ -12,8 +12,10 @@ the repeats. A run of `data.only_tasks=<one task>` with full fine-tuning is that
 single-task baseline. Differences between scenarios are paired on the same test examples (same
 task, seed and size: the same test split) and tested over seeds, see `mtl_lightning.study.stats`;
 seeds whose test split is the same examples (found from their `test_predictions`, whatever the
-config says) share its bootstrap resamples. The plots need matplotlib
-(the `report` extra), imported only when plotting.
+config says) share its bootstrap resamples. A study at an equal tuning budget
+(`make compare TUNE=N`) has its searches in `tune/<size>/<label>/`: the report shows each one's
+chosen configuration and its expected best validation score against the number of trials
+(`tuning`). The plots need matplotlib (the `report` extra), imported only when plotting.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from mtl_lightning.core.names import inside
 from mtl_lightning.core.summary import SUMMARY_FILE, read_summary
 from mtl_lightning.scenarios.build import scenario_name
 from mtl_lightning.study import stats
+from mtl_lightning.study import tune as searches
 from mtl_lightning.tasks import DEFAULT_TYPE, TASK_TYPES, TaskType, build_task_type
 
 if TYPE_CHECKING:
@@ -862,6 +865,7 @@ def markdown_report(
             "",
         ]
     lines += study_markdown(numbers, tasks)
+    lines += tuning_lines(numbers)
     lines += [
         "",
         "## Every run",
@@ -937,6 +941,117 @@ def markdown_report(
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(plot).stem}]({plot})" for plot in plots]
     return "\n".join(lines) + "\n"
+
+
+def tuning(sweep: Path) -> dict:
+    """The searches of a study at an equal tuning budget (`mtl_lightning.study.tune`), by size
+    and label: the chosen configuration (`best_params`, `best_value`), each finished trial's
+    best `val/primary_mean` over epochs in the order they ran, and the expected best validation
+    score of n = 1 .. N trials with its std (`stats.expected_max_curve`). Empty without."""
+    found: dict[str, dict] = {}
+    for size, labels in searches.search_folders(sweep).items():
+        for label, folder in labels.items():
+            trials = []
+            for trial in searches.trial_folders(folder):
+                if unfinished(trial) is not None:
+                    continue
+                score = primary_mean(load_run(trial), "val", best=True)
+                if score is not None:
+                    trials.append({"trial": trial.name, "val": score})
+            found.setdefault(size, {})[label] = {
+                **searches.chosen(folder),
+                "trials": trials,
+                "expected_best_val": stats.expected_max_curve([t["val"] for t in trials]),
+            }
+    return found
+
+
+def _budgets(trials: int) -> list[int]:
+    """The numbers of trials a table shows: 1, 2, 4, ... and all of them."""
+    shown = [n for n in (2**k for k in range(trials.bit_length())) if n <= trials]
+    return sorted(set(shown) | {trials}) if trials else []
+
+
+def _params_text(params: dict | None) -> str:
+    if params is None:
+        return "(search unfinished)"
+    if not params:
+        return "(nothing searched)"
+    return ", ".join(
+        f"`{key}={value:.3g}`" if isinstance(value, float) else f"`{key}={value}`"
+        for key, value in params.items()
+    )
+
+
+def tuning_lines(numbers: dict) -> list[str]:
+    """report.md's section on the searches (`tuning`), or nothing without them."""
+    found = numbers.get("tuning") or {}
+    if not found:
+        return []
+    lines = [
+        "",
+        "## Tuning: an equal budget per scenario",
+        "",
+        "Each scenario and each single-task baseline (`single_task_<task>`) had the same number "
+        "of Optuna trials (`make compare TUNE=N`), each over its own space (its experiment's "
+        "`tune:`), scored by the best `val/primary_mean` over epochs on the validation split; "
+        "trials never ran a test. The chosen configuration is the one trained over the seeds "
+        "and tested above. E[best val] at n trials: the expected best validation score of n "
+        "trials drawn from the observed ones, ± its std (Dodge et al. 2019, expected validation "
+        "performance): where two curves cross, which scenario looks better depends on the "
+        "budget.",
+    ]
+    for size, labels in found.items():
+        most = max((len(entry["trials"]) for entry in labels.values()), default=0)
+        budgets = _budgets(most)
+        rows = []
+        for label, entry in labels.items():
+            curve = {point["n"]: point for point in entry["expected_best_val"]}
+            cells = [
+                MISSING if n not in curve else f"{curve[n]['mean']:.4f} ± {curve[n]['std']:.4f}"
+                for n in budgets
+            ]
+            rows.append(
+                [
+                    label,
+                    str(len(entry["trials"])),
+                    _fmt(entry["best_value"], ".4f"),
+                    _params_text(entry["best_params"]),
+                    *cells,
+                ]
+            )
+        header = ["scenario", "trials", "best val", "chosen configuration"]
+        header += [f"E[best val], n={n}" for n in budgets]
+        lines += ["", f"### {_size_title(size)}", "", *_table(header, rows)]
+    return lines
+
+
+def plot_expected_validation(labels: dict) -> Figure:
+    """Expected best validation score against the number of trials, one line per search (a
+    scenario, a baseline) of one training-set size, with a band of ± its std."""
+    from matplotlib.ticker import MaxNLocator
+
+    figure = _figure()
+    axes = figure.add_subplot()
+    for index, (label, entry) in enumerate(labels.items()):
+        curve = [p for p in entry["expected_best_val"] if p["mean"] is not None]
+        if not curve:
+            continue
+        ns = [p["n"] for p in curve]
+        means = [p["mean"] for p in curve]
+        axes.plot(ns, means, marker="o", label=label, color=_color(index))
+        low = [p["mean"] - p["std"] for p in curve]
+        high = [p["mean"] + p["std"] for p in curve]
+        axes.fill_between(ns, low, high, color=_color(index), alpha=0.15, linewidth=0)
+    axes.set(
+        title="expected best validation score against the tuning budget",
+        xlabel="trials of hyperparameter search",
+        ylabel="E[best val primary (mean)] ± std",
+    )
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    return figure
 
 
 def _figure() -> Figure:
@@ -1096,11 +1211,14 @@ def write_report(sweep_dir: str | Path, reference: str | None = None) -> Path:
         )
     reference = reference or REFERENCE
     numbers = study(runs, tasks, reference, incomplete=incomplete)
+    numbers["tuning"] = tuning(sweep)
     figures = {f"val_acc_{task}.png": plot_val_curves(runs, task) for task in tasks}
     figures[TIME_PLOT] = plot_time_vs_accuracy(runs)
     if len(numbers["sizes"]) > 1:
         for task in tasks:
             figures[f"test_acc_vs_examples_{task}.png"] = plot_accuracy_vs_examples(runs, task)
+    for size, labels in numbers["tuning"].items():
+        figures[f"expected_val_{size}.png"] = plot_expected_validation(labels)
     for name, figure in figures.items():
         figure.savefig(inside(sweep, name), dpi=120)
     (sweep / REPORT_JSON).write_text(json.dumps(numbers, indent=2) + "\n", encoding="utf-8")

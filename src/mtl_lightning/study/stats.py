@@ -12,6 +12,8 @@
   within them); the verdict takes the larger p of the two. Do these trained models differ on this
   test set? `fixed_models_bootstrap`: the test examples resampled, the models held fixed.
 - `holm(p_values)`: Holm's step-down adjustment over a family of comparisons.
+- `expected_max(scores, n)`: Dodge et al. 2019's expected validation performance, the expected
+  best of `n` trials drawn from the observed ones, with its spread.
 - `t_cdf`, `t_quantile`: Student's t, through the regularized incomplete beta function.
 
 numpy only: scipy is not a dependency of the package.
@@ -447,3 +449,29 @@ def delta_m_over_seeds(
     seeds = [seed for seed in model if seed in baseline and set(model[seed]) <= set(baseline[seed])]
     values = [delta_m(model[seed], baseline[seed], lower_is_better) for seed in seeds]
     return {**over_seeds(values), "seeds": seeds}
+
+
+def expected_max(scores: Sequence[float], n: int) -> dict:
+    """The expected best validation score of `n` trials, and its std (Dodge et al. 2019, "Show
+    your work": expected validation performance), from the `N` trial scores observed.
+
+    With the scores sorted v_(1) <= ... <= v_(N) and `n` trials drawn from them with
+    replacement (as the paper does), P(max <= v_(i)) = (i/N)^n, so
+    E[max_n] = sum_i v_(i) ((i/N)^n - ((i-1)/N)^n), and the variance is
+    sum_i v_(i)^2 ((i/N)^n - ((i-1)/N)^n) - E[max_n]^2.
+    """
+    if n < 1:
+        raise ValueError(f"n={n}: the expected best of at least one trial.")
+    values = np.sort(np.asarray(scores, dtype=float))
+    if values.size == 0:
+        return {"n": n, "mean": None, "std": None}
+    ranks = np.arange(1, values.size + 1) / values.size
+    weights = ranks**n - (ranks - 1 / values.size) ** n
+    mean = float(np.sum(weights * values))
+    variance = float(np.sum(weights * values**2)) - mean**2
+    return {"n": n, "mean": mean, "std": math.sqrt(max(variance, 0.0))}
+
+
+def expected_max_curve(scores: Sequence[float], up_to: int | None = None) -> list[dict]:
+    """`expected_max(scores, n)` for n = 1 .. `up_to` (default: the number of scores)."""
+    return [expected_max(scores, n) for n in range(1, (up_to or len(scores)) + 1)]

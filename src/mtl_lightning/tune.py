@@ -1,0 +1,160 @@
+"""`make compare TUNE=N`: the study at an equal tuning budget (`mtl_lightning.study.tune`).
+
+    python -m mtl_lightning.tune <sweep> --trials N --scenarios a,b --tasks t,u --seeds 1,2,3 \\
+        [--sizes all] [--weightings static,pcgrad] [-- <Hydra overrides for every run>]
+
+1. For each training-set size, each scenario (and each single-task baseline) gets N trials of
+   Optuna (`hparams_search=tune`) over its experiment's `tune:` space at the first seed, on the
+   validation split only (trials never test), into `<sweep>/tune/<size>/<label>/`.
+2. Seed by seed, each one's best parameters are retrained and tested once, into the sweep folder
+   as `make compare` names runs (`<k>_<run_name>_seed<s>`, `baseline_<k>_<run_name>_seed<s>`).
+
+A search with its `optimization_results.yaml`, and a run with its `summary.json`, are not run
+again: a stopped study continues where it stopped, given the same SWEEP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mtl_lightning.core.errors import ConfigError, one_line_errors
+from mtl_lightning.core.summary import SUMMARY_FILE
+from mtl_lightning.study.tune import (
+    Search,
+    best_overrides,
+    search_dir,
+    searches,
+    size_override,
+)
+
+TRAIN = [sys.executable, "-m", "mtl_lightning.train", "-m"]
+
+
+def _names(text: str) -> list[str]:
+    return [name for name in text.split(",") if name]
+
+
+def _run(command: list[str]) -> None:
+    print(shlex.join(command), flush=True)
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        raise ConfigError(f"this run failed (exit code {result.returncode}): {shlex.join(command)}")
+
+
+def search_command(
+    sweep: Path, job: Search, size: str, trials: int, seed: int, args: Sequence[str] = ()
+) -> list[str]:
+    """The Optuna multirun of one search: `trials` trials over the job's `tune:` space at
+    `seed`, none of them tested (hparams_search=tune), into `tune/<size>/<label>/`."""
+    return [
+        *TRAIN,
+        *job.overrides,
+        "hparams_search=tune",
+        f"hydra.sweeper.n_trials={trials}",
+        f"hydra.sweeper.study_name={job.label}",
+        f"seed={seed}",
+        size_override(size),
+        f"hydra.sweep.dir={search_dir(sweep, size, job.label)}",
+        *args,
+    ]
+
+
+def tune_study(
+    sweep: Path,
+    trials: int,
+    scenarios: Sequence[str],
+    tasks: Sequence[str],
+    seeds: Sequence[int],
+    sizes: Sequence[str] = ("all",),
+    weightings: Sequence[str] = (),
+    args: Sequence[str] = (),
+) -> None:
+    """Search, then retrain each best configuration over `seeds` (see the module's docstring)."""
+    if trials < 1:
+        raise ConfigError(f"TUNE={trials} must be a number of trials, at least 1: e.g. TUNE=8.")
+    if not seeds:
+        raise ConfigError("SEEDS is empty: give at least one seed, e.g. SEEDS=1,2,3.")
+    jobs = searches(scenarios, tasks, weightings)
+    for size in sizes:
+        for job in jobs:
+            folder = search_dir(sweep, size, job.label)
+            if (folder / "optimization_results.yaml").is_file():
+                print(f"{folder}: searched already, kept.", flush=True)
+                continue
+            _run(search_command(sweep, job, size, trials, seeds[0], args))
+    best = {
+        (size, job.label): best_overrides(search_dir(sweep, size, job.label))
+        for size in sizes
+        for job in jobs
+    }
+    for seed in seeds:
+        for baselines in (False, True):
+            for number, (size, job) in enumerate(
+                (size, job) for size in sizes for job in jobs if job.baseline == baselines
+            ):
+                prefix = "baseline_" if baselines else ""
+                subdir = f"{prefix}{number}_${{run_name}}_seed{seed}"
+                done = list(Path(sweep).glob(f"{prefix}{number}_*_seed{seed}/{SUMMARY_FILE}"))
+                if done:
+                    print(f"{done[0].parent}: trained already, kept.", flush=True)
+                    continue
+                # Scenarios keep their epoch-0 state and fork where exact, as in make compare.
+                forks = [] if baselines else ["fork_points=[0]", f"fork_from={sweep}"]
+                _run(
+                    [
+                        *TRAIN,
+                        *job.overrides,
+                        f"seed={seed}",
+                        size_override(size),
+                        *best[(size, job.label)],
+                        *forks,
+                        f"hydra.sweep.dir={sweep}",
+                        f"hydra.sweep.subdir={subdir}",
+                        *args,
+                    ]
+                )
+        for stale in Path(sweep).glob(f"*_seed{seed}/checkpoints/epoch*.ckpt"):
+            stale.unlink()
+
+
+@one_line_errors
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m mtl_lightning.tune",
+        description="The scenario study at an equal tuning budget: N trials of search per "
+        "scenario and baseline on validation data, then each best configuration over the seeds.",
+    )
+    parser.add_argument("sweep", help="the study's folder, e.g. logs/compare/<time>")
+    parser.add_argument("--trials", type=int, required=True, help="trials per search (TUNE)")
+    parser.add_argument("--scenarios", required=True, help="experiments, comma-separated")
+    parser.add_argument("--tasks", default="", help="single-task baselines, comma-separated")
+    parser.add_argument("--seeds", required=True, help="seeds, comma-separated; the first tunes")
+    parser.add_argument("--sizes", default="all", help="training-set sizes (SIZES), or all")
+    parser.add_argument("--weightings", default="", help="loss weightings (WEIGHTINGS)")
+    parser.epilog = "After --: Hydra overrides for every run (make's ARGS)."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    options, args = parser.parse_args(argv[:split]), argv[split + 1 :]
+    try:
+        seeds = [int(seed) for seed in _names(options.seeds)]
+    except ValueError:
+        raise ConfigError(f"SEEDS={options.seeds} must be integers, e.g. SEEDS=1,2,3.") from None
+    tune_study(
+        Path(options.sweep),
+        options.trials,
+        _names(options.scenarios),
+        _names(options.tasks),
+        seeds,
+        _names(options.sizes) or ["all"],
+        _names(options.weightings),
+        args,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+"""`make compare TUNE=N`: an equal tuning budget per scenario, on validation data only."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import EXPERIMENTS
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from mtl_lightning.config_check import check_train_config
+from mtl_lightning.scenarios.build import build_scenario
+from mtl_lightning.study import stats
+from mtl_lightning.study.report import plot_expected_validation, tuning, tuning_lines
+from mtl_lightning.study.tune import searches
+from mtl_lightning.train import build, build_data, build_module
+from mtl_lightning.tune import search_command
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "src" / "mtl_lightning" / "data" / "tiny"
+TRAINING_KNOBS = {"model.weight_decay", "model.warmup_ratio", "trainer.max_epochs"}
+
+
+# --- Dodge et al. 2019's expected validation performance, against the closed form by hand ---
+
+# Scores 0.6, 0.5, 0.7 (N = 3; sorted 0.5, 0.6, 0.7). n draws with replacement:
+# P(max <= v_(i)) = (i/3)^n, so the weights of 0.5, 0.6, 0.7 are
+#   n=1: 1/3, 1/3, 1/3      -> E = 0.6,       E[x^2] = 1.10/3
+#   n=2: 1/9, 3/9, 5/9      -> E = 5.8/9,     E[x^2] = 3.78/9 = 0.42
+#   n=3: 1/27, 7/27, 19/27  -> E = 18/27,     E[x^2] = (0.25 + 2.52 + 9.31)/27 = 12.08/27
+HAND_WORKED = [
+    (1, 0.6, 1.10 / 3 - 0.36),
+    (2, 5.8 / 9, 0.42 - (5.8 / 9) ** 2),
+    (3, 18 / 27, 12.08 / 27 - (18 / 27) ** 2),
+]
+
+
+@pytest.mark.parametrize(("n", "mean", "variance"), HAND_WORKED)
+def test_expected_best_of_n_trials_is_the_closed_form(n, mean, variance):
+    found = stats.expected_max([0.6, 0.5, 0.7], n)
+    assert found["n"] == n
+    assert found["mean"] == pytest.approx(mean, abs=1e-12)
+    assert found["std"] == pytest.approx(math.sqrt(variance), abs=1e-12)
+
+
+def test_expected_best_grows_to_the_best_score_and_ties_have_no_spread():
+    curve = stats.expected_max_curve([0.6, 0.5, 0.7], up_to=60)
+    means = [point["mean"] for point in curve]
+    assert means == sorted(means)  # more trials never expect a worse best
+    assert means[0] == pytest.approx(0.6)  # one trial: the mean score
+    assert means[-1] == pytest.approx(0.7, abs=1e-9)  # many: the best one observed
+    assert curve[-1]["std"] < 1e-4
+    assert stats.expected_max([0.4, 0.4], 3) == {"n": 3, "mean": 0.4, "std": 0.0}
+    assert [p["n"] for p in stats.expected_max_curve([0.1, 0.2])] == [1, 2]
+
+
+# --- the search spaces ---
+
+
+def _values(key: str, space: str) -> list:
+    """The values a trial can take at the ends of a space (Hydra's sweep syntax)."""
+    (override,) = OverridesParser.create().parse_overrides([f"{key}={space}"])
+    if override.is_choice_sweep():
+        return list(override.sweep_iterator())
+    assert override.is_interval_sweep(), f"{key}: {space}"
+    return [override.value().start, override.value().end]
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_declares_its_own_space_of_valid_values(make_cfg, experiment):
+    """Each experiment's `tune:` names its own knobs, and each end of each range is a valid
+    config: no trial of `make compare TUNE=N` is refused."""
+    base = (f"experiment={experiment}", "data.only_tasks=classification")[
+        : 2 if experiment == "single_task" else 1
+    ]
+    space = OmegaConf.to_container(make_cfg(*base).tune)
+    keys = set(space)
+    if experiment == "entire_network_frozen":  # trains nothing: only its readout is a choice
+        assert keys == {"callbacks.frozen_readout.kind", "callbacks.frozen_readout.k"}
+    else:
+        assert keys >= TRAINING_KNOBS
+        assert keys & {"model.lr", "model.head_lr"}
+    if experiment == "gradual_unfreeze":
+        assert keys >= {"model.layerwise_lr_decay", "freezing.every_n_epochs", "model.lr"}
+    if experiment == "only_head_frozen":
+        assert "freezing.head_warmup_epochs" in keys
+    datamodule = build_data(make_cfg(*base).data)
+    for key, text in space.items():
+        for value in _values(key, text):
+            cfg = make_cfg(*base, f"{key}={value}")
+            check_train_config(cfg)
+            build_scenario(cfg.freezing, None)
+            build_module(cfg.model, datamodule.label_names, datamodule.task_specs, cfg.weighting)
+            for node in cfg.callbacks.values():
+                if node is not None:
+                    build(node)
+
+
+def test_the_searches_are_the_scenarios_then_one_baseline_per_task():
+    found = searches(["full_finetune", "gradual_unfreeze"], ["a", "b"], ["static", "pcgrad"])
+    assert [s.label for s in found] == [
+        "full_finetune",
+        "full_finetune+pcgrad",
+        "gradual_unfreeze",
+        "gradual_unfreeze+pcgrad",
+        "single_task_a",
+        "single_task_b",
+    ]
+    assert found[-1].overrides == ("experiment=single_task", "data.only_tasks=b")
+    assert found[-1].baseline and not found[0].baseline
+    command = search_command(Path("/s"), found[0], "500", 4, 7, ["x=1"])
+    assert "hparams_search=tune" in command and "hydra.sweeper.n_trials=4" in command
+    assert "data.max_train_examples=500" in command and "seed=7" in command
+    assert "hydra.sweep.dir=/s/tune/500/full_finetune" in command and command[-1] == "x=1"
+
+
+# --- the report: chosen configurations and expected-validation curves, from fixture trials ---
+
+FIXTURE_TRIALS = {"full_finetune": [0.6, 0.5, 0.7], "entire_network_frozen": [0.4, 0.4, 0.4]}
+
+
+def _fake_search(folder: Path, scores: list[float], params: dict) -> None:
+    for number, score in enumerate(scores):
+        trial = folder / f"{number}_trial"
+        (trial / ".hydra").mkdir(parents=True)
+        (trial / ".hydra" / "config.yaml").write_text("seed: 1\n")
+        rows = [
+            {"epoch": 0, "val/primary_mean": score - 0.1},  # the best epoch counts, not the last
+            {"epoch": 1, "val/primary_mean": score},
+            {"epoch": 2, "val/primary_mean": score - 0.2},
+        ]
+        with (trial / "metrics.csv").open("w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=["epoch", "step", "val/primary_mean"])
+            writer.writeheader()
+            writer.writerows(rows)
+        (trial / "summary.json").write_text(json.dumps({"train_seconds": 1.0}))
+    results = {"name": "optuna", "best_params": params, "best_value": max(scores)}
+    (folder / "optimization_results.yaml").write_text(yaml.safe_dump(results))
+
+
+def test_report_shows_each_chosen_configuration_and_its_expected_validation_curve(tmp_path):
+    _fake_search(
+        tmp_path / "tune" / "all" / "full_finetune",
+        FIXTURE_TRIALS["full_finetune"],
+        {"model.lr": 3.0e-5, "trainer.max_epochs": 3},
+    )
+    _fake_search(
+        tmp_path / "tune" / "all" / "entire_network_frozen",
+        FIXTURE_TRIALS["entire_network_frozen"],
+        {"callbacks.frozen_readout.kind": "knn"},
+    )
+    found = tuning(tmp_path)
+    entry = found["all"]["full_finetune"]
+    assert [t["val"] for t in entry["trials"]] == pytest.approx([0.6, 0.5, 0.7])  # best epoch
+    assert entry["best_params"] == {"model.lr": 3.0e-5, "trainer.max_epochs": 3}
+    for (n, mean, variance), point in zip(HAND_WORKED, entry["expected_best_val"], strict=True):
+        assert point["n"] == n and point["mean"] == pytest.approx(mean)
+        assert point["std"] == pytest.approx(math.sqrt(variance))
+    text = "\n".join(tuning_lines({"tuning": found}))
+    assert "## Tuning: an equal budget per scenario" in text
+    assert "`model.lr=3e-05`, `trainer.max_epochs=3`" in text
+    assert "`callbacks.frozen_readout.kind=knn`" in text
+    assert "E[best val], n=2" in text and f"{5.8 / 9:.4f} ± " in text
+    figure = plot_expected_validation(found["all"])
+    (axes,) = figure.axes
+    assert list(found["all"]) == ["entire_network_frozen", "full_finetune"]  # by name
+    assert [line.get_label() for line in axes.get_lines()] == list(found["all"])
+    assert list(axes.get_lines()[1].get_ydata()) == pytest.approx([0.6, 5.8 / 9, 18 / 27])
+    assert tuning(tmp_path / "nowhere") == {} and tuning_lines({"tuning": {}}) == []
+
+
+# --- test data never enters selection ---
+
+
+def _write_split(path: Path, rows: list[dict[str, str]], flip: list[str] | None = None) -> None:
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["label", "text"], delimiter="\t")
+        writer.writeheader()
+        for row in rows:
+            label = row["label"]
+            if flip:  # every label replaced by the next one of the label set: all wrong
+                label = flip[(flip.index(label) + 1) % len(flip)]
+            writer.writerow({"label": label, "text": row["text"]})
+
+
+def _files_data(folder: Path, poison: bool) -> list[str]:
+    """data=files with given train/val/test splits of the tiny corpus; `poison`: every test
+    label flipped."""
+    folder.mkdir(parents=True)
+    overrides = ["data=files"]
+    for task in ("classification", "sentiment"):
+        with (TINY / f"{task}.tsv").open(newline="") as file:
+            rows = list(csv.DictReader(file, delimiter="\t"))
+        labels = sorted({row["label"] for row in rows})
+        splits = {"train": rows[0::3], "val": rows[1::3], "test": rows[2::3]}
+        for split, part in splits.items():
+            path = folder / f"{task}_{split}.tsv"
+            _write_split(path, part, labels if poison and split == "test" else None)
+            overrides.append(f"data.tasks.{task}.{split}={path}")
+        overrides.append(f"data.tasks.{task}.label_names=[{','.join(labels)}]")
+    return overrides
+
+
+def _tiny_args(tiny_encoders: dict[str, str], root: Path) -> list[str]:
+    return [
+        "logger=csv",
+        f"model.encoder.name_or_path={tiny_encoders['bert']}",
+        f"paths.root_dir={root}",
+        "trainer.max_epochs=1",
+        "+trainer.enable_progress_bar=false",
+    ]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_a_poisoned_test_split_changes_no_trial_and_no_choice(tiny_encoders, tmp_path):
+    """The same search, once with every test label flipped: the same trial scores and the same
+    chosen configuration; and no trial ran a test (no test metric, no test predictions)."""
+    (job,) = searches(["full_finetune"], [])
+    chosen = {}
+    for poison in (False, True):
+        root = tmp_path / ("poisoned" if poison else "clean")
+        args = [*_files_data(root / "data", poison), *_tiny_args(tiny_encoders, root)]
+        command = search_command(root / "sweep", job, "all", 2, 3, args)
+        result = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=900)
+        assert result.returncode == 0, result.stderr[-3000:]
+        folder = root / "sweep" / "tune" / "all" / "full_finetune"
+        found = tuning(root / "sweep")["all"]["full_finetune"]
+        assert len(found["trials"]) == 2
+        for trial in folder.iterdir():
+            if not trial.is_dir():
+                continue
+            assert not (trial / "test_predictions").exists()
+            header = (trial / "metrics.csv").read_text().splitlines()[0]
+            assert "val/primary_mean" in header and "test/" not in header
+            summary = json.loads((trial / "summary.json").read_text())
+            assert not [key for key in summary["metrics"] if key.startswith("test/")]
+        chosen[poison] = (found["best_params"], found["best_value"], found["trials"])
+    assert set(chosen[False][0]) >= {"model.lr", "model.head_lr", "model.warmup_ratio"}
+    assert "trainer.max_epochs" not in chosen[False][0]  # fixed by the command line: not searched
+    assert chosen[True] == chosen[False]
+
+
+# --- make compare TUNE=N, end to end on tiny data ---
+
+
+@pytest.fixture
+def make_folder(tmp_path) -> Path:
+    """A copy of the Makefile beside a .venv that `make install` finished, whose python is this
+    one (the package as this test session imports it)."""
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (tmp_path / ".venv" / ".torch").write_text("torch==2.13.0\n")
+    python = bin_dir / "python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    (bin_dir / ".installed").touch()  # newer than the copies
+    return tmp_path
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_compare_without_tune_is_unchanged_and_with_it_tunes(make_folder):
+    def plan(*args: str) -> str:
+        command = ["make", "-n", "compare", "SEEDS=1,2", "SWEEP=/s", "TASKS=a", *args]
+        result = subprocess.run(command, cwd=make_folder, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    plain = plan()
+    assert "mtl_lightning.tune" not in plain and "experiment=full_finetune," in plain
+    tuned = plan("TUNE=4", "SIZES=500", "ARGS=trainer.max_epochs=1")
+    assert "experiment=full_finetune," not in tuned
+    assert "-m mtl_lightning.tune /s --trials 4 --scenarios full_finetune," in tuned
+    assert "--tasks=a --seeds 1,2 --sizes 500" in tuned and "-- trainer.max_epochs=1" in tuned
+    assert "-m mtl_lightning.report /s" in tuned
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_compare_tune_runs_end_to_end_on_tiny_data(tiny_encoders, make_folder):
+    """The quick form (docs/sweeps.md), shrunk: two scenarios and one baseline, 2 trials each,
+    one seed, one epoch; each best configuration retrained and tested, then the report."""
+    sweep = make_folder / "study"
+    args = " ".join(["data=tiny", *_tiny_args(tiny_encoders, make_folder)])
+    command = [
+        "make",
+        "compare",
+        "TUNE=2",
+        "SEEDS=1",
+        "SCENARIOS=full_finetune,entire_network_frozen",
+        "TASKS=classification",
+        f"SWEEP={sweep}",
+        f"ARGS={args}",
+    ]
+    result = subprocess.run(
+        command, cwd=make_folder, capture_output=True, text=True, env=_env(), timeout=1800
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    labels = ["full_finetune", "entire_network_frozen", "single_task_classification"]
+    runs = ["0_full_finetune_seed1", "1_entire_network_frozen_seed1"]
+    runs.append("baseline_0_single_task_classification_seed1")
+    for label, run in zip(labels, runs, strict=True):
+        results = sweep / "tune" / "all" / label / "optimization_results.yaml"
+        best = yaml.safe_load(results.read_text())["best_params"]
+        overrides = yaml.safe_load((sweep / run / ".hydra" / "overrides.yaml").read_text())
+        given = dict(o.split("=", 1) for o in overrides)
+        # The retrained run is the best trial's configuration, tested once.
+        assert best and {key: yaml.safe_load(given[key]) for key in best} == best
+        metrics = json.loads((sweep / run / "summary.json").read_text())["metrics"]
+        assert metrics["test/primary_mean"] >= 0
+    report = json.loads((sweep / "report.json").read_text())
+    assert set(report["tuning"]["all"]) == set(labels)
+    for entry in report["tuning"]["all"].values():
+        assert len(entry["trials"]) == 2 and len(entry["expected_best_val"]) == 2
+        assert entry["best_value"] == pytest.approx(
+            max(t["val"] for t in entry["trials"]), abs=1e-6
+        )
+    assert "## Tuning: an equal budget per scenario" in (sweep / "report.md").read_text()
+    assert (sweep / "expected_val_all.png").is_file()
+    assert set(report["scenarios"]) == {"full_finetune", "entire_network_frozen"}
