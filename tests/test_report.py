@@ -314,7 +314,10 @@ def test_two_seed_study_multirun_then_report(tiny_encoders, tmp_path):
     assert "2 runs forked from another run's first epochs" in text
     sentiment = text.split("### Task `sentiment`")[1]
     frozen_row = next(line for line in sentiment.splitlines() if "2_only_head_frozen" in line)
-    assert frozen_row.split("|")[-2].strip()[0] in "+-"  # forgetting, a signed number
+    cells = [cell.strip() for cell in frozen_row.split("|")]
+    assert cells[-3][0] in "+-"  # forgetting, a signed number
+    own, chosen = cells[-2].rstrip(" !").split(" / ")  # the best epochs: the task's, the run's
+    assert own.isdigit() and chosen.isdigit()
     plots = ("val_acc_classification.png", "val_acc_sentiment.png", "time_vs_accuracy.png")
     for plot in plots:
         assert a_drawn_png(sweep / plot)
