@@ -29,7 +29,9 @@ ARGS ?=
 # Reuse: each scenario run keeps its epoch-0 state (fork_points) and starts from a sibling's where
 # that is exact (fork_from: only_head_frozen from full_finetune's joint first epoch); a seed's
 # epochNN.ckpt files are deleted once its scenarios have run.
-SCENARIOS := full_finetune,entire_network_frozen,only_transformer_frozen,only_head_frozen,gradual_unfreeze
+# SCENARIOS: the experiments compared (default the five freezing scenarios); the adapters are
+# added by name, e.g. SCENARIOS=full_finetune,only_transformer_frozen,lora,lora_per_task.
+SCENARIOS ?= full_finetune,entire_network_frozen,only_transformer_frozen,only_head_frozen,gradual_unfreeze
 SEEDS ?= 1,2,3
 SIZES ?= all
 TASKS ?= $(shell $(BIN)/python -m mtl_lightning.train $(ARGS) --cfg job --package data.tasks \

@@ -78,11 +78,19 @@ def load_init_weights(
     state = checkpoint["state_dict"]
     new_tasks = [t for t in module.tasks if not any(k.startswith(f"heads.{t}.") for k in state)]
     fresh = tuple(f"{p}.{t}" for t in new_tasks for p in ("heads", "weighting.log_vars"))
+    # A new task's own adapter (one per task) starts fresh too.
+    names = {id(p): n for n, p in module.named_parameters()}
+    parts = module.adapter_parts() if module.per_task_adapters else {}
+    fresh_adapters = {names[id(p)] for t in new_tasks for p in parts.get(t, ([], []))[0]}
     rename_weighting_keys(state)
     missing, unexpected = module.load_state_dict(state, strict=False)
     # The run's own weighting starts afresh where the checkpoint's was another method.
     unexpected = [k for k in unexpected if not k.startswith("weighting.")]
-    missing = [k for k in missing if not k.startswith(("metrics.", "weighting.", *fresh))]
+    missing = [
+        k
+        for k in missing
+        if not k.startswith(("metrics.", "weighting.", *fresh)) and k not in fresh_adapters
+    ]
     if unexpected or missing:
         raise ConfigError(
             f"model.init_from={ckpt_path} does not fit this model (missing {missing[:3]}, "
@@ -118,16 +126,18 @@ def build_module(
     tasks: dict[str, list[str]],
     task_types: dict[str, dict] | None = None,
     weighting: DictConfig | None = None,
+    adapters: dict | None = None,
 ) -> MultiTaskModule:
     """The model of `cfg.model` for `tasks` of `task_types` (their specs; default:
-    classification), its losses combined by `cfg.weighting`; weights of `model.init_from` are
-    not loaded here."""
+    classification), its losses combined by `cfg.weighting`, with the scenario's `adapters` on
+    its encoder; weights of `model.init_from` are not loaded here."""
     settings = OmegaConf.to_container(node, resolve=True)
     settings.pop("init_from", None)
     return MultiTaskModule(
         tasks=tasks,
         task_types=task_types,
         weighting=build_weighting(weighting, settings, list(tasks)),
+        adapters=adapters,
         **settings,
     )
 
@@ -272,13 +282,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_resume_tasks(resume, datamodule.label_names, "ckpt_path", ckpt_path)
         check_resume_splits(resume, datamodule.record(), "ckpt_path", ckpt_path)
     module = build_module(
-        cfg.model, datamodule.label_names, datamodule.task_specs, cfg.get("weighting")
+        cfg.model,
+        datamodule.label_names,
+        datamodule.task_specs,
+        cfg.get("weighting"),
+        scenario.adapters(list(datamodule.label_names)),
     )
     module.weighting.check_sampling(datamodule.sampling)
     check_frozen_layers(scenario.keep_frozen_layers, len(module.encoder_groups()) - 1)
     if resume is not None:
         check_same_encoder(resume, module, datamodule, "ckpt_path", ckpt_path)
     new_heads = load_init_weights(module, init_from, datamodule) if init_from else []
+    if init_from:
+        scenario.loaded([t for t in module.tasks if t not in new_heads], new_heads)
     scenario.check_tasks(list(datamodule.label_names), new_heads)
     schedule = FreezingSchedule(scenario)
     callbacks = [schedule, Forgetting(scenario), PrimaryHistory()]
