@@ -8,12 +8,15 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from conftest import compose_cfg
 from helpers import Recorder
 
 from mtl_lightning.core.checkpoint import read_checkpoint
 from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.encode import encode
 from mtl_lightning.hub.export import export_checkpoint
 from mtl_lightning.model.adapters import activate
 from mtl_lightning.model.inference import Predictor
@@ -203,11 +206,17 @@ def test_shared_adapter_is_merged_into_the_export(make_cfg, tmp_path):
     expected = predictor.encode(TEXTS)
     exported = SentenceTransformer(str(folder), device="cpu").encode(TEXTS)
     assert abs(exported - expected).max() < 1e-5
-    with pytest.raises(ConfigError, match="no per-task adapters"):
-        predictor.encode(TEXTS, adapter="classification")
+    with pytest.raises(ConfigError, match="^adapter=classification: this encoder has no per-task"):
+        encode(_encode_cfg(tmp_path, _last(tmp_path / "run"), "adapter=classification"))
     # The adapter matters: the base encoder alone (the folder unmerged) encodes otherwise.
     activate(predictor.encoder.model, None)
     assert abs(predictor.encode(TEXTS) - expected).max() > 1e-3
+
+
+def _encode_cfg(tmp_path: Path, ckpt: Path, *overrides: str):
+    (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n")
+    files = (f"input={tmp_path / 'in.txt'}", f"output={tmp_path / 'out.npy'}")
+    return compose_cfg("encode", f"ckpt_path={ckpt}", "device=cpu", *files, *overrides)
 
 
 def _allow_installed_peft(monkeypatch) -> None:
@@ -254,6 +263,8 @@ def test_per_task_adapters_export_as_peft_folders_sentence_transformers_loads(
             alone[0].auto_model, str(folder / "adapters" / task)
         )
         assert abs(alone.encode(TEXTS) - expected).max() < 1e-5
+        encode(_encode_cfg(tmp_path, ckpt, f"adapter={task}"))  # the command line's adapter=
+        assert np.array_equal(np.load(tmp_path / "out.npy"), expected)
     # Predict: each task's output is its head on its own adapter's embeddings.
     rows = predictor.predict(TEXTS)
     for task in TASKS:
