@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +278,31 @@ def test_per_task_adapters_export_as_peft_folders_sentence_transformers_loads(
         assert [row[task] for row in rows] == expected
     with pytest.raises(ConfigError, match="not one of this checkpoint's per-task adapters"):
         predictor.encode(TEXTS, adapter="nope")
+
+
+@pytest.mark.ddp
+@pytest.mark.subprocess
+def test_ddp_replicas_stay_identical_under_lora_per_task(tiny_encoders, tmp_path):
+    """Two processes (gloo): per-task adapters switched per batch on each rank, both ranks hold
+    the same parameters at every epoch's end, and the adapters did train."""
+    tests = Path(__file__).resolve().parent
+    sums = tmp_path / "sums"
+    command = [
+        sys.executable, "-m", "mtl_lightning.train", "trainer=ddp", "data=tiny", "logger=csv",
+        "experiment=lora_per_task", "trainer.max_epochs=2", "+trainer.enable_progress_bar=false",
+        f"model.encoder.name_or_path={tiny_encoders['bert']}", f"paths.root_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}", "+callbacks.checksum._target_=helpers.ParamChecksum",
+        f"+callbacks.checksum.out={sums}",
+    ]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent / "src")]),
+        "HF_HUB_OFFLINE": "1",
+    }
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = json.loads((sums / "rank0.json").read_text())
+    rank1 = json.loads((sums / "rank1.json").read_text())
+    assert rank0 == rank1 and rank0.keys() == {"0", "1"}
+    trained = [n for n, value in rank0["1"].items() if ".lora_B." in n and value != 0]
+    assert {n.split(".lora_B.")[1].split(".")[0] for n in trained} == set(TASKS)
