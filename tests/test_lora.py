@@ -158,6 +158,20 @@ def test_adding_a_task_adds_an_adapter_and_the_first_task_forgets_nothing(make_c
 
 
 @pytest.mark.slow
+def test_adapters_start_from_a_checkpoint_trained_without_them(make_cfg, tmp_path):
+    """Stage 1 fine-tunes task A fully; stage 2 adds task B with one adapter per task: the
+    checkpoint's encoder weights become the adapted layers' base weights, A's adapter starts
+    as the identity (LoRA's B is 0) and stays so, and A predicts exactly as stage 1 did."""
+    train(make_cfg("experiment=full_finetune", "~data.tasks.sentiment", output="stage1"))
+    stage1 = _last(tmp_path / "stage1")
+    metrics = train(make_cfg("experiment=lora_per_task", f"model.init_from={stage1}"))
+    assert metrics["val/classification/forgetting"] == 0.0
+    before = Predictor.from_checkpoint(stage1, device="cpu").predict(TEXTS)
+    after = Predictor.from_checkpoint(_last(tmp_path / "run"), device="cpu").predict(TEXTS)
+    assert [row["classification"] for row in after] == [row["classification"] for row in before]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment", ["lora", "lora_per_task"])
 def test_cached_and_fresh_training_are_equal_under_lora(make_cfg, experiment):
     """Adapters on the top layer only: the prefix cache serves the two frozen layers below it."""

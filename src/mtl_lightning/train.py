@@ -37,6 +37,7 @@ from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.run_folder import claim_run_folder
 from mtl_lightning.core.summary import PrimaryHistory, write_summary
 from mtl_lightning.data.datamodule import MultiTaskDataModule
+from mtl_lightning.model.adapters import to_adapted
 from mtl_lightning.model.encoder_match import check_same_encoder
 from mtl_lightning.model.module import MultiTaskModule, rename_weighting_keys
 from mtl_lightning.scenarios.base import Scenario, logged
@@ -78,10 +79,15 @@ def load_init_weights(
     state = checkpoint["state_dict"]
     new_tasks = [t for t in module.tasks if not any(k.startswith(f"heads.{t}.") for k in state)]
     fresh = tuple(f"{p}.{t}" for t in new_tasks for p in ("heads", "weighting.log_vars"))
-    # A new task's own adapter (one per task) starts fresh too.
+    # Adapters: a new task's own (one per task) starts fresh, and all of them where the
+    # checkpoint has none (its encoder weights are then the adapted layers' base weights).
     names = {id(p): n for n, p in module.named_parameters()}
-    parts = module.adapter_parts() if module.per_task_adapters else {}
-    fresh_adapters = {names[id(p)] for t in new_tasks for p in parts.get(t, ([], []))[0]}
+    parts = module.adapter_parts()
+    fresh_tasks = list(parts) if not checkpoint["hyper_parameters"].get("adapters") else new_tasks
+    fresh_adapters = {names[id(p)] for t in fresh_tasks for p in parts.get(t, ([], []))[0]}
+    if parts:
+        renamed = to_adapted(state, set(module.state_dict()))
+        state = {renamed[key]: value for key, value in state.items()}
     rename_weighting_keys(state)
     missing, unexpected = module.load_state_dict(state, strict=False)
     # The run's own weighting starts afresh where the checkpoint's was another method.

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +195,18 @@ def adapter_attributes(model: nn.Module) -> frozenset[str]:
         for layer in _tuner_layers(model)
         for attribute in (*layer.adapter_layer_names, *layer.other_param_names)
     )
+
+
+def to_adapted(keys: Iterable[str], adapted: Collection[str]) -> dict[str, str]:
+    """{key: its name in the adapted model}: a plain model's `<module>.<param>` is
+    `<module>.base_layer.<param>` where PEFT wrapped that module (a checkpoint trained without
+    adapters, loaded into a model with them: its weights are the base)."""
+    renamed = {}
+    for key in keys:
+        module, _, param = key.rpartition(".")
+        wrapped = f"{module}.base_layer.{param}"
+        renamed[key] = wrapped if key not in adapted and wrapped in adapted else key
+    return renamed
 
 
 def activate(model: nn.Module, name: str | None) -> None:

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.data.datamodule import MultiTaskDataModule
-from mtl_lightning.model.adapters import adapter_attributes
+from mtl_lightning.model.adapters import adapter_attributes, to_adapted
 from mtl_lightning.model.module import MultiTaskModule, tokenizer_from_files
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,10 @@ def check_same_encoder(
 
     encoder = module.encoder.state_dict(prefix="encoder.")
     mine = {k: tuple(v.shape) for k, v in encoder.items() if base(k)}
-    theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if base(k)}
+    names = to_adapted(checkpoint["state_dict"], mine) if adapters else {}
+    theirs = {
+        names.get(k, k): tuple(v.shape) for k, v in checkpoint["state_dict"].items() if base(k)
+    }
     if mine != theirs:
         different = sorted(set(mine) ^ set(theirs)) or sorted(
             k for k in mine if mine[k] != theirs[k]
