@@ -34,7 +34,9 @@ ARGS ?=
 # (logs/compare/<time>/tune/<size>/<label>/); then each one's best configuration trains over
 # SEEDS and is tested once (mtl_lightning.tune); the report adds the chosen configurations and
 # the expected best validation score against the number of trials (Dodge et al. 2019).
-SCENARIOS := full_finetune,entire_network_frozen,only_transformer_frozen,only_head_frozen,gradual_unfreeze
+# SCENARIOS: the experiments compared (default the five freezing scenarios); the adapters are
+# added by name, e.g. SCENARIOS=full_finetune,only_transformer_frozen,lora,lora_per_task.
+SCENARIOS ?= full_finetune,entire_network_frozen,only_transformer_frozen,only_head_frozen,gradual_unfreeze
 SEEDS ?= 1,2,3
 SIZES ?= all
 TASKS ?= $(shell $(BIN)/python -m mtl_lightning.train $(ARGS) --cfg job --package data.tasks \

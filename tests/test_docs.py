@@ -78,10 +78,10 @@ def test_the_readme_is_a_front_page_with_its_license():
     data, the latest verdict, the layout; logs and history live in docs/; the LICENSE it names."""
     readme = (ROOT / "README.md").read_text()
     sections = re.findall(r"^## (.+)$", readme, flags=re.M)
-    for wanted in ("Two commands", "The five scenarios", "Your own data", "Latest verdict"):
+    for wanted in ("Two commands", "The scenarios", "Your own data", "Latest verdict"):
         assert wanted in sections
     assert "Layout" in sections and "License" in sections
-    assert "full_finetune" in readme.split("## The five scenarios")[1].split("## ")[0]
+    assert "full_finetune" in readme.split("## The scenarios")[1].split("## ")[0]
     assert len(readme.splitlines()) < 160  # a front page, not the manual
     license_text = (ROOT / "LICENSE").read_text()
     assert license_text.startswith("MIT License")

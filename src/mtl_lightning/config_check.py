@@ -70,6 +70,8 @@ ENCODE_RULES: dict[str, Rule] = {
     "encoder": ENCODER_RULES["name_or_path"],
     "pooling": ENCODER_RULES["pooling"],
     "normalize": ENCODER_RULES["normalize"],
+    # A checkpoint with one adapter per task (lora_per_task): the task whose adapter encodes.
+    "adapter": Rule(str, example="<task>", nullable=True),
 }
 
 

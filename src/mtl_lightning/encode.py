@@ -2,6 +2,8 @@
 
 python -m mtl_lightning.encode ckpt_path=<run>/checkpoints/last.ckpt input=a.txt output=b.npy
 python -m mtl_lightning.encode ckpt_path=none encoder=<hub id or dir> input=a.txt output=b.npy
+python -m mtl_lightning.encode ckpt_path=<lora_per_task run>/checkpoints/last.ckpt adapter=<task> \
+    input=a.txt output=b.npy
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def encode(cfg: DictConfig) -> np.ndarray:
     texts = read_texts(cfg.input)
     output = check_output(cfg.output, (".npy", ".parquet"), cfg.input)
     settings = {"device": cfg.device, "batch_size": cfg.batch_size, "max_length": cfg.max_length}
+    adapter = cfg.get("adapter")
+    if plain and adapter is not None:
+        raise ConfigError(
+            f"adapter={adapter} chooses a per-task adapter of a checkpoint, and ckpt_path=none "
+            "is a plain encoder: drop adapter=, or give a checkpoint of experiment=lora_per_task."
+        )
     if plain:
         if cfg.max_length is None:  # no training length to follow
             settings["max_length"] = DEFAULT_MAX_LENGTH
@@ -78,7 +86,7 @@ def encode(cfg: DictConfig) -> np.ndarray:
             raise ConfigError(_own_keys(str(error))) from None
     else:
         predictor = Predictor.from_checkpoint(cfg.ckpt_path, **settings)
-    embeddings = predictor.encode(texts)
+    embeddings = predictor.encode(texts, adapter=adapter)
     replaced = " (replacing the file that was there)" if output.exists() else ""
     write_embeddings(output, texts, embeddings)
     rows, width = embeddings.shape

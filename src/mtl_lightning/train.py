@@ -37,6 +37,7 @@ from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.run_folder import claim_run_folder
 from mtl_lightning.core.summary import PrimaryHistory, write_summary
 from mtl_lightning.data.datamodule import MultiTaskDataModule
+from mtl_lightning.model.adapters import to_adapted
 from mtl_lightning.model.encoder_match import check_same_encoder
 from mtl_lightning.model.module import MultiTaskModule, rename_weighting_keys
 from mtl_lightning.scenarios.base import Scenario, logged
@@ -78,11 +79,24 @@ def load_init_weights(
     state = checkpoint["state_dict"]
     new_tasks = [t for t in module.tasks if not any(k.startswith(f"heads.{t}.") for k in state)]
     fresh = tuple(f"{p}.{t}" for t in new_tasks for p in ("heads", "weighting.log_vars"))
+    # Adapters: a new task's own (one per task) starts fresh, and all of them where the
+    # checkpoint has none (its encoder weights are then the adapted layers' base weights).
+    names = {id(p): n for n, p in module.named_parameters()}
+    parts = module.adapter_parts()
+    fresh_tasks = list(parts) if not checkpoint["hyper_parameters"].get("adapters") else new_tasks
+    fresh_adapters = {names[id(p)] for t in fresh_tasks for p in parts.get(t, ([], []))[0]}
+    if parts:
+        renamed = to_adapted(state, set(module.state_dict()))
+        state = {renamed[key]: value for key, value in state.items()}
     rename_weighting_keys(state)
     missing, unexpected = module.load_state_dict(state, strict=False)
     # The run's own weighting starts afresh where the checkpoint's was another method.
     unexpected = [k for k in unexpected if not k.startswith("weighting.")]
-    missing = [k for k in missing if not k.startswith(("metrics.", "weighting.", *fresh))]
+    missing = [
+        k
+        for k in missing
+        if not k.startswith(("metrics.", "weighting.", *fresh)) and k not in fresh_adapters
+    ]
     if unexpected or missing:
         raise ConfigError(
             f"model.init_from={ckpt_path} does not fit this model (missing {missing[:3]}, "
@@ -118,16 +132,18 @@ def build_module(
     tasks: dict[str, list[str]],
     task_types: dict[str, dict] | None = None,
     weighting: DictConfig | None = None,
+    adapters: dict | None = None,
 ) -> MultiTaskModule:
     """The model of `cfg.model` for `tasks` of `task_types` (their specs; default:
-    classification), its losses combined by `cfg.weighting`; weights of `model.init_from` are
-    not loaded here."""
+    classification), its losses combined by `cfg.weighting`, with the scenario's `adapters` on
+    its encoder; weights of `model.init_from` are not loaded here."""
     settings = OmegaConf.to_container(node, resolve=True)
     settings.pop("init_from", None)
     return MultiTaskModule(
         tasks=tasks,
         task_types=task_types,
         weighting=build_weighting(weighting, settings, list(tasks)),
+        adapters=adapters,
         **settings,
     )
 
@@ -272,13 +288,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_resume_tasks(resume, datamodule.label_names, "ckpt_path", ckpt_path)
         check_resume_splits(resume, datamodule.record(), "ckpt_path", ckpt_path)
     module = build_module(
-        cfg.model, datamodule.label_names, datamodule.task_specs, cfg.get("weighting")
+        cfg.model,
+        datamodule.label_names,
+        datamodule.task_specs,
+        cfg.get("weighting"),
+        scenario.adapters(list(datamodule.label_names)),
     )
     module.weighting.check_sampling(datamodule.sampling)
     check_frozen_layers(scenario.keep_frozen_layers, len(module.encoder_groups()) - 1)
     if resume is not None:
         check_same_encoder(resume, module, datamodule, "ckpt_path", ckpt_path)
     new_heads = load_init_weights(module, init_from, datamodule) if init_from else []
+    if init_from:
+        scenario.loaded([t for t in module.tasks if t not in new_heads], new_heads)
     scenario.check_tasks(list(datamodule.label_names), new_heads)
     schedule = FreezingSchedule(scenario)
     callbacks = [schedule, Forgetting(scenario), PrimaryHistory()]

@@ -9,7 +9,7 @@ is built (`mtl_lightning.config_check`), where only the checks that need several
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,8 @@ KINDS: dict[type, tuple[Callable[[Any], bool], str]] = {
     float: (is_number, "a number"),
     bool: (lambda v: isinstance(v, bool), "true or false"),
     str: (lambda v: isinstance(v, str), "a string"),
+    # A YAML list (OmegaConf's ListConfig is a Sequence too); a string is not one.
+    list: (lambda v: isinstance(v, Sequence) and not isinstance(v, str), "a list"),
 }
 
 

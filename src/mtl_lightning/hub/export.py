@@ -4,6 +4,10 @@
   does with the checkpoint (same pooling, normalisation and truncation);
 - a plain Hugging Face model at its root: `AutoModel.from_pretrained(DIR)`, `AutoTokenizer` too;
 - the task heads: `heads.safetensors` and `heads.json` (tasks, types, label names, shapes);
+- adapters (`lora`, `lora_per_task`): a shared adapter merged into the encoder's weights; per-task
+  adapters as PEFT adapter folders, `adapters/<task>/`, that sentence-transformers loads
+  (`model.load_adapter(folder, adapter_name=task)`, `model.set_adapter(task)`) onto the root
+  model, which is then the frozen base encoder;
 - a model card, `README.md`: Hub metadata (base model, license, language, datasets,
   model-index), base encoder, tasks, their data and losses, hyperparameters, freezing scenario
   and schedule, test metrics and the epochs, usage of every head, limitations, versions, commit,
@@ -41,6 +45,7 @@ from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.provenance import project_commit
 from mtl_lightning.core.summary import read_summary
 from mtl_lightning.core.writing import staged_folder
+from mtl_lightning.model.adapters import plain_copy, write_adapter
 from mtl_lightning.model.encoder import PACKAGED_MINILM, layer_groups, packaged_minilm_path
 from mtl_lightning.model.inference import Predictor, trained_length
 from mtl_lightning.model.module import MultiTaskModule, load_module
@@ -51,6 +56,7 @@ from mtl_lightning.tasks import build_task_type
 HEADS_WEIGHTS = "heads.safetensors"
 HEADS_CONFIG = "heads.json"
 HEADS_FORMAT = "mtl-lightning-heads/1"
+ADAPTERS_DIR = "adapters"  # per-task adapters: adapters/<task>/, PEFT adapter folders
 VERSIONED = (
     "mtl-lightning",
     "torch",
@@ -104,6 +110,8 @@ def write_heads(folder: Path, module: MultiTaskModule) -> dict:
                     name: list(tensors[f"{task}.{name}"].shape)
                     for name in module.heads[task].state_dict()
                 },
+                # The head reads the embeddings of this adapter (load it onto the root model).
+                **({"adapter": f"{ADAPTERS_DIR}/{task}"} if module.per_task_adapters else {}),
             }
             for task, labels in module.tasks.items()
         },
@@ -396,6 +404,48 @@ def _usage(module: MultiTaskModule) -> list[str]:
     return [*lines, "```"]
 
 
+def _adapter_lines(module: MultiTaskModule) -> list[str]:
+    """The card's section on the encoder's adapters (none: no lines)."""
+    spec = module.hparams.get("adapters")
+    if not spec:
+        return []
+    config = spec["config"]
+    method = str(spec["peft_type"])
+    keys = [key for key in ("r", "lora_alpha", "lora_dropout") if key in config]
+    shown = ", ".join(f"{key}={_plain(config[key])}" for key in keys)
+    where = f"{len(config['target_modules'])} linear layers of the encoder's transformer layers"
+    lines = ["", "## Adapters", ""]
+    if not spec["per_task"]:
+        return [
+            *lines,
+            f"One {method} adapter (PEFT; {shown}; on {where}), shared by every task, trained "
+            "with the heads on the frozen base encoder. It is **merged** into this folder's "
+            "weights: the folder encodes as the trained model, with no adapter to load.",
+        ]
+    lines += [
+        f"One {method} adapter per task (PEFT; {shown}; on {where}), each trained on its own "
+        "task's batches over the shared frozen base encoder. This folder's root model is that "
+        "frozen base, **without** adapters. Each task's adapter is a PEFT adapter folder; the "
+        "task's head reads the embeddings of its adapter:",
+        "",
+        "| task | adapter folder |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {task} | `{ADAPTERS_DIR}/{task}` |" for task in module.tasks]
+    task = next(iter(module.tasks))
+    lines += [
+        "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "",
+        'model = SentenceTransformer("<this folder>")',
+        f'model.load_adapter("<this folder>/{ADAPTERS_DIR}/{task}", adapter_name="{task}")',
+        f'model.set_adapter("{task}")  # {task}\'s embeddings, for its head',
+        "```",
+    ]
+    return lines
+
+
 def _citations(module: MultiTaskModule, base: str) -> list[str]:
     entries = [("Sentence Transformers", SBERT_CITATION)]
     if base == PACKAGED_MINILM:
@@ -599,6 +649,7 @@ def model_card(
             lines.append(f"Settings: {shown}.")
         groups = len(layer_groups(module.encoder.model))
         lines += ["", *scenario.schedule_lines(tasks, groups, _epochs(config))]
+    lines += _adapter_lines(module)
 
     monitor = _setting(config, "optimized_metric")
     monitor = "val/primary_mean" if monitor is _MISSING else monitor
@@ -654,6 +705,15 @@ def model_card(
         "",
         *_usage(module),
         "",
+        *(
+            [
+                "Each task's embeddings come from its own adapter: set it before encoding that "
+                "task's sentences (see Adapters).",
+                "",
+            ]
+            if module.per_task_adapters
+            else []
+        ),
         "With mtl-lightning, `mtl_lightning.hub.export.load_heads(<this folder>)` gives the heads "
         "as torch modules and the label names: `heads[task](embeddings)`, pair and similarity "
         "heads `heads[task](u, v)`, on `model.encode(..., convert_to_tensor=True)` (a "
@@ -759,7 +819,15 @@ def _write_export(
         max_length = trained_length(module)
     predictor = Predictor(module.encoder, tokenizer, device="cpu", max_length=max_length)
     started = time.time_ns() - 1_000_000_000  # file times may trail the clock by a tick
-    module.encoder.model.save_pretrained(output)
+    spec = module.hparams.get("adapters")
+    encoder_model = module.encoder.model
+    if spec:  # a plain model: the shared adapter merged in, or the frozen base of per-task ones
+        encoder_model = plain_copy(encoder_model, None if spec["per_task"] else spec["names"][0])
+    encoder_model.save_pretrained(output)
+    if spec and spec["per_task"]:
+        base = hub_model_id((module.hparams.encoder or {}).get("name_or_path", PACKAGED_MINILM))
+        for name in spec["names"]:
+            write_adapter(module.encoder.model, name, output / ADAPTERS_DIR / name, base)
     tokenizer.save_pretrained(output)
     st_folder.write_folder(
         output,

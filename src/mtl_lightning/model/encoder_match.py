@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.data.datamodule import MultiTaskDataModule
+from mtl_lightning.model.adapters import adapter_attributes, to_adapted
 from mtl_lightning.model.module import MultiTaskModule, tokenizer_from_files
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,18 @@ def check_same_encoder(
     name = (module.hparams.encoder or {}).get("name_or_path")
     where = f"{key}={path}"
 
-    mine = {k: tuple(v.shape) for k, v in module.encoder.state_dict(prefix="encoder.").items()}
+    # Adapters (lora) are not the encoder: a run may add one (a new task's); loading the state
+    # dict checks them.
+    adapters = adapter_attributes(module.encoder.model) if module.hparams.get("adapters") else ()
+
+    def base(key: str) -> bool:
+        return key.startswith("encoder.") and not any(f".{a}." in key for a in adapters)
+
+    encoder = module.encoder.state_dict(prefix="encoder.")
+    mine = {k: tuple(v.shape) for k, v in encoder.items() if base(k)}
+    names = to_adapted(checkpoint["state_dict"], mine) if adapters else {}
     theirs = {
-        k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if k.startswith("encoder.")
+        names.get(k, k): tuple(v.shape) for k, v in checkpoint["state_dict"].items() if base(k)
     }
     if mine != theirs:
         different = sorted(set(mine) ^ set(theirs)) or sorted(

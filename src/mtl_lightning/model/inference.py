@@ -4,6 +4,7 @@
     p.predict(["What is the capital of France?"])  # [{"text": ..., "<task>": {...}, ...}]
     p.predict([{"text": "A man sings.", "text_pair": "A man is singing."}])  # pair tasks too
     p.encode(["a sentence", "another"])            # np.ndarray (2, hidden)
+    p.encode(["a sentence"], adapter="sentiment")  # one adapter per task: that task's
 
 Texts are tokenized once, sorted by length, batched and padded to each batch's longest sentence;
 results come back in input order. The readers and writers of the CLIs' files live here too.
@@ -27,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.writing import cannot_write, check_writable
 from mtl_lightning.data.sources.files import READERS, decode_utf8
+from mtl_lightning.model.adapters import activate
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, load_tokenizer
 from mtl_lightning.model.module import MultiTaskModule, load_module
 from mtl_lightning.tasks import TaskType, build_task_type
@@ -73,9 +75,12 @@ class Predictor:
         batch_size: int = 64,
         max_length: int = DEFAULT_MAX_LENGTH,
         task_types: Mapping[str, TaskType] | None = None,
+        adapters: Sequence[str] | None = None,
     ) -> None:
         """`task_types`: each task's type (default: classification with the labels of
-        `tasks`), which turns its head's outputs into predictions."""
+        `tasks`), which turns its head's outputs into predictions. `adapters`: the encoder's
+        per-task adapters (`lora_per_task`), named by task: each task's predictions come from
+        its own; `encode` chooses one (`adapter=`), or none (the frozen base encoder)."""
         if batch_size < 1:
             raise ConfigError(f"batch_size={batch_size} must be at least 1.")
         self.device = resolve_device(device)
@@ -92,6 +97,31 @@ class Predictor:
         positions = getattr(encoder.model.config, "max_position_embeddings", max_length)
         self.max_length = min(max_length, positions, tokenizer.model_max_length)
         self.pad_id = tokenizer.pad_token_id or 0
+        self.adapters = list(adapters or [])
+        self._active: str | None = None
+        if self.adapters:  # which one runs is set per call; start from the base
+            self._use(None)
+
+    def _use(self, adapter: str | None) -> None:
+        """Run the encoder with the per-task adapter `adapter` (None: the base alone)."""
+        if self.adapters and (adapter != self._active or adapter is None):
+            activate(self.encoder.model, adapter)
+            self._active = adapter
+
+    def check_adapter(self, adapter: str | None) -> None:
+        """Refuse `adapter=` where this encoder has no such per-task adapter."""
+        if adapter is None:
+            return
+        if not self.adapters:
+            raise ConfigError(
+                f"adapter={adapter}: this encoder has no per-task adapters (only a checkpoint "
+                "of experiment=lora_per_task has them): drop adapter=."
+            )
+        if adapter not in self.adapters:
+            raise ConfigError(
+                f"adapter={adapter} is not one of this checkpoint's per-task adapters: use one "
+                f"of {self.adapters}, or drop it for the base encoder."
+            )
 
     @classmethod
     def from_checkpoint(
@@ -116,6 +146,7 @@ class Predictor:
             batch_size,
             trained_length(module) if max_length is None else max_length,
             module.task_types,
+            module.hparams.adapters["names"] if module.per_task_adapters else None,
         )
 
     @classmethod
@@ -152,16 +183,21 @@ class Predictor:
             )
 
     @torch.inference_mode()
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Sentence embeddings, `(len(texts), hidden)` float32, in input order."""
+    def encode(self, texts: Sequence[str], adapter: str | None = None) -> np.ndarray:
+        """Sentence embeddings, `(len(texts), hidden)` float32, in input order; with per-task
+        adapters, those of the task `adapter` (None: of the frozen base encoder)."""
+        self.check_adapter(adapter)
+        self._use(adapter)
         embeddings = torch.empty(len(texts), self.encoder.hidden_size)
         for rows, batch in self._batches(texts):
             embeddings[rows] = self.encoder(**batch).float().cpu()
         return embeddings.numpy()
 
     @torch.inference_mode()
-    def _embed(self, texts: Sequence[str]) -> torch.Tensor:
-        """Sentence embeddings on the model's device, in input order."""
+    def _embed(self, texts: Sequence[str], adapter: str | None = None) -> torch.Tensor:
+        """Sentence embeddings on the model's device, in input order (through the per-task
+        adapter `adapter`, where there are some)."""
+        self._use(adapter)
         embeddings = torch.empty(len(texts), self.encoder.hidden_size, device=self.device)
         for rows, batch in self._batches(texts):
             embeddings[rows] = self.encoder(**batch).to(embeddings.dtype)
@@ -179,20 +215,27 @@ class Predictor:
                 "Predictor.from_checkpoint to predict."
             )
         results: list[dict] = [{"text": row} if isinstance(row, str) else dict(row) for row in rows]
-        columns = {column for kind in self.task_types.values() for column in kind.columns}
-        embeddings = {}  # column -> (rows that have it, their embeddings)
-        for column in sorted(columns):
+        # Each task reads the embeddings of its own adapter where it has one, else the shared ones.
+        adapter_of = {task: task if task in self.adapters else None for task in self.task_types}
+        needed = {
+            (adapter_of[task], column)
+            for task, kind in self.task_types.items()
+            for column in kind.columns
+        }
+        embeddings = {}  # (adapter, column) -> (rows that have it, their embeddings)
+        for adapter, column in sorted(needed, key=lambda key: (key[0] or "", key[1])):
             present = [i for i, row in enumerate(results) if row.get(column) is not None]
             texts = [str(results[i][column]) for i in present]
-            embeddings[column] = (present, self._embed(texts))
+            embeddings[adapter, column] = (present, self._embed(texts, adapter))
         for task, kind in self.task_types.items():
-            present = sorted(set.intersection(*(set(embeddings[c][0]) for c in kind.columns)))
+            keys = [(adapter_of[task], column) for column in kind.columns]
+            present = sorted(set.intersection(*(set(embeddings[key][0]) for key in keys)))
             if not present:
                 continue
             selected = []
-            for column in kind.columns:
-                position = {row: i for i, row in enumerate(embeddings[column][0])}
-                selected.append(embeddings[column][1][[position[row] for row in present]])
+            for key in keys:
+                position = {row: i for i, row in enumerate(embeddings[key][0])}
+                selected.append(embeddings[key][1][[position[row] for row in present]])
             outputs = []
             for start in range(0, len(present), self.batch_size):  # heads in batches too
                 chunk = [emb[start : start + self.batch_size] for emb in selected]

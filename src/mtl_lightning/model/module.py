@@ -17,6 +17,7 @@ from mtl_lightning.core.checkpoint import check_settings, read_checkpoint
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import check_task_names, inside
 from mtl_lightning.core.rules import Rule, check_values, is_int
+from mtl_lightning.model.adapters import activate, adapter_parts, add_adapters
 from mtl_lightning.model.embedding_cache import FrozenCache
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
 from mtl_lightning.model.lr_schedule import staggered_warmup_schedule
@@ -96,11 +97,16 @@ class MultiTaskModule(LightningModule):
         frozen_cache_max_gb: float = 4.0,
         task_types: Mapping[str, Mapping] | None = None,
         weighting: LossWeighting | None = None,
+        adapters: Mapping | None = None,
     ) -> None:
         """`weighting`: how the task losses combine (`mtl_lightning.weighting`, built by `train`
         from `conf/weighting`); None builds `loss_weighting` (`static` with `loss_weights`, or
         `uncertainty`), the spelling of `model.*` that stays as an alias. It is not a
-        hyperparameter: a loaded checkpoint predicts without it."""
+        hyperparameter: a loaded checkpoint predicts without it.
+
+        `adapters`: adapter layers (PEFT) to put on the encoder, as plain settings
+        (`mtl_lightning.model.adapters`; given by a scenario such as `lora`); stored resolved,
+        so that a checkpoint rebuilds them."""
         super().__init__()
         check_task_names(tasks, "tasks")
         check_values(  # the rules of conf/model, for Python users too
@@ -130,6 +136,9 @@ class MultiTaskModule(LightningModule):
             "pooling": self.encoder.pooling,
             "normalize": self.encoder.normalize,
         }
+        if adapters:
+            self.hparams.adapters = add_adapters(self.encoder.model, adapters)
+        self._active_adapter: str | None = self.hparams.adapters["names"][0] if adapters else None
         self.task_types: dict[str, TaskType] = {
             task: build_task_type(task, labels, (task_types or {}).get(task))
             for task, labels in tasks.items()
@@ -173,6 +182,25 @@ class MultiTaskModule(LightningModule):
             self._encoder_groups = layer_groups(self.encoder.model)
         return self._encoder_groups
 
+    @property
+    def per_task_adapters(self) -> bool:
+        """Whether each task has its own adapter on the encoder (`lora_per_task`)."""
+        return bool((self.hparams.get("adapters") or {}).get("per_task"))
+
+    def adapter_parts(self) -> dict[str, tuple[list[nn.Parameter], list[nn.Module]]]:
+        """{adapter name: (its parameters, its modules)}; empty without adapters."""
+        if not self.hparams.get("adapters"):
+            return {}
+        if getattr(self, "_adapter_parts", None) is None:  # asked at every plan: found once
+            self._adapter_parts = adapter_parts(self.encoder.model)
+        return self._adapter_parts
+
+    def use_adapter(self, task: str) -> None:
+        """With one adapter per task, make `task`'s the one that runs (before its batch)."""
+        if self.per_task_adapters and self._active_adapter != task:
+            activate(self.encoder.model, task)
+            self._active_adapter = task
+
     def head_trains(self, task: str) -> bool:
         """A task whose head is frozen does not train: its loss would only move the encoder.
 
@@ -187,6 +215,7 @@ class MultiTaskModule(LightningModule):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task: str):
         """A single-sentence task's outputs (logits) for one padded batch."""
+        self.use_adapter(task)
         return self.task_types[task].outputs(
             self.heads[task], [self.encoder(input_ids, attention_mask)]
         )
@@ -195,6 +224,7 @@ class MultiTaskModule(LightningModule):
         """The head's outputs for a batch of its task: each sentence column encoded alone (and
         cached alone: a pair's second sentences are their own cache entries)."""
         task_type = self.task_types[batch["task"]]
+        self.use_adapter(batch["task"])  # one adapter per task: this task's
         embeddings = []
         for column in task_type.sentence_columns:
             ids_key, mask_key = column_keys(column)
@@ -236,6 +266,7 @@ class MultiTaskModule(LightningModule):
         if self.frozen_cache is not None:  # new weights: whatever was cached is stale
             self.frozen_cache.clear()
         self._encoder_groups = None  # loading may assign new parameter objects
+        self._adapter_parts = None
         return super().load_state_dict(*args, **kwargs)
 
     def on_fit_end(self) -> None:

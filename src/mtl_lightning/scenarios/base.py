@@ -1,14 +1,16 @@
 """A freezing scenario: what trains, epoch by epoch or step by step, as a plain object.
 
-A scenario computes a `Plan` (which heads train, and how many encoder layer groups, counted from
-the top) from the epoch and the optimizer step alone, with no Lightning object. One callback,
-`mtl_lightning.scenarios.schedule.FreezingSchedule`, applies any scenario's plan to the model;
-`mtl_lightning.scenarios.forgetting.Forgetting` measures what a frozen head forgets. A new
-scenario is one file with a subclass of `Scenario`, chosen by `freezing._target_` from an
-experiment config (docs/extending.md).
+A scenario computes a `Plan` (which heads train, how many encoder layer groups, counted from
+the top, and which adapters) from the epoch and the optimizer step alone, with no Lightning
+object. One callback, `mtl_lightning.scenarios.schedule.FreezingSchedule`, applies any
+scenario's plan to the model; `mtl_lightning.scenarios.forgetting.Forgetting` measures what a
+frozen head forgets. A new scenario is one file with a subclass of `Scenario`, chosen by
+`freezing._target_` from an experiment config (docs/extending.md).
 
 Hooks a subclass may override, besides `trainable` (its plan):
 - `check_tasks` and `configure`: refuse a config that cannot work, before anything trains;
+- `adapters` and `loaded`: adapter layers to put on the encoder (PEFT, `scenarios/lora.py`),
+  and the tasks `model.init_from` brought trained;
 - `bind`: learn the run's encoder depth and epoch length (a pace in steps);
 - `group_starts`: the step each encoder group starts training, for its learning-rate warm-up;
 - `frozen_head`: the task whose head is frozen in an epoch, whose forgetting is measured;
@@ -33,10 +35,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Plan:
-    """Trainable heads, and how many encoder layer groups train, counted from the top."""
+    """Trainable heads, how many encoder layer groups train (counted from the top), and which
+    adapters on the encoder train (by name; a scenario that puts adapters there, `adapters`)."""
 
     heads: frozenset[str]
     encoder_groups: int
+    adapters: frozenset[str] = frozenset()
 
 
 class Scenario:
@@ -82,7 +86,8 @@ class Scenario:
         """What trains in `epoch` (at optimizer `step`, when the pace is in steps), for an encoder
         of `num_groups` layer groups (embeddings + L) and heads of `tasks`."""
         plan = self.trainable(epoch, frozenset(tasks), num_groups, step)
-        return Plan(plan.heads, min(plan.encoder_groups, self.kept_frozen_cap(num_groups)))
+        encoder_groups = min(plan.encoder_groups, self.kept_frozen_cap(num_groups))
+        return Plan(plan.heads, encoder_groups, plan.adapters)
 
     def kept_frozen_cap(self, num_groups: int) -> int:
         """The most encoder groups that may train under `keep_frozen_layers`."""
@@ -98,18 +103,35 @@ class Scenario:
 
     def schedule_lines(self, tasks: list[str], num_groups: int, epochs: int) -> list[str]:
         """The plan for a reader (the exported model card): a table, epoch by epoch."""
+        plans = [self.plan(epoch, tasks, num_groups) for epoch in range(epochs)]
+        adapters = any(plan.adapters for plan in plans)  # a column only where adapters train
         rows = ["| epoch | heads that train | encoder layer groups that train (from the top) |"]
         rows.append("| --- | --- | --- |")
-        for epoch in range(epochs):
-            plan = self.plan(epoch, tasks, num_groups)
+        if adapters:
+            rows = [rows[0] + " adapters that train |", rows[1] + " --- |"]
+        for epoch, plan in enumerate(plans):
             heads = ", ".join(sorted(plan.heads)) or "none"
-            rows.append(f"| {epoch} | {heads} | {plan.encoder_groups} of {num_groups} |")
+            row = f"| {epoch} | {heads} | {plan.encoder_groups} of {num_groups} |"
+            if adapters:
+                row += f" {', '.join(sorted(plan.adapters)) or 'none'} |"
+            rows.append(row)
         return rows
 
     # --- checks before training ---
 
     def configure(self, init_from: str | None) -> None:
         """Settle defaults that depend on `model.init_from` (a run that starts trained)."""
+
+    def adapters(self, tasks: list[str]) -> dict[str, Any] | None:
+        """The adapter layers this scenario puts on the encoder before anything loads or trains,
+        as plain settings (`mtl_lightning.model.adapters`: a PEFT method, its config, the
+        adapters' names); None: none. The module stores them, so checkpoints rebuild them; the
+        plan's `adapters` then says which of them train."""
+        return None
+
+    def loaded(self, trained: list[str], new: list[str]) -> None:
+        """`model.init_from` gave trained heads (and adapters) for the tasks `trained`, and the
+        tasks `new` start fresh (continual learning)."""
 
     def check_tasks(self, tasks: list[str], new_heads: list[str] = ()) -> None:
         """Refuse tasks this scenario cannot train; `new_heads`: tasks `model.init_from` has no

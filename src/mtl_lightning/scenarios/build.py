@@ -97,9 +97,15 @@ def build_scenario(node: DictConfig | Mapping | None, init_from: str | None = No
 
 
 def scenario_name(config: DictConfig | Mapping) -> str | None:
-    """The scenario name of a run's config (None where its class cannot be had)."""
+    """The scenario name of a run's config (None where its class cannot be had): the built
+    scenario's, which its settings may choose (`lora` with `per_task` is `lora_per_task`), else
+    its class's."""
     node = config.get("freezing") if isinstance(config, Mapping | DictConfig) else None
     try:
-        return scenario_class(node).name
+        cls = scenario_class(node)
     except ConfigError:
         return None
+    try:
+        return build_scenario(node).name
+    except (ConfigError, TypeError):
+        return cls.name

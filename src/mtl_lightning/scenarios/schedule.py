@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 
 
 def apply_plan(module: LightningModule, plan: Plan) -> int:
-    """Set what trains in `module` (its `encoder_groups()`, bottom to top, and `heads`) as
-    `plan` says; return the number of trainable parameters."""
+    """Set what trains in `module` (its `encoder_groups()`, bottom to top, `heads`, and the
+    adapters on its encoder, `adapter_parts()`) as `plan` says; return the number of trainable
+    parameters."""
     groups = module.encoder_groups()
     module.train()
     # Containers (the HF model itself, `encoder`, ...) are in train mode only when all of it
@@ -42,6 +43,13 @@ def apply_plan(module: LightningModule, plan: Plan) -> int:
     for task, head in module.heads.items():
         head.requires_grad_(task in plan.heads)
         head.train(task in plan.heads)
+    # After the groups, which hold the adapter layers: an adapter trains (and its dropout is on)
+    # where the plan says, whatever its layer's group does.
+    for name, (params, modules) in module.adapter_parts().items():
+        for param in params:
+            param.requires_grad_(name in plan.adapters)
+        for submodule in modules:
+            submodule.train(name in plan.adapters)
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
@@ -129,12 +137,13 @@ class FreezingSchedule(Callback):
 
     def _log_plan(self, when: str, plan: Plan, pl_module: LightningModule) -> None:
         log.info(
-            "%s (%s): heads training %s, %d/%d encoder groups unfrozen, %d trainable params.",
+            "%s (%s): heads training %s, %d/%d encoder groups unfrozen%s, %d trainable params.",
             when,
             self.scenario.name,
             sorted(plan.heads),
             plan.encoder_groups,
             len(pl_module.encoder_groups()),
+            f", adapters training {sorted(plan.adapters)}" if plan.adapters else "",
             self.trainable_params,
         )
 
