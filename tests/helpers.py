@@ -111,3 +111,17 @@ class RankProbe(Callback):
         if not trainer.sanity_checking:
             value = 0.0 if trainer.global_rank == 0 else float(trainer.global_step)
             pl_module.log("val/probe", value, sync_dist=False)
+
+
+def train_cached_and_fresh(make_cfg, *overrides: str) -> tuple[dict, dict, Recorder]:
+    """Train `overrides` (which add the Recorder) with the frozen caches on, then off; assert
+    that every weight agrees (rtol 1e-5); return both runs' metrics and the cached run's
+    Recorder."""
+    from mtl_lightning.train import train
+
+    with_cache = train(make_cfg(*overrides, "model.frozen_cache=true", output="cached"))
+    cached = Recorder.last
+    without = train(make_cfg(*overrides, "model.frozen_cache=false", output="fresh"))
+    for name, value in Recorder.last.after.items():
+        torch.testing.assert_close(cached.after[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    return with_cache, without, cached

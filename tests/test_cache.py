@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import Recorder
+from helpers import Recorder, train_cached_and_fresh
 from transformers import AutoModel, AutoTokenizer
 
 from mtl_lightning.model.embedding_cache import EmbeddingCache
@@ -65,12 +65,7 @@ def shared_position_encoders(tmp_path_factory) -> dict[str, str]:
 )
 def test_cached_and_fresh_training_agree(make_cfg, experiment, pace):
     common = (f"experiment={experiment}", *pace.split(), "trainer.max_epochs=3", RECORD)
-    with_cache = train(make_cfg(*common, "model.frozen_cache=true", output="cached"))
-    cached = Recorder.last
-    without = train(make_cfg(*common, "model.frozen_cache=false", output="fresh"))
-    fresh = Recorder.last
-    for name, value in fresh.after.items():
-        torch.testing.assert_close(cached.after[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    with_cache, without, _ = train_cached_and_fresh(make_cfg, *common)
     for key in ("val/acc_mean", "test/acc_mean", "test/classification/f1"):
         assert with_cache[key] == pytest.approx(without[key], abs=1e-6)
     # The caches did serve, not just sit there (the plateau case's 4 frozen steps repeat no

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import EXPERIMENTS
-from helpers import Recorder
+from helpers import Recorder, train_cached_and_fresh
 from torch import nn
 
 from mtl_lightning.data.sampling.sampler import EpochSeed, NoDuplicatesBatchSampler
@@ -629,12 +629,7 @@ def test_the_prefix_cache_is_exact_for_retrieval(make_cfg):
     """Frozen lower layers served from the prefix cache give the weights and metrics of
     recomputing them, for both texts of a retrieval example (each its own cache entry)."""
     common = (*RETRIEVAL, "freezing.keep_frozen_layers=2", "trainer.max_epochs=2", RECORD)
-    with_cache = train(make_cfg(*common, "model.frozen_cache=true", output="cached"))
-    cached = Recorder.last
-    without = train(make_cfg(*common, "model.frozen_cache=false", output="fresh"))
-    fresh = Recorder.last
-    for name, value in fresh.after.items():
-        torch.testing.assert_close(cached.after[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    with_cache, without, _ = train_cached_and_fresh(make_cfg, *common)
     for key in ("val/primary_mean", "test/retrieval/ndcg@10", "test/retrieval/mrr@10"):
         assert with_cache[key] == pytest.approx(without[key], abs=1e-5)
     assert with_cache["freeze/prefix_cache_hits"] > 0

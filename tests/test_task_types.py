@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import EXPERIMENTS
-from helpers import Recorder
+from helpers import Recorder, train_cached_and_fresh
 
 from mtl_lightning.callbacks.test_predictions import PREDICTIONS_DIR, read_predictions
 from mtl_lightning.core.errors import ConfigError
@@ -72,12 +72,7 @@ def test_caches_are_exact_for_pairs(make_cfg, frozen):
     """Embedding cache (frozen encoder) and prefix cache (frozen lower layers) give the same
     weights and metrics as no cache, with pair tasks, whose second sentences are cached too."""
     common = (*TYPES, frozen, "~data.tasks.classification", "trainer.max_epochs=3", RECORD)
-    with_cache = train(make_cfg(*common, "model.frozen_cache=true", output="cached"))
-    cached = Recorder.last
-    without = train(make_cfg(*common, "model.frozen_cache=false", output="fresh"))
-    fresh = Recorder.last
-    for name, value in fresh.after.items():
-        torch.testing.assert_close(cached.after[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    with_cache, without, _ = train_cached_and_fresh(make_cfg, *common)
     for key in ("val/primary_mean", "test/paraphrase/acc", "test/similarity/spearman"):
         assert with_cache[key] == pytest.approx(without[key], abs=1e-5)
     datamodule = build_data(make_cfg(*common).data)

@@ -279,9 +279,9 @@ def task_type(runs: Sequence[Run], task: str) -> TaskType:
     record, the shipped type whose primary metric they logged. The report shows its
     `report_metrics` and compares runs with its `resampled_metrics`; it names no metric."""
     for run in runs:
-        recorded = _recorded_types(run)
-        if task in recorded:
-            return recorded[task]
+        spec = (run.summary.get("task_types") or {}).get(task)
+        if spec is not None:
+            return build_task_type(task, (run.summary.get("tasks") or {}).get(task) or [], spec)
     labels = next(
         (run.summary["tasks"][task] for run in runs if task in run.summary.get("tasks", {})), []
     )
@@ -289,11 +289,6 @@ def task_type(runs: Sequence[Run], task: str) -> TaskType:
         if any(f"val/{task}/{cls.primary}" in run.history for run in runs):
             return cls(task, labels)
     return TASK_TYPES[DEFAULT_TYPE](task, labels)
-
-
-def task_metrics(runs: Sequence[Run], task: str) -> tuple[str, ...]:
-    """The metric names the report shows for `task`, its type's primary first."""
-    return tuple(task_type(runs, task).report_metrics)
 
 
 def primary_mean(run: Run, stage: str, best: bool = False) -> float | None:
