@@ -12,6 +12,7 @@ import torch
 from conftest import EXPERIMENTS
 from helpers import Recorder, train_cached_and_fresh
 from torch import nn
+from torch.nn import functional
 
 from mtl_lightning.data.sampling.sampler import EpochSeed, NoDuplicatesBatchSampler
 from mtl_lightning.model.module import MultiTaskModule
@@ -265,7 +266,6 @@ def test_the_ddp_gather_equals_one_process_on_the_global_batch(tmp_path):
 def _global_loss(projection, anchors, positives, negatives, ranks):
     """One process: each rank's anchors scored against every candidate of the global batch,
     the ranks' mean losses averaged (symmetric: positives against all anchors)."""
-    from torch.nn import functional
 
     a = functional.normalize(projection(anchors), dim=-1)
     p = functional.normalize(projection(positives), dim=-1)
@@ -312,6 +312,24 @@ def test_ir_metrics_on_hand_ranked_queries_with_ties_and_a_miss():
     assert set(values) == set(METRICS)
     for name, wanted in expected.items():
         np.testing.assert_allclose(values[name].tolist(), wanted, rtol=1e-6, err_msg=name)
+
+
+def test_ranks_of_real_valued_embeddings_equal_a_full_sort():
+    """Embeddings as an encoder gives them (384 floats, not hand-set exact scores): each relevant
+    document's rank is one plus the documents scored above it, in whatever chunks the corpus is
+    cut; a relevant document never ranks behind itself (its score summed in another order)."""
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(40, 384, generator=generator)
+    documents = torch.randn(300, 384, generator=generator)
+    documents[:40] += 2 * queries  # each query's own document scores high, not always first
+    relevant = [[q] if q % 3 else [q, 40 + q] for q in range(40)]
+    scores = functional.normalize(queries, dim=-1) @ functional.normalize(documents, dim=-1).T
+    for chunk_size in (7, 64, 300):
+        ranks = relevant_ranks(queries, documents, relevant, chunk_size=chunk_size)
+        for q, rows in enumerate(relevant):
+            wanted = sorted(int((scores[q] > scores[q, d]).sum()) + 1 for d in rows)
+            assert ranks[q, : len(rows)].tolist() == wanted, (chunk_size, q)
+    assert (ranks[:, 0] == 1).sum() >= 20  # the case above is not all misses
 
 
 def test_per_query_rows_give_the_logged_metrics_and_their_weighted_resamples():

@@ -58,20 +58,33 @@ def relevant_ranks(
     ahead = torch.zeros_like(index)  # documents ranked before each relevant one
     for first in range(0, len(queries), QUERY_CHUNK):
         part, rel = queries[first : first + QUERY_CHUNK], index[first : first + QUERY_CHUNK]
-        target = (part[:, None, :] * documents[rel.clamp(min=0)]).sum(-1)  # [Q, R]
-        for start in range(0, len(documents), chunk_size):
-            scores = part @ documents[start : start + chunk_size].T  # [Q, chunk]
+        # Each relevant document's score as the chunk's matrix product gives it, not as another
+        # kernel would: a dot product summed in another order differs in the last bits, and a
+        # relevant document would then rank behind itself about half the time.
+        target = torch.zeros(rel.shape, dtype=part.dtype, device=part.device)
+        for start, scores in _chunk_scores(part, documents, chunk_size):
+            inside = (rel >= start) & (rel < start + scores.shape[1])
+            picked = scores.gather(1, (rel - start).clamp(0, scores.shape[1] - 1))
+            target = torch.where(inside, picked, target)
+        for start, scores in _chunk_scores(part, documents, chunk_size):
             rows = torch.arange(start, start + scores.shape[1], device=queries.device)
             # is each chunk document relevant to the query, and before which relevant ones
             same = rows[None, :, None] == rel[:, None, :]  # [Q, chunk, R]
             is_relevant = same.any(-1, keepdim=True)
             earlier = rows[None, :, None] < rel[:, None, :]
-            higher = scores[:, :, None] > target[:, None, :]
+            higher = (scores[:, :, None] > target[:, None, :]) & ~same
             tied = (scores[:, :, None] == target[:, None, :]) & ~same
             before = higher | (tied & (~is_relevant | earlier))
             ahead[first : first + QUERY_CHUNK] += before.sum(1)
     ranks = (ahead + 1).float()
     return ranks.masked_fill(~valid, float("inf"))
+
+
+def _chunk_scores(queries: torch.Tensor, documents: torch.Tensor, chunk_size: int):
+    """(first row, cosines of `queries` with the chunk's documents) for each chunk of the corpus;
+    the same inputs give the same scores on each pass."""
+    for start in range(0, len(documents), chunk_size):
+        yield start, queries @ documents[start : start + chunk_size].T
 
 
 def per_query(ranks: torch.Tensor) -> dict[str, torch.Tensor]:
