@@ -11,6 +11,10 @@ by one implementation:
     .venv/bin/python benchmarks/st_retrieval.py --train train.csv --test test.csv --seed 1
     .venv/bin/python benchmarks/st_retrieval.py --test test.csv --model exported/   # no training
     .venv/bin/python benchmarks/st_retrieval.py --test test.csv                     # zero-shot
+    .venv/bin/python benchmarks/st_retrieval.py --stsb data --train-on-it --seed 1  # STS-B's
+
+`--stsb DATA_DIR` takes the splits and distractors of `mtl_lightning.data.sources.stsb.retrieval()`
+(STS-B's pairs scored >= 3; docs/data.md) instead of CSV files.
 
 The CSV files hold `text` (the anchor) and `text_pair` (its positive). Queries are the test file's
 distinct anchors; the corpus its distinct positives, plus `--corpus`'s `text` column; an anchor's
@@ -21,6 +25,7 @@ Prints one JSON line. Needs the `bench` extra (sentence-transformers, accelerate
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
@@ -120,15 +125,23 @@ def train(model, pairs: list[tuple[str, str]], seed: int, epochs: int, batch_siz
             loss=MultipleNegativesRankingLoss(model, scale=20.0),
         )
         start = time.perf_counter()
-        trainer.train()
+        with contextlib.redirect_stdout(sys.stderr):  # the trainer's logs: stdout keeps one line
+            trainer.train()
         return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--test", required=True, help="CSV of text,text_pair to score")
+    parser.add_argument("--test", help="CSV of text,text_pair to score")
     parser.add_argument("--train", help="CSV of text,text_pair to train on (omit: no training)")
     parser.add_argument("--corpus", help="CSV whose `text` column adds documents to the corpus")
+    parser.add_argument(
+        "--stsb",
+        metavar="DATA_DIR",
+        help="instead of the CSVs: the splits and distractors of mtl_lightning.data.sources."
+        "stsb.retrieval() under this data folder (with --train-on-it: train on its train split)",
+    )
+    parser.add_argument("--train-on-it", action="store_true", help="with --stsb: train")
     parser.add_argument(
         "--model", help="a sentence-transformers folder (default: the shipped MiniLM)"
     )
@@ -138,6 +151,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--save", help="write the trained model to this folder")
     args = parser.parse_args(argv)
+    if args.stsb:
+        from mtl_lightning.data.sources.base import CORPUS
+        from mtl_lightning.data.sources.stsb import retrieval
+
+        examples = retrieval().load(args.stsb)
+        split = {
+            name: list(zip(rows.texts, rows.text_pairs, strict=True))
+            for name, rows in examples.items()
+            if name != CORPUS
+        }
+        train_pairs = split["train"] if args.train_on_it else None
+        test_pairs, extra = split["test"], list(examples[CORPUS])
+    elif args.test:
+        train_pairs = read_pairs(args.train) if args.train else None
+        test_pairs, extra = read_pairs(args.test), []
+        if args.corpus:
+            with open(args.corpus, newline="", encoding="utf-8") as handle:
+                extra = [row["text"] for row in csv.DictReader(handle)]
+    else:
+        parser.error("give --test (and --train, --corpus) or --stsb")
 
     from sentence_transformers import SentenceTransformer
     from transformers import set_seed
@@ -146,12 +179,12 @@ def main(argv: list[str] | None = None) -> None:
     path = args.model or resolve_encoder_path(PACKAGED_MINILM)[0]
     model = SentenceTransformer(path, device="cpu")
     model.max_seq_length = args.max_length  # every model reads the same tokens
-    if args.train:
+    if train_pairs:
         result = {"model": "sentence-transformers trainer, MNRL"}
     else:
         result = {"model": args.model or "all-MiniLM-L6-v2, zero-shot"}
-    if args.train:
-        pairs = read_pairs(args.train)
+    if train_pairs:
+        pairs = train_pairs
         result.update(
             seed=args.seed,
             train_pairs=len(pairs),
@@ -159,11 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         if args.save:
             model.save(args.save)
-    extra = []
-    if args.corpus:
-        with open(args.corpus, newline="", encoding="utf-8") as handle:
-            extra = [row["text"] for row in csv.DictReader(handle)]
-    result.update(evaluate(model, read_pairs(args.test), extra))
+    result.update(evaluate(model, test_pairs, extra))
     json.dump(result, sys.stdout)
     print()
 
