@@ -125,3 +125,24 @@ def train_cached_and_fresh(make_cfg, *overrides: str) -> tuple[dict, dict, Recor
     for name, value in Recorder.last.after.items():
         torch.testing.assert_close(cached.after[name], value, rtol=1e-5, atol=1e-6, msg=name)
     return with_cache, without, cached
+
+
+class MetricGraphs(Callback):
+    """After each training step, counts the tensors held in the module's metric states that
+    still carry an autograd graph (a metric that kept one would keep every step's activations
+    alive where the step's backward did not free them)."""
+
+    last: MetricGraphs | None = None
+
+    def __init__(self) -> None:
+        self.with_graph = 0
+        self.held = 0
+        MetricGraphs.last = self
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        for metric in pl_module.modules():
+            for state in getattr(metric, "_defaults", {}):
+                value = getattr(metric, state)
+                for tensor in value if isinstance(value, list) else [value]:
+                    self.held += 1
+                    self.with_graph += int(tensor.requires_grad or tensor.grad_fn is not None)

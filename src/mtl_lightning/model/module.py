@@ -279,7 +279,10 @@ class MultiTaskModule(LightningModule):
         outputs = self.task_outputs(batch, stage)
         loss = self.task_types[task].loss(outputs, batch["labels"])
         metrics = self.metrics[f"{stage}_metrics"][task]
-        metrics.update(outputs, batch["labels"])
+        # Detached: a metric that keeps outputs (Spearman's list state) would otherwise keep the
+        # step's graph, and under a gradient method, whose backward frees none of the encoder's
+        # saved activations, every step's activations with it.
+        metrics.update(outputs.detach(), batch["labels"])
         size = len(batch["labels"])
         kwargs = {"batch_size": size, "add_dataloader_idx": False, "on_epoch": True}
         self.log(f"{stage}/{task}/loss", loss, on_step=stage == "train", **kwargs)
