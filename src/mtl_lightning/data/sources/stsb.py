@@ -126,14 +126,16 @@ class StsbSource:
     def load(self, data_dir: Path) -> Examples:
         self.prepare(data_dir)
         examples: Examples = {}
-        every_sentence: dict[str, None] = {}  # in file order, once each
+        distractors = self.type == "retrieval" and self.distractors
+        every_sentence: dict[str, None] = {}  # in file order, once each (distractors only)
         for split in SPLIT_FILES:
             path = self.extracted(data_dir, split)
             lines = path.read_text("utf-8").splitlines()[1:]
             texts, labels, pairs = [], [], []
             for line in lines:
                 file, score, text, text_pair = line.split("\t")
-                every_sentence.update({text: None, text_pair: None})
+                if distractors:
+                    every_sentence.update({text: None, text_pair: None})
                 if self.files is not None and file not in self.files:
                     continue
                 if self.type == "similarity":
@@ -155,7 +157,7 @@ class StsbSource:
                     + (", or a lower threshold." if scored else ".")
                 )
             examples[split] = Rows(texts, labels, pairs)
-        if self.type == "retrieval" and self.distractors:
+        if distractors:
             asked = {
                 text
                 for split in ("val", "test")
