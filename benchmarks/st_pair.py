@@ -22,12 +22,9 @@ docs/task-types.md#mixing-task-types quotes its output.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -66,11 +63,8 @@ def probe(model, data, product: bool) -> dict[str, float]:
 
 def train(model, data, seed: int, epochs: int, product: bool) -> tuple[object, float]:
     from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
     from sentence_transformers.losses import SoftmaxLoss
+    from st_retrieval import fit  # the same trainer settings as the retrieval baseline
 
     rows = data["train"]
     dataset = Dataset.from_dict(
@@ -86,31 +80,10 @@ def train(model, data, seed: int, epochs: int, product: bool) -> tuple[object, f
         num_labels=len(LABELS),
         concatenation_sent_multiplication=product,
     )
-    with tempfile.TemporaryDirectory() as out:
-        args = SentenceTransformerTrainingArguments(
-            output_dir=out,
-            num_train_epochs=epochs,
-            per_device_train_batch_size=32,
-            learning_rate=5e-5,
-            learning_rate_mapping={r"^classifier\.": 1e-3},
-            warmup_ratio=0.1,
-            weight_decay=0.01,
-            lr_scheduler_type="linear",
-            seed=seed,
-            data_seed=seed,
-            save_strategy="no",
-            logging_steps=50,
-            report_to=[],
-            use_cpu=True,
-            disable_tqdm=True,
-        )
-        trainer = SentenceTransformerTrainer(
-            model=model, args=args, train_dataset=dataset, loss=loss
-        )
-        start = time.perf_counter()
-        with contextlib.redirect_stdout(sys.stderr):  # the trainer's logs: stdout keeps one line
-            trainer.train()
-        return loss, time.perf_counter() - start
+    # The classifier at model.head_lr, as this project's heads.
+    mapping = {r"^classifier\.": 1e-3}
+    seconds = fit(model, dataset, loss, seed, epochs, learning_rate_mapping=mapping)
+    return loss, seconds
 
 
 @torch.no_grad()

@@ -88,20 +88,17 @@ def evaluate(model, test: list[tuple[str, str]], extra_docs: list[str]) -> dict[
     return out
 
 
-def train(model, pairs: list[tuple[str, str]], seed: int, epochs: int, batch_size: int) -> float:
-    from datasets import Dataset
+def fit(model, dataset, loss, seed: int, epochs: int, batch_size: int = 32, **overrides) -> float:
+    """Train `model` on `dataset` with `loss` by `SentenceTransformerTrainer` at this project's
+    default budget (lr 5e-5, warm-up 0.1, linear decay, weight decay 0.01; `overrides` change
+    any training argument); returns the seconds of training. `st_pair.py` uses it too."""
     from sentence_transformers import (
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
-    from sentence_transformers.training_args import BatchSamplers
 
-    dataset = Dataset.from_dict(
-        {"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]}
-    )
     with tempfile.TemporaryDirectory() as out:
-        args = SentenceTransformerTrainingArguments(
+        settings = dict(
             output_dir=out,
             num_train_epochs=epochs,
             per_device_train_batch_size=batch_size,
@@ -109,7 +106,6 @@ def train(model, pairs: list[tuple[str, str]], seed: int, epochs: int, batch_siz
             warmup_ratio=0.1,
             weight_decay=0.01,
             lr_scheduler_type="linear",
-            batch_sampler=BatchSamplers.NO_DUPLICATES,
             seed=seed,
             data_seed=seed,
             save_strategy="no",
@@ -118,16 +114,28 @@ def train(model, pairs: list[tuple[str, str]], seed: int, epochs: int, batch_siz
             use_cpu=True,
             disable_tqdm=True,
         )
+        args = SentenceTransformerTrainingArguments(**(settings | overrides))
         trainer = SentenceTransformerTrainer(
-            model=model,
-            args=args,
-            train_dataset=dataset,
-            loss=MultipleNegativesRankingLoss(model, scale=20.0),
+            model=model, args=args, train_dataset=dataset, loss=loss
         )
         start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # the trainer's logs: stdout keeps one line
             trainer.train()
         return time.perf_counter() - start
+
+
+def train(model, pairs: list[tuple[str, str]], seed: int, epochs: int, batch_size: int) -> float:
+    from datasets import Dataset
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.training_args import BatchSamplers
+
+    dataset = Dataset.from_dict(
+        {"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]}
+    )
+    loss = MultipleNegativesRankingLoss(model, scale=20.0)
+    return fit(
+        model, dataset, loss, seed, epochs, batch_size, batch_sampler=BatchSamplers.NO_DUPLICATES
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
