@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import re
 
 import pytest
 from helpers import Recorder
 
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.model.module import MultiTaskModule
 from mtl_lightning.scenarios.full_finetune import FullFinetune
 from mtl_lightning.scenarios.gradual_unfreeze import GradualUnfreeze
@@ -30,6 +32,38 @@ def test_layerwise_learning_rates(module):
     # Every parameter is in exactly one group, frozen or not.
     grouped = [id(p) for g in groups.values() for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in module.parameters())
+
+
+def test_a_head_named_in_head_lrs_trains_at_its_own_rate(tiny_encoders):
+    encoder = {"name_or_path": tiny_encoders["bert"]}
+    module = MultiTaskModule(TASKS, encoder, head_lr=1e-3, head_lrs={"classification": 1e-2})
+    groups = {g["name"]: g for g in module.param_groups()}
+    heads = {name: {id(p) for p in group["params"]} for name, group in groups.items()}
+    assert groups["heads/classification"]["lr"] == groups["heads/classification/no_decay"]["lr"]
+    assert groups["heads/classification"]["lr"] == 1e-2 and groups["heads"]["lr"] == 1e-3
+    own = heads["heads/classification"] | heads["heads/classification/no_decay"]
+    assert own == {id(p) for p in module.heads["classification"].parameters()}
+    assert heads["heads"] | heads["heads/no_decay"] == {
+        id(p) for p in module.heads["sentiment"].parameters()
+    }
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in module.parameters())
+    # A run without head_lrs keeps one group for all heads, as before.
+    plain = {g["name"] for g in MultiTaskModule(TASKS, encoder).param_groups()}
+    assert {name for name in plain if name.startswith("heads")} == {"heads", "heads/no_decay"}
+
+
+@pytest.mark.parametrize(
+    ("head_lrs", "message"),
+    [
+        ({"questions": 1e-2}, "model.head_lrs names unknown tasks ['questions']"),
+        ({"classification": -1.0}, "model.head_lrs.classification"),
+        (0.01, "must be a mapping of task to learning rate"),
+    ],
+)
+def test_head_lrs_refuses_unknown_tasks_and_bad_rates(tiny_encoders, head_lrs, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        MultiTaskModule(TASKS, {"name_or_path": tiny_encoders["bert"]}, head_lrs=head_lrs)
 
 
 def test_no_weight_decay_on_biases_and_layernorm(module):

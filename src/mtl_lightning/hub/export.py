@@ -201,6 +201,7 @@ HYPERPARAMETERS = (
     "data.test_fraction",
     "model.lr",
     "model.head_lr",
+    "model.head_lrs",
     "model.layerwise_lr_decay",
     "model.weight_decay",
     "model.warmup_ratio",
@@ -633,7 +634,7 @@ def model_card(
             "The run's config was not recorded (no .hydra/config.yaml or hparams.yaml beside "
             "the checkpoint); the checkpoint's own model settings:"
         )
-        stored = ("lr", "head_lr", "layerwise_lr_decay", "weight_decay", "warmup_ratio")
+        stored = ("lr", "head_lr", "head_lrs", "layerwise_lr_decay", "weight_decay", "warmup_ratio")
         for key in (*stored, "head_dropout", "loss_weighting", "loss_weights"):
             lines.append(f"- `model.{key}`: {_plain(module.hparams.get(key))}")
         lines.append("- `data.max_length` (the training truncation): not recorded")

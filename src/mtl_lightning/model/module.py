@@ -65,6 +65,26 @@ MODEL_RULES: dict[str, Rule] = {
 }
 
 
+def check_head_lrs(head_lrs: object, tasks: Mapping[str, object]) -> None:
+    """`model.head_lrs` is null or {task of the data: a rate of at least 0}."""
+    if head_lrs is None:
+        return
+    if not isinstance(head_lrs, Mapping):
+        raise ConfigError(
+            f"model.head_lrs={head_lrs} must be a mapping of task to learning rate, or null: "
+            "e.g. +model.head_lrs.classification=1e-2."
+        )
+    unknown = sorted(set(head_lrs) - set(tasks))
+    if unknown:
+        raise ConfigError(
+            f"model.head_lrs names unknown tasks {unknown}: use task names {sorted(tasks)}."
+        )
+    for task, rate in head_lrs.items():
+        problem = MODEL_RULES["head_lr"].problem(f"model.head_lrs.{task}", rate)
+        if problem:
+            raise ConfigError(problem)
+
+
 class GroupStarts(Protocol):
     """A schedule of when each encoder layer group starts training."""
 
@@ -89,6 +109,7 @@ class MultiTaskModule(LightningModule):
         loss_weighting: str = "static",
         lr: float = 5e-5,
         head_lr: float = 1e-3,
+        head_lrs: Mapping[str, float] | None = None,
         layerwise_lr_decay: float = 1.0,
         weight_decay: float = 0.01,
         warmup_ratio: float = 0.1,
@@ -106,9 +127,14 @@ class MultiTaskModule(LightningModule):
 
         `adapters`: adapter layers (PEFT) to put on the encoder, as plain settings
         (`mtl_lightning.model.adapters`; given by a scenario such as `lora`); stored resolved,
-        so that a checkpoint rebuilds them."""
+        so that a checkpoint rebuilds them.
+
+        `head_lrs`: {task: learning rate} for the heads that should not train at `head_lr`
+        (e.g. a classifier's randomly initialised readout beside a similarity task's
+        identity-initialised map); each named head is its own optimizer group `heads/<task>`."""
         super().__init__()
         check_task_names(tasks, "tasks")
+        check_head_lrs(head_lrs, tasks)
         check_values(  # the rules of conf/model, for Python users too
             "model",
             {
@@ -425,7 +451,8 @@ class MultiTaskModule(LightningModule):
         """Every optimizer group exists from the start, frozen or not: schedulers ignore groups
         added later, and unfreezing then only flips `requires_grad`.
 
-        Heads get `head_lr`; the top encoder layer `lr`, each layer below it `lr` divided by
+        Heads get `head_lr` (a head named in `head_lrs`: its own rate, in the group
+        `heads/<task>`); the top encoder layer `lr`, each layer below it `lr` divided by
         `layerwise_lr_decay` once more, the embeddings lowest. Biases and LayerNorm weights
         (every parameter with fewer than 2 dimensions) get no weight decay. A weighting's learned
         parameters (`weighting=uncertainty`'s log-variances) are the group `loss_weights`, at
@@ -433,7 +460,19 @@ class MultiTaskModule(LightningModule):
         """
         hp = self.hparams
         groups = self.encoder_groups()
-        named = [("heads", list(self.heads.parameters()), hp.head_lr)]
+        own = dict(hp.get("head_lrs") or {})
+        named = [
+            (
+                "heads",
+                [p for t in self.heads if t not in own for p in self.heads[t].parameters()],
+                hp.head_lr,
+            ),
+            *(
+                (f"heads/{t}", list(self.heads[t].parameters()), own[t])
+                for t in self.heads
+                if t in own
+            ),
+        ]
         for depth, group in enumerate(reversed(groups)):
             named.append((group.name, group.params, hp.lr / hp.layerwise_lr_decay**depth))
         param_groups = []
