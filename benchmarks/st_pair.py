@@ -6,13 +6,15 @@ as this project's pair head reads it; `--no-product` drops it) on STS-B's pairs 
 (`mtl_lightning.data.sources.stsb.StsbSource`, kind pair_classification: 5,749 train, 1,379 test
 pairs at the default threshold 4), at the budget of this project's `full_finetune` defaults:
 3 epochs, batch 32, encoder lr 5e-5 and the classifier's 1e-3 (`learning_rate_mapping`, as
-`model.head_lr`), warm-up ratio 0.1, linear decay, weight decay 0.01, max length 64. The
-trainer keeps its last model (its checkpoints hold the encoder, not the loss's classifier).
+`model.head_lr`; `--head-lr 1e-2` as `+model.head_lrs.<task>=1e-2`), warm-up ratio 0.1, linear
+decay, weight decay 0.01, max length 64. The trainer keeps its last model (its checkpoints hold
+the encoder, not the loss's classifier).
 Prints one JSON line with the val and test accuracy of the trained classifier, and the frozen
 probe's (a logistic regression on the untrained encoder's features, C chosen on val) for the
 same pairs:
 
     MTL_DATA_DIR=data .venv/bin/python benchmarks/st_pair.py --seed 1
+    MTL_DATA_DIR=data .venv/bin/python benchmarks/st_pair.py --seed 1 --head-lr 1e-2
     MTL_DATA_DIR=data .venv/bin/python benchmarks/st_pair.py --probe-only
 
 Needs the `bench` extra (sentence-transformers, accelerate, scikit-learn) and `datasets`.
@@ -61,7 +63,9 @@ def probe(model, data, product: bool) -> dict[str, float]:
     } | {"C": best.C}
 
 
-def train(model, data, seed: int, epochs: int, product: bool) -> tuple[object, float]:
+def train(
+    model, data, seed: int, epochs: int, product: bool, head_lr: float
+) -> tuple[object, float]:
     from datasets import Dataset
     from sentence_transformers.losses import SoftmaxLoss
     from st_retrieval import fit  # the same trainer settings as the retrieval baseline
@@ -80,8 +84,8 @@ def train(model, data, seed: int, epochs: int, product: bool) -> tuple[object, f
         num_labels=len(LABELS),
         concatenation_sent_multiplication=product,
     )
-    # The classifier at model.head_lr, as this project's heads.
-    mapping = {r"^classifier\.": 1e-3}
+    # The classifier at its own rate, as this project's heads (model.head_lr / model.head_lrs).
+    mapping = {r"^classifier\.": head_lr}
     seconds = fit(model, dataset, loss, seed, epochs, learning_rate_mapping=mapping)
     return loss, seconds
 
@@ -98,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--threshold", type=float, default=4.0)
+    parser.add_argument(
+        "--head-lr", type=float, default=1e-3, help="the classifier's rate (model.head_lr's)"
+    )
     parser.add_argument("--no-product", action="store_true", help="SBERT's (u, v, |u - v|)")
     parser.add_argument("--probe-only", action="store_true", help="the frozen probe, no training")
     parser.add_argument("--max-train", type=int, help="train on the first N pairs (a smoke run)")
@@ -124,10 +131,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.probe_only:
         result["frozen_probe"] = probe(model, data, product)
     else:
-        loss, seconds = train(model, data, args.seed, args.epochs, product)
+        loss, seconds = train(model, data, args.seed, args.epochs, product, args.head_lr)
         result.update(
             model="sentence-transformers trainer, SoftmaxLoss",
             seed=args.seed,
+            head_lr=args.head_lr,
             train_seconds=round(seconds, 1),
             val_acc=accuracy(model, loss, data["val"], product),
             test_acc=accuracy(model, loss, data["test"], product),
