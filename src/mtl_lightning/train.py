@@ -331,11 +331,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             f"in pieces itself, which {refused} does not see: set it to null, or train "
             "without that."
         )
-    if module.weighting.needs_task_gradients and trainer.world_size > 1:
-        raise ConfigError(  # torch.autograd.grad bypasses DDP's gradient all-reduce
-            f"weighting={type(module.weighting).__name__} computes each task's gradient itself, "
-            "which DDP does not all-reduce: train it on one device (trainer=default)."
-        )
     # trainer.loggers, not `loggers`: under fast_dev_run Lightning replaces them with a dummy.
     for logger in trainer.loggers:
         logger.log_hyperparams(

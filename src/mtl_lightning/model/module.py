@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import torch
 from lightning import LightningModule, Trainer
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mtl_lightning.core.checkpoint import check_settings, read_checkpoint
@@ -24,6 +25,7 @@ from mtl_lightning.model.lr_schedule import staggered_warmup_schedule
 from mtl_lightning.tasks import TaskType, build_task_type
 from mtl_lightning.tasks.base import column_keys
 from mtl_lightning.weighting import BY_NAME, LossWeighting
+from mtl_lightning.weighting.base import backpropagate
 
 STAGES = ("train", "val", "test")
 # The monitored mean over tasks (checkpoints, sweeps): of each task's primary metric.
@@ -368,16 +370,25 @@ class MultiTaskModule(LightningModule):
         self.log("train/loss", total, on_step=True, on_epoch=True, batch_size=1)
         return total
 
+    def on_train_start(self) -> None:
+        wrapper = self.trainer.strategy.model
+        if self.weighting.needs_task_gradients and isinstance(wrapper, DistributedDataParallel):
+            # The weighting writes every gradient itself, averaged over the ranks (`backward`):
+            # DDP's reducer must not also wait for, or all-reduce, them. What `no_sync()` sets,
+            # for the whole fit (Lightning's manual optimisation sets it likewise per step).
+            wrapper.require_backward_grad_sync = False
+
     def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
         """A weighting that needs each task's gradient of the shared parameters writes the
-        gradients itself (`LossWeighting.backward`); any other backpropagates the total."""
+        gradients itself, under DDP averaged over the ranks (`LossWeighting.backward`); any other
+        backpropagates the total."""
         losses, self.step_task_losses = getattr(self, "step_task_losses", None), None
         if not (losses and self.weighting.needs_task_gradients):
             super().backward(loss, *args, **kwargs)
             return
         shared = [p for p in self.encoder.parameters() if p.requires_grad]
         if not shared:  # the encoder is frozen: no shared gradient to combine
-            super().backward(loss, *args, **kwargs)
+            backpropagate(loss, [p for p in self.parameters() if p.requires_grad])
             return
         ids = {id(p) for p in shared}
         others = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]

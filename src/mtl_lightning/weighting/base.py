@@ -15,6 +15,13 @@ cost of these methods. Lightning still owns the optimizer step, clipping, accumu
 schedule. A method that needs more than that (GradNorm: norms at the last shared layer, and a loss
 of its own for its learned weights) overrides `backward`.
 
+Under DDP these gradients never pass through DDP's all-reduce (the module turns it off for the
+fit, as `no_sync()` does); they are averaged over the ranks here instead (`task_gradients`,
+`backpropagate`, `mean_over_ranks`): each task's gradient before `combine_gradients` sees it, so
+every rank combines the same global gradients (those of the union of the ranks' batches) and takes
+the same decision, and every other gradient, so all ranks step alike. A method that overrides
+`backward` must take its gradients from these helpers too.
+
 State a method keeps between steps (DWA's loss history, the step count that seeds RLW's and
 PCGrad's draws) is a buffer, so it travels in the checkpoint and resume is exact;
 `on_train_epoch_start` tells a method that an epoch starts.
@@ -27,6 +34,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from mtl_lightning.core.errors import ConfigError
@@ -98,10 +106,60 @@ class LossWeighting(nn.Module):
         `last_shared`: the trainable parameters of the topmost trainable encoder layer (a subset
         of `shared`), for methods that look at that layer only."""
         total, _ = self.combine(losses)
-        gradients = {task: flat_gradients(loss, shared) for task, loss in losses.items()}
-        if others:
-            torch.autograd.backward(total, inputs=list(others))
+        gradients = task_gradients(losses, shared)
+        backpropagate(total, others)
         write_flat_gradient(shared, self.combine_gradients(gradients))
+
+
+def world_size() -> int:
+    """The number of processes of a distributed run (1 outside one)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def mean_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` averaged over the ranks of a distributed run, in place (every rank must call it,
+    with the same shape); itself outside one. With each rank's loss a mean over an equally large
+    batch, the mean of the ranks' gradients is the gradient of the loss on all their batches."""
+    count = world_size()
+    if count > 1:
+        dist.all_reduce(tensor)
+        tensor /= count
+    return tensor
+
+
+def task_gradients(
+    losses: Mapping[str, torch.Tensor], params: Sequence[nn.Parameter]
+) -> dict[str, torch.Tensor]:
+    """Each task's flattened gradient of `params` (`flat_gradients`; the graphs are kept), under
+    DDP averaged over the ranks in one all-reduce: the same on every rank."""
+    stacked = torch.stack([flat_gradients(loss, params) for loss in losses.values()])
+    return dict(zip(losses, mean_over_ranks(stacked), strict=True))
+
+
+def backpropagate(total: torch.Tensor, params: Sequence[nn.Parameter]) -> None:
+    """Add `total`'s gradient of `params` to their gradients, as `total.backward(inputs=params)`
+    would, and free its graph; under DDP the gradient is averaged over the ranks first (a rank
+    that did not use a parameter adds zeros), and a parameter no rank used keeps its gradient as
+    it was (None stays None), as under DDP's own all-reduce."""
+    params = list(params)
+    if not params:
+        return
+    grads = torch.autograd.grad(total, params, allow_unused=True)
+    if world_size() > 1:
+        flat = flat_gradients_of(grads, params)
+        used = torch.tensor([g is not None for g in grads], dtype=flat.dtype, device=flat.device)
+        flat = mean_over_ranks(torch.cat([flat, used]))
+        used = flat[-len(params) :] > 0
+        offset, grads = 0, []
+        for param, used_somewhere in zip(params, used.tolist(), strict=True):
+            part = flat[offset : offset + param.numel()].view_as(param)
+            offset += param.numel()
+            grads.append(part if used_somewhere else None)
+    for param, grad in zip(params, grads, strict=True):
+        if grad is not None:
+            param.grad = grad.clone() if param.grad is None else param.grad + grad
 
 
 def flat_gradients(
@@ -110,6 +168,13 @@ def flat_gradients(
     """`loss`'s gradient of `params`, flattened into one vector (zeros where a parameter is
     unused)."""
     grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
+    return flat_gradients_of(grads, params)
+
+
+def flat_gradients_of(
+    grads: Sequence[torch.Tensor | None], params: Sequence[nn.Parameter]
+) -> torch.Tensor:
+    """`params`' gradients `grads` in one vector (zeros where one is None)."""
     return torch.cat(
         [
             (g if g is not None else torch.zeros_like(p)).flatten()

@@ -16,10 +16,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 
 from mtl_lightning.core.errors import ConfigError
-from mtl_lightning.weighting.base import LossWeighting
+from mtl_lightning.weighting.base import LossWeighting, mean_over_ranks
 
 
 class DynamicWeightAverage(LossWeighting):
@@ -53,10 +52,8 @@ class DynamicWeightAverage(LossWeighting):
 
     def combine(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         index = [self.tasks.index(task) for task in losses]
-        step = torch.stack([loss.detach().double() for loss in losses.values()])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(step)  # every rank steps the same tasks (see the sampling docs)
-            step /= dist.get_world_size()
+        # Every rank steps the same tasks (see the sampling docs).
+        step = mean_over_ranks(torch.stack([loss.detach().double() for loss in losses.values()]))
         self.loss_sum[index] += step.to(self.loss_sum.device)
         self.loss_count[index] += 1
         all_weights = self.task_weights().tolist()

@@ -12,6 +12,9 @@ the paper renormalises after each step; as LibMTL). Each step:
   gives `s` its gradient (optimizer group `loss_weights`, at `head_lr`);
 - every other parameter gets the gradient of `sum_t w_t L_t`, the weights held constant.
 
+Under DDP the gradients at `W` and the losses are averaged over the ranks first, so `s` takes
+the same step on every rank.
+
 Cost: one backward pass per task through the heads and the top layer only, then one full pass.
 """
 
@@ -23,7 +26,12 @@ import torch
 from torch import nn
 
 from mtl_lightning.core.errors import ConfigError
-from mtl_lightning.weighting.base import LossWeighting
+from mtl_lightning.weighting.base import (
+    LossWeighting,
+    backpropagate,
+    mean_over_ranks,
+    task_gradients,
+)
 
 
 class GradNorm(LossWeighting):
@@ -66,14 +74,14 @@ class GradNorm(LossWeighting):
         others: Sequence[nn.Parameter],
         last_shared: Sequence[nn.Parameter] = (),
     ) -> None:
-        norms = []
-        for loss in losses.values():
-            grads = torch.autograd.grad(loss, last_shared, retain_graph=True, allow_unused=True)
-            squares = [g.square().sum() for g in grads if g is not None]
-            norms.append(torch.sqrt(sum(squares, torch.zeros((), device=loss.device))))
+        # Under DDP the gradients and losses are averaged over the ranks (those of the union of
+        # their batches), so the norms, the targets and the weights' step agree on every rank.
+        gradients = task_gradients(losses, last_shared)
+        norms = torch.stack([gradient.norm() for gradient in gradients.values()])
         total, _ = self.combine(losses)
-        inputs = [p for p in [*shared, *others] if p is not self.logits]
-        torch.autograd.backward(total, inputs=inputs)
+        backpropagate(total, [p for p in [*shared, *others] if p is not self.logits])
         if self.logits.requires_grad:
-            (grad,) = torch.autograd.grad(self.weight_loss(losses, torch.stack(norms)), self.logits)
+            current = mean_over_ranks(torch.stack([loss.detach() for loss in losses.values()]))
+            global_losses = dict(zip(losses, current, strict=True))
+            (grad,) = torch.autograd.grad(self.weight_loss(global_losses, norms), self.logits)
             self.logits.grad = grad if self.logits.grad is None else self.logits.grad + grad
