@@ -58,8 +58,15 @@ class StopAfterEpoch(Callback):
             trainer.should_stop = True
 
 
+def checksum(tensor: torch.Tensor) -> float:
+    flat = tensor.double().flatten().cpu()
+    return torch.dot(flat, torch.linspace(1, 2, len(flat), dtype=torch.float64)).item()
+
+
 class ParamChecksum(Callback):
-    """Writes, per rank and epoch, a float64 sum of every parameter to `<out>/rank<r>.json`."""
+    """Writes, per rank and epoch, a float64 checksum of every parameter to `<out>/rank<r>.json`:
+    its entries' sum weighted from 1 to 2 by position, so that a change keeping the plain sum
+    (GradNorm's logits under a softmax, which sum to 0) still shows; 0 for a parameter of 0s."""
 
     def __init__(self, out: str) -> None:
         self.out = out
@@ -70,12 +77,29 @@ class ParamChecksum(Callback):
         from pathlib import Path
 
         self.sums[trainer.current_epoch] = {
-            name: param.detach().double().sum().item()
-            for name, param in pl_module.named_parameters()
+            name: checksum(param.detach()) for name, param in pl_module.named_parameters()
         }
         path = Path(self.out) / f"rank{trainer.global_rank}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.sums))
+
+
+class ReducerState(Callback):
+    """Writes, per rank, whether DDP's own gradient all-reduce was armed
+    (`require_backward_grad_sync`) at each training step's end to `<out>/reducer<r>.json`."""
+
+    def __init__(self, out: str) -> None:
+        self.out = out
+        self.armed: list[bool] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import json
+        from pathlib import Path
+
+        self.armed.append(bool(trainer.strategy.model.require_backward_grad_sync))
+        path = Path(self.out) / f"reducer{trainer.global_rank}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.armed))
 
 
 class SigtermAtStep(Callback):
