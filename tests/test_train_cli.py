@@ -101,6 +101,9 @@ def test_unknown_scenario_and_head_are_refused(make_cfg):
         ("trainer.max_epochs=0", r"trainer.max_epochs=0 must be at least 1"),
         ("model.encoder.name_or_path=/no/such/encoder", "does not exist"),
         ("+model.loss_weights.nope=2", r"model.loss_weights names unknown tasks \['nope'\]"),
+        ("+model.loss_weights.sentiment=-1", r"model.loss_weights.sentiment=-1 must be at least 0"),
+        ("+model.head_lrs.nope=1e-2", r"model.head_lrs names unknown tasks \['nope'\]"),
+        ("+model.head_lrs.sentiment=fast", r"model.head_lrs.sentiment='fast' must be a number"),
     ],
 )
 def test_bad_settings_are_refused_before_training(make_cfg, tmp_path, override, message):

@@ -20,11 +20,19 @@ from omegaconf import DictConfig
 from mtl_lightning.core.compat import precision_values
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import check_task_names
-from mtl_lightning.core.rules import Rule, check_table, int_at_least, is_int, prefixed
+from mtl_lightning.core.rules import (
+    Rule,
+    check_table,
+    check_task_mapping,
+    int_at_least,
+    is_int,
+    prefixed,
+)
 from mtl_lightning.data.datamodule import DATA_RULES, check_fractions
 from mtl_lightning.model.encoder import ENCODER_RULES
-from mtl_lightning.model.module import MODEL_RULES, NO_END
+from mtl_lightning.model.module import MODEL_RULES, NO_END, check_head_lrs
 from mtl_lightning.scenarios.build import check_scenario_keys
+from mtl_lightning.weighting.static import LOSS_WEIGHT_RULE, LOSS_WEIGHTS_EXAMPLE
 
 
 def _limit_ok(value: int) -> bool:
@@ -209,17 +217,16 @@ def check_train_config(cfg: DictConfig) -> None:
     if isinstance(tasks, Mapping):
         check_task_names([t for t, source in tasks.items() if source is not None], "data.tasks")
     check_fractions(cfg.data.get("val_fraction", 0.1), cfg.data.get("test_fraction", 0.1))
-    loss_weights = cfg.model.get("loss_weights")
-    if loss_weights is not None and not isinstance(loss_weights, Mapping):
-        raise ConfigError(
-            f"model.loss_weights={loss_weights} must be a mapping of task to weight, or null: "
-            "e.g. model.loss_weights={classification:1,sentiment:2}."
-        )
-    weight_rule = Rule(float, "at least 0", lambda v: v >= 0, 1.0)
-    for task, weight in (loss_weights or {}).items():
-        problem = weight_rule.problem(f"model.loss_weights.{task}", weight)
-        if problem:
-            raise ConfigError(problem)
+    # Values only: which tasks train is known once the data is built (data.only_tasks), where
+    # StaticWeighting and the module check the names.
+    check_task_mapping(
+        "model.loss_weights",
+        cfg.model.get("loss_weights"),
+        LOSS_WEIGHT_RULE,
+        "weight",
+        LOSS_WEIGHTS_EXAMPLE,
+    )
+    check_head_lrs(cfg.model.get("head_lrs"))
     points = cfg.get("fork_points")
     if points is not None and not (
         isinstance(points, Sequence)

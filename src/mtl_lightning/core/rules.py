@@ -9,7 +9,7 @@ is built (`mtl_lightning.config_check`), where only the checks that need several
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,32 @@ class Rule:
 
 def int_at_least(example: int, least: int = 1, **kwargs) -> Rule:
     return Rule(int, f"at least {least}", lambda v: v >= least, example, **kwargs)
+
+
+def check_task_mapping(
+    key: str,
+    value: Any,
+    rule: Rule,
+    what: str,
+    example: str,
+    tasks: Collection[str] | None = None,
+) -> None:
+    """`key` is null or {task: a value `rule` accepts} (`what` names such a value, `example` is
+    an override that sets one); with `tasks`, each task it names is one of them. The per-task
+    options (`model.loss_weights`, `model.head_lrs`) share these refusals."""
+    if value is None:
+        return
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            f"{key}={value} must be a mapping of task to {what}, or null: e.g. {example}."
+        )
+    unknown = sorted(set(value) - set(tasks)) if tasks is not None else []
+    if unknown:
+        raise ConfigError(f"{key} names unknown tasks {unknown}: use task names {sorted(tasks)}.")
+    for task, item in value.items():
+        problem = rule.problem(f"{key}.{task}", item)
+        if problem:
+            raise ConfigError(problem)
 
 
 def check_values(prefix: str, values: Mapping[str, Any], rules: Mapping[str, Rule]) -> None:

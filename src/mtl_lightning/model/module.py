@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from mtl_lightning.core.checkpoint import check_settings, read_checkpoint
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import check_task_names, inside
-from mtl_lightning.core.rules import Rule, check_values, is_int
+from mtl_lightning.core.rules import Rule, check_task_mapping, check_values, is_int
 from mtl_lightning.model.adapters import activate, adapter_parts, add_adapters
 from mtl_lightning.model.embedding_cache import FrozenCache
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
@@ -67,24 +67,14 @@ MODEL_RULES: dict[str, Rule] = {
 }
 
 
-def check_head_lrs(head_lrs: object, tasks: Mapping[str, object]) -> None:
-    """`model.head_lrs` is null or {task of the data: a rate of at least 0}."""
-    if head_lrs is None:
-        return
-    if not isinstance(head_lrs, Mapping):
-        raise ConfigError(
-            f"model.head_lrs={head_lrs} must be a mapping of task to learning rate, or null: "
-            "e.g. +model.head_lrs.classification=1e-2."
-        )
-    unknown = sorted(set(head_lrs) - set(tasks))
-    if unknown:
-        raise ConfigError(
-            f"model.head_lrs names unknown tasks {unknown}: use task names {sorted(tasks)}."
-        )
-    for task, rate in head_lrs.items():
-        problem = MODEL_RULES["head_lr"].problem(f"model.head_lrs.{task}", rate)
-        if problem:
-            raise ConfigError(problem)
+HEAD_LRS_EXAMPLE = "+model.head_lrs.classification=1e-2"
+
+
+def check_head_lrs(head_lrs: object, tasks: Collection[str] | None = None) -> None:
+    """`model.head_lrs` is null or {task (of `tasks`, where given): a rate of at least 0}."""
+    check_task_mapping(
+        "model.head_lrs", head_lrs, MODEL_RULES["head_lr"], "learning rate", HEAD_LRS_EXAMPLE, tasks
+    )
 
 
 class GroupStarts(Protocol):

@@ -6,8 +6,11 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.rules import Rule, check_task_mapping
 from mtl_lightning.weighting.base import LossWeighting
+
+LOSS_WEIGHT_RULE = Rule(float, "at least 0", lambda v: v >= 0, 1.0)
+LOSS_WEIGHTS_EXAMPLE = "model.loss_weights={classification:1,sentiment:2}"
 
 
 class StaticWeighting(LossWeighting):
@@ -15,11 +18,9 @@ class StaticWeighting(LossWeighting):
 
     def __init__(self, tasks: Sequence[str], weights: Mapping[str, float] | None = None) -> None:
         super().__init__(tasks)
-        unknown = sorted(set(weights or {}) - set(tasks))
-        if unknown:
-            raise ConfigError(
-                f"model.loss_weights names unknown tasks {unknown}: use task names {sorted(tasks)}."
-            )
+        check_task_mapping(
+            "model.loss_weights", weights, LOSS_WEIGHT_RULE, "weight", LOSS_WEIGHTS_EXAMPLE, tasks
+        )
         self.weights = {task: float((weights or {}).get(task, 1.0)) for task in tasks}
 
     def combine(self, losses: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
