@@ -295,7 +295,8 @@ def test_make_compare_without_tune_is_unchanged_and_with_it_tunes(make_folder):
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_compare_tune_runs_end_to_end_on_tiny_data(tiny_encoders, make_folder):
     """The quick form (docs/sweeps.md), shrunk: two scenarios and one baseline, 2 trials each,
-    one seed, one epoch; each best configuration retrained and tested, then the report."""
+    at two training-set sizes (the data-size axis), one seed, one epoch; each best
+    configuration retrained and tested at its own size, then the report per size."""
     sweep = make_folder / "study"
     args = " ".join(["data=tiny", *_tiny_args(tiny_encoders, make_folder)])
     command = [
@@ -303,6 +304,7 @@ def test_make_compare_tune_runs_end_to_end_on_tiny_data(tiny_encoders, make_fold
         "compare",
         "TUNE=2",
         "SEEDS=1",
+        "SIZES=24,all",
         "SCENARIOS=full_finetune,entire_network_frozen",
         "TASKS=classification",
         f"SWEEP={sweep}",
@@ -313,24 +315,40 @@ def test_make_compare_tune_runs_end_to_end_on_tiny_data(tiny_encoders, make_fold
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     labels = ["full_finetune", "entire_network_frozen", "single_task_classification"]
-    runs = ["0_full_finetune_seed1", "1_entire_network_frozen_seed1"]
-    runs.append("baseline_0_single_task_classification_seed1")
-    for label, run in zip(labels, runs, strict=True):
-        results = sweep / "tune" / "all" / label / "optimization_results.yaml"
-        best = yaml.safe_load(results.read_text())["best_params"]
-        overrides = yaml.safe_load((sweep / run / ".hydra" / "overrides.yaml").read_text())
-        given = dict(o.split("=", 1) for o in overrides)
-        # The retrained run is the best trial's configuration, tested once.
-        assert best and {key: yaml.safe_load(given[key]) for key in best} == best
-        metrics = json.loads((sweep / run / "summary.json").read_text())["metrics"]
-        assert metrics["test/primary_mean"] >= 0
+    # Runs are numbered over (size, job), sizes in the order given.
+    runs = {
+        "24": ["0_full_finetune_seed1", "1_entire_network_frozen_seed1"],
+        "all": ["2_full_finetune_seed1", "3_entire_network_frozen_seed1"],
+    }
+    runs["24"].append("baseline_0_single_task_classification_seed1")
+    runs["all"].append("baseline_1_single_task_classification_seed1")
+    for size, size_runs in runs.items():
+        for label, run in zip(labels, size_runs, strict=True):
+            results = sweep / "tune" / size / label / "optimization_results.yaml"
+            best = yaml.safe_load(results.read_text())["best_params"]
+            overrides = yaml.safe_load((sweep / run / ".hydra" / "overrides.yaml").read_text())
+            given = dict(o.split("=", 1) for o in overrides)
+            # The retrained run is its size's best trial's configuration, at that size, tested once.
+            assert best and {key: yaml.safe_load(given[key]) for key in best} == best
+            assert given["data.max_train_examples"] == ("null" if size == "all" else size)
+            trials = sorted((sweep / "tune" / size / label).glob("*/.hydra/overrides.yaml"))
+            assert len(trials) == 2
+            for trial in trials:
+                assert given["data.max_train_examples"] in trial.read_text()
+            metrics = json.loads((sweep / run / "summary.json").read_text())["metrics"]
+            assert metrics["test/primary_mean"] >= 0
     report = json.loads((sweep / "report.json").read_text())
-    assert set(report["tuning"]["all"]) == set(labels)
-    for entry in report["tuning"]["all"].values():
-        assert len(entry["trials"]) == 2 and len(entry["expected_best_val"]) == 2
-        assert entry["best_value"] == pytest.approx(
-            max(t["val"] for t in entry["trials"]), abs=1e-6
-        )
-    assert "## Tuning: an equal budget per scenario" in (sweep / "report.md").read_text()
-    assert (sweep / "expected_val_all.png").is_file()
+    assert list(report["tuning"]) == ["24", "all"]
+    for size in ("24", "all"):
+        assert set(report["tuning"][size]) == set(labels)
+        for entry in report["tuning"][size].values():
+            assert len(entry["trials"]) == 2 and len(entry["expected_best_val"]) == 2
+            assert entry["best_value"] == pytest.approx(
+                max(t["val"] for t in entry["trials"]), abs=1e-6
+            )
+        assert (sweep / f"expected_val_{size}.png").is_file()
+    markdown = (sweep / "report.md").read_text()
+    assert "## Tuning: an equal budget per scenario" in markdown
     assert set(report["scenarios"]) == {"full_finetune", "entire_network_frozen"}
+    # One seed: no seed-level test, and the report says so rather than "a family of 0".
+    assert report["family_size"] == 0 and "No difference has a seed-level test" in markdown

@@ -781,11 +781,17 @@ def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
         "t-test's t quantiles stay honest with few seeds, where a bootstrap over three seeds "
         "(ten distinct draws) understates their spread; the bootstrap counts the noise of a "
         "test split the seeds share, which a t-test over them cannot see.",
-        f"- ≈ marks a difference within noise: its Holm-adjusted seed-level p ≥ "
-        f"{numbers['alpha']}, Holm's step-down adjustment over the report's family of "
-        f"{numbers['family_size']} comparisons (every scenario, task, metric and training-set "
-        "size, against the baseline and the reference), so that the chance of any false "
-        "difference among them stays at most 5%.",
+        (
+            f"- ≈ marks a difference within noise: its Holm-adjusted seed-level p ≥ "
+            f"{numbers['alpha']}, Holm's step-down adjustment over the report's family of "
+            f"{numbers['family_size']} comparisons (every scenario, task, metric and "
+            "training-set size, against the baseline and the reference), so that the chance of "
+            "any false difference among them stays at most 5%."
+            if numbers["family_size"]
+            else "- No difference has a seed-level test (each needs two seeds or more), so the "
+            "family Holm's adjustment runs over is empty and nothing is marked ≈: run the study "
+            "with SEEDS=1,2,3 or more."
+        ),
         "- Fixed models (do these trained models differ on this test set?): the paired "
         "bootstrap over the test examples with the trained models held fixed, pooled over "
         "seeds. It leaves out the seed-to-seed variance, so it finds differences that a new "
