@@ -28,7 +28,9 @@ ARGS ?=
 # report groups runs by scenario and weighting (<scenario>+<weighting>) with their Δm.
 # Reuse: each scenario run keeps its epoch-0 state (fork_points) and starts from a sibling's where
 # that is exact (fork_from: only_head_frozen from full_finetune's joint first epoch); a seed's
-# epochNN.ckpt files are deleted once its scenarios have run.
+# epochNN.ckpt files are deleted once its scenarios have run. A frozen pretrained encoder's
+# sentence embeddings are computed by the first run that needs them and read by the others from
+# <sweep>/frozen_embeddings (model.frozen_cache_dir).
 # TUNE=N: an equal tuning budget. Each scenario and each baseline first gets N Optuna trials over
 # the space its experiment declares (`tune:`), on the validation split only, at the first seed
 # (logs/compare/<time>/tune/<size>/<label>/); then each one's best configuration trains over
@@ -92,7 +94,8 @@ else
 	@set -e; for seed in $(subst $(comma), ,$(SEEDS)); do \
 		$(BIN)/python -m mtl_lightning.train -m experiment=$(SCENARIOS) seed=$$seed $(SIZE_AXIS) \
 			$(if $(WEIGHTINGS),weighting=$(WEIGHTINGS)) \
-			'fork_points=[0]' fork_from=$(COMPARE_DIR) hydra.sweep.dir=$(COMPARE_DIR) \
+			'fork_points=[0]' fork_from=$(COMPARE_DIR) model.frozen_cache_dir=$(COMPARE_DIR)/frozen_embeddings \
+			hydra.sweep.dir=$(COMPARE_DIR) \
 			'hydra.sweep.subdir=$${hydra.job.num}_$${run_name}_seed'$$seed $(ARGS); \
 		rm -f $(COMPARE_DIR)/*_seed$$seed/checkpoints/epoch*.ckpt; \
 		$(BIN)/python -m mtl_lightning.train -m experiment=single_task data.only_tasks=$(TASKS) seed=$$seed \

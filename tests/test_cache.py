@@ -356,3 +356,62 @@ def test_the_one_time_check_fails_where_serving_would(tiny_encoders, monkeypatch
     get = PrefixCache.get
     monkeypatch.setattr(PrefixCache, "get", lambda *args: get(*args).roll(1, dims=1))
     assert not prefix_serving_matches(encoder, 1, ids, mask)
+
+
+# --- model.frozen_cache_dir: a frozen encoder's embeddings shared by the runs of a study ---
+
+
+def test_shared_store_serves_the_same_tokens_to_another_run_and_only_for_the_same_weights(
+    tiny_encoders, tmp_path
+):
+    from mtl_lightning.model.embedding_cache import SharedEmbeddings
+    from mtl_lightning.model.encoder import Encoder
+
+    encoder = Encoder(name_or_path=tiny_encoders["bert"]).eval()
+    ids = torch.tensor([[101, 7, 8, 102, 0], [101, 9, 102, 0, 0]])
+    mask = (ids != 0).long()
+    first = SharedEmbeddings(tmp_path)
+    assert first.get(encoder, ids, mask) is None  # nothing stored yet
+    with torch.no_grad():
+        computed = encoder(ids, mask)
+    first.put(ids, mask, computed)
+    first.save()
+    assert [p.name for p in tmp_path.iterdir()] == [first.path.name]  # no scratch file left
+    # Another run: the same sentences in another order, padded to another length, are served.
+    later = SharedEmbeddings(tmp_path)
+    served = later.get(encoder, ids[[1, 0], :4], mask[[1, 0], :4])
+    assert torch.equal(served, computed[[1, 0]]) and later.hits == 2
+    assert later.get(encoder, ids[:, :3], mask[:, :3]) is None  # other tokens: cut sentences
+    # Other weights have another file: nothing of the first is served.
+    with torch.no_grad():
+        next(encoder.parameters()).add_(1e-3)
+    other = SharedEmbeddings(tmp_path)
+    assert other.get(encoder, ids, mask) is None and other.identity != later.identity
+    # A run that adds sentences merges them with what another run wrote meanwhile.
+    later.put(ids[:1, :2], mask[:1, :2], computed[:1])
+    later.save()
+    assert len(SharedEmbeddings(tmp_path)._load_for(later.identity)) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("experiment", ["only_transformer_frozen", "entire_network_frozen"])
+def test_shared_embeddings_give_the_numbers_of_computing_them_per_run(
+    make_cfg, tmp_path, experiment
+):
+    """A study's runs read a frozen encoder's embeddings that an earlier run (another seed, so
+    other splits and batches) stored: every weight and metric is as when each run computes its
+    own (`model.frozen_cache_dir` unset)."""
+    shared = f"model.frozen_cache_dir={tmp_path / 'shared'}"
+    common = (f"experiment={experiment}", RECORD)
+    train(make_cfg(*common, "seed=1", shared, output="filler"))
+    assert list((tmp_path / "shared").glob("embeddings_*.pt"))
+    served = train(make_cfg(*common, "seed=2", shared, output="served"))
+    served_weights = Recorder.last.after
+    fresh = train(make_cfg(*common, "seed=2", output="fresh"))
+    if experiment == "only_transformer_frozen":  # trains heads: the same weights
+        for name, value in Recorder.last.after.items():
+            torch.testing.assert_close(served_weights[name], value, rtol=1e-5, atol=1e-6)
+        assert served["freeze/shared_embedding_hits"] > 0
+        assert "freeze/shared_embedding_hits" not in fresh
+    for key in ("test/acc_mean", "test/classification/f1", "test/sentiment/f1"):
+        assert served[key] == pytest.approx(fresh[key], abs=1e-6)

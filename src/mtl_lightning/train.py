@@ -139,13 +139,16 @@ def build_module(
     its encoder; weights of `model.init_from` are not loaded here."""
     settings = OmegaConf.to_container(node, resolve=True)
     settings.pop("init_from", None)
-    return MultiTaskModule(
+    shared_dir = settings.pop("frozen_cache_dir", None)
+    module = MultiTaskModule(
         tasks=tasks,
         task_types=task_types,
         weighting=build_weighting(weighting, settings, list(tasks)),
         adapters=adapters,
         **settings,
     )
+    module.share_frozen_embeddings(shared_dir)
+    return module
 
 
 def build_weighting(node: DictConfig | None, model: dict, tasks: list[str]) -> LossWeighting | None:

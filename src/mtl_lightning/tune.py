@@ -46,6 +46,12 @@ def _run(command: list[str]) -> None:
         raise ConfigError(f"this run failed (exit code {result.returncode}): {shlex.join(command)}")
 
 
+def shared_embeddings(sweep: Path) -> str:
+    """Every trial and run of a study shares a frozen pretrained encoder's sentence embeddings
+    (`model.frozen_cache_dir`): the first to need them computes them."""
+    return f"model.frozen_cache_dir={Path(sweep) / 'frozen_embeddings'}"
+
+
 def search_command(
     sweep: Path, job: Search, size: str, trials: int, seed: int, args: Sequence[str] = ()
 ) -> list[str]:
@@ -59,6 +65,7 @@ def search_command(
         f"hydra.sweeper.study_name={job.label}",
         f"seed={seed}",
         size_override(size),
+        shared_embeddings(sweep),
         f"hydra.sweep.dir={search_dir(sweep, size, job.label)}",
         *args,
     ]
@@ -113,6 +120,7 @@ def tune_study(
                         size_override(size),
                         *best[(size, job.label)],
                         *forks,
+                        shared_embeddings(sweep),
                         f"hydra.sweep.dir={sweep}",
                         f"hydra.sweep.subdir={subdir}",
                         *args,

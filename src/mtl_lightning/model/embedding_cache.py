@@ -12,8 +12,12 @@ from (`token_fingerprints`): evaluating on other data never returns the first da
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -211,6 +215,120 @@ def prefix_serving_matches(
             module.training = training
 
 
+class SharedEmbeddings:
+    """A wholly frozen encoder's sentence embeddings, shared by the runs that use one folder
+    (`model.frozen_cache_dir`; `make compare` gives each study its own).
+
+    Every seed, scenario and trial of a study that keeps the pretrained encoder frozen
+    (`entire_network_frozen`, `only_transformer_frozen`, `gradual_unfreeze`'s heads-only start)
+    would encode the same sentences with the same weights; the first run encodes them and the
+    others read them. An entry is found by the exact token ids of its sentence (so a split, a
+    seed's shuffling or another task's copy of the sentence finds it) in the file of an
+    `identity`: a digest of the encoder's weights, pooling and normalisation, the device type,
+    autocast's setting and the torch version. Other weights, another precision or another
+    device never read it. Files are read weights-only and replaced atomically (write, then
+    rename), merged with what other runs added meanwhile.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder).expanduser()
+        self.identity: str | None = None
+        self.table: dict[tuple[int, ...], torch.Tensor] = {}
+        self.new: dict[tuple[int, ...], torch.Tensor] = {}
+        self.hits = 0
+        self.read = 0
+
+    @staticmethod
+    def identity_of(encoder: Encoder, device_type: str) -> str:
+        digest = hashlib.blake2b(digest_size=16)
+        for name, tensor in encoder.state_dict().items():
+            digest.update(name.encode())
+            digest.update(str(tensor.dtype).encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        autocast = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast else None
+        settings = (encoder.pooling, encoder.normalize, device_type, autocast, dtype)
+        digest.update(f"{settings} {torch.__version__}".encode())
+        return digest.hexdigest()
+
+    @property
+    def path(self) -> Path:
+        return self.folder / f"embeddings_{self.identity}.pt"
+
+    def bind(self, encoder: Encoder, device_type: str) -> None:
+        """Find the file of `encoder`'s present weights (once, until `unbind`)."""
+        if self.identity is not None:
+            return
+        self.identity = self.identity_of(encoder, device_type)
+        self.table = self._load()
+        self.read = len(self.table)
+
+    def unbind(self) -> None:
+        """The encoder may change: write what is new, forget the weights' entries."""
+        self.save()
+        self.identity = None
+        self.table = {}
+
+    def _load(self) -> dict[tuple[int, ...], torch.Tensor]:
+        return self._load_for(self.identity)
+
+    def _load_for(self, identity: str | None) -> dict[tuple[int, ...], torch.Tensor]:
+        path = self.folder / f"embeddings_{identity}.pt"
+        if identity is None or not path.is_file():
+            return {}
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        rows = stored["ids"].split(stored["lengths"].tolist())
+        return {tuple(r.tolist()): v for r, v in zip(rows, stored["values"], strict=True)}
+
+    @staticmethod
+    def _keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[int, ...]]:
+        mask = attention_mask.bool()
+        return [tuple(row[m].tolist()) for row, m in zip(input_ids.cpu(), mask.cpu(), strict=True)]
+
+    def get(
+        self, encoder: Encoder, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The batch's embeddings, or None unless every sentence is stored."""
+        self.bind(encoder, input_ids.device.type)
+        keys = self._keys(input_ids, attention_mask)
+        if not all(k in self.table for k in keys):
+            return None
+        self.hits += len(keys)
+        return torch.stack([self.table[k] for k in keys]).to(input_ids.device)
+
+    def put(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, embeddings: torch.Tensor
+    ) -> None:
+        values = embeddings.detach().to("cpu", copy=True)
+        for key, value in zip(self._keys(input_ids, attention_mask), values, strict=True):
+            if key not in self.table:
+                self.table[key] = self.new[key] = value
+
+    def save(self) -> None:
+        """Merge the new entries into the file (as it is now) and replace it atomically."""
+        if not self.new or self.identity is None:
+            return
+        merged = {**self._load(), **self.new}
+        keys = list(merged)
+        stored = {
+            "lengths": torch.tensor([len(k) for k in keys], dtype=torch.long),
+            "ids": torch.tensor([i for k in keys for i in k], dtype=torch.long),
+            "values": torch.stack([merged[k] for k in keys]),
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle, scratch = tempfile.mkstemp(dir=self.folder, suffix=".partial")
+        os.close(handle)
+        try:
+            torch.save(stored, scratch)
+            os.replace(scratch, self.path)
+        finally:
+            Path(scratch).unlink(missing_ok=True)
+        log.info(
+            "Frozen-embedding store %s: %d sentences (%d new).", self.path, len(keys), len(self.new)
+        )
+        self.new = {}
+
+
 class FrozenCache:
     """model.frozen_cache: a batch's sentence embeddings, computing only what is not frozen.
 
@@ -220,15 +338,30 @@ class FrozenCache:
     `model.frozen_cache=false` within float tolerance.
     """
 
-    def __init__(self, max_gb: float) -> None:
+    def __init__(self, max_gb: float, shared_dir: str | os.PathLike | None = None) -> None:
         self.max_gb = max_gb
         self.embeddings = EmbeddingCache()
         self.prefix = PrefixCache(int(max_gb * 2**30))
         self.prefix_refused = False  # for this run: not a plain chain, or over the budget
+        self.shared = SharedEmbeddings(shared_dir) if shared_dir else None
 
     def clear(self) -> None:
         self.embeddings.clear()
         self.prefix.clear()
+        if self.shared is not None:
+            self.shared.unbind()
+
+    def frozen_embedding(
+        self, encoder: Encoder, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """A wholly frozen encoder's output, read from (and added to) the shared store."""
+        if self.shared is None:
+            return encoder(input_ids, attention_mask)
+        embeddings = self.shared.get(encoder, input_ids, attention_mask)
+        if embeddings is None:
+            embeddings = encoder(input_ids, attention_mask)
+            self.shared.put(input_ids, attention_mask, embeddings)
+        return embeddings
 
     def sentence_embedding(
         self, encoder: Encoder, frozen_groups: int, num_groups: int, batch: dict, stage: str
@@ -238,12 +371,14 @@ class FrozenCache:
         ids, mask = batch["input_ids"], batch["attention_mask"]
         if frozen_groups < num_groups:
             self.embeddings.clear()  # the encoder can change from now on
+            if self.shared is not None:
+                self.shared.unbind()
             return self._prefix_cached(encoder, batch, stage, layer=frozen_groups - 1)
         self.prefix.clear()  # all frozen: the embedding cache serves instead
         key = (stage, batch["task"])
         embeddings = self.embeddings.get(key, batch["idx"], ids, mask)
         if embeddings is None:
-            embeddings = encoder(ids, mask)
+            embeddings = self.frozen_embedding(encoder, ids, mask)
             self.embeddings.put(key, batch["idx"], embeddings, ids, mask)
         return embeddings
 
@@ -307,6 +442,8 @@ class FrozenCache:
         if len(self.embeddings):
             totals["freeze/cached_embeddings"] = float(len(self.embeddings))
             totals["freeze/cache_hits"] = float(self.embeddings.hits)
+        if self.shared is not None and self.shared.hits:
+            totals["freeze/shared_embedding_hits"] = float(self.shared.hits)
         if len(self.prefix):
             totals["freeze/prefix_cached_examples"] = float(len(self.prefix))
             totals["freeze/prefix_cache_mb"] = self.prefix.bytes / 2**20

@@ -19,7 +19,7 @@ from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import check_task_names, inside
 from mtl_lightning.core.rules import Rule, check_task_mapping, check_values, is_int
 from mtl_lightning.model.adapters import activate, adapter_parts, add_adapters
-from mtl_lightning.model.embedding_cache import FrozenCache
+from mtl_lightning.model.embedding_cache import FrozenCache, SharedEmbeddings
 from mtl_lightning.model.encoder import PACKAGED_MINILM, Encoder, layer_groups, load_tokenizer
 from mtl_lightning.model.lr_schedule import staggered_warmup_schedule
 from mtl_lightning.tasks import TaskType, build_task_type
@@ -64,6 +64,7 @@ MODEL_RULES: dict[str, Rule] = {
     "init_from": Rule(str, example="<run>/checkpoints/last.ckpt", nullable=True),
     "frozen_cache": Rule(bool, example="true"),
     "frozen_cache_max_gb": Rule(float, "at least 0", lambda v: v >= 0, 4.0),
+    "frozen_cache_dir": Rule(str, example="logs/frozen_embeddings", nullable=True),
 }
 
 
@@ -290,6 +291,7 @@ class MultiTaskModule(LightningModule):
     def on_fit_end(self) -> None:
         if self.frozen_cache is not None:
             self.frozen_cache.prefix.clear()  # its memory is not needed after training
+        self._save_shared_embeddings()
 
     def _step(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and outputs of one task's batch; logs the loss and updates the metrics."""
@@ -446,7 +448,28 @@ class MultiTaskModule(LightningModule):
 
     @torch.inference_mode()
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(input_ids.to(self.device), attention_mask.to(self.device))
+        ids, mask = input_ids.to(self.device), attention_mask.to(self.device)
+        shared = self.frozen_cache is not None and self.frozen_cache.shared is not None
+        if shared and self.frozen_groups() == len(self.encoder_groups()):
+            return self.frozen_cache.frozen_embedding(self.encoder, ids, mask)
+        return self.encoder(ids, mask)
+
+    def share_frozen_embeddings(self, folder: str | None) -> None:
+        """model.frozen_cache_dir: a wholly frozen encoder's sentence embeddings are read from,
+        and added to, `folder`, shared with the other runs that use it (`SharedEmbeddings`);
+        None: this run's own cache only. Not a hyperparameter: it changes no number."""
+        if self.frozen_cache is not None:
+            self.frozen_cache.shared = SharedEmbeddings(folder) if folder else None
+
+    def _save_shared_embeddings(self) -> None:
+        if self.frozen_cache is not None and self.frozen_cache.shared is not None:
+            self.frozen_cache.shared.save()
+
+    def on_validation_end(self) -> None:
+        self._save_shared_embeddings()
+
+    def on_test_end(self) -> None:
+        self._save_shared_embeddings()
 
     def param_groups(self) -> list[dict]:
         """Every optimizer group exists from the start, frozen or not: schedulers ignore groups
