@@ -244,7 +244,9 @@ class SharedEmbeddings:
         for name, tensor in encoder.state_dict().items():
             digest.update(name.encode())
             digest.update(str(tensor.dtype).encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(
+                tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            )
         autocast = torch.is_autocast_enabled(device_type)
         dtype = torch.get_autocast_dtype(device_type) if autocast else None
         settings = (encoder.pooling, encoder.normalize, device_type, autocast, dtype)
