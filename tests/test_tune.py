@@ -334,7 +334,8 @@ def test_make_compare_tune_runs_end_to_end_on_tiny_data(tiny_encoders, make_fold
             trials = sorted((sweep / "tune" / size / label).glob("*/.hydra/overrides.yaml"))
             assert len(trials) == 2
             for trial in trials:
-                assert given["data.max_train_examples"] in trial.read_text()
+                trial_given = dict(o.split("=", 1) for o in yaml.safe_load(trial.read_text()))
+                assert trial_given["data.max_train_examples"] == given["data.max_train_examples"]
             metrics = json.loads((sweep / run / "summary.json").read_text())["metrics"]
             assert metrics["test/primary_mean"] >= 0
     report = json.loads((sweep / "report.json").read_text())

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -109,3 +109,17 @@ def _place(staging: Path, output: Path) -> None:
         elif entry.is_dir() and (target.exists() or target.is_symlink()):
             target.unlink()
         os.replace(entry, target)
+
+
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a file under `.<name>.<pid>.tmp` beside `path`, then rename it over `path`:
+    readers never see half a file, and the temporary goes whatever fails (a killed process's is
+    the one `core.checkpoint.remove_stale_temporaries` removes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

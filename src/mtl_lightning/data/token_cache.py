@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 import tokenizers
 import transformers
 from transformers import PreTrainedTokenizerBase
+
+from mtl_lightning.core.writing import replace_atomically
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when the entry layout or the tokenizer call below changes
@@ -108,15 +109,12 @@ def _read(path: Path, count: int) -> list[list[int]] | None:
 def _write(path: Path, ids: list[list[int]]) -> None:
     """Write the entry under a temporary name, then rename: readers never see half a file, and
     concurrent writers (DDP ranks) each replace it with the same content."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     offsets = np.cumsum([0] + [len(row) for row in ids], dtype=np.int64)
     # int32: every vocabulary fits, at half the size on disk.
     flat = np.fromiter((i for row in ids for i in row), dtype=np.int32, count=int(offsets[-1]))
-    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")  # one per writing process
-    try:
+
+    def write(partial: Path) -> None:
         with partial.open("wb") as file:
             np.savez(file, ids=flat, offsets=offsets)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+
+    replace_atomically(path, write)

@@ -16,13 +16,19 @@ import hashlib
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+import transformers
 from torch import nn
 
+from mtl_lightning.core.writing import replace_atomically
 from mtl_lightning.model.encoder import Encoder, embeddings_module
+
+try:  # the folder's lock (POSIX); without it, concurrent writers may drop each other's entries
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -224,73 +230,106 @@ class SharedEmbeddings:
     would encode the same sentences with the same weights; the first run encodes them and the
     others read them. An entry is found by the exact token ids of its sentence (so a split, a
     seed's shuffling or another task's copy of the sentence finds it) in the file of an
-    `identity`: a digest of the encoder's weights, pooling and normalisation, the device type,
-    autocast's setting and the torch version. Other weights, another precision or another
-    device never read it. Files are read weights-only and replaced atomically (write, then
-    rename), merged with what other runs added meanwhile.
+    identity: a digest of the encoder's weights and config (attention implementation included),
+    pooling and normalisation, with the torch and transformers versions and the float32 matmul
+    precision, then the device type and autocast's setting of each call. Other weights, another
+    precision or another device never read it. Files are read weights-only and, under a lock on
+    the folder, merged with what other runs added and replaced atomically. The store is an
+    optimisation: a file it cannot read or write is logged once, and the run goes on without it.
     """
 
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder).expanduser()
-        self.identity: str | None = None
-        self.table: dict[tuple[int, ...], torch.Tensor] = {}
-        self.new: dict[tuple[int, ...], torch.Tensor] = {}
+        self.weights: str | None = None  # digest of the bound encoder's weights and settings
+        self.identity: str | None = None  # weights + the calls' device type and autocast
+        self.table: dict[bytes, torch.Tensor] = {}
+        self.new: dict[bytes, torch.Tensor] = {}
         self.hits = 0
-        self.read = 0
+        self.broken = False
 
     @staticmethod
-    def identity_of(encoder: Encoder, device_type: str) -> str:
+    def weights_of(encoder: Encoder) -> str:
         digest = hashlib.blake2b(digest_size=16)
         for name, tensor in encoder.state_dict().items():
             digest.update(name.encode())
             digest.update(str(tensor.dtype).encode())
-            digest.update(
-                tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-            )
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        config = encoder.model.config
+        settings = (
+            encoder.pooling,
+            encoder.normalize,
+            config.to_json_string(use_diff=False),
+            getattr(config, "_attn_implementation", None),
+            torch.__version__,
+            transformers.__version__,
+            torch.get_float32_matmul_precision(),
+        )
+        digest.update(repr(settings).encode())
+        return digest.hexdigest()
+
+    @staticmethod
+    def mode_of(device_type: str) -> str:
         autocast = torch.is_autocast_enabled(device_type)
         dtype = torch.get_autocast_dtype(device_type) if autocast else None
-        settings = (encoder.pooling, encoder.normalize, device_type, autocast, dtype)
-        digest.update(f"{settings} {torch.__version__}".encode())
-        return digest.hexdigest()
+        return f"{device_type}-{dtype if autocast else 'no_autocast'}"
 
     @property
     def path(self) -> Path:
         return self.folder / f"embeddings_{self.identity}.pt"
 
     def bind(self, encoder: Encoder, device_type: str) -> None:
-        """Find the file of `encoder`'s present weights (once, until `unbind`)."""
-        if self.identity is not None:
-            return
-        self.identity = self.identity_of(encoder, device_type)
-        self.table = self._load()
-        self.read = len(self.table)
+        """Find the file of `encoder`'s present weights (digested once, until `unbind`) under
+        this call's device type and autocast setting, switching files when those change."""
+        if self.weights is None:
+            self.weights = self.weights_of(encoder)
+        identity = hashlib.blake2b(
+            f"{self.weights} {self.mode_of(device_type)}".encode(), digest_size=16
+        ).hexdigest()
+        if identity != self.identity:
+            self.save()
+            self.identity = identity
+            self.table = self._load_for(identity)
 
     def unbind(self) -> None:
         """The encoder may change: write what is new, forget the weights' entries."""
         self.save()
-        self.identity = None
+        self.weights = self.identity = None
         self.table = {}
 
-    def _load(self) -> dict[tuple[int, ...], torch.Tensor]:
-        return self._load_for(self.identity)
+    def _give_up(self, doing: str, path: Path, error: Exception) -> None:
+        log.warning(
+            "model.frozen_cache_dir: cannot %s %s (%s); this run computes its own frozen "
+            "embeddings instead (delete the file, or give a folder you can write to).",
+            doing,
+            path,
+            error,
+        )
+        self.broken = True
+        self.table, self.new = {}, {}
 
-    def _load_for(self, identity: str | None) -> dict[tuple[int, ...], torch.Tensor]:
+    def _load_for(self, identity: str | None) -> dict[bytes, torch.Tensor]:
         path = self.folder / f"embeddings_{identity}.pt"
-        if identity is None or not path.is_file():
+        if identity is None or self.broken or not path.is_file():
             return {}
-        stored = torch.load(path, map_location="cpu", weights_only=True)
-        rows = stored["ids"].split(stored["lengths"].tolist())
-        return {tuple(r.tolist()): v for r, v in zip(rows, stored["values"], strict=True)}
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            rows = stored["ids"].split(stored["lengths"].tolist())
+            return {r.numpy().tobytes(): v for r, v in zip(rows, stored["values"], strict=True)}
+        except Exception as error:  # noqa: BLE001 - a damaged or foreign file: not used
+            self._give_up("read", path, error)
+            return {}
 
     @staticmethod
-    def _keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[int, ...]]:
-        mask = attention_mask.bool()
-        return [tuple(row[m].tolist()) for row, m in zip(input_ids.cpu(), mask.cpu(), strict=True)]
+    def _keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[bytes]:
+        ids, mask = input_ids.long().cpu(), attention_mask.bool().cpu()
+        return [row[m].numpy().tobytes() for row, m in zip(ids, mask, strict=True)]
 
     def get(
         self, encoder: Encoder, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> torch.Tensor | None:
         """The batch's embeddings, or None unless every sentence is stored."""
+        if self.broken:
+            return None
         self.bind(encoder, input_ids.device.type)
         keys = self._keys(input_ids, attention_mask)
         if not all(k in self.table for k in keys):
@@ -301,32 +340,45 @@ class SharedEmbeddings:
     def put(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, embeddings: torch.Tensor
     ) -> None:
+        """Keep the batch's embeddings (after a `get` of the same batch, which bound the file).
+        Embeddings that carry a gradient come from a trainable encoder: refused (ValueError)."""
+        if embeddings.requires_grad:
+            raise ValueError(
+                "SharedEmbeddings.put: the embeddings depend on a trainable parameter."
+            )
+        if self.broken or self.identity is None:
+            return
         values = embeddings.detach().to("cpu", copy=True)
         for key, value in zip(self._keys(input_ids, attention_mask), values, strict=True):
             if key not in self.table:
                 self.table[key] = self.new[key] = value
 
     def save(self) -> None:
-        """Merge the new entries into the file (as it is now) and replace it atomically."""
-        if not self.new or self.identity is None:
+        """Merge the new entries into the file, as other runs left it, and replace it
+        atomically, holding the folder's lock meanwhile."""
+        if not self.new or self.identity is None or self.broken:
             return
-        merged = {**self._load(), **self.new}
-        keys = list(merged)
-        stored = {
-            "lengths": torch.tensor([len(k) for k in keys], dtype=torch.long),
-            "ids": torch.tensor([i for k in keys for i in k], dtype=torch.long),
-            "values": torch.stack([merged[k] for k in keys]),
-        }
-        self.folder.mkdir(parents=True, exist_ok=True)
-        handle, scratch = tempfile.mkstemp(dir=self.folder, suffix=".partial")
-        os.close(handle)
+        path = self.path
         try:
-            torch.save(stored, scratch)
-            os.replace(scratch, self.path)
-        finally:
-            Path(scratch).unlink(missing_ok=True)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with (self.folder / ".lock").open("a") as lock:
+                if fcntl is not None:
+                    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                merged = {**self._load_for(self.identity), **self.new}
+                if self.broken:  # the file could not be read: do not overwrite it
+                    return
+                keys = list(merged)
+                stored = {
+                    "lengths": torch.tensor([len(k) // 8 for k in keys], dtype=torch.long),
+                    "ids": torch.frombuffer(bytearray(b"".join(keys)), dtype=torch.long),
+                    "values": torch.stack([merged[k] for k in keys]),
+                }
+                replace_atomically(path, lambda partial: torch.save(stored, partial))
+        except OSError as error:
+            self._give_up("write", path, error)
+            return
         log.info(
-            "Frozen-embedding store %s: %d sentences (%d new).", self.path, len(keys), len(self.new)
+            "Shared frozen embeddings %s: %d sentences, %d new.", path, len(keys), len(self.new)
         )
         self.new = {}
 
@@ -362,7 +414,8 @@ class FrozenCache:
         embeddings = self.shared.get(encoder, input_ids, attention_mask)
         if embeddings is None:
             embeddings = encoder(input_ids, attention_mask)
-            self.shared.put(input_ids, attention_mask, embeddings)
+            if not embeddings.requires_grad:  # else a weight outside the layer groups trains
+                self.shared.put(input_ids, attention_mask, embeddings)
         return embeddings
 
     def sentence_embedding(

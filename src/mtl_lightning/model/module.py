@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 from collections.abc import Collection, Mapping
@@ -26,6 +27,8 @@ from mtl_lightning.tasks import TaskType, build_task_type
 from mtl_lightning.tasks.base import column_keys
 from mtl_lightning.weighting import BY_NAME, LossWeighting
 from mtl_lightning.weighting.base import backpropagate
+
+log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
 # The monitored mean over tasks (checkpoints, sweeps): of each task's primary metric.
@@ -458,7 +461,12 @@ class MultiTaskModule(LightningModule):
         """model.frozen_cache_dir: a wholly frozen encoder's sentence embeddings are read from,
         and added to, `folder`, shared with the other runs that use it (`SharedEmbeddings`);
         None: this run's own cache only. Not a hyperparameter: it changes no number."""
-        if self.frozen_cache is not None:
+        if folder and self.frozen_cache is None:
+            log.warning("model.frozen_cache_dir=%s is unused: model.frozen_cache=false.", folder)
+        elif folder and self.hparams.get("adapters"):
+            # Adapter weights switch per task (lora_per_task): not one frozen function of tokens.
+            log.info("model.frozen_cache_dir unused: the encoder carries adapters.")
+        elif self.frozen_cache is not None:
             self.frozen_cache.shared = SharedEmbeddings(folder) if folder else None
 
     def _save_shared_embeddings(self) -> None:

@@ -788,9 +788,9 @@ def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
             "training-set size, against the baseline and the reference), so that the chance of "
             "any false difference among them stays at most 5%."
             if numbers["family_size"]
-            else "- No difference has a seed-level test (each needs two seeds or more), so the "
-            "family Holm's adjustment runs over is empty and nothing is marked ≈: run the study "
-            "with SEEDS=1,2,3 or more."
+            else "- No difference has a seed-level test (one needs a number at two seeds or "
+            "more, on both sides), so the family Holm's adjustment runs over is empty and nothing "
+            "is marked ≈: run the study with SEEDS=1,2,3 or more."
         ),
         "- Fixed models (do these trained models differ on this test set?): the paired "
         "bootstrap over the test examples with the trained models held fixed, pooled over "
