@@ -460,3 +460,26 @@ def test_shared_embeddings_give_the_numbers_of_computing_them_per_run(
         torch.testing.assert_close(served_weights[name], value, rtol=1e-5, atol=1e-6)
     for key in ("test/acc_mean", "test/classification/f1", "test/sentiment/f1"):
         assert served[key] == pytest.approx(fresh[key], abs=1e-6)
+
+
+def test_the_store_is_left_once_the_encoder_can_change(tiny_encoders, tmp_path):
+    """Bound while the encoder is wholly frozen; unbound (its new entries saved) when a layer
+    group starts training, as in gradual_unfreeze, and when weights load (`FrozenCache.clear`,
+    which the module's load_state_dict calls)."""
+    from mtl_lightning.model.embedding_cache import FrozenCache
+    from mtl_lightning.model.encoder import Encoder
+
+    encoder = Encoder(name_or_path=tiny_encoders["bert"]).eval().requires_grad_(False)
+    ids, mask = _batch()
+    batch = {"input_ids": ids, "attention_mask": mask, "idx": torch.arange(2), "task": "a"}
+    groups = 4  # the embeddings and 3 layers
+    for leave in ("unfreeze", "load"):
+        cache = FrozenCache(max_gb=1.0, shared_dir=tmp_path / leave)
+        cache.sentence_embedding(encoder, groups, groups, batch, "train")
+        assert cache.shared.identity is not None and cache.shared.new
+        if leave == "unfreeze":  # the top layer trains from now on
+            cache.sentence_embedding(encoder, groups - 1, groups, batch, "train")
+        else:
+            cache.clear()
+        assert cache.shared.identity is None and not cache.shared.table
+        assert len(list((tmp_path / leave).glob("embeddings_*.pt"))) == 1  # saved on leaving
