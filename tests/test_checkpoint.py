@@ -127,9 +127,9 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_resumable(
     monkeypatch.setattr(os, "rename", rename)
     monkeypatch.setattr(shutil, "copyfile", copy_half)
     monkeypatch.setattr(torch, "save", save_half)
-    with pytest.raises(OSError) as failed:
+    with pytest.raises(ConfigError, match="the disk holding it is full") as failed:
         train(make_cfg(f"ckpt_path={last}", output="first"))
-    assert failed.value.errno == errno.ENOSPC  # the disk, not some other error on the way
+    assert failed.value.__cause__.errno == errno.ENOSPC  # the disk, not another error on the way
     monkeypatch.undo()
 
     assert last.read_bytes() == before
@@ -173,5 +173,36 @@ def test_an_interrupted_write_keeps_the_previous_file_and_no_temporary(tmp_path,
     monkeypatch.setattr(torch, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
         writer.save_checkpoint({"step": torch.tensor(2)}, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
+
+
+@pytest.mark.parametrize("free_mb", [0, 10_000])
+def test_a_full_disk_mid_checkpoint_is_one_sentence(tmp_path, monkeypatch, free_mb):
+    """torch's zip writer fails with a RuntimeError when the disk fills: named as a full disk in
+    one sentence (the previous file kept, no temporary left); with room left the error is not
+    the disk's and passes unchanged."""
+    writer, target = AtomicCheckpointIO(), tmp_path / "checkpoints" / "last.ckpt"
+    writer.save_checkpoint({"step": torch.tensor(1)}, target)
+    before = target.read_bytes()
+
+    def disk_fills(obj, file, *args, **kwargs):
+        file.write(b"x" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1000 vs 900")
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(torch, "save", disk_fills)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=free_mb * 2**20))
+    if free_mb:
+        with pytest.raises(RuntimeError, match="unexpected pos"):
+            writer.save_checkpoint({"step": torch.tensor(2)}, target)
+    else:
+        with pytest.raises(
+            ConfigError,
+            match=r"^Writing the checkpoint .*last.ckpt failed: the "
+            r"disk holding it is full \(0 MB free\); free space there, or give "
+            r"paths.output_dir on another disk.$",
+        ):
+            writer.save_checkpoint({"step": torch.tensor(2)}, target)
     assert target.read_bytes() == before
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]

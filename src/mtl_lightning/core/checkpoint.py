@@ -8,11 +8,13 @@ hold nothing else (the RNG callback stores NumPy's state as lists for that reaso
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import os
 import pickle
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -218,6 +220,22 @@ def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     return removed
 
 
+def _disk_full(error: BaseException, partial: Path) -> int | None:
+    """The free bytes where `partial` was being written, if `error` came of a full disk: an
+    `ENOSPC`, or torch's writer failing (a `RuntimeError` from its zip writer) with less room left
+    than it had written or than 64 MB. None otherwise."""
+    if not isinstance(error, OSError | RuntimeError):
+        return None
+    try:
+        free = shutil.disk_usage(partial.parent).free
+        written = partial.stat().st_size if partial.exists() else 0
+    except OSError:
+        return None
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return free
+    return free if free < max(64 * 2**20, written) else None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside its target, then renames it over it.
 
@@ -242,8 +260,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, target)  # same folder, so same filesystem: atomic
-        except BaseException:
+        except BaseException as error:
+            full = _disk_full(error, temporary)
             temporary.unlink(missing_ok=True)
+            if full is not None:
+                raise ConfigError(
+                    f"Writing the checkpoint {target} failed: the disk holding it is full "
+                    f"({full / 2**20:.0f} MB free); free space there, or give paths.output_dir "
+                    "on another disk."
+                ) from error
             raise
         if hasattr(os, "O_DIRECTORY"):  # the rename itself survives a power cut
             folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
