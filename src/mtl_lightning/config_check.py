@@ -20,19 +20,12 @@ from omegaconf import DictConfig
 from mtl_lightning.core.compat import precision_values
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.names import check_task_names
-from mtl_lightning.core.rules import (
-    Rule,
-    check_table,
-    check_task_mapping,
-    int_at_least,
-    is_int,
-    prefixed,
-)
+from mtl_lightning.core.rules import Rule, check_table, int_at_least, is_int, prefixed
 from mtl_lightning.data.datamodule import DATA_RULES, check_fractions
 from mtl_lightning.model.encoder import ENCODER_RULES
 from mtl_lightning.model.module import MODEL_RULES, NO_END, check_head_lrs
 from mtl_lightning.scenarios.build import check_scenario_keys
-from mtl_lightning.weighting.static import LOSS_WEIGHT_RULE, LOSS_WEIGHTS_EXAMPLE
+from mtl_lightning.weighting.static import check_loss_weights
 
 
 def _limit_ok(value: int) -> bool:
@@ -219,13 +212,7 @@ def check_train_config(cfg: DictConfig) -> None:
     check_fractions(cfg.data.get("val_fraction", 0.1), cfg.data.get("test_fraction", 0.1))
     # Values only: which tasks train is known once the data is built (data.only_tasks), where
     # StaticWeighting and the module check the names.
-    check_task_mapping(
-        "model.loss_weights",
-        cfg.model.get("loss_weights"),
-        LOSS_WEIGHT_RULE,
-        "weight",
-        LOSS_WEIGHTS_EXAMPLE,
-    )
+    check_loss_weights(cfg.model.get("loss_weights"))
     check_head_lrs(cfg.model.get("head_lrs"))
     points = cfg.get("fork_points")
     if points is not None and not (

@@ -275,7 +275,10 @@ class SharedEmbeddings:
 
     @property
     def path(self) -> Path:
-        return self.folder / f"embeddings_{self.identity}.pt"
+        return self._path_for(self.identity)
+
+    def _path_for(self, identity: str | None) -> Path:
+        return self.folder / f"embeddings_{identity}.pt"
 
     def bind(self, encoder: Encoder, device_type: str) -> None:
         """Find the file of `encoder`'s present weights (digested once, until `unbind`) under
@@ -308,7 +311,7 @@ class SharedEmbeddings:
         self.table, self.new = {}, {}
 
     def _load_for(self, identity: str | None) -> dict[bytes, torch.Tensor]:
-        path = self.folder / f"embeddings_{identity}.pt"
+        path = self._path_for(identity)
         if identity is None or self.broken or not path.is_file():
             return {}
         try:
