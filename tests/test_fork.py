@@ -99,7 +99,15 @@ def test_a_sweep_folder_gives_each_run_the_fork_that_fits_or_none(make_cfg, tmp_
         (("freezing.head=classification",), r"epoch 1 has 7 batches in full_finetune and 4 here"),
         (("model.lr=1e-3",), r"its config differs in model\.lr \(5e-05 there, 0.001 here\)"),
         (
-            ("experiment=gradual_unfreeze", "model.lr=5e-5", "model.layerwise_lr_decay=1"),
+            # full_finetune's rates, so that only the scenario differs
+            (
+                "experiment=gradual_unfreeze",
+                "model.lr=5e-5",
+                "model.layerwise_lr_decay=1",
+                "model.head_lr=1e-3",
+                "model.weight_decay=0.01",
+                "model.warmup_ratio=0.1",
+            ),
             "gradual_unfreeze neither forks nor is forked from",
         ),
         (

@@ -57,6 +57,7 @@ def test_the_schedule_step_by_step(make_cfg):
         make_cfg(
             "experiment=gradual_unfreeze", "freezing.unfreeze_every_steps=3", RECORD,
             "trainer.max_epochs=3", "model.warmup_ratio=0.2", "model.lr=1e-4",
+            "model.head_lr=1e-3", "model.layerwise_lr_decay=2.6",  # not the experiment's tuned ones
         )
     )  # fmt: skip
     steps = StepRecorder.last.steps
@@ -109,10 +110,10 @@ def test_a_fraction_of_an_epoch_paces_unfreezing_and_warmup_alike(make_cfg, limi
         assert steps[start + 1]["lr"][name] > 0.0
 
 
-def test_the_experiment_reaches_the_whole_encoder_with_ulmfit_rates():
+def test_the_experiment_reaches_the_whole_encoder_with_discriminative_rates():
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=gradual_unfreeze"])
-    assert cfg.model.layerwise_lr_decay == 2.6
+    assert cfg.model.layerwise_lr_decay > 1  # each lower group slower than the one above it
     schedule = build_scenario(cfg.freezing)
     assert isinstance(schedule, GradualUnfreeze)
     schedule.stage_steps = 100  # steps per stage; an epoch is 100 / every_n_epochs steps
@@ -185,6 +186,7 @@ PLATEAU = (
     "freezing.plateau_patience=1", "freezing.plateau_monitor=val/probe",
     "+callbacks.probe._target_=test_gradual.Probe", "+trainer.val_check_interval=2",
     "trainer.max_epochs=3", "model.warmup_ratio=0.2", "model.lr=1e-4",
+    "model.layerwise_lr_decay=2.6",
 )  # fmt: skip
 
 

@@ -147,7 +147,7 @@ def test_gradual_unfreeze_follows_the_schedule(make_cfg, encoder):
     recorder, metrics = _run_recorded(
         make_cfg,
         "experiment=gradual_unfreeze",
-        "freezing.every_n_epochs=1",  # the pace in whole epochs (the experiment's is 0.25)
+        "freezing.every_n_epochs=1",  # the pace in whole epochs (the experiment's is a quarter)
         "trainer.max_epochs=5",
         encoder=encoder,
     )
