@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import EXPERIMENTS
+from conftest import EXPERIMENTS, compose_cfg
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
@@ -21,7 +21,7 @@ from mtl_lightning.config_check import check_train_config
 from mtl_lightning.scenarios.build import build_scenario
 from mtl_lightning.study import stats
 from mtl_lightning.study.report import plot_expected_validation, tuning, tuning_lines
-from mtl_lightning.study.tune import searches
+from mtl_lightning.study.tune import queue_defaults, queued_defaults, searches
 from mtl_lightning.train import build, build_data, build_module
 from mtl_lightning.tune import search_command
 
@@ -105,6 +105,27 @@ def test_every_experiment_declares_its_own_space_of_valid_values(make_cfg, exper
                     build(node)
 
 
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiments_defaults_are_values_of_its_space(experiment):
+    """The first trial of a search runs the experiment's defaults only where they are values of
+    its `tune:` space (else that key is drawn): keep the defaults inside it."""
+    pytest.importorskip("optuna")
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    only = ["data.only_tasks=classification"] if experiment == "single_task" else []
+    cfg = compose_cfg("train", f"experiment={experiment}", *only)
+    space = OmegaConf.to_container(cfg.tune)
+    distributions, _ = create_params_from_overrides([f"{k}={v}" for k, v in space.items()])
+    assert set(distributions) == set(space)
+    for key, distribution in distributions.items():
+        value = OmegaConf.select(cfg, key)
+        if (experiment, key) == ("only_head_frozen", "freezing.head_warmup_epochs"):
+            assert value is None  # settled at run time (1, or 0 with model.init_from): drawn
+            continue
+        inside = distribution._contains(distribution.to_internal_repr(value))
+        assert inside, f"{experiment}: {key}={value} is outside its space {space[key]}"
+
+
 def test_the_searches_are_the_scenarios_then_one_baseline_per_task():
     found = searches(["full_finetune", "gradual_unfreeze"], ["a", "b"], ["static", "pcgrad"])
     assert [s.label for s in found] == [
@@ -121,6 +142,38 @@ def test_the_searches_are_the_scenarios_then_one_baseline_per_task():
     assert "hparams_search=tune" in command and "hydra.sweeper.n_trials=4" in command
     assert "data.max_train_examples=500" in command and "seed=7" in command
     assert "hydra.sweep.dir=/s/tune/500/full_finetune" in command and command[-1] == "x=1"
+
+
+def test_the_first_trial_queued_is_the_experiments_defaults(tmp_path, capsys):
+    """What the experiment sets for each searched key is queued as the study's first trial; a
+    key the study's overrides fix is not searched, and a default outside its space is drawn,
+    with a sentence naming it."""
+    optuna = pytest.importorskip("optuna")
+    config = OmegaConf.create(
+        {
+            "tune": {
+                "model.lr": "tag(log, interval(1e-5, 2e-4))",
+                "model.weight_decay": "interval(0.0, 0.1)",
+                "trainer.max_epochs": "choice(2, 3, 4)",
+                "callbacks.readout.kind": "choice(centroid, knn)",
+            },
+            "model": {"lr": 5e-5, "weight_decay": 0.5},
+            "trainer": {"max_epochs": 3},
+            "callbacks": {"readout": {"kind": "knn"}},
+        }
+    )
+    folder = tmp_path / "tune" / "all" / "full_finetune"
+    for _ in range(2):  # a search started again queues its first trial again, once
+        storage = queue_defaults(folder, "full_finetune", config, ["trainer.max_epochs=1"])
+    expected = {"model.lr": 5e-5, "callbacks.readout.kind": "knn"}
+    assert queued_defaults(folder) == expected
+    study = optuna.load_study(study_name="full_finetune", storage=storage)
+    (trial,) = study.trials
+    assert trial.state == optuna.trial.TrialState.WAITING
+    assert trial.system_attrs["fixed_params"] == expected
+    said = capsys.readouterr().out
+    assert "draws model.weight_decay" in said and "0.5" in said and "max_epochs" not in said
+    assert queued_defaults(tmp_path) is None
 
 
 # --- the report: chosen configurations and expected-validation curves, from fixture trials ---
@@ -158,9 +211,14 @@ def test_report_shows_each_chosen_configuration_and_its_expected_validation_curv
         FIXTURE_TRIALS["entire_network_frozen"],
         {"callbacks.frozen_readout.kind": "knn"},
     )
+    # full_finetune's first trial ran its defaults; entire_network_frozen's search queued none.
+    (tmp_path / "tune" / "all" / "full_finetune" / "defaults.yaml").write_text("model.lr: 5.0e-5\n")
     found = tuning(tmp_path)
     entry = found["all"]["full_finetune"]
     assert [t["val"] for t in entry["trials"]] == pytest.approx([0.6, 0.5, 0.7])  # best epoch
+    assert entry["defaults"] == {"model.lr": 5.0e-5}
+    assert entry["defaults_val"] == pytest.approx(0.6)
+    assert found["all"]["entire_network_frozen"]["defaults_val"] is None
     assert entry["best_params"] == {"model.lr": 3.0e-5, "trainer.max_epochs": 3}
     for (n, mean, variance), point in zip(HAND_WORKED, entry["expected_best_val"], strict=True):
         assert point["n"] == n and point["mean"] == pytest.approx(mean)
@@ -170,6 +228,10 @@ def test_report_shows_each_chosen_configuration_and_its_expected_validation_curv
     assert "`model.lr=3e-05`, `trainer.max_epochs=3`" in text
     assert "`callbacks.frozen_readout.kind=knn`" in text
     assert "E[best val], n=2" in text and f"{5.8 / 9:.4f} ± " in text
+    assert (
+        "| defaults' val | best val |" in text and "| full_finetune | 3 | 0.6000 | 0.7000 |" in text
+    )
+    assert "| entire_network_frozen | 3 | — | 0.4000 |" in text
     figure = plot_expected_validation(found["all"])
     (axes,) = figure.axes
     assert list(found["all"]) == ["entire_network_frozen", "full_finetune"]  # by name
@@ -333,6 +395,15 @@ def test_make_compare_tune_runs_end_to_end_on_tiny_data(tiny_encoders, make_fold
             assert given["data.max_train_examples"] == ("null" if size == "all" else size)
             trials = sorted((sweep / "tune" / size / label).glob("*/.hydra/overrides.yaml"))
             assert len(trials) == 2
+            # The first trial is the experiment's defaults, as its config gives them.
+            first = dict(o.split("=", 1) for o in yaml.safe_load(trials[0].read_text()))
+            defaults = queued_defaults(sweep / "tune" / size / label)
+            name = "single_task" if label.startswith("single_task_") else label
+            experiment = OmegaConf.load(ROOT / "conf" / "experiment" / f"{name}.yaml")
+            assert defaults and {k: yaml.safe_load(first[k]) for k in defaults} == defaults
+            for key, value in defaults.items():
+                found = OmegaConf.select(experiment, key)
+                assert found is None or found == value, key  # else the model's or trainer's
             for trial in trials:
                 trial_given = dict(o.split("=", 1) for o in yaml.safe_load(trial.read_text()))
                 assert trial_given["data.max_train_examples"] == given["data.max_train_examples"]

@@ -5,7 +5,8 @@
 
 1. For each training-set size, each scenario (and each single-task baseline) gets N trials of
    Optuna (`hparams_search=tune`) over its experiment's `tune:` space at the first seed, on the
-   validation split only (trials never test), into `<sweep>/tune/<size>/<label>/`.
+   validation split only (trials never test), into `<sweep>/tune/<size>/<label>/`; the first
+   trial is the experiment's defaults (`queue_defaults`).
 2. Seed by seed, each one's best parameters are retrained and tested once, into the sweep folder
    as `make compare` names runs (`<k>_<run_name>_seed<s>`, `baseline_<k>_<run_name>_seed<s>`).
 
@@ -22,11 +23,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
 from mtl_lightning.core.errors import ConfigError, one_line_errors
 from mtl_lightning.core.summary import SUMMARY_FILE
 from mtl_lightning.study.tune import (
     Search,
     best_overrides,
+    queue_defaults,
     search_dir,
     searches,
     size_override,
@@ -53,22 +57,42 @@ def shared_embeddings(sweep: Path) -> str:
 
 
 def search_command(
-    sweep: Path, job: Search, size: str, trials: int, seed: int, args: Sequence[str] = ()
+    sweep: Path,
+    job: Search,
+    size: str,
+    trials: int,
+    seed: int,
+    args: Sequence[str] = (),
+    storage: str | None = None,
 ) -> list[str]:
     """The Optuna multirun of one search: `trials` trials over the job's `tune:` space at
-    `seed`, none of them tested (hparams_search=tune), into `tune/<size>/<label>/`."""
+    `seed`, none of them tested (hparams_search=tune), into `tune/<size>/<label>/`; `storage`:
+    the study to continue (`queue_defaults`: its first trial queued)."""
     return [
         *TRAIN,
         *job.overrides,
         "hparams_search=tune",
         f"hydra.sweeper.n_trials={trials}",
         f"hydra.sweeper.study_name={job.label}",
+        *([f"hydra.sweeper.storage='{storage}'"] if storage else []),
         f"seed={seed}",
         size_override(size),
         shared_embeddings(sweep),
         f"hydra.sweep.dir={search_dir(sweep, size, job.label)}",
         *args,
     ]
+
+
+def job_config(job: Search, size: str, seed: int, args: Sequence[str] = ()) -> DictConfig:
+    """The config a search's trials start from, as `--cfg job` prints it (unresolved)."""
+    command = [*TRAIN[:-1], *job.overrides, f"seed={seed}", size_override(size), *args]
+    result = subprocess.run([*command, "--cfg", "job"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ConfigError(
+            f"this config does not compose (exit code {result.returncode}): "
+            f"{shlex.join(command)}: {(result.stderr.strip().splitlines() or [''])[-1]}"
+        )
+    return OmegaConf.create(result.stdout)
 
 
 def tune_study(
@@ -93,7 +117,10 @@ def tune_study(
             if (folder / "optimization_results.yaml").is_file():
                 print(f"{folder}: searched already, kept.", flush=True)
                 continue
-            _run(search_command(sweep, job, size, trials, seeds[0], args))
+            # Its first trial is the experiment's defaults: they compete within the N trials.
+            config = job_config(job, size, seeds[0], args)
+            storage = queue_defaults(folder, job.label, config, args)
+            _run(search_command(sweep, job, size, trials, seeds[0], args, storage))
     best = {
         (size, job.label): best_overrides(search_dir(sweep, size, job.label))
         for size in sizes

@@ -7,6 +7,11 @@ A search's trials and Optuna's `optimization_results.yaml` live in
 `<sweep>/tune/<size>/<label>/`; its best parameters are then retrained over the seeds, into the
 sweep folder as `make compare` names runs, and tested once.
 
+The first trial of each search is its experiment's defaults (`defaults.yaml` in the search
+folder, queued with Optuna's `enqueue_trial` in the search's study, `optuna.db`): the defaults
+compete within the same N trials, so a chosen configuration never scores below them on
+validation, and the report shows what the search gained over them.
+
 The report reads the searches back (`read_tuning`): each one's chosen configuration, and its
 expected best validation score as a function of the number of trials (`stats.expected_max`).
 """
@@ -15,16 +20,19 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from mtl_lightning.core.errors import ConfigError
 
 TUNE_DIR = "tune"  # under the sweep folder: tune/<size>/<label>/<n>_<run_name>/
 RESULTS_FILE = "optimization_results.yaml"  # the Optuna sweeper's: best_params, best_value
+DEFAULTS_FILE = "defaults.yaml"  # the searched keys' values in the experiment: the first trial
+STUDY_FILE = "optuna.db"  # the search's Optuna study (sqlite), holding the queued first trial
 BASELINE_PREFIX = "single_task_"  # a baseline's search: single_task_<task>
 
 
@@ -75,6 +83,54 @@ def best_overrides(folder: Path) -> list[str]:
         )
     params = OmegaConf.to_container(OmegaConf.load(results)).get("best_params") or {}
     return [f"{key}={_override_value(value)}" for key, value in params.items()]
+
+
+def queue_defaults(folder: Path, label: str, config: DictConfig, given: Sequence[str]) -> str:
+    """Start the search in `folder` afresh with its first trial queued: the values `config` (the
+    experiment's, with the study's overrides) gives the keys its `tune:` space searches, but
+    those the overrides `given` fix (the sweeper does not search them). Returns the Optuna
+    storage URL for `hydra.sweeper.storage`. A default outside its range is not queued (Optuna
+    would draw it instead): the first trial draws that key, and this says so."""
+    import optuna  # the `sweep` extra, as hparams_search=tune needs
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    space = {str(k): str(v) for k, v in (config.get("tune") or {}).items()}
+    fixed = {o.key_or_group for o in OverridesParser.create().parse_overrides(list(given))}
+    distributions, _ = create_params_from_overrides(
+        [f"{k}={v}" for k, v in space.items() if k not in fixed]
+    )
+    defaults = {}
+    for key, distribution in distributions.items():
+        try:
+            value = OmegaConf.select(config, key, default=None)
+        except Exception:  # an interpolation only a running job resolves
+            value = None
+        if isinstance(value, int | float | str | bool) and distribution._contains(
+            distribution.to_internal_repr(value)
+        ):
+            defaults[key] = value
+        else:
+            print(
+                f"{folder}: the first trial draws {key} as the others do: its default "
+                f"{value!r} is not a value of its space {space[key]} (the experiment's `tune:`).",
+                flush=True,
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / STUDY_FILE).unlink(missing_ok=True)  # a stopped search starts again at trial 0
+    storage = f"sqlite:///{(folder / STUDY_FILE).resolve()}"
+    study = optuna.create_study(study_name=label, storage=storage, direction="maximize")
+    with warnings.catch_warnings():  # enqueue_trial is "experimental" in optuna 2.x
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.enqueue_trial(defaults)
+    OmegaConf.save(OmegaConf.create(defaults), folder / DEFAULTS_FILE)
+    return storage
+
+
+def queued_defaults(folder: Path) -> dict | None:
+    """The first trial's queued defaults of the search in `folder` (None: none were queued)."""
+    path = folder / DEFAULTS_FILE
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else None
 
 
 def _override_value(value: object) -> str:
