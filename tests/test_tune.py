@@ -319,6 +319,11 @@ def test_a_poisoned_test_split_changes_no_trial_and_no_choice(tiny_encoders, tmp
 # --- make compare TUNE=N, end to end on tiny data ---
 
 
+def _parsed(overrides: list[str]) -> dict:
+    """Hydra overrides as the runs read them (`5e-05` is a float to Hydra, a string to YAML)."""
+    return {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(overrides)}
+
+
 @pytest.fixture
 def make_folder(tmp_path) -> Path:
     """A copy of the Makefile beside a .venv that `make install` finished, whose python is this
@@ -391,16 +396,16 @@ def test_make_compare_tune_runs_end_to_end_on_tiny_data(tiny_encoders, make_fold
             overrides = yaml.safe_load((sweep / run / ".hydra" / "overrides.yaml").read_text())
             given = dict(o.split("=", 1) for o in overrides)
             # The retrained run is its size's best trial's configuration, at that size, tested once.
-            assert best and {key: yaml.safe_load(given[key]) for key in best} == best
+            assert best and {key: _parsed(overrides)[key] for key in best} == best
             assert given["data.max_train_examples"] == ("null" if size == "all" else size)
             trials = sorted((sweep / "tune" / size / label).glob("*/.hydra/overrides.yaml"))
             assert len(trials) == 2
             # The first trial is the experiment's defaults, as its config gives them.
-            first = dict(o.split("=", 1) for o in yaml.safe_load(trials[0].read_text()))
+            first = _parsed(yaml.safe_load(trials[0].read_text()))
             defaults = queued_defaults(sweep / "tune" / size / label)
             name = "single_task" if label.startswith("single_task_") else label
             experiment = OmegaConf.load(ROOT / "conf" / "experiment" / f"{name}.yaml")
-            assert defaults and {k: yaml.safe_load(first[k]) for k in defaults} == defaults
+            assert defaults and {k: first[k] for k in defaults} == defaults
             for key, value in defaults.items():
                 found = OmegaConf.select(experiment, key)
                 assert found is None or found == value, key  # else the model's or trainer's
