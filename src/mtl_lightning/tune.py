@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from mtl_lightning.core.errors import ConfigError, one_line_errors
 from mtl_lightning.core.summary import SUMMARY_FILE
 from mtl_lightning.study.tune import (
+    RESULTS_FILE,
     Search,
     best_overrides,
     queue_defaults,
@@ -114,7 +115,7 @@ def tune_study(
     for size in sizes:
         for job in jobs:
             folder = search_dir(sweep, size, job.label)
-            if (folder / "optimization_results.yaml").is_file():
+            if (folder / RESULTS_FILE).is_file():
                 print(f"{folder}: searched already, kept.", flush=True)
                 continue
             # Its first trial is the experiment's defaults: they compete within the N trials.
