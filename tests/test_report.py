@@ -30,9 +30,12 @@ from mtl_lightning.core.summary import best_epochs, read_summary, write_summary
 from mtl_lightning.report import main
 from mtl_lightning.study import stats
 from mtl_lightning.study.report import (
+    Run,
+    _provenance_line,
     fingerprint_of_test_split,
     load_runs,
     markdown_report,
+    provenance,
     task_names,
     write_report,
 )
@@ -126,6 +129,11 @@ def test_report_json_of_a_two_seed_study(tmp_path):
     assert gap["p"] == pytest.approx(t_test["p"]) and gap["ci95"][0] <= t_test["ci95"][0]
     assert gap["n"] == 2 and gap["within_noise"] and gap["p_holm"] >= gap["p"]
     assert not gap["shared_test_split"] and gap["seeds_for_power"] == 4
+    # At Holm's strictest step over the family of 12 (alpha 0.05 / 12), more seeds.
+    assert gap["seeds_for_power_holm"] == stats.seeds_for_power(
+        [-0.3, -0.5], 0.05 / 12, spread=gap["power_spread"]
+    )
+    assert gap["seeds_for_power_holm"] > 4
     # The family: full_finetune vs the baseline (2 tasks x 2 metrics), only_head_frozen vs the
     # baseline and the reference (2 x 2 x 2).
     assert numbers["family_size"] == 12 and numbers["shared_test_splits"] == {}
@@ -372,14 +380,20 @@ def test_summary_train_time_is_the_fit_alone(make_cfg, tmp_path):
     """Testing the best checkpoint restores its Timer state; that must not count twice."""
     import json
     import time
+    from datetime import UTC, datetime
 
     from mtl_lightning.train import train
 
+    before = datetime.now(UTC).replace(microsecond=0)
     start = time.perf_counter()
     train(make_cfg("experiment=full_finetune", "trainer.max_epochs=2"))
     elapsed = time.perf_counter() - start
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert 0 < summary["train_seconds"] < elapsed
+    # When the run began and ended, UTC (the report's span of a study).
+    began, ended = map(datetime.fromisoformat, (summary["started"], summary["finished"]))
+    assert before <= began <= ended <= datetime.now(UTC) and began.utcoffset().total_seconds() == 0
+    assert (ended - began).total_seconds() >= summary["train_seconds"] - 1
 
 
 @pytest.mark.subprocess
@@ -532,3 +546,50 @@ def test_each_tasks_best_epoch_is_shown_beside_the_checkpoints(tmp_path):
     assert sentiment.split("| 1_only_head_frozen |")[1].split("\n")[0].endswith("| 2 / 2 |")
     assert "- `1_only_head_frozen`: The checkpoint is of epoch 2" in text
     assert "(classification at epoch 0)" in text
+
+
+def test_the_report_says_which_commits_the_runs_came_from_and_when_they_ran(tmp_path):
+    def run(name, sha, dirty, started, finished):
+        commit = {"sha": sha, "dirty": dirty} if sha else None
+        summary = {"commit": commit, "started": started, "finished": finished}
+        return Run(tmp_path / name, "full_finetune", 1, [], summary=summary)
+
+    runs = [
+        run(
+            "a",
+            "19bef5d" + "0" * 33,
+            False,
+            "2026-12-06T01:52:10+00:00",
+            "2026-12-06T02:04:00+00:00",
+        ),
+        run(
+            "b",
+            "19bef5d" + "0" * 33,
+            True,
+            "2026-12-06T02:04:05+00:00",
+            "2026-12-06T03:20:40+00:00",
+        ),
+        run(
+            "c",
+            "abcdef1" + "0" * 33,
+            False,
+            "2026-12-06T02:30:00+00:00",
+            "2026-12-06T02:40:00+00:00",
+        ),
+    ]
+    found = provenance(runs)
+    assert found["commits"] == [
+        {"sha": "19bef5d" + "0" * 33, "runs": 2, "dirty": 1},
+        {"sha": "abcdef1" + "0" * 33, "runs": 1, "dirty": 0},
+    ]
+    assert found["wall_seconds"] == 88 * 60 + 30 and found["unknown"] == 0
+    assert _provenance_line(found) == (
+        "Code: commit 19bef5d (2 runs, 1 with uncommitted changes), commit abcdef1 (1 run). "
+        "Ran 2026-12-06 01:52 to 03:20 UTC: 1h28m from the first run's start to the last one's end."
+    )
+    # A run from before summaries recorded the time, or outside a git checkout: said, not guessed.
+    older = provenance([*runs, run("d", None, False, None, None)])
+    assert older["wall_seconds"] is None and older["unknown"] == 1
+    assert _provenance_line(older).endswith(
+        "1 run without one. When they ran: not recorded by every run."
+    )

@@ -91,13 +91,12 @@ def _pair(labels, preds_a, preds_b, seed=0, samples=4000):
     return reps["a"], reps["b"]
 
 
-def test_fixed_models_bootstrap_of_identical_runs_is_zero_and_within_noise():
+def test_fixed_models_bootstrap_of_identical_runs_is_zero():
     labels = np.arange(40) % 2
     preds = labels.copy()
     preds[:10] = 1 - preds[:10]
     delta = stats.fixed_models_bootstrap([_pair(labels, preds, preds)], "acc")
     assert delta["delta"] == 0 and delta["ci95"] == [0, 0] and delta["p"] == 1
-    assert stats.within_noise(delta)
 
 
 def test_fixed_models_bootstrap_interval_matches_the_normal_approximation():
@@ -116,7 +115,7 @@ def test_fixed_models_bootstrap_interval_matches_the_normal_approximation():
     low, high = delta["ci95"]
     assert low == pytest.approx(d.mean() - half, abs=0.2 * half)
     assert high == pytest.approx(d.mean() + half, abs=0.2 * half)
-    assert delta["p"] < 0.01 and not stats.within_noise(delta)
+    assert delta["p"] < 0.01 and low > 0
 
 
 def test_fixed_models_bootstrap_pools_seeds_and_sees_balanced_differences_as_noise():
@@ -131,7 +130,7 @@ def test_fixed_models_bootstrap_pools_seeds_and_sees_balanced_differences_as_noi
     delta = stats.fixed_models_bootstrap(pairs, "acc")
     assert delta["per_seed"] == pytest.approx([0.1, -0.1])
     assert delta["delta"] == pytest.approx(0.0, abs=1e-12) and delta["n"] == 2
-    assert delta["p"] > 0.5 and stats.within_noise(delta)
+    assert delta["p"] > 0.5 and delta["ci95"][0] < 0 < delta["ci95"][1]
     # One seed alone: a clear gap (10 of 100 discordant, all one way).
     alone = stats.fixed_models_bootstrap(pairs[:1], "acc")
     assert alone["delta"] == pytest.approx(0.1) and alone["p"] < 0.01
@@ -269,6 +268,8 @@ def test_compare_over_seeds_takes_the_larger_p_and_both_intervals():
     assert found["ci95"] == pytest.approx(t_test["ci95"])  # and its interval [0.1, 0.3] inside
     assert found["within_noise"] and found["fixed_models"]["p"] < 0.001
     assert found["seeds_for_power"] == 5 and not found["shared_test_split"]
+    assert found["power_spread"] == pytest.approx(0.1)  # no example noise: the seeds' std
+    assert found["seeds_for_power_holm"] == found["seeds_for_power"]  # a family of one
     alone = stats.compare_over_seeds(pairs[:1], "acc", [1])
     assert alone["p"] is None and alone["within_noise"] is None
 
@@ -279,6 +280,25 @@ def test_seeds_for_power_hand_worked():
     assert stats.seeds_for_power([0.1, 0.2, 0.3]) == 5
     assert stats.seeds_for_power([0.1, -0.1, 0.1]) == 97  # std / mean = 3.46: n ~ 8 * 12
     assert stats.seeds_for_power([0.1]) is None and stats.seeds_for_power([0.1, -0.1]) is None
+    # At alpha 0.05 / 36 (Holm's strictest step over 36 comparisons) the same gap needs more.
+    assert stats.seeds_for_power([0.1, 0.2, 0.3], alpha=0.05 / 36) > 5
+    assert stats.seeds_for_power([0.1, 0.2, 0.3], spread=0.2) > 5  # twice the spread: more
+
+
+def test_power_counts_the_test_examples_noise_that_close_seeds_hide():
+    """Three seeds one point apart (-0.013, -0.010, -0.007: std 0.003) on test splits whose
+    paired example noise has std 0.008 each: the t-test alone would call 3 seeds enough, but
+    each seed's difference carries 0.008 of example noise, so the spread assumed per seed is
+    0.008, and the count rises to what that noise needs: n >= ((t975 + t80, n - 1 df) * 0.8)^2,
+    8 (at n = 7: (2.447 + 0.906) * 0.8 = 2.68, squared 7.19 > 7; at 8: 2.61, squared 6.81)."""
+    rng = np.random.default_rng(0)
+    noise = [rng.normal(0, 0.008, size=4000) for _ in range(3)]
+    found = stats.compare_over_seeds(_seed_pairs([-0.013, -0.010, -0.007], noise), "acc", [1, 2, 3])
+    assert stats.seeds_for_power([-0.013, -0.010, -0.007]) == 3
+    assert found["power_spread"] == pytest.approx(0.008, rel=0.03)
+    assert stats.seeds_for_power([-0.013, -0.010, -0.007], spread=0.008) == 8
+    assert 7 <= found["seeds_for_power"] <= 9
+    assert found["p"] > 0.05  # the two-level bootstrap sees the example noise too
 
 
 def test_holm_against_a_hand_worked_table():

@@ -21,7 +21,12 @@ from mtl_lightning.config_check import check_train_config
 from mtl_lightning.scenarios.build import build_scenario
 from mtl_lightning.study import stats
 from mtl_lightning.study.report import plot_expected_validation, tuning, tuning_lines
-from mtl_lightning.study.tune import queue_defaults, queued_defaults, searches
+from mtl_lightning.study.tune import (
+    queue_defaults,
+    queued_defaults,
+    searches,
+    seeds_test_on_search_examples,
+)
 from mtl_lightning.train import build, build_data, build_module
 from mtl_lightning.tune import search_command
 
@@ -124,6 +129,18 @@ def test_every_experiments_defaults_are_values_of_its_space(experiment):
             continue
         inside = distribution._contains(distribution.to_internal_repr(value))
         assert inside, f"{experiment}: {key}={value} is outside its space {space[key]}"
+
+
+def test_seeds_whose_test_split_holds_the_searchs_validation_examples_are_named():
+    """With data.seed following seed (the default), seeds 2 and 3 carve their test split from
+    the pool seed 1 validated on; with one split for every seed, or one seed, nothing to say."""
+    cfg = compose_cfg("train", "experiment=full_finetune")
+    line = seeds_test_on_search_examples(cfg, [1, 2, 3])
+    assert line.startswith("Seeds 2, 3 split the data their own way")
+    assert "at seed 1 (about 10% of each, at random)" in line and 'ARGS="data.seed=0"' in line
+    assert seeds_test_on_search_examples(cfg, [1]) is None
+    fixed = compose_cfg("train", "experiment=full_finetune", "data.seed=0")
+    assert seeds_test_on_search_examples(fixed, [1, 2, 3]) is None
 
 
 def test_the_searches_are_the_scenarios_then_one_baseline_per_task():

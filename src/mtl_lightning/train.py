@@ -11,6 +11,7 @@ import logging
 import shutil
 import sys
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 
 import hydra
@@ -273,6 +274,7 @@ def start_fork(
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or, for `entire_network_frozen`, evaluate) and test; return the final metrics."""
+    started = datetime.now(UTC)
     check_train_config(cfg)  # every key's type and range, before anything is built
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -364,7 +366,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics.update(logged(trainer, prefix="test/"))
     log.info("Final metrics: %s", {k: round(v, 4) for k, v in sorted(metrics.items())})
     # A fork's record travels in its checkpoints, so a resumed fork still says where it began.
-    write_summary(output_dir, trainer, module, metrics, train_seconds, schedule.fork)
+    write_summary(output_dir, trainer, module, metrics, train_seconds, schedule.fork, started)
     return metrics
 
 

@@ -34,6 +34,7 @@ from mtl_lightning.study.tune import (
     queue_defaults,
     search_dir,
     searches,
+    seeds_test_on_search_examples,
     size_override,
 )
 
@@ -112,6 +113,7 @@ def tune_study(
     if not seeds:
         raise ConfigError("SEEDS is empty: give at least one seed, e.g. SEEDS=1,2,3.")
     jobs = searches(scenarios, tasks, weightings)
+    notice = None
     for size in sizes:
         for job in jobs:
             folder = search_dir(sweep, size, job.label)
@@ -120,6 +122,10 @@ def tune_study(
                 continue
             # Its first trial is the experiment's defaults: they compete within the N trials.
             config = job_config(job, size, seeds[0], args)
+            if notice is None:  # said once, before the first search
+                notice = seeds_test_on_search_examples(config, seeds) or ""
+                if notice:
+                    print(notice, flush=True)
             storage = queue_defaults(folder, job.label, config, args)
             _run(search_command(sweep, job, size, trials, seeds[0], args, storage))
     best = {

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import lightning as L
@@ -91,13 +92,15 @@ def write_summary(
     metrics: dict[str, float],
     train_seconds: float | None,
     fork: dict | None = None,
+    started: datetime | None = None,
 ) -> Path | None:
     """Write train/test wall seconds, parameter counts and the final metrics; rank 0 only.
 
     `trainable_params` counts what trained in the last epoch (gradual_unfreeze: the most;
     only_head_frozen: without the frozen head). `train_seconds` (see `fit_seconds`) includes
     the validation inside fit, and sums over resumes and a fork's source epochs (`fork`, from
-    `Forked.summary`: those seconds were spent once, by the source run).
+    `Forked.summary`: those seconds were spent once, by the source run). `started` and
+    `finished`: when this process began the run (a resume: the resumed part) and wrote this, UTC.
     """
     if not trainer.is_global_zero:
         return None
@@ -126,6 +129,8 @@ def write_summary(
         "given_splits": getattr(getattr(trainer, "datamodule", None), "given_splits", None),
         # The project's git commit the run's code came from (null outside a git checkout).
         "commit": project_commit(),
+        "started": started.astimezone(UTC).isoformat(timespec="seconds") if started else None,
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         # The epoch the best checkpoint is of, each task's own best validation epoch, and a note
         # when they differ by more than one epoch (`best_epochs`).
         "best_epochs": epochs,

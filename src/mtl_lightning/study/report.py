@@ -27,6 +27,7 @@ import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -397,7 +398,65 @@ def _adjust_over_family(by_size: dict) -> int:
     for delta, adjusted in zip(family, stats.holm([d["p"] for d in family]), strict=True):
         delta["p_holm"] = adjusted
         delta["within_noise"] = adjusted >= stats.ALPHA
+        counts = stats.power_counts(delta["per_seed"], delta["power_spread"], family=len(family))
+        delta["seeds_for_power_holm"] = counts["seeds_for_power_holm"]
     return len(family)
+
+
+def provenance(runs: Sequence[Run]) -> dict:
+    """Which code the runs came from and when they ran, from their summaries: `commits` (each
+    commit's sha and its runs, `dirty` counting those from a tree with uncommitted changes),
+    `unknown` (runs without a commit: not a git checkout, or older summaries), and `started`,
+    `finished`, `wall_seconds` (the first run's start to the last one's end, UTC; None unless
+    every run recorded both)."""
+    commits: dict[str, dict] = {}
+    unknown = 0
+    for run in runs:
+        commit = run.summary.get("commit")
+        if not commit:
+            unknown += 1
+            continue
+        entry = commits.setdefault(commit["sha"], {"sha": commit["sha"], "runs": 0, "dirty": 0})
+        entry["runs"] += 1
+        entry["dirty"] += bool(commit.get("dirty"))
+    starts = [run.summary.get("started") for run in runs]
+    ends = [run.summary.get("finished") for run in runs]
+    span = {"started": None, "finished": None, "wall_seconds": None}
+    if runs and all(starts) and all(ends):
+        first, last = (
+            min(map(datetime.fromisoformat, starts)),
+            max(map(datetime.fromisoformat, ends)),
+        )
+        span = {
+            "started": first.isoformat(timespec="seconds"),
+            "finished": last.isoformat(timespec="seconds"),
+            "wall_seconds": (last - first).total_seconds(),
+        }
+    return {"commits": list(commits.values()), "unknown": unknown, **span}
+
+
+def _provenance_line(found: dict) -> str:
+    """`Code: commit 19bef5d (21 runs). Ran 2026-12-06 01:52 to 03:20 UTC: 1h28m from the
+    first run's start to the last one's end.`"""
+    parts = [
+        f"commit {c['sha'][:7]} ({c['runs']} run{'s' if c['runs'] > 1 else ''}"
+        + (f", {c['dirty']} with uncommitted changes" if c["dirty"] else "")
+        + ")"
+        for c in found["commits"]
+    ]
+    if found["unknown"]:
+        parts.append(f"{found['unknown']} run{'s' if found['unknown'] > 1 else ''} without one")
+    line = f"Code: {', '.join(parts)}." if parts else "Code: not recorded."
+    if found["wall_seconds"] is None:
+        return line + " When they ran: not recorded by every run."
+    first = datetime.fromisoformat(found["started"])
+    last = datetime.fromisoformat(found["finished"])
+    minutes = round(found["wall_seconds"] / 60)
+    to = last.strftime("%H:%M" if last.date() == first.date() else "%Y-%m-%d %H:%M")
+    return (
+        f"{line} Ran {first.strftime('%Y-%m-%d %H:%M')} to {to} UTC: {minutes // 60}h"
+        f"{minutes % 60:02d}m from the first run's start to the last one's end."
+    )
 
 
 def study(
@@ -511,6 +570,7 @@ def study(
             for task, kind in types.items()
         },
         "bootstrap_samples": samples,
+        "provenance": provenance(runs),
         "reference": reference,
         "train_seconds_total": sum(seconds),  # each second once: a fork's reused ones not again
         "reused_seconds": sum(run.reused_seconds for run in forks),
@@ -682,9 +742,12 @@ def _power_lines(numbers: dict, tasks: Sequence[str]) -> list[str]:
         f"{stats.t_quantile_975(seeds - 1):.2f}, "
         "against 1.96 with many seeds), and a small gap needs many seeds to stand out from "
         "how much training varies between them. A difference within noise is not shown to be "
-        "none. The seeds each such difference would need (`SEEDS`) for 80% power at α = 0.05 "
-        "in the t-test, if its mean and spread over seeds are as observed (before the Holm "
-        "correction, which asks for more):",
+        "none. The seeds each such difference would need (`SEEDS`) for 80% power in a paired "
+        "t-test at α = 0.05, and in brackets at Holm's strictest step (α divided by the "
+        "family's size), if its mean is as observed and its spread over seeds the larger of "
+        "the per-seed differences' std and the test examples' noise within a seed (the "
+        "fixed-models bootstrap's std of a seed's difference), which three close seeds can "
+        "understate:",
         "",
     ]
     found = []
@@ -696,14 +759,20 @@ def _power_lines(numbers: dict, tasks: Sequence[str]) -> list[str]:
                     if not delta or not delta["within_noise"] or delta["delta"] == 0:
                         continue
                     other = BASELINE if versus == "vs_single_task" else numbers["reference"]
-                    needed = delta["seeds_for_power"]
-                    count = f"{needed} seeds" if needed else "more than 1000 seeds"
+                    count = (
+                        f"{_seeds(delta['seeds_for_power'])} "
+                        f"({_seeds(delta['seeds_for_power_holm'])})"
+                    )
                     found.append(
                         f"- `{label}` − `{other}`, `{task}` "
                         f"{_short(numbers, task, numbers['metrics'][task][0])}"
                         f" ({_size_title(size)}): {delta['delta']:+.4f}, {count}"
                     )
     return lines + (found or ["- (no difference within noise)"])
+
+
+def _seeds(count: int | None) -> str:
+    return f"{count} seeds" if count else "more than 1000 seeds"
 
 
 def _shared_split_lines(numbers: dict) -> list[str]:
@@ -786,7 +855,9 @@ def study_markdown(numbers: dict, tasks: Sequence[str]) -> list[str]:
             f"{numbers['alpha']}, Holm's step-down adjustment over the report's family of "
             f"{numbers['family_size']} comparisons (every scenario, task, metric and "
             "training-set size, against the baseline and the reference), so that the chance of "
-            "any false difference among them stays at most 5%."
+            "any false difference among them stays at most 5%. The intervals are each "
+            "comparison's own 95% (not widened for the family): an interval that leaves out "
+            "0 can still be marked ≈."
             if numbers["family_size"]
             else "- No difference has a seed-level test (one needs a number at two seeds or "
             "more, on both sides), so the family Holm's adjustment runs over is empty and nothing "
@@ -846,6 +917,8 @@ def markdown_report(
         "training in all. Test values are of the best checkpoint by `val/primary_mean`, the "
         "mean over tasks of each one's primary metric (accuracy; Spearman for similarity) "
         "(entire_network_frozen: of the model as loaded).",
+        "",
+        _provenance_line(numbers["provenance"]),
         "",
     ]
     incomplete = numbers.get("incomplete") or {}

@@ -336,22 +336,40 @@ def two_level_bootstrap(
 
 
 def seeds_for_power(
-    per_seed: Sequence[float], alpha: float = ALPHA, power: float = POWER, most: int = 1000
+    per_seed: Sequence[float],
+    alpha: float = ALPHA,
+    power: float = POWER,
+    most: int = 1000,
+    spread: float | None = None,
 ) -> int | None:
     """The fewest seeds with which a paired t-test at `alpha` (two-sided) finds a difference of
-    the observed mean size with `power`, if the per-seed differences spread as observed:
-    n >= ((t_{1-alpha/2, n-1} + t_{power, n-1}) * std / |mean|)^2 (the usual approximation
-    of the noncentral t). None when it cannot be said: under two seeds, no difference, or more
-    than `most` seeds."""
+    the observed mean size with `power`, if the per-seed differences spread by `spread` (default:
+    their sample std): n >= ((t_{1-alpha/2, n-1} + t_{power, n-1}) * spread / |mean|)^2 (the
+    usual approximation of the noncentral t). None when it cannot be said: under two seeds, no
+    difference, or more than `most` seeds."""
     values = np.asarray(per_seed, dtype=float)
     if len(values) < 2 or values.mean() == 0:
         return None
-    ratio = float(values.std(ddof=1)) / abs(float(values.mean()))
+    if spread is None:
+        spread = float(values.std(ddof=1))
+    ratio = spread / abs(float(values.mean()))
     for n in range(2, most + 1):
         df = n - 1
         if n >= ((t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * ratio) ** 2:
             return n
     return None
+
+
+def power_spread(per_seed: Sequence[float], example_noise: Sequence[float]) -> float:
+    """The per-seed spread `seeds_for_power` assumes: the larger of the per-seed differences'
+    sample std and the test examples' noise within a seed (the root mean square of
+    `example_noise`, each seed's bootstrap std of its difference with the models held fixed). A
+    seed's difference carries its test examples' noise, so the spread over seeds is at least
+    that; a few seeds can come out closer by chance (three close per-seed gaps on a small test
+    split), and the t-test alone would then promise power that the test examples do not give."""
+    values = np.asarray(per_seed, dtype=float)
+    noise = float(np.sqrt(np.mean(np.square(example_noise))))
+    return max(float(values.std(ddof=1)), noise)
 
 
 def compare_over_seeds(
@@ -369,21 +387,26 @@ def compare_over_seeds(
     honest with few seeds, where a bootstrap over 3 seeds (10 distinct draws) understates their
     spread; the bootstrap counts the noise of a test split the seeds share, which a t-test over
     them cannot see. None (and `within_noise` None) for one seed. `fixed_models`: the
-    example-level bootstrap, the models held fixed. `p_holm` and `within_noise` are set over
-    the family by `holm`; here they are those of a family of one.
+    example-level bootstrap, the models held fixed. `p_holm`, `within_noise` and
+    `seeds_for_power_holm` are set over the family (`holm`, `power_counts`); here they are
+    those of a family of one. The intervals are each comparison's own 95%, not adjusted for the
+    family. `seeds_for_power`: see `power_spread`.
     """
     fixed = fixed_models_bootstrap(pairs, metric, alpha)
     per_seed = fixed["per_seed"]
     t_test = seed_t_test(per_seed, alpha)
     two_level = two_level_bootstrap(pairs, metric, splits, len(pairs[0][0].values[metric]), seed)
     if t_test is None:
-        ci95, p = None, None
+        ci95, p, spread = None, None, None
     else:
         ci95 = [
             min(t_test["ci95"][0], two_level["ci95"][0]),
             max(t_test["ci95"][1], two_level["ci95"][1]),
         ]
         p = max(t_test["p"], two_level["p"])
+        spread = power_spread(
+            per_seed, [float(np.std(a.values[metric] - b.values[metric])) for a, b in pairs]
+        )
     return {
         "delta": fixed["delta"],
         "ci95": ci95,
@@ -396,7 +419,22 @@ def compare_over_seeds(
         "t_test": t_test,
         "two_level_bootstrap": two_level,
         "fixed_models": {"ci95": fixed["ci95"], "p": fixed["p"]},
-        "seeds_for_power": seeds_for_power(per_seed, alpha),
+        "power_spread": spread,
+        **power_counts(per_seed, spread, alpha, family=1),
+    }
+
+
+def power_counts(
+    per_seed: Sequence[float], spread: float | None, alpha: float = ALPHA, family: int = 1
+) -> dict:
+    """`seeds_for_power` at `alpha`, and at Holm's strictest step over a family of `family`
+    comparisons (`alpha / family`: the level the family's smallest p-value must pass); None
+    without a spread (one seed)."""
+    if spread is None:
+        return {"seeds_for_power": None, "seeds_for_power_holm": None}
+    return {
+        "seeds_for_power": seeds_for_power(per_seed, alpha, spread=spread),
+        "seeds_for_power_holm": seeds_for_power(per_seed, alpha / family, spread=spread),
     }
 
 
@@ -411,12 +449,6 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
         running = max(running, min(1.0, (len(known) - rank) * p))
         adjusted[i] = running
     return adjusted
-
-
-def within_noise(delta: Mapping, alpha: float = ALPHA) -> bool:
-    """True when the difference is not significant at `alpha` (its 95% interval holds 0)."""
-    low, high = delta["ci95"]
-    return delta["p"] >= alpha or low <= 0 <= high
 
 
 def delta_m(

@@ -12,8 +12,9 @@ folder, queued with Optuna's `enqueue_trial` in the search's study, `optuna.db`)
 compete within the same N trials, so a chosen configuration never scores below them on
 validation, and the report shows what the search gained over them.
 
-The report reads the searches back (`read_tuning`): each one's chosen configuration, and its
-expected best validation score as a function of the number of trials (`stats.expected_max`).
+The report reads the searches back (`mtl_lightning.study.report.tuning`): each one's chosen
+configuration, and its expected best validation score as a function of the number of trials
+(`stats.expected_max`).
 """
 
 from __future__ import annotations
@@ -125,6 +126,23 @@ def queue_defaults(folder: Path, label: str, config: DictConfig, given: Sequence
         study.enqueue_trial(defaults)
     OmegaConf.save(OmegaConf.create(defaults), folder / DEFAULTS_FILE)
     return storage
+
+
+def seeds_test_on_search_examples(config: DictConfig, seeds: Sequence[int]) -> str | None:
+    """One line when seeds after the first split the data their own way (`data.seed` follows
+    `seed`, the default), so that their test splits hold some of the examples the search
+    validated on, at the first seed; None when every seed shares one split or there is one."""
+    data = OmegaConf.to_container(config, resolve=False).get("data") or {}
+    if len(seeds) < 2 or data.get("seed") != "${seed}":
+        return None
+    share = data.get("val_fraction")
+    about = f" (about {share:.0%} of each, at random)" if isinstance(share, float) else ""
+    return (
+        f"Seeds {', '.join(map(str, seeds[1:]))} split the data their own way (data.seed "
+        f"follows seed), so their test splits hold some of the validation examples the search "
+        f'chose on at seed {seeds[0]}{about}; ARGS="data.seed=0" gives every seed one split, '
+        "kept apart from the search's validation."
+    )
 
 
 def queued_defaults(folder: Path) -> dict | None:
