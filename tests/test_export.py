@@ -395,6 +395,20 @@ def test_project_commit_is_none_outside_a_git_checkout(tmp_path):
     assert project_commit(tmp_path / "site-packages" / "mtl_lightning") is None
 
 
+def test_a_run_records_the_commit_its_process_loaded_not_a_later_one(monkeypatch):
+    """A multirun trains for hours; a commit made meanwhile is not the code its later runs ran."""
+    from mtl_lightning.core import provenance
+
+    found = iter([{"sha": "a" * 40, "dirty": False}, {"sha": "b" * 40, "dirty": False}])
+    monkeypatch.setattr(provenance, "project_commit", lambda: next(found))
+    provenance.loaded_commit.cache_clear()
+    try:
+        assert provenance.loaded_commit()["sha"] == "a" * 40
+        assert provenance.loaded_commit()["sha"] == "a" * 40  # the checkout moved: still a
+    finally:
+        provenance.loaded_commit.cache_clear()
+
+
 @pytest.mark.subprocess
 def test_export_needs_no_sentence_transformers(ckpt, tmp_path):
     """sentence-transformers is a dev extra: export runs with it made unimportable."""

@@ -35,6 +35,7 @@ from mtl_lightning.core.checkpoint import (
 )
 from mtl_lightning.core.console import quiet_loggers, quiet_third_party
 from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.core.provenance import loaded_commit
 from mtl_lightning.core.run_folder import claim_run_folder
 from mtl_lightning.core.summary import PrimaryHistory, write_summary
 from mtl_lightning.data.datamodule import MultiTaskDataModule
@@ -275,6 +276,7 @@ def start_fork(
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or, for `entire_network_frozen`, evaluate) and test; return the final metrics."""
     started = datetime.now(UTC)
+    loaded_commit()  # the code's commit, read once per process (the summary records it)
     check_train_config(cfg)  # every key's type and range, before anything is built
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 
@@ -29,3 +30,11 @@ def project_commit(package_dir: Path = PACKAGE_DIR) -> dict | None:
         return None
     status = _git(package_dir, "status", "--porcelain", "--untracked-files=no")
     return {"sha": sha, "dirty": bool(status)}
+
+
+@functools.cache
+def loaded_commit() -> dict | None:
+    """`project_commit()` as it was at this process's first call, kept: the commit of the code
+    the process loaded (`train()` asks at its start), not of a checkout that has moved on while
+    a long multirun trained."""
+    return project_commit()

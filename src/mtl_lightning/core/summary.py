@@ -14,7 +14,7 @@ from lightning import Callback
 from lightning.pytorch.callbacks import Timer
 
 from mtl_lightning.core.errors import ConfigError
-from mtl_lightning.core.provenance import project_commit
+from mtl_lightning.core.provenance import loaded_commit
 
 SUMMARY_FILE = "summary.json"
 log = logging.getLogger(__name__)
@@ -127,8 +127,9 @@ def write_summary(
         "examples": _examples(trainer),
         # The splits each task's source gave; the others were carved out of its train split.
         "given_splits": getattr(getattr(trainer, "datamodule", None), "given_splits", None),
-        # The project's git commit the run's code came from (null outside a git checkout).
-        "commit": project_commit(),
+        # The project's git commit the run's code came from (null outside a git checkout): as
+        # the process found it when it loaded the code, before its first run.
+        "commit": loaded_commit(),
         "started": started.astimezone(UTC).isoformat(timespec="seconds") if started else None,
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         # The epoch the best checkpoint is of, each task's own best validation epoch, and a note
