@@ -229,6 +229,8 @@ def test_report_detects_a_test_split_the_seeds_share(tmp_path):
     assert widths[1] / widths[0] == pytest.approx(math.sqrt(30.4 / 18.4), rel=0.08)
     text = (tmp_path / "shared" / "report.md").read_text()
     assert "Seeds sharing one test split" in text and "`classification` (all training" in text
+    # Within noise on a shared split: no seed count is promised (its noise does not average).
+    assert "no count: the seeds share one test split" in text
 
 
 def test_split_fingerprint_is_the_examples_not_the_config():
@@ -380,11 +382,11 @@ def test_summary_train_time_is_the_fit_alone(make_cfg, tmp_path):
     """Testing the best checkpoint restores its Timer state; that must not count twice."""
     import json
     import time
-    from datetime import UTC, datetime
+    from datetime import datetime, timezone
 
     from mtl_lightning.train import train
 
-    before = datetime.now(UTC).replace(microsecond=0)
+    before = datetime.now(timezone.utc).replace(microsecond=0)
     start = time.perf_counter()
     train(make_cfg("experiment=full_finetune", "trainer.max_epochs=2"))
     elapsed = time.perf_counter() - start
@@ -392,7 +394,10 @@ def test_summary_train_time_is_the_fit_alone(make_cfg, tmp_path):
     assert 0 < summary["train_seconds"] < elapsed
     # When the run began and ended, UTC (the report's span of a study).
     began, ended = map(datetime.fromisoformat, (summary["started"], summary["finished"]))
-    assert before <= began <= ended <= datetime.now(UTC) and began.utcoffset().total_seconds() == 0
+    assert (
+        before <= began <= ended <= datetime.now(timezone.utc)
+        and began.utcoffset().total_seconds() == 0
+    )
     assert (ended - began).total_seconds() >= summary["train_seconds"] - 1
 
 
@@ -591,5 +596,18 @@ def test_the_report_says_which_commits_the_runs_came_from_and_when_they_ran(tmp_
     older = provenance([*runs, run("d", None, False, None, None)])
     assert older["wall_seconds"] is None and older["unknown"] == 1
     assert _provenance_line(older).endswith(
-        "1 run without one. When they ran: not recorded by every run."
+        "1 run without a recorded commit. When they ran: not recorded by every run."
     )
+    # Summaries written by hand or by other tools: no sha, not a dict, a time without a zone
+    # (taken as UTC), a time that is not one. Counted or left out, never a crash.
+    odd = [
+        run("e", None, False, "2026-12-06T01:00:00", "2026-12-06T01:30:00"),
+        run("f", None, False, "2026-12-06T00:30:00+00:00", "2026-12-06T02:00:00+00:00"),
+    ]
+    odd[0].summary["commit"] = {"dirty": True}
+    odd[1].summary["commit"] = "19bef5d"
+    found = provenance(odd)
+    assert found["unknown"] == 2 and found["commits"] == []
+    assert found["started"] == "2026-12-06T00:30:00+00:00" and found["wall_seconds"] == 5400
+    odd[1].summary["finished"] = "yesterday"
+    assert provenance(odd)["wall_seconds"] is None

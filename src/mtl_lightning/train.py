@@ -11,7 +11,7 @@ import logging
 import shutil
 import sys
 import warnings
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import hydra
@@ -275,7 +275,7 @@ def start_fork(
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train (or, for `entire_network_frozen`, evaluate) and test; return the final metrics."""
-    started = datetime.now(UTC)
+    started = datetime.now(timezone.utc)
     loaded_commit()  # the code's commit, read once per process (the summary records it)
     check_train_config(cfg)  # every key's type and range, before anything is built
     L.seed_everything(cfg.seed, workers=True)

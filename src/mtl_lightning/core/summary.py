@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import os
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import lightning as L
@@ -130,8 +130,10 @@ def write_summary(
         # The project's git commit the run's code came from (null outside a git checkout): as
         # the process found it when it loaded the code, before its first run.
         "commit": loaded_commit(),
-        "started": started.astimezone(UTC).isoformat(timespec="seconds") if started else None,
-        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "started": started.astimezone(timezone.utc).isoformat(timespec="seconds")
+        if started
+        else None,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         # The epoch the best checkpoint is of, each task's own best validation epoch, and a note
         # when they differ by more than one epoch (`best_epochs`).
         "best_epochs": epochs,

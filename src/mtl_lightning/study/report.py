@@ -27,7 +27,7 @@ import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -384,7 +384,8 @@ def _shared_splits(split_of: dict[int | None, str]) -> list[list[int | None]]:
 
 def _adjust_over_family(by_size: dict) -> int:
     """Holm-adjust the seed-level p-values of every difference in the report, one family, and
-    set each one's `p_holm` and `within_noise` from it; returns the family's size."""
+    set each one's `p_holm`, `within_noise` and `seeds_for_power_holm` (at alpha over the
+    family's size) from it; returns the family's size."""
     family = [
         by_metric
         for section in by_size.values()
@@ -408,31 +409,39 @@ def provenance(runs: Sequence[Run]) -> dict:
     commit's sha and its runs, `dirty` counting those from a tree with uncommitted changes),
     `unknown` (runs without a commit: not a git checkout, or older summaries), and `started`,
     `finished`, `wall_seconds` (the first run's start to the last one's end, UTC; None unless
-    every run recorded both)."""
+    every run recorded both as times; a resumed run's start is its resumed part's))."""
     commits: dict[str, dict] = {}
     unknown = 0
     for run in runs:
         commit = run.summary.get("commit")
-        if not commit:
+        if not isinstance(commit, dict) or not commit.get("sha"):
             unknown += 1
             continue
         entry = commits.setdefault(commit["sha"], {"sha": commit["sha"], "runs": 0, "dirty": 0})
         entry["runs"] += 1
         entry["dirty"] += bool(commit.get("dirty"))
-    starts = [run.summary.get("started") for run in runs]
-    ends = [run.summary.get("finished") for run in runs]
     span = {"started": None, "finished": None, "wall_seconds": None}
-    if runs and all(starts) and all(ends):
-        first, last = (
-            min(map(datetime.fromisoformat, starts)),
-            max(map(datetime.fromisoformat, ends)),
-        )
+    times = [_utc(run.summary.get(key)) for run in runs for key in ("started", "finished")]
+    if runs and all(times):
+        first, last = min(times[::2]), max(times[1::2])
         span = {
             "started": first.isoformat(timespec="seconds"),
             "finished": last.isoformat(timespec="seconds"),
             "wall_seconds": (last - first).total_seconds(),
         }
     return {"commits": list(commits.values()), "unknown": unknown, **span}
+
+
+def _utc(text: object) -> datetime | None:
+    """An ISO 8601 time of a summary, as UTC (one without a zone is taken as UTC); None when
+    missing or not a time."""
+    try:
+        found = datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    if found is None:
+        return None
+    return found.replace(tzinfo=timezone.utc) if found.tzinfo is None else found
 
 
 def _provenance_line(found: dict) -> str:
@@ -445,7 +454,9 @@ def _provenance_line(found: dict) -> str:
         for c in found["commits"]
     ]
     if found["unknown"]:
-        parts.append(f"{found['unknown']} run{'s' if found['unknown'] > 1 else ''} without one")
+        parts.append(
+            f"{found['unknown']} run{'s' if found['unknown'] > 1 else ''} without a recorded commit"
+        )
     line = f"Code: {', '.join(parts)}." if parts else "Code: not recorded."
     if found["wall_seconds"] is None:
         return line + " When they ran: not recorded by every run."
@@ -760,7 +771,10 @@ def _power_lines(numbers: dict, tasks: Sequence[str]) -> list[str]:
                         continue
                     other = BASELINE if versus == "vs_single_task" else numbers["reference"]
                     count = (
-                        f"{_seeds(delta['seeds_for_power'])} "
+                        "no count: the seeds share one test split, whose noise more seeds do "
+                        "not average away (a larger test split does)"
+                        if delta["shared_test_split"]
+                        else f"{_seeds(delta['seeds_for_power'])} "
                         f"({_seeds(delta['seeds_for_power_holm'])})"
                     )
                     found.append(

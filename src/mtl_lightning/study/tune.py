@@ -130,8 +130,9 @@ def queue_defaults(folder: Path, label: str, config: DictConfig, given: Sequence
 
 def seeds_test_on_search_examples(config: DictConfig, seeds: Sequence[int]) -> str | None:
     """One line when seeds after the first split the data their own way (`data.seed` follows
-    `seed`, the default), so that their test splits hold some of the examples the search
-    validated on, at the first seed; None when every seed shares one split or there is one."""
+    `seed`, the default), so that a test split carved out of a task's pool (not given by its
+    source) holds some of the examples the search validated on, at the first seed; None when
+    every seed shares one split or there is one."""
     data = OmegaConf.to_container(config, resolve=False).get("data") or {}
     if len(seeds) < 2 or data.get("seed") != "${seed}":
         return None
@@ -139,9 +140,9 @@ def seeds_test_on_search_examples(config: DictConfig, seeds: Sequence[int]) -> s
     about = f" (about {share:.0%} of each, at random)" if isinstance(share, float) else ""
     return (
         f"Seeds {', '.join(map(str, seeds[1:]))} split the data their own way (data.seed "
-        f"follows seed), so their test splits hold some of the validation examples the search "
-        f'chose on at seed {seeds[0]}{about}; ARGS="data.seed=0" gives every seed one split, '
-        "kept apart from the search's validation."
+        f"follows seed): a test split carved out of a task's pool then holds some of the "
+        f"validation examples the search chose on at seed {seeds[0]}{about}; "
+        'ARGS="data.seed=0" gives every seed one split, kept apart from the search\'s validation.'
     )
 
 
