@@ -399,8 +399,10 @@ def _adjust_over_family(by_size: dict) -> int:
     for delta, adjusted in zip(family, stats.holm([d["p"] for d in family]), strict=True):
         delta["p_holm"] = adjusted
         delta["within_noise"] = adjusted >= stats.ALPHA
-        counts = stats.power_counts(delta["per_seed"], delta["power_spread"], family=len(family))
-        delta["seeds_for_power_holm"] = counts["seeds_for_power_holm"]
+        if delta["power_spread"] is not None:  # Holm's strictest step: alpha / the family's size
+            delta["seeds_for_power_holm"] = stats.seeds_for_power(
+                delta["per_seed"], stats.ALPHA / len(family), spread=delta["power_spread"]
+            )
     return len(family)
 
 

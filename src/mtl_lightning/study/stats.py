@@ -388,16 +388,16 @@ def compare_over_seeds(
     spread; the bootstrap counts the noise of a test split the seeds share, which a t-test over
     them cannot see. None (and `within_noise` None) for one seed. `fixed_models`: the
     example-level bootstrap, the models held fixed. `p_holm`, `within_noise` and
-    `seeds_for_power_holm` are set over the family (`holm`, `power_counts`); here they are
-    those of a family of one. The intervals are each comparison's own 95%, not adjusted for the
-    family. `seeds_for_power`: see `power_spread`.
+    `seeds_for_power_holm` are set over the family (`holm`, and `seeds_for_power` at alpha over
+    its size); here they are those of a family of one. The intervals are each comparison's own
+    95%, not adjusted for the family. `seeds_for_power`: see `power_spread`.
     """
     fixed = fixed_models_bootstrap(pairs, metric, alpha)
     per_seed = fixed["per_seed"]
     t_test = seed_t_test(per_seed, alpha)
     two_level = two_level_bootstrap(pairs, metric, splits, len(pairs[0][0].values[metric]), seed)
     if t_test is None:
-        ci95, p, spread = None, None, None
+        ci95, p, spread, count = None, None, None, None
     else:
         ci95 = [
             min(t_test["ci95"][0], two_level["ci95"][0]),
@@ -407,6 +407,7 @@ def compare_over_seeds(
         spread = power_spread(
             per_seed, [float(np.std(a.values[metric] - b.values[metric])) for a, b in pairs]
         )
+        count = seeds_for_power(per_seed, alpha, spread=spread)
     return {
         "delta": fixed["delta"],
         "ci95": ci95,
@@ -420,21 +421,8 @@ def compare_over_seeds(
         "two_level_bootstrap": two_level,
         "fixed_models": {"ci95": fixed["ci95"], "p": fixed["p"]},
         "power_spread": spread,
-        **power_counts(per_seed, spread, alpha, family=1),
-    }
-
-
-def power_counts(
-    per_seed: Sequence[float], spread: float | None, alpha: float = ALPHA, family: int = 1
-) -> dict:
-    """`seeds_for_power` at `alpha`, and at Holm's strictest step over a family of `family`
-    comparisons (`alpha / family`: the level the family's smallest p-value must pass); None
-    without a spread (one seed)."""
-    if spread is None:
-        return {"seeds_for_power": None, "seeds_for_power_holm": None}
-    return {
-        "seeds_for_power": seeds_for_power(per_seed, alpha, spread=spread),
-        "seeds_for_power_holm": seeds_for_power(per_seed, alpha / family, spread=spread),
+        "seeds_for_power": count,
+        "seeds_for_power_holm": count,  # a family of one; `holm`'s caller sets it for its own
     }
 
 
