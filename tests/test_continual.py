@@ -16,6 +16,7 @@ import torch
 from helpers import Recorder
 
 from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.scenarios.build import build_scenario
 from mtl_lightning.train import train
 
 RECORDER = "+callbacks.recorder._target_=helpers.Recorder"
@@ -87,6 +88,31 @@ def test_forgetting_after_a_joint_warmup_is_read_at_the_last_validation(make_cfg
     logged = [r for r in rows if r.get("val/classification/forgetting")]
     assert [int(r["epoch"]) for r in logged] == [1, 2]
     assert all(float(r["val/classification/acc_at_freeze"]) == frozen_at for r in logged)
+
+
+def test_a_run_that_ends_before_the_head_freezes_is_named(caplog):
+    """Warm-up epochs not below trainer.max_epochs leave the head unfrozen: a full_finetune run
+    under another name, said in one warning (the quick study form, max_epochs=1, still runs)."""
+    caplog.set_level(logging.WARNING, logger="mtl_lightning.scenarios.only_head_frozen")
+    node = {"_target_": "mtl_lightning.scenarios.only_head_frozen.OnlyHeadFrozen"}
+    for warmup, epochs, init_from, warned in [
+        (None, 1, None, True),  # the default warm-up is 1 epoch
+        (2, 2, None, True),
+        (None, 2, None, False),
+        (2, 3, None, False),
+        (None, 1, "stage1.ckpt", False),  # from a trained head: frozen from epoch 0
+        (None, -1, None, False),  # no epoch limit
+        (None, None, None, False),
+    ]:
+        caplog.clear()
+        scenario = build_scenario({**node, "head_warmup_epochs": warmup}, init_from)
+        scenario.check_epochs(epochs)
+        messages = [r.getMessage() for r in caplog.records]
+        assert bool(messages) == warned, (warmup, epochs, init_from, messages)
+        if warned:
+            assert len(messages) == 1
+            assert messages[0].startswith(f"freezing.head_warmup_epochs={warmup or 1} is not ")
+            assert f"trainer.max_epochs={epochs}" in messages[0]
 
 
 @pytest.mark.slow

@@ -140,6 +140,10 @@ class Scenario:
     def check_start(self, ckpt_path: str | None, fork_from: str | None) -> None:
         """Refuse a start (a resume, a fork) this scenario cannot make."""
 
+    def check_epochs(self, max_epochs: int | None) -> None:
+        """Say (one warning) where `trainer.max_epochs` ends the run before this scenario does
+        what its name says; None or -1: no epoch limit."""
+
     # --- during training ---
 
     def bind(self, num_groups: int, steps_per_epoch: Callable[[], int | None]) -> None:

@@ -3,12 +3,15 @@ and the other heads train on, and `Forgetting` logs what the frozen task loses."
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.rules import Rule, int_at_least
 from mtl_lightning.scenarios.base import Plan, Scenario, need_task
+
+log = logging.getLogger(__name__)
 
 
 class OnlyHeadFrozen(Scenario):
@@ -60,6 +63,17 @@ class OnlyHeadFrozen(Scenario):
                 f"freezing.head={self.head} has no head in model.init_from, so it would freeze "
                 "untrained: freeze a task that checkpoint was trained on, or set "
                 "freezing.head_warmup_epochs=1 to train it first."
+            )
+
+    def check_epochs(self, max_epochs: int | None) -> None:
+        if max_epochs is not None and max_epochs > 0 and self.frozen_head(max_epochs - 1) is None:
+            log.warning(
+                "freezing.head_warmup_epochs=%s is not below trainer.max_epochs=%s: the head of "
+                "%s never freezes, so this run trains as full_finetune does and measures no "
+                "forgetting; train for more epochs than the warm-up.",
+                self.head_warmup_epochs,
+                max_epochs,
+                self.head,
             )
 
     def state_dict(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from mtl_lightning.core.errors import ConfigError
+from mtl_lightning.scenarios.build import build_scenario
 
 TUNE_DIR = "tune"  # under the sweep folder: tune/<size>/<label>/<n>_<run_name>/
 RESULTS_FILE = "optimization_results.yaml"  # the Optuna sweeper's: best_params, best_value
@@ -86,6 +87,21 @@ def best_overrides(folder: Path) -> list[str]:
     return [f"{key}={_override_value(value)}" for key, value in params.items()]
 
 
+def default_value(config: DictConfig, key: str) -> object:
+    """What a run of `config` uses for `key`: its value, or for a scenario setting left null,
+    the value the scenario settles it to (`only_head_frozen`'s warm-up: 1 epoch, 0 with
+    `model.init_from`); None where only a running job can say."""
+    try:
+        value = OmegaConf.select(config, key, default=None)
+        if value is None and key.startswith("freezing."):
+            init_from = OmegaConf.select(config, "model.init_from", default=None)
+            scenario = build_scenario(config.get("freezing"), init_from)
+            value = getattr(scenario, key.removeprefix("freezing."), None)
+    except Exception:  # an interpolation only a running job resolves, or no scenario to build
+        return None
+    return value
+
+
 def queue_defaults(folder: Path, label: str, config: DictConfig, given: Sequence[str]) -> str:
     """Start the search in `folder` afresh with its first trial queued: the values `config` (the
     experiment's, with the study's overrides) gives the keys its `tune:` space searches, but
@@ -103,10 +119,7 @@ def queue_defaults(folder: Path, label: str, config: DictConfig, given: Sequence
     )
     defaults = {}
     for key, distribution in distributions.items():
-        try:
-            value = OmegaConf.select(config, key, default=None)
-        except Exception:  # an interpolation only a running job resolves
-            value = None
+        value = default_value(config, key)
         if isinstance(value, int | float | str | bool) and distribution._contains(
             distribution.to_internal_repr(value)
         ):
