@@ -17,7 +17,9 @@ from conftest import EXPERIMENTS, compose_cfg
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from mtl_lightning import tune as tune_cli
 from mtl_lightning.config_check import check_train_config
+from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.scenarios.build import build_scenario
 from mtl_lightning.study import stats
 from mtl_lightning.study.report import plot_expected_validation, tuning, tuning_lines
@@ -182,6 +184,10 @@ def test_the_first_trial_queued_is_the_experiments_defaults(tmp_path, capsys):
     folder = tmp_path / "tune" / "all" / "full_finetune"
     for _ in range(2):  # a search started again queues its first trial again, once
         storage = queue_defaults(folder, "full_finetune", config, ["trainer.max_epochs=1"])
+        (folder / "0" / ".hydra").mkdir(parents=True)  # a trial of the stopped search
+        (folder / "0" / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    queue_defaults(folder, "full_finetune", config, ["trainer.max_epochs=1"])
+    assert not (folder / "0").exists()  # its trials start again, none left from before
     expected = {"model.lr": 5e-5, "callbacks.readout.kind": "knn"}
     assert queued_defaults(folder) == expected
     study = optuna.load_study(study_name="full_finetune", storage=storage)
@@ -191,6 +197,28 @@ def test_the_first_trial_queued_is_the_experiments_defaults(tmp_path, capsys):
     said = capsys.readouterr().out
     assert "draws model.weight_decay" in said and "0.5" in said and "max_epochs" not in said
     assert queued_defaults(tmp_path) is None
+
+
+def test_a_continued_study_keeps_only_its_own_runs(tmp_path, monkeypatch):
+    """Given the same SWEEP again, a run already trained with the search's choice is kept; a run
+    of another scenario in its place (other SCENARIOS before) is refused, not kept as this one."""
+    started = []
+    monkeypatch.setattr(tune_cli, "_run", started.append)
+    for label in ("full_finetune", "gradual_unfreeze"):
+        _fake_search(tmp_path / "tune" / "all" / label, [0.6, 0.7], {"model.lr": 3.0e-5})
+    run = tmp_path / "0_full_finetune_seed1"
+    (run / ".hydra").mkdir(parents=True)
+    overrides = ["experiment=full_finetune", "seed=1", "data.max_train_examples=null"]
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, "model.lr=3e-05"]))
+    (run / "summary.json").write_text("{}")
+    tune_cli.tune_study(tmp_path, 2, ["full_finetune"], [], [1])
+    assert started == []  # searched and trained already: kept
+    with pytest.raises(ConfigError, match="0_full_finetune_seed1 holds another run than this "):
+        tune_cli.tune_study(tmp_path, 2, ["gradual_unfreeze"], [], [1])
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))  # another lr
+    with pytest.raises(ConfigError, match=r"\(started without model.lr=3e-05\)"):
+        tune_cli.tune_study(tmp_path, 2, ["full_finetune"], [], [1])
+    assert started == []
 
 
 # --- the report: chosen configurations and expected-validation curves, from fixture trials ---

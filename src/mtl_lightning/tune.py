@@ -11,7 +11,8 @@
    as `make compare` names runs (`<k>_<run_name>_seed<s>`, `baseline_<k>_<run_name>_seed<s>`).
 
 A search with its `optimization_results.yaml`, and a run with its `summary.json`, are not run
-again: a stopped study continues where it stopped, given the same SWEEP.
+again: a stopped study continues where it stopped, given the same SWEEP. A run found in a place
+this study would train another one (other SCENARIOS or SIZES before) is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from mtl_lightning.study.tune import (
     RESULTS_FILE,
     Search,
     best_overrides,
+    overrides_not_in,
     queue_defaults,
     search_dir,
     searches,
@@ -141,7 +143,20 @@ def tune_study(
                 prefix = "baseline_" if baselines else ""
                 subdir = f"{prefix}{number}_${{run_name}}_seed{seed}"
                 done = list(Path(sweep).glob(f"{prefix}{number}_*_seed{seed}/{SUMMARY_FILE}"))
+                run = [
+                    *job.overrides,
+                    f"seed={seed}",
+                    size_override(size),
+                    *best[(size, job.label)],
+                ]
                 if done:
+                    other = overrides_not_in(done[0].parent, run)
+                    if other:  # another SCENARIOS, SIZES or search filled this place before
+                        raise ConfigError(
+                            f"{done[0].parent} holds another run than this study's {job.label} at "
+                            f"seed {seed} (started without {' '.join(other)}): give a new SWEEP, "
+                            "or move that folder away to train this one there."
+                        )
                     print(f"{done[0].parent}: trained already, kept.", flush=True)
                     continue
                 # Scenarios keep their epoch-0 state and fork where exact, as in make compare.
@@ -149,10 +164,7 @@ def tune_study(
                 _run(
                     [
                         *TRAIN,
-                        *job.overrides,
-                        f"seed={seed}",
-                        size_override(size),
-                        *best[(size, job.label)],
+                        *run,
                         *forks,
                         shared_embeddings(sweep),
                         f"hydra.sweep.dir={sweep}",

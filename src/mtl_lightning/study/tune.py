@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -131,7 +132,10 @@ def queue_defaults(folder: Path, label: str, config: DictConfig, given: Sequence
                 flush=True,
             )
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / STUDY_FILE).unlink(missing_ok=True)  # a stopped search starts again at trial 0
+    # A stopped search starts again at trial 0: its study and its trials' folders go with it.
+    (folder / STUDY_FILE).unlink(missing_ok=True)
+    for trial in trial_folders(folder):
+        shutil.rmtree(trial)
     storage = f"sqlite:///{(folder / STUDY_FILE).resolve()}"
     study = optuna.create_study(study_name=label, storage=storage, direction="maximize")
     with warnings.catch_warnings():  # enqueue_trial is "experimental" in optuna 2.x
@@ -157,6 +161,14 @@ def seeds_test_on_search_examples(config: DictConfig, seeds: Sequence[int]) -> s
         f"validation examples the search chose on at seed {seeds[0]}{about}; "
         'ARGS="data.seed=0" gives every seed one split, kept apart from the search\'s validation.'
     )
+
+
+def overrides_not_in(run: Path, overrides: Sequence[str]) -> list[str]:
+    """Those of `overrides` that the run in `run` was not started with (its Hydra
+    `.hydra/overrides.yaml`); empty: it is that run."""
+    path = Path(run) / ".hydra" / "overrides.yaml"
+    recorded = {str(o) for o in OmegaConf.load(path)} if path.is_file() else set()
+    return [o for o in overrides if o not in recorded]
 
 
 def queued_defaults(folder: Path) -> dict | None:
