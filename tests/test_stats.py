@@ -270,6 +270,11 @@ def test_compare_over_seeds_takes_the_larger_p_and_both_intervals():
     assert found["seeds_for_power"] == 5 and not found["shared_test_split"]
     assert found["power_spread"] == pytest.approx(0.1)  # no example noise: the seeds' std
     assert found["seeds_for_power_holm"] == found["seeds_for_power"]  # a family of one
+    # At another alpha both intervals are at that level: at 0.5 the bootstrap's (about [0.167,
+    # 0.233]) sits inside the t-test's 0.2 +- 0.8165 * 0.1 / sqrt(3), which is the verdict's.
+    half = stats.compare_over_seeds(pairs, "acc", [1, 2, 3], alpha=0.5)
+    assert half["ci95"] == pytest.approx(stats.seed_t_test([0.1, 0.2, 0.3], 0.5)["ci95"])
+    assert half["ci95"] == pytest.approx([0.2 - 0.04714, 0.2 + 0.04714], abs=1e-4)
     alone = stats.compare_over_seeds(pairs[:1], "acc", [1])
     assert alone["p"] is None and alone["within_noise"] is None
 

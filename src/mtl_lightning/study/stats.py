@@ -395,7 +395,8 @@ def compare_over_seeds(
     fixed = fixed_models_bootstrap(pairs, metric, alpha)
     per_seed = fixed["per_seed"]
     t_test = seed_t_test(per_seed, alpha)
-    two_level = two_level_bootstrap(pairs, metric, splits, len(pairs[0][0].values[metric]), seed)
+    samples = len(pairs[0][0].values[metric])
+    two_level = two_level_bootstrap(pairs, metric, splits, samples, seed, alpha)
     if t_test is None:
         ci95, p, spread, count = None, None, None, None
     else:
