@@ -128,7 +128,9 @@ def test_every_experiments_defaults_are_values_of_its_space(experiment):
     for key, distribution in distributions.items():
         value = default_value(cfg, key)  # a scenario's null setting: what the scenario settles
         if (experiment, key) == ("only_head_frozen", "freezing.head_warmup_epochs"):
-            assert OmegaConf.select(cfg, key) is None and value == 1  # 0 with model.init_from
+            assert OmegaConf.select(cfg, key) is None and value == 1
+            trained = compose_cfg("train", f"experiment={experiment}", "model.init_from=x.ckpt")
+            assert default_value(trained, key) == 0  # from a trained head: outside, drawn
         inside = distribution._contains(distribution.to_internal_repr(value))
         assert inside, f"{experiment}: {key}={value} is outside its space {space[key]}"
 
@@ -201,22 +203,40 @@ def test_the_first_trial_queued_is_the_experiments_defaults(tmp_path, capsys):
 
 def test_a_continued_study_keeps_only_its_own_runs(tmp_path, monkeypatch):
     """Given the same SWEEP again, a run already trained with the search's choice is kept; a run
-    of another scenario in its place (other SCENARIOS before) is refused, not kept as this one."""
+    of another scenario in its place (other SCENARIOS before) is refused, not kept as this one.
+    Overrides compare as Hydra reads them, and keys that ARGS sets are the study's own."""
     started = []
     monkeypatch.setattr(tune_cli, "_run", started.append)
     for label in ("full_finetune", "gradual_unfreeze"):
         _fake_search(tmp_path / "tune" / "all" / label, [0.6, 0.7], {"model.lr": 3.0e-5})
     run = tmp_path / "0_full_finetune_seed1"
     (run / ".hydra").mkdir(parents=True)
-    overrides = ["experiment=full_finetune", "seed=1", "data.max_train_examples=null"]
-    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([*overrides, "model.lr=3e-05"]))
     (run / "summary.json").write_text("{}")
-    tune_cli.tune_study(tmp_path, 2, ["full_finetune"], [], [1])
+
+    def recorded(*overrides: str) -> None:
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+
+    same = ["experiment=full_finetune", "seed=1", "data.max_train_examples=null"]
+    recorded(*same, "model.lr=3.0e-05", "logger=csv")  # 3.0e-05 is 3e-05; ARGS' key as given
+    tune_cli.tune_study(tmp_path, 2, ["full_finetune"], [], [1], args=["logger=csv"])
+    recorded(*same[:2], "data.max_train_examples=200", "model.lr=3e-05")
+    tune_cli.tune_study(
+        tmp_path, 2, ["full_finetune"], [], [1], ["all"], [], ["data.max_train_examples=200"]
+    )
     assert started == []  # searched and trained already: kept
     with pytest.raises(ConfigError, match="0_full_finetune_seed1 holds another run than this "):
         tune_cli.tune_study(tmp_path, 2, ["gradual_unfreeze"], [], [1])
-    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))  # another lr
+    recorded(*same)  # another learning rate
     with pytest.raises(ConfigError, match=r"\(started without model.lr=3e-05\)"):
+        tune_cli.tune_study(tmp_path, 2, ["full_finetune"], [], [1])
+    # Two runs in one place: the one that is this study's is kept, whichever sorts first.
+    other = tmp_path / "0_a_full_finetune_seed1"
+    shutil.copytree(run, other)
+    recorded(*same, "model.lr=3e-05")
+    tune_cli.tune_study(tmp_path, 2, ["full_finetune"], [], [1])
+    (run / ".hydra" / "overrides.yaml").unlink()
+    shutil.rmtree(other)
+    with pytest.raises(ConfigError, match=r"\(it records no .hydra/overrides.yaml\)"):
         tune_cli.tune_study(tmp_path, 2, ["full_finetune"], [], [1])
     assert started == []
 

@@ -142,23 +142,31 @@ def tune_study(
             ):
                 prefix = "baseline_" if baselines else ""
                 subdir = f"{prefix}{number}_${{run_name}}_seed{seed}"
-                done = list(Path(sweep).glob(f"{prefix}{number}_*_seed{seed}/{SUMMARY_FILE}"))
                 run = [
                     *job.overrides,
                     f"seed={seed}",
                     size_override(size),
                     *best[(size, job.label)],
                 ]
-                if done:
-                    other = overrides_not_in(done[0].parent, run)
-                    if other:  # another SCENARIOS, SIZES or search filled this place before
-                        raise ConfigError(
-                            f"{done[0].parent} holds another run than this study's {job.label} at "
-                            f"seed {seed} (started without {' '.join(other)}): give a new SWEEP, "
-                            "or move that folder away to train this one there."
-                        )
-                    print(f"{done[0].parent}: trained already, kept.", flush=True)
+                done = sorted(
+                    found.parent
+                    for found in Path(sweep).glob(f"{prefix}{number}_*_seed{seed}/{SUMMARY_FILE}")
+                )
+                missing = [overrides_not_in(folder, run, args) for folder in done]
+                if [] in missing:
+                    print(f"{done[missing.index([])]}: trained already, kept.", flush=True)
                     continue
+                if done:  # another SCENARIOS, SIZES or search filled this place before
+                    why = (
+                        "it records no .hydra/overrides.yaml"
+                        if missing[0] is None
+                        else f"started without {' '.join(missing[0])}"
+                    )
+                    raise ConfigError(
+                        f"{done[0]} holds another run than this study's {job.label} at seed "
+                        f"{seed} ({why}): give a new SWEEP, or move that folder away to train "
+                        "this one there."
+                    )
                 # Scenarios keep their epoch-0 state and fork where exact, as in make compare.
                 forks = [] if baselines else ["fork_points=[0]", f"fork_from={sweep}"]
                 _run(

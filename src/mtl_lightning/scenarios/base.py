@@ -9,6 +9,7 @@ frozen head forgets. A new scenario is one file with a subclass of `Scenario`, c
 
 Hooks a subclass may override, besides `trainable` (its plan):
 - `check_tasks` and `configure`: refuse a config that cannot work, before anything trains;
+- `check_epochs`: warn where `trainer.max_epochs` ends the run before the scenario is itself;
 - `adapters` and `loaded`: adapter layers to put on the encoder (PEFT, `scenarios/lora.py`),
   and the tasks `model.init_from` brought trained;
 - `bind`: learn the run's encoder depth and epoch length (a pace in steps);

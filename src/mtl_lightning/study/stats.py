@@ -390,7 +390,8 @@ def compare_over_seeds(
     example-level bootstrap, the models held fixed. `p_holm`, `within_noise` and
     `seeds_for_power_holm` are set over the family (`holm`, and `seeds_for_power` at alpha over
     its size); here they are those of a family of one. The intervals are each comparison's own
-    95%, not adjusted for the family. `seeds_for_power`: see `power_spread`.
+    1 - alpha (the key `ci95`: 95% at the default alpha), not adjusted for the family.
+    `seeds_for_power`: see `power_spread`.
     """
     fixed = fixed_models_bootstrap(pairs, metric, alpha)
     per_seed = fixed["per_seed"]

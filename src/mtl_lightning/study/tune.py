@@ -91,15 +91,18 @@ def best_overrides(folder: Path) -> list[str]:
 def default_value(config: DictConfig, key: str) -> object:
     """What a run of `config` uses for `key`: its value, or for a scenario setting left null,
     the value the scenario settles it to (`only_head_frozen`'s warm-up: 1 epoch, 0 with
-    `model.init_from`); None where only a running job can say."""
+    `model.init_from`); None where only a running job can say. A bad setting raises its
+    ConfigError."""
     try:
         value = OmegaConf.select(config, key, default=None)
-        if value is None and key.startswith("freezing."):
-            init_from = OmegaConf.select(config, "model.init_from", default=None)
-            scenario = build_scenario(config.get("freezing"), init_from)
-            value = getattr(scenario, key.removeprefix("freezing."), None)
-    except Exception:  # an interpolation only a running job resolves, or no scenario to build
+    except Exception:  # an interpolation only a running job resolves
         return None
+    name = key.removeprefix("freezing.")
+    if value is None and name != key:
+        init_from = OmegaConf.select(config, "model.init_from", default=None)
+        scenario = build_scenario(config.get("freezing"), init_from)
+        if name in type(scenario).RULES:  # a setting, not any attribute of the scenario
+            value = getattr(scenario, name, None)
     return value
 
 
@@ -163,12 +166,31 @@ def seeds_test_on_search_examples(config: DictConfig, seeds: Sequence[int]) -> s
     )
 
 
-def overrides_not_in(run: Path, overrides: Sequence[str]) -> list[str]:
+def _as_map(overrides: Sequence[str]) -> dict[str, str]:
+    """{key (with its + or ~): value} of Hydra overrides, as Hydra writes them (`1.0e-4` and
+    `0.0001` alike); a key given twice keeps its last value, as Hydra does."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides])
+    return {o.get_key_element(): o.get_value_element_as_str() for o in parsed}
+
+
+def overrides_not_in(
+    run: Path, overrides: Sequence[str], given: Sequence[str] = ()
+) -> list[str] | None:
     """Those of `overrides` that the run in `run` was not started with (its Hydra
-    `.hydra/overrides.yaml`); empty: it is that run."""
+    `.hydra/overrides.yaml`), but for keys the overrides `given` set (they follow the study's
+    `ARGS`); empty: it is that run; None: the run recorded no overrides."""
     path = Path(run) / ".hydra" / "overrides.yaml"
-    recorded = {str(o) for o in OmegaConf.load(path)} if path.is_file() else set()
-    return [o for o in overrides if o not in recorded]
+    if not path.is_file():
+        return None
+    recorded = _as_map(OmegaConf.load(path))
+    fixed = set(_as_map(given))
+    return [
+        f"{key}={value}"
+        for key, value in _as_map(overrides).items()
+        if key not in fixed and recorded.get(key) != value
+    ]
 
 
 def queued_defaults(folder: Path) -> dict | None:
