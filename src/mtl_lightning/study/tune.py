@@ -99,8 +99,13 @@ def default_value(config: DictConfig, key: str) -> object:
         return None
     name = key.removeprefix("freezing.")
     if value is None and name != key:
-        init_from = OmegaConf.select(config, "model.init_from", default=None)
-        scenario = build_scenario(config.get("freezing"), init_from)
+        try:
+            init_from = OmegaConf.select(config, "model.init_from", default=None)
+            scenario = build_scenario(config.get("freezing"), init_from)
+        except ConfigError:  # a bad setting: said as it is
+            raise
+        except Exception:  # an interpolation only a running job resolves
+            return None
         if name in type(scenario).RULES:  # a setting, not any attribute of the scenario
             value = getattr(scenario, name, None)
     return value
