@@ -437,13 +437,13 @@ def provenance(runs: Sequence[Run]) -> dict:
 def _utc(text: object) -> datetime | None:
     """An ISO 8601 time of a summary, as UTC (one without a zone is taken as UTC); None when
     missing or not a time."""
+    if not isinstance(text, str):
+        return None
     try:
-        found = datetime.fromisoformat(text) if isinstance(text, str) else None
+        found = datetime.fromisoformat(text)
     except ValueError:
         return None
-    if found is None:
-        return None
-    return found.replace(tzinfo=timezone.utc) if found.tzinfo is None else found
+    return found if found.tzinfo else found.replace(tzinfo=timezone.utc)
 
 
 def _provenance_line(found: dict) -> str:
