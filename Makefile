@@ -27,7 +27,8 @@ ARGS ?=
 # WEIGHTINGS=static,pcgrad,dwa (default empty: static only); the baselines stay static, and the
 # report groups runs by scenario and weighting (<scenario>+<weighting>) with their Δm.
 # Reuse: each scenario run keeps its epoch-0 state (fork_points) and starts from a sibling's where
-# that is exact (fork_from: only_head_frozen from full_finetune's joint first epoch); a seed's
+# that is exact (fork_from: only_head_frozen at full_finetune's rates from its joint first epoch;
+# at the rates its experiment ships, none); a seed's
 # epochNN.ckpt files are deleted once its scenarios have run. A frozen pretrained encoder's
 # sentence embeddings are computed by the first run that needs them and read by the others from
 # <sweep>/frozen_embeddings (model.frozen_cache_dir).

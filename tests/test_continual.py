@@ -82,11 +82,13 @@ def test_forgetting_is_exactly_zero_when_nothing_changes(make_cfg, tmp_path, sta
 
 @pytest.mark.slow
 def test_forgetting_after_a_joint_warmup_is_read_at_the_last_validation(make_cfg, tmp_path):
-    train(make_cfg("experiment=only_head_frozen", "trainer.max_epochs=3", "model.lr=0"))
+    """A fresh run of the experiment trains jointly for its 2 warm-up epochs (its search's
+    choice), then freezes the head as the last of them left it."""
+    train(make_cfg("experiment=only_head_frozen", "trainer.max_epochs=4", "model.lr=0"))
     rows = _val_rows(tmp_path / "run")
-    frozen_at = float(rows[0]["val/classification/acc"])  # epoch 0, the joint warm-up epoch
+    frozen_at = float(rows[1]["val/classification/acc"])  # epoch 1, the last joint epoch
     logged = [r for r in rows if r.get("val/classification/forgetting")]
-    assert [int(r["epoch"]) for r in logged] == [1, 2]
+    assert [int(r["epoch"]) for r in logged] == [2, 3]
     assert all(float(r["val/classification/acc_at_freeze"]) == frozen_at for r in logged)
 
 
@@ -95,23 +97,26 @@ def test_a_run_that_ends_before_the_head_freezes_is_named(caplog):
     under another name, said in one warning (the quick study form, max_epochs=1, still runs)."""
     caplog.set_level(logging.WARNING, logger="mtl_lightning.scenarios.only_head_frozen")
     node = {"_target_": "mtl_lightning.scenarios.only_head_frozen.OnlyHeadFrozen"}
-    for warmup, epochs, init_from, warned in [
-        (None, 1, None, True),  # the default warm-up is 1 epoch
-        (2, 2, None, True),
-        (None, 2, None, False),
-        (2, 3, None, False),
-        (None, 1, "stage1.ckpt", False),  # from a trained head: frozen from epoch 0
-        (None, -1, None, False),  # no epoch limit
-        (None, None, None, False),
+    for warmup, fresh, epochs, init_from, warned in [
+        (None, 1, 1, None, True),  # the scenario's own default warm-up is 1 epoch
+        (2, 1, 2, None, True),
+        (None, 1, 2, None, False),
+        (None, 2, 2, None, True),  # the experiment's: 2 epochs on a fresh run
+        (None, 2, 3, None, False),
+        (2, 1, 3, None, False),
+        (None, 2, 1, "stage1.ckpt", False),  # from a trained head: frozen from epoch 0
+        (None, 1, -1, None, False),  # no epoch limit
+        (None, 1, None, None, False),
     ]:
         caplog.clear()
-        scenario = build_scenario({**node, "head_warmup_epochs": warmup}, init_from)
+        settings = {"head_warmup_epochs": warmup, "fresh_head_warmup_epochs": fresh}
+        scenario = build_scenario({**node, **settings}, init_from)
         scenario.check_epochs(epochs)
         messages = [r.getMessage() for r in caplog.records]
-        assert bool(messages) == warned, (warmup, epochs, init_from, messages)
+        assert bool(messages) == warned, (warmup, fresh, epochs, init_from, messages)
         if warned:
             assert len(messages) == 1
-            assert messages[0].startswith(f"freezing.head_warmup_epochs={warmup or 1} is not ")
+            assert messages[0].startswith(f"freezing.head_warmup_epochs={warmup or fresh} is not ")
             assert f"trainer.max_epochs={epochs}" in messages[0]
 
 

@@ -102,7 +102,11 @@ def test_keep_frozen_layers_in_a_run(make_cfg):
 
 @pytest.mark.slow
 def test_forgetting_is_logged_every_epoch_after_the_head_freezes(make_cfg, tmp_path):
-    train(make_cfg("experiment=only_head_frozen", "trainer.max_epochs=3"))
+    train(
+        make_cfg(
+            "experiment=only_head_frozen", "freezing.head_warmup_epochs=1", "trainer.max_epochs=3"
+        )
+    )
     with open(tmp_path / "run" / "metrics.csv") as f:
         logged = list(csv.DictReader(f))
     rows = [r for r in logged if r.get("val/classification/forgetting")]

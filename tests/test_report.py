@@ -295,9 +295,10 @@ def test_report_on_a_folder_without_runs_says_what_to_give(tmp_path):
 @pytest.mark.subprocess
 def test_two_seed_study_multirun_then_report(tiny_encoders, tmp_path):
     """As `make compare SEEDS=1,2` does, with two scenarios: the scenarios' multirun, the
-    single-task baselines' multirun into the same folder, then the report. only_head_frozen
-    forks full_finetune's first epoch of its seed (freezing sentiment's head: on data=tiny
-    classification's epochs are the longer, so the epochs keep their length)."""
+    single-task baselines' multirun into the same folder, then the report. only_head_frozen,
+    here at full_finetune's rates with a 1-epoch warm-up (its experiment's own rates would train
+    that epoch itself), forks full_finetune's first epoch of its seed (freezing sentiment's
+    head: on data=tiny classification's epochs are the longer, so the epochs keep their length)."""
     sweep = tmp_path / "compare"
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     common = [
@@ -315,6 +316,11 @@ def test_two_seed_study_multirun_then_report(tiny_encoders, tmp_path):
         [
             "experiment=full_finetune,only_head_frozen",
             "freezing.head=sentiment",
+            "freezing.fresh_head_warmup_epochs=1",
+            "model.lr=5e-5",
+            "model.head_lr=1e-3",
+            "model.weight_decay=0.01",
+            "model.warmup_ratio=0.1",
             "fork_points=[0]",
             f"fork_from={sweep}",
         ],

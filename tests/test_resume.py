@@ -140,6 +140,7 @@ def test_resume_after_a_head_froze_is_exact(make_cfg, tmp_path):
     common = (
         "experiment=only_head_frozen",
         "freezing.head=classification",
+        "freezing.head_warmup_epochs=1",
         "trainer.max_epochs=3",
         "data.sampling=alternating",
         RECORD,
@@ -227,7 +228,11 @@ def test_resume_with_another_tokenizer_encoder_or_pooling_is_refused(
 def test_resume_only_head_frozen_with_another_head_is_refused(make_cfg, tmp_path):
     """The forgetting a resumed run logs is measured against the head that froze: resuming with
     another `freezing.head` would log the second head's change against the first's value."""
-    common = ("experiment=only_head_frozen", "trainer.max_epochs=2")
+    common = (
+        "experiment=only_head_frozen",
+        "freezing.head_warmup_epochs=1",
+        "trainer.max_epochs=2",
+    )
     train(make_cfg(*common, "freezing.head=classification", output="first"))
     ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
     resume = (*common, "trainer.max_epochs=3", f"ckpt_path={ckpt}")

@@ -250,7 +250,7 @@ def test_a_frozen_heads_task_leaves_the_train_loader(make_cfg, sampling):
     are as long as the other task alone makes them, and the LR schedule ends at the last step."""
     cfg = make_cfg(
         RECORDER, "experiment=only_head_frozen", "freezing.head=classification",
-        f"data.sampling={sampling}", "trainer.max_epochs=3",
+        "freezing.head_warmup_epochs=1", f"data.sampling={sampling}", "trainer.max_epochs=3",
     )  # fmt: skip
     train(cfg)
     recorder = Recorder.last

@@ -90,7 +90,11 @@ def test_full_finetune_trains_everything_in_train_mode(make_cfg):
 @pytest.mark.slow
 def test_only_head_frozen_keeps_the_named_head_after_warmup(make_cfg, tmp_path):
     recorder, _ = _run_recorded(
-        make_cfg, "experiment=only_head_frozen", "freezing.head=sentiment", "trainer.max_epochs=3"
+        make_cfg,
+        "experiment=only_head_frozen",
+        "freezing.head=sentiment",
+        "freezing.head_warmup_epochs=1",  # the experiment's is 2 (test_continual)
+        "trainer.max_epochs=3",
     )
     frozen = {n for n in recorder.before if n.startswith("heads.sentiment.")}
     assert frozen <= recorder.trainable[0]  # warm-up epoch: the head is trained first

@@ -16,8 +16,10 @@ log = logging.getLogger(__name__)
 
 class OnlyHeadFrozen(Scenario):
     """The head of task `head` is frozen from epoch `head_warmup_epochs` on (before that
-    everything trains, so the frozen head is a trained one; null: 0 with `model.init_from`,
-    whose head is trained already, else 1). The encoder and the other heads train, and the
+    everything trains, so the frozen head is a trained one). Null settles by where the run
+    starts: 0 with `model.init_from`, whose head is trained already, else
+    `fresh_head_warmup_epochs` (conf/experiment/only_head_frozen.yaml sets its search's choice,
+    2). The encoder and the other heads train, and the
     frozen task leaves the loss. From then on, every validation logs `val/<head>/forgetting`:
     its accuracy when it froze minus now (mtl_lightning.scenarios.forgetting)."""
 
@@ -26,22 +28,29 @@ class OnlyHeadFrozen(Scenario):
         **Scenario.RULES,
         "head": Rule(str, example="classification"),
         "head_warmup_epochs": int_at_least(1, least=0, nullable=True),
+        "fresh_head_warmup_epochs": int_at_least(2),
     }
 
     def __init__(
         self,
         head: str = "classification",
         head_warmup_epochs: int | None = None,
+        fresh_head_warmup_epochs: int = 1,
         keep_frozen_layers: int = 0,
     ) -> None:
         super().__init__(keep_frozen_layers)
-        self.check_values(head=head, head_warmup_epochs=head_warmup_epochs)
+        self.check_values(
+            head=head,
+            head_warmup_epochs=head_warmup_epochs,
+            fresh_head_warmup_epochs=fresh_head_warmup_epochs,
+        )
         self.head = head
         self.head_warmup_epochs = head_warmup_epochs
+        self.fresh_head_warmup_epochs = fresh_head_warmup_epochs
 
     def configure(self, init_from: str | None) -> None:
         if self.head_warmup_epochs is None:
-            self.head_warmup_epochs = 0 if init_from else 1
+            self.head_warmup_epochs = 0 if init_from else self.fresh_head_warmup_epochs
 
     def trainable(
         self, epoch: int, heads: frozenset[str], num_groups: int, step: int | None
@@ -49,7 +58,9 @@ class OnlyHeadFrozen(Scenario):
         return Plan(heads - {self.head} if self.frozen_head(epoch) else heads, num_groups)
 
     def frozen_head(self, epoch: int) -> str | None:
-        warmup = 1 if self.head_warmup_epochs is None else self.head_warmup_epochs
+        warmup = self.head_warmup_epochs
+        if warmup is None:  # not configured yet: a fresh run's
+            warmup = self.fresh_head_warmup_epochs
         return self.head if epoch >= warmup else None
 
     @property
