@@ -120,6 +120,20 @@ def test_a_run_that_ends_before_the_head_freezes_is_named(caplog):
             assert f"trainer.max_epochs={epochs}" in messages[0]
 
 
+def test_a_run_stopped_by_max_steps_before_the_head_freezes_is_named(make_cfg, caplog):
+    """trainer.max_steps (like max_time or early stopping) can end the run inside the warm-up,
+    which trainer.max_epochs alone cannot show before training: said once, at its end."""
+    caplog.set_level(logging.WARNING, logger="mtl_lightning.scenarios")
+    common = ("experiment=only_head_frozen", "trainer.max_epochs=3")  # warm-up: 2 epochs
+    train(make_cfg(*common, "trainer.max_steps=3", output="cut"))
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("mtl_lightning.sc")]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("Training stopped at step 3, before the head of ")
+    caplog.clear()
+    train(make_cfg(*common, "freezing.head_warmup_epochs=1", "trainer.max_steps=9", output="ok"))
+    assert not [r for r in caplog.records if r.name.startswith("mtl_lightning.sc")]
+
+
 @pytest.mark.slow
 def test_freezing_a_head_the_checkpoint_lacks_is_refused(make_cfg, stage1):
     with pytest.raises(ConfigError, match="freezing.head=sentiment"):

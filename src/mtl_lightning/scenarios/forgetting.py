@@ -26,9 +26,11 @@ class Forgetting(Callback):
         self.scenario = scenario
         self.acc_at_freeze: float | None = None  # the frozen task's value when it froze
         self.last_val: dict[str, float] = {}
+        self.froze = False  # a head froze in this process (before any validation, too)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         head = self.scenario.frozen_head(trainer.current_epoch)
+        self.froze = self.froze or head is not None
         if head is None or self.acc_at_freeze is not None:
             return
         # The last validation before the head froze, read like every later one: the same
@@ -58,6 +60,24 @@ class Forgetting(Callback):
             return
         pl_module.log(f"val/{frozen}/acc_at_freeze", self.acc_at_freeze)
         pl_module.log(f"val/{frozen}/forgetting", self.acc_at_freeze - values[frozen])
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The scenario's `check_epochs` warned before training where trainer.max_epochs ends
+        # the run too early; this says it where something else did (max_steps, max_time, early
+        # stopping, an interrupt).
+        head = self.scenario.frozen_head(2**31)  # the head it freezes, given epochs enough
+        if head is None or self.froze or self.acc_at_freeze is not None:
+            return
+        epochs = trainer.max_epochs
+        if epochs is not None and epochs > 0 and self.scenario.frozen_head(epochs - 1) is None:
+            return  # said before training
+        log.warning(
+            "Training stopped at step %d, before the head of %s froze, so this run trained as "
+            "full_finetune does and measured no forgetting: raise trainer.max_steps (or whatever "
+            "stopped it) past the warm-up, or lower freezing.head_warmup_epochs.",
+            trainer.global_step,
+            head,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"acc_at_freeze": self.acc_at_freeze, "last_val": dict(self.last_val)}
