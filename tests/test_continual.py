@@ -120,6 +120,20 @@ def test_a_run_that_ends_before_the_head_freezes_is_named(caplog):
             assert f"trainer.max_epochs={epochs}" in messages[0]
 
 
+def test_the_fresh_warmup_acts_and_shows_only_on_a_fresh_run(make_cfg):
+    """The experiment's 2-epoch warm-up is a fresh run's; from model.init_from the trained head
+    freezes from epoch 0, and the model card's settings leave out the key that did not act."""
+    node = make_cfg("experiment=only_head_frozen").freezing
+    fresh, trained = build_scenario(node, None), build_scenario(node, "stage1.ckpt")
+    assert (fresh.head_warmup_epochs, trained.head_warmup_epochs) == (2, 0)
+    assert fresh.settings()["fresh_head_warmup_epochs"] == 2
+    assert "fresh_head_warmup_epochs" not in trained.settings()
+    explicit = build_scenario({**node, "head_warmup_epochs": 1}, None)
+    assert "fresh_head_warmup_epochs" not in explicit.settings()
+    assert explicit.settings()["head_warmup_epochs"] == 1
+
+
+@pytest.mark.slow
 def test_a_run_stopped_by_max_steps_before_the_head_freezes_is_named(make_cfg, caplog):
     """trainer.max_steps (like max_time or early stopping) can end the run inside the warm-up,
     which trainer.max_epochs alone cannot show before training: said once, at its end."""
@@ -128,7 +142,7 @@ def test_a_run_stopped_by_max_steps_before_the_head_freezes_is_named(make_cfg, c
     train(make_cfg(*common, "trainer.max_steps=3", output="cut"))
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("mtl_lightning.sc")]
     assert len(messages) == 1, messages
-    assert messages[0].startswith("Training stopped at step 3, before the head of ")
+    assert messages[0].startswith("Training stopped at trainer.max_steps=3, before the head of ")
     caplog.clear()
     train(make_cfg(*common, "freezing.head_warmup_epochs=1", "trainer.max_steps=9", output="ok"))
     assert not [r for r in caplog.records if r.name.startswith("mtl_lightning.sc")]

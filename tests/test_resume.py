@@ -238,5 +238,8 @@ def test_resume_only_head_frozen_with_another_head_is_refused(make_cfg, tmp_path
     resume = (*common, "trainer.max_epochs=3", f"ckpt_path={ckpt}")
     with pytest.raises(ConfigError, match=r"froze the head of classification, not freezing\.head"):
         train(make_cfg(*resume, "freezing.head=sentiment", output="other"))
+    # Nor with another warm-up: the head would have frozen in another epoch.
+    with pytest.raises(ConfigError, match=r"from epoch 1, not from freezing\.head_warmup_epochs=2"):
+        train(make_cfg(*resume, "freezing.head_warmup_epochs=2", output="later"))
     metrics = train(make_cfg(*resume, "freezing.head=classification", output="same"))
     assert "val/classification/forgetting" in metrics

@@ -31,7 +31,9 @@ def test_each_experiment_selects_its_scenario_class(make_cfg):
 @pytest.mark.parametrize("encoder", ["bert", "distilbert"])
 @pytest.mark.parametrize("experiment", SCENARIO_EXPERIMENTS)
 def test_experiment_runs_end_to_end(make_cfg, tmp_path, experiment, encoder):
-    cfg = make_cfg(f"experiment={experiment}", "trainer.max_epochs=2", encoder=encoder)
+    # only_head_frozen: its head frozen after 1 of the 2 epochs (the experiment's warm-up is 2)
+    warmup = ["freezing.head_warmup_epochs=1"] if experiment == "only_head_frozen" else []
+    cfg = make_cfg(f"experiment={experiment}", "trainer.max_epochs=2", *warmup, encoder=encoder)
     metrics = train(cfg)
     run = tmp_path / "run"
     assert 0.0 <= metrics["val/acc_mean"] <= 1.0

@@ -363,8 +363,17 @@ def test_data_resolves_tokenizers_below_model_and_inference_pads_without_the_dat
         ("data.sampling=alternating",),
         ("data.sampling=proportional",),
         ("data.sampling=temperature", "model.loss_weighting=uncertainty"),
-        ("+model.loss_weights.similarity=0.5", "experiment=only_head_frozen"),
-        ("experiment=only_head_frozen", "freezing.head=similarity"),
+        # only_head_frozen: its head frozen after 1 of the 2 epochs (the experiment's is 2)
+        (
+            "+model.loss_weights.similarity=0.5",
+            "experiment=only_head_frozen",
+            "freezing.head_warmup_epochs=1",
+        ),
+        (
+            "experiment=only_head_frozen",
+            "freezing.head=similarity",
+            "freezing.head_warmup_epochs=1",
+        ),
     ],
 )
 def test_pair_and_score_tasks_in_every_sampling_mode_and_weighting(make_cfg, overrides):

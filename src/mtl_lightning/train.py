@@ -287,7 +287,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = cfg.get("ckpt_path")
     fork_from = Path(cfg.fork_from).expanduser() if cfg.get("fork_from") else None
     scenario.check_start(ckpt_path, str(fork_from) if fork_from and fork_from.is_file() else None)
-    scenario.check_epochs(cfg.trainer.get("max_epochs"))
+    said = scenario.check_epochs(cfg.trainer.get("max_epochs"))
     # Read here (weights-only, one-sentence errors) so that a bad file fails before any work.
     resume = read_checkpoint(ckpt_path, "ckpt_path") if ckpt_path else None
     datamodule = build_data(cfg.data)
@@ -311,7 +311,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         scenario.loaded([t for t in module.tasks if t not in new_heads], new_heads)
     scenario.check_tasks(list(datamodule.label_names), new_heads)
     schedule = FreezingSchedule(scenario)
-    callbacks = [schedule, Forgetting(scenario), PrimaryHistory()]
+    callbacks = [schedule, Forgetting(scenario, said), PrimaryHistory()]
     callbacks += [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
     forked = None
     if fork_from is not None and scenario.trains:

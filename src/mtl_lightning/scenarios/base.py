@@ -141,9 +141,10 @@ class Scenario:
     def check_start(self, ckpt_path: str | None, fork_from: str | None) -> None:
         """Refuse a start (a resume, a fork) this scenario cannot make."""
 
-    def check_epochs(self, max_epochs: int | None) -> None:
+    def check_epochs(self, max_epochs: int | None) -> bool:
         """Say (one warning) where `trainer.max_epochs` ends the run before this scenario does
-        what its name says; None or -1: no epoch limit."""
+        what its name says, and return whether it did; None or -1: no epoch limit."""
+        return False
 
     # --- during training ---
 
@@ -158,7 +159,8 @@ class Scenario:
         return {name: 0 if g < depth else never for g, name in enumerate(names)}
 
     def frozen_head(self, epoch: int) -> str | None:
-        """The task whose trained head is frozen in `epoch`, whose forgetting is logged."""
+        """The task whose trained head is frozen in `epoch`, whose forgetting is logged; once
+        frozen, it stays frozen in every later epoch (`Forgetting` relies on it)."""
         return None
 
     def observe(

@@ -22,8 +22,9 @@ class Forgetting(Callback):
     (mtl_lightning.study.fork) freezes at the value it would have read itself.
     """
 
-    def __init__(self, scenario: Scenario) -> None:
+    def __init__(self, scenario: Scenario, said: bool = False) -> None:
         self.scenario = scenario
+        self.said = said  # `scenario.check_epochs` warned before training that it ends too early
         self.acc_at_freeze: float | None = None  # the frozen task's value when it froze
         self.last_val: dict[str, float] = {}
         self.froze = False  # a head froze in this process (before any validation, too)
@@ -62,21 +63,26 @@ class Forgetting(Callback):
         pl_module.log(f"val/{frozen}/forgetting", self.acc_at_freeze - values[frozen])
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # The scenario's `check_epochs` warned before training where trainer.max_epochs ends
-        # the run too early; this says it where something else did (max_steps, max_time, early
-        # stopping, an interrupt).
+        # Where trainer.max_epochs ends the run too early, `check_epochs` said so before
+        # training; this says it where something else did (max_steps, max_time, early stopping,
+        # an interrupt, fast_dev_run). A head once frozen stays frozen (`frozen_head`).
         head = self.scenario.frozen_head(2**31)  # the head it freezes, given epochs enough
-        if head is None or self.froze or self.acc_at_freeze is not None:
+        if head is None or self.froze or self.acc_at_freeze is not None or self.said:
             return
-        epochs = trainer.max_epochs
-        if epochs is not None and epochs > 0 and self.scenario.frozen_head(epochs - 1) is None:
-            return  # said before training
+        if not trainer.is_global_zero:  # the same on every rank: said once
+            return
+        if 0 < trainer.max_steps <= trainer.global_step:
+            cause, fix = f"trainer.max_steps={trainer.max_steps}", "raise trainer.max_steps"
+        else:
+            cause = f"step {trainer.global_step} (max_time, early stopping or an interrupt)"
+            fix = "resume it from its last.ckpt"
         log.warning(
-            "Training stopped at step %d, before the head of %s froze, so this run trained as "
-            "full_finetune does and measured no forgetting: raise trainer.max_steps (or whatever "
-            "stopped it) past the warm-up, or lower freezing.head_warmup_epochs.",
-            trainer.global_step,
+            "Training stopped at %s, before the head of %s froze, so this run trained as "
+            "full_finetune does and measured no forgetting: %s, or lower "
+            "freezing.head_warmup_epochs.",
+            cause,
             head,
+            fix,
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -47,10 +47,18 @@ class OnlyHeadFrozen(Scenario):
         self.head = head
         self.head_warmup_epochs = head_warmup_epochs
         self.fresh_head_warmup_epochs = fresh_head_warmup_epochs
+        self.fresh = head_warmup_epochs is None  # settled by `fresh_head_warmup_epochs`
 
     def configure(self, init_from: str | None) -> None:
         if self.head_warmup_epochs is None:
             self.head_warmup_epochs = 0 if init_from else self.fresh_head_warmup_epochs
+        self.fresh = self.fresh and not init_from
+
+    def settings(self) -> dict[str, Any]:
+        shown = super().settings()
+        if not self.fresh:  # an explicit warm-up, or 0 from model.init_from: it did not act
+            shown.pop("fresh_head_warmup_epochs")
+        return shown
 
     def trainable(
         self, epoch: int, heads: frozenset[str], num_groups: int, step: int | None
@@ -76,7 +84,7 @@ class OnlyHeadFrozen(Scenario):
                 "freezing.head_warmup_epochs=1 to train it first."
             )
 
-    def check_epochs(self, max_epochs: int | None) -> None:
+    def check_epochs(self, max_epochs: int | None) -> bool:
         if max_epochs is not None and max_epochs > 0 and self.frozen_head(max_epochs - 1) is None:
             log.warning(
                 "freezing.head_warmup_epochs=%s is not below trainer.max_epochs=%s: the head of "
@@ -86,9 +94,11 @@ class OnlyHeadFrozen(Scenario):
                 max_epochs,
                 self.head,
             )
+            return True
+        return False
 
     def state_dict(self) -> dict[str, Any]:
-        return {"head": self.head}
+        return {"head": self.head, "head_warmup_epochs": self.head_warmup_epochs}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         # The forgetting a resumed run logs is measured against the head that froze then.
@@ -97,4 +107,12 @@ class OnlyHeadFrozen(Scenario):
             raise ConfigError(
                 f"ckpt_path froze the head of {saved}, not freezing.head={self.head}: resume with "
                 f"freezing.head={saved}, or start a new run to freeze {self.head}."
+            )
+        # And the epoch it froze in (older checkpoints do not record it).
+        warmup = state.get("head_warmup_epochs")
+        if warmup is not None and warmup != self.head_warmup_epochs:
+            raise ConfigError(
+                f"ckpt_path freezes the head of {self.head} from epoch {warmup}, not from "
+                f"freezing.head_warmup_epochs={self.head_warmup_epochs}: resume with "
+                f"freezing.head_warmup_epochs={warmup}, or start a new run."
             )

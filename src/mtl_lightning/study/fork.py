@@ -1,7 +1,8 @@
 """`fork_from`: start a run from another run's state at an epoch's end, where that is exact.
 
-`only_head_frozen`'s first epoch trains everything jointly: it is `full_finetune`'s first epoch
-for the same seed, bit for bit. A fork starts from that epoch instead of training it again. The
+`only_head_frozen`'s warm-up epochs train everything jointly: at `full_finetune`'s rates and
+epochs (not its experiment's own), they are `full_finetune`'s first epochs for the same seed,
+bit for bit. A fork starts from that epoch instead of training it again. The
 source's full training state (weights, optimizer, LR schedule, RNG, loops, the best-checkpoint
 bookkeeping) is written into this run's folder as `checkpoints/fork-epochNN.ckpt`, as if this
 run had trained those epochs itself. The source's metrics.csv rows up to then are carried over,

@@ -90,9 +90,9 @@ def best_overrides(folder: Path) -> list[str]:
 
 def default_value(config: DictConfig, key: str) -> object:
     """What a run of `config` uses for `key`: its value, or for a scenario setting left null,
-    the value the scenario settles it to (`only_head_frozen`'s warm-up: 1 epoch, 0 with
-    `model.init_from`); None where only a running job can say. A bad setting raises its
-    ConfigError."""
+    the value the scenario settles it to (`only_head_frozen`'s warm-up: its
+    `fresh_head_warmup_epochs`, 2 in its experiment, or 0 with `model.init_from`); None where
+    only a running job can say. A bad setting raises its ConfigError."""
     try:
         value = OmegaConf.select(config, key, default=None)
     except Exception:  # an interpolation only a running job resolves
