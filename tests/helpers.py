@@ -8,6 +8,15 @@ from __future__ import annotations
 import torch
 from lightning import Callback
 
+# full_finetune's rates (the model's), as overrides. only_head_frozen's experiment ships its
+# search's own, so a test that forks it from full_finetune sets these (and a 1-epoch warm-up).
+FULL_FINETUNE_RATES = (
+    "model.lr=5e-5",
+    "model.head_lr=1e-3",
+    "model.weight_decay=0.01",
+    "model.warmup_ratio=0.1",
+)
+
 
 class Recorder(Callback):
     last: Recorder | None = None  # the latest instance, for the test that configured it

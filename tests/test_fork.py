@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import FULL_FINETUNE_RATES
 from omegaconf import OmegaConf
 
 from mtl_lightning.core.errors import ConfigError
@@ -17,10 +18,9 @@ from mtl_lightning.train import train
 # leaves the epochs as long (joint sampling: the longest task), freezing classification's not.
 # only_head_frozen's experiment ships its search's rates and a 2-epoch warm-up; a fork needs
 # full_finetune's (the model's) and a config that differs only in the scenario.
-RATES = ("model.lr=5e-5", "model.head_lr=1e-3", "model.weight_decay=0.01", "model.warmup_ratio=0.1")
 OHF = (
     "experiment=only_head_frozen", "freezing.head=sentiment", "trainer.max_epochs=3",
-    "freezing.fresh_head_warmup_epochs=1", *RATES,
+    "freezing.fresh_head_warmup_epochs=1", *FULL_FINETUNE_RATES,
 )  # fmt: skip
 
 
@@ -106,7 +106,7 @@ def test_a_sweep_folder_gives_each_run_the_fork_that_fits_or_none(make_cfg, tmp_
         (("model.lr=1e-3",), r"its config differs in model\.lr \(5e-05 there, 0.001 here\)"),
         (
             # full_finetune's rates, so that only the scenario differs
-            ("experiment=gradual_unfreeze", *RATES, "model.layerwise_lr_decay=1"),
+            ("experiment=gradual_unfreeze", *FULL_FINETUNE_RATES, "model.layerwise_lr_decay=1"),
             "gradual_unfreeze neither forks nor is forked from",
         ),
         (

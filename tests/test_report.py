@@ -24,6 +24,7 @@ from fake_sweep import (
     similarity_predictions,
     study_predictions,
 )
+from helpers import FULL_FINETUNE_RATES
 
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.summary import best_epochs, read_summary, write_summary
@@ -317,10 +318,7 @@ def test_two_seed_study_multirun_then_report(tiny_encoders, tmp_path):
             "experiment=full_finetune,only_head_frozen",
             "freezing.head=sentiment",
             "freezing.fresh_head_warmup_epochs=1",
-            "model.lr=5e-5",
-            "model.head_lr=1e-3",
-            "model.weight_decay=0.01",
-            "model.warmup_ratio=0.1",
+            *FULL_FINETUNE_RATES,
             "fork_points=[0]",
             f"fork_from={sweep}",
         ],
