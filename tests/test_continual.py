@@ -114,10 +114,16 @@ def test_a_run_that_ends_before_the_head_freezes_is_named(caplog):
         scenario.check_epochs(epochs)
         messages = [r.getMessage() for r in caplog.records]
         assert bool(messages) == warned, (warmup, fresh, epochs, init_from, messages)
+        assert scenario.never_freezes == warned  # then every epoch scores (full_finetune's)
         if warned:
             assert len(messages) == 1
-            assert messages[0].startswith(f"freezing.head_warmup_epochs={warmup or fresh} is not ")
-            assert f"trainer.max_epochs={epochs}" in messages[0]
+            # The key whose value decided: an explicit warm-up, or null and the fresh run's.
+            key = f"={warmup}" if warmup else f"=null (freezing.fresh_head_warmup_epochs={fresh})"
+            assert messages[0].startswith(f"freezing.head_warmup_epochs{key} is not below ")
+            assert f"trainer.max_epochs={epochs}: " in messages[0]
+            fix = f"set trainer.max_epochs={(warmup or fresh) + 1}"
+            fix += f", or freezing.head_warmup_epochs={epochs - 1}." if epochs > 1 else "."
+            assert messages[0].endswith(fix), messages[0]
 
 
 def test_the_fresh_warmup_acts_and_shows_only_on_a_fresh_run(make_cfg):
@@ -133,9 +139,44 @@ def test_the_fresh_warmup_acts_and_shows_only_on_a_fresh_run(make_cfg):
     assert explicit.settings()["head_warmup_epochs"] == 1
 
 
+def test_a_checkpoint_that_predates_the_recorded_warmup_resumes_only_at_its_then_default(
+    make_cfg,
+):
+    """A checkpoint without `head_warmup_epochs` froze a null warm-up's head from epoch 1 (the
+    default then): resuming it under the experiment's 2 would freeze it an epoch later."""
+    node = make_cfg("experiment=only_head_frozen").freezing
+    old_state = {"head": "classification"}
+    with pytest.raises(ConfigError, match=r"from epoch 1, not from freezing\.head_warmup_epochs=2"):
+        build_scenario(node, None).load_state_dict(old_state)
+    build_scenario({**node, "head_warmup_epochs": 1}, None).load_state_dict(old_state)
+    build_scenario(node, "stage1.ckpt").load_state_dict(old_state)  # explicit or from init_from
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("experiment", "best"),
+    [("only_head_frozen", "best-epoch01.ckpt"), ("full_finetune", "best-epoch00.ckpt")],
+)
+def test_the_tested_checkpoint_is_an_epoch_with_the_head_frozen(
+    make_cfg, tmp_path, experiment, best
+):
+    """At learning rates 0 every epoch validates the same, and a tie keeps the earlier epoch:
+    full_finetune tests epoch 0, only_head_frozen its first epoch with the head frozen, not the
+    joint warm-up's model (which is full_finetune's)."""
+    cfg = make_cfg(
+        f"experiment={experiment}", "freezing.head_warmup_epochs=1", "trainer.max_epochs=2",
+        "model.lr=0", "model.head_lr=0", output=experiment,
+    )  # fmt: skip
+    train(cfg)
+    found = sorted(p.name for p in (tmp_path / experiment / "checkpoints").glob("best-*.ckpt"))
+    assert found == [best]
+    summary = json.loads((tmp_path / experiment / "summary.json").read_text())
+    assert summary["best_epochs"]["chosen"] == int(best[-7:-5])  # what the report shows
+
+
 @pytest.mark.slow
 def test_a_run_stopped_by_max_steps_before_the_head_freezes_is_named(make_cfg, caplog):
-    """trainer.max_steps (like max_time or early stopping) can end the run inside the warm-up,
+    """trainer.max_steps (like early stopping) can end the run inside the warm-up,
     which trainer.max_epochs alone cannot show before training: said once, at its end."""
     caplog.set_level(logging.WARNING, logger="mtl_lightning.scenarios")
     common = ("experiment=only_head_frozen", "trainer.max_epochs=3")  # warm-up: 2 epochs

@@ -86,3 +86,6 @@ def test_each_tasks_best_epoch_is_reported_beside_the_chosen_one():
     assert "sts at epoch 0" in epochs["note"] and "trec" not in epochs["note"]
     history[0]["sts"] = 0.7
     assert best_epochs(history)["note"] is None
+    # Among the epochs the scenario scores (only_head_frozen: from its freeze on) only.
+    assert best_epochs(history, lambda epoch: epoch != 2)["chosen"] == 3
+    assert best_epochs(history, lambda epoch: epoch > 3)["chosen"] is None

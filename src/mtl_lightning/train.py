@@ -24,6 +24,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from mtl_lightning.callbacks.best_checkpoint import BestCheckpoint
 from mtl_lightning.callbacks.sigterm import SigtermCheckpoint
 from mtl_lightning.config_check import check_frozen_layers, check_train_config
 from mtl_lightning.core.checkpoint import (
@@ -313,6 +314,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     schedule = FreezingSchedule(scenario)
     callbacks = [schedule, Forgetting(scenario, said), PrimaryHistory()]
     callbacks += [build(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    for callback in callbacks:
+        if isinstance(callback, BestCheckpoint):  # its best among the scenario's own epochs
+            callback.scores = scenario.scores
     forked = None
     if fork_from is not None and scenario.trains:
         forked = start_fork(cfg, fork_from, scenario, datamodule, module, callbacks)

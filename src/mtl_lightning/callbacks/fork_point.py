@@ -14,7 +14,8 @@ class ForkPoint(SelectiveModelCheckpoint):
     """Writes `<dirpath>/epochNN.ckpt` (weights, optimizer, LR schedule, RNG, loops) at the end
     of each epoch in `epochs`, after its validation: a run that trains the same first epochs
     starts from it (`fork_from`, mtl_lightning.study.fork). `make compare` keeps epoch 0 of its
-    runs, and `only_head_frozen` forks `full_finetune`'s.
+    runs: `only_head_frozen` at `full_finetune`'s rates and a 1-epoch warm-up forks
+    `full_finetune`'s (at its experiment's own, searched rates it trains its own).
 
     A ModelCheckpoint, so that Lightning runs it after the best-checkpoint callbacks: the state
     it writes already counts this epoch's score.

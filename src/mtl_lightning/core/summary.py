@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -45,18 +46,25 @@ class PrimaryHistory(Callback):
         self.history = {int(epoch): row for epoch, row in state_dict["history"].items()}
 
 
-def best_epochs(history: dict[int, dict[str, float]]) -> dict | None:
+def best_epochs(
+    history: dict[int, dict[str, float]], scores: Callable[[int], bool] | None = None
+) -> dict | None:
     """`chosen`: the epoch of the best `primary_mean` (the first, as the checkpoint callback keeps
-    it); `per_task`: each task's own best epoch; `note`: a sentence naming the tasks whose best
-    epoch is more than one epoch from the chosen one (null when none is)."""
+    it) among the epochs `scores` admits (the best checkpoint's, `Scenario.scores`: all by
+    default); `per_task`: each task's own best epoch; `note`: a sentence naming the tasks whose
+    best epoch is more than one epoch from the chosen one (null when none is)."""
     if not history:
         return None
 
-    def best(name: str) -> int | None:
-        epochs = [e for e in sorted(history) if not math.isnan(history[e].get(name, math.nan))]
+    def best(name: str, admits: Callable[[int], bool] = lambda epoch: True) -> int | None:
+        epochs = [
+            e
+            for e in sorted(history)
+            if admits(e) and not math.isnan(history[e].get(name, math.nan))
+        ]
         return max(epochs, key=lambda e: history[e][name]) if epochs else None  # first max
 
-    chosen = best("primary_mean")
+    chosen = best("primary_mean", scores or (lambda epoch: True))
     names = sorted({name for row in history.values() for name in row} - {"primary_mean"})
     per_task = {name: best(name) for name in names}
     far = {
@@ -106,7 +114,9 @@ def write_summary(
         return None
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     history = next((c for c in trainer.callbacks if isinstance(c, PrimaryHistory)), None)
-    epochs = best_epochs(history.history) if history else None
+    # The best checkpoint's choice among the epochs it scores (BestCheckpoint: the scenario's).
+    scores = getattr(trainer.checkpoint_callback, "scores", None)
+    epochs = best_epochs(history.history, scores) if history else None
     if epochs and epochs["note"]:
         log.warning(epochs["note"])
     summary = {

@@ -15,6 +15,8 @@ Hooks a subclass may override, besides `trainable` (its plan):
 - `bind`: learn the run's encoder depth and epoch length (a pace in steps);
 - `group_starts`: the step each encoder group starts training, for its learning-rate warm-up;
 - `frozen_head`: the task whose head is frozen in an epoch, whose forgetting is measured;
+- `scores`: whether an epoch's model is the scenario's, so that the best checkpoint (the tested
+  model, a tuning trial's score) may be chosen from it (`only_head_frozen`: not its warm-up's);
 - `monitor` and `observe`: a validation metric the scenario reacts to (a plateau);
 - `run`: what training is (`EntireNetworkFrozen` only evaluates);
 - `state_dict` and `load_state_dict`: what a resumed run needs back.
@@ -162,6 +164,12 @@ class Scenario:
         """The task whose trained head is frozen in `epoch`, whose forgetting is logged; once
         frozen, it stays frozen in every later epoch (`Forgetting` relies on it)."""
         return None
+
+    def scores(self, epoch: int) -> bool:
+        """Whether the model at the end of `epoch` is this scenario's: the best checkpoint,
+        which is tested and which a tuning trial is scored by, is chosen among these epochs
+        (mtl_lightning.callbacks.best_checkpoint). Every epoch, unless a subclass says not."""
+        return True
 
     def observe(
         self, value: float, step: int, mid_window: bool, agree: Callable[[bool], bool]

@@ -64,22 +64,23 @@ class Forgetting(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Where trainer.max_epochs ends the run too early, `check_epochs` said so before
-        # training; this says it where something else did (max_steps, max_time, early stopping,
-        # an interrupt, fast_dev_run). A head once frozen stays frozen (`frozen_head`).
+        # training; this says it where something else did (max_steps, or a callback such as
+        # early stopping; an interrupt ends in on_exception, not here). A head once frozen
+        # stays frozen (`frozen_head`).
         head = self.scenario.frozen_head(2**31)  # the head it freezes, given epochs enough
         if head is None or self.froze or self.acc_at_freeze is not None or self.said:
             return
-        if not trainer.is_global_zero:  # the same on every rank: said once
+        if not trainer.is_global_zero or trainer.fast_dev_run:  # said once; not in a smoke test
             return
         if 0 < trainer.max_steps <= trainer.global_step:
             cause, fix = f"trainer.max_steps={trainer.max_steps}", "raise trainer.max_steps"
         else:
-            cause = f"step {trainer.global_step} (max_time, early stopping or an interrupt)"
-            fix = "resume it from its last.ckpt"
+            cause = f"step {trainer.global_step} (a callback stopped it, e.g. early stopping)"
+            fix = "give that callback more patience"
         log.warning(
             "Training stopped at %s, before the head of %s froze, so this run trained as "
-            "full_finetune does and measured no forgetting: %s, or lower "
-            "freezing.head_warmup_epochs.",
+            "full_finetune does, measured no forgetting and has no best checkpoint of its own "
+            "(its last weights are tested): %s, or lower freezing.head_warmup_epochs.",
             cause,
             head,
             fix,

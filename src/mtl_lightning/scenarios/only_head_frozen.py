@@ -7,6 +7,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+
 from mtl_lightning.core.errors import ConfigError
 from mtl_lightning.core.rules import Rule, int_at_least
 from mtl_lightning.scenarios.base import Plan, Scenario, need_task
@@ -21,7 +23,9 @@ class OnlyHeadFrozen(Scenario):
     `fresh_head_warmup_epochs` (conf/experiment/only_head_frozen.yaml sets its search's choice,
     2). The encoder and the other heads train, and the
     frozen task leaves the loss. From then on, every validation logs `val/<head>/forgetting`:
-    its accuracy when it froze minus now (mtl_lightning.scenarios.forgetting)."""
+    its accuracy when it froze minus now (mtl_lightning.scenarios.forgetting). The best
+    checkpoint, the one tested, is chosen among the epochs with the head frozen (`scores`): the
+    warm-up's models are a joint fine-tuning's, not this scenario's."""
 
     name = "only_head_frozen"
     RULES = {
@@ -48,6 +52,7 @@ class OnlyHeadFrozen(Scenario):
         self.head_warmup_epochs = head_warmup_epochs
         self.fresh_head_warmup_epochs = fresh_head_warmup_epochs
         self.fresh = head_warmup_epochs is None  # settled by `fresh_head_warmup_epochs`
+        self.never_freezes = False  # trainer.max_epochs ends the run first (`check_epochs`)
 
     def configure(self, init_from: str | None) -> None:
         if self.head_warmup_epochs is None:
@@ -71,6 +76,10 @@ class OnlyHeadFrozen(Scenario):
             warmup = self.fresh_head_warmup_epochs
         return self.head if epoch >= warmup else None
 
+    def scores(self, epoch: int) -> bool:
+        # A run whose head never freezes trains as full_finetune does (check_epochs said so).
+        return self.frozen_head(epoch) is not None or self.never_freezes
+
     @property
     def heads_change(self) -> bool:
         return self.frozen_head(0) is None
@@ -85,17 +94,28 @@ class OnlyHeadFrozen(Scenario):
             )
 
     def check_epochs(self, max_epochs: int | None) -> bool:
-        if max_epochs is not None and max_epochs > 0 and self.frozen_head(max_epochs - 1) is None:
+        if max_epochs is None or max_epochs <= 0 or self.frozen_head(max_epochs - 1) is not None:
+            return False
+        self.never_freezes = True
+        warmup = self.head_warmup_epochs
+        if warmup is None or self.fresh:  # null, settled (or to be) by the fresh run's key
+            warmup = self.fresh_head_warmup_epochs
+            key = f"freezing.head_warmup_epochs=null (freezing.fresh_head_warmup_epochs={warmup})"
+        else:
+            key = f"freezing.head_warmup_epochs={warmup}"
+        fix = f"trainer.max_epochs={warmup + 1}"
+        if max_epochs > 1:  # a fresh head trains at least one epoch before it freezes
+            fix += f", or freezing.head_warmup_epochs={max_epochs - 1}"
+        if rank_zero_only.rank == 0:  # the same on every rank: said once
             log.warning(
-                "freezing.head_warmup_epochs=%s is not below trainer.max_epochs=%s: the head of "
-                "%s never freezes, so this run trains as full_finetune does and measures no "
-                "forgetting; train for more epochs than the warm-up.",
-                self.head_warmup_epochs,
+                "%s is not below trainer.max_epochs=%s: the head of %s never freezes, so this "
+                "run trains as full_finetune does and measures no forgetting; set %s.",
+                key,
                 max_epochs,
                 self.head,
+                fix,
             )
-            return True
-        return False
+        return True
 
     def state_dict(self) -> dict[str, Any]:
         return {"head": self.head, "head_warmup_epochs": self.head_warmup_epochs}
@@ -108,8 +128,9 @@ class OnlyHeadFrozen(Scenario):
                 f"ckpt_path froze the head of {saved}, not freezing.head={self.head}: resume with "
                 f"freezing.head={saved}, or start a new run to freeze {self.head}."
             )
-        # And the epoch it froze in (older checkpoints do not record it).
-        warmup = state.get("head_warmup_epochs")
+        # And the epoch it froze in. Older checkpoints do not record it; a null warm-up froze a
+        # fresh run's head from epoch 1 then.
+        warmup = state.get("head_warmup_epochs", 1 if self.fresh else None)
         if warmup is not None and warmup != self.head_warmup_epochs:
             raise ConfigError(
                 f"ckpt_path freezes the head of {self.head} from epoch {warmup}, not from "

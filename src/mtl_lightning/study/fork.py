@@ -5,9 +5,11 @@ epochs (not its experiment's own), they are `full_finetune`'s first epochs for t
 bit for bit. A fork starts from that epoch instead of training it again. The
 source's full training state (weights, optimizer, LR schedule, RNG, loops, the best-checkpoint
 bookkeeping) is written into this run's folder as `checkpoints/fork-epochNN.ckpt`, as if this
-run had trained those epochs itself. The source's metrics.csv rows up to then are carried over,
-and training resumes from there. So the result is the run from scratch: `tests/test_fork.py`
-checks the weights, the metrics and the forgetting.
+run had trained those epochs itself: where this run scores none of them (`Scenario.scores`:
+`only_head_frozen`'s warm-up), its best checkpoint starts afresh, as it would have. The
+source's metrics.csv rows up to then are carried over, and training resumes from there. So
+the result is the run from scratch: `tests/test_fork.py` checks the weights, the metrics and the
+forgetting.
 
 It is exact only when these hold, and a fork is refused, naming the reason, otherwise:
 - the source is a full-state checkpoint written at an epoch's end (`fork_points=[0]` keeps
@@ -18,8 +20,9 @@ It is exact only when these hold, and a fork is refused, naming the reason, othe
   callbacks that say they do not change training (a class attribute `changes_training = False`:
   the metric-writing ones); a checkpoint callback that monitors a metric (it chooses the best
   epoch) is compared but for its folder, one that monitors none is left out;
-- the two scenarios train the same heads and encoder groups in every epoch before the fork, and
-  give every epoch of the run the same number of steps (the LR schedule spans the run);
+- the two scenarios train the same heads and encoder groups in every epoch before the fork,
+  give every epoch of the run the same number of steps (the LR schedule spans the run), and
+  score the same of those epochs for the best checkpoint, unless this run scores none;
 - both scenarios say they fork (`Scenario.forks`): not `gradual_unfreeze` (it unfreezes, and
   warms groups up, within epochs) nor `entire_network_frozen` (it trains nothing).
 
@@ -41,6 +44,7 @@ from hydra.utils import get_class
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from mtl_lightning.callbacks.best_checkpoint import BestCheckpoint
 from mtl_lightning.core.checkpoint import (
     AtomicCheckpointIO,
     check_resumable,
@@ -157,6 +161,15 @@ def schedule_problem(
                 f"{theirs.encoder_groups} encoder groups, {mine.name} {sorted(ours.heads)} "
                 f"and {ours.encoder_groups}"
             )
+    # The best checkpoint is chosen among the epochs a scenario scores (only_head_frozen: not
+    # its warm-up's). A run that scores none of the shared epochs starts its choice afresh.
+    theirs_scored = [e for e in range(epoch) if source.scores(e)]
+    ours_scored = [e for e in range(epoch) if mine.scores(e)]
+    if ours_scored and ours_scored != theirs_scored:
+        return (
+            f"{mine.name} chooses its best checkpoint among epochs {ours_scored} of the first "
+            f"{epoch}, {source.name} among {theirs_scored}, so this run's best epoch could differ"
+        )
     for e in range(max_epochs):
         theirs = epoch_batches(e, source.plan(e, list(tasks), num_groups).heads)
         ours = epoch_batches(e, mine.plan(e, list(tasks), num_groups).heads)
@@ -263,13 +276,24 @@ class Fork:
         return reason
 
     def _states(self, checkpoint: dict[str, Any]) -> list[tuple[ModelCheckpoint, dict]]:
-        """This run's ModelCheckpoints with their state in the source checkpoint."""
+        """This run's ModelCheckpoints with their state in the source checkpoint (a best
+        checkpoint that chooses among none of the forked epochs left out: it starts afresh)."""
         saved = checkpoint.get("callbacks") or {}
         return [
             (c, saved[c.state_key])
             for c in self.callbacks
-            if isinstance(c, ModelCheckpoint) and c.state_key in saved
+            if isinstance(c, ModelCheckpoint)
+            and c.state_key in saved
+            and not self._starts_afresh(c, self.epoch(checkpoint) or 0)
         ]
+
+    @staticmethod
+    def _starts_afresh(callback: Callback, epoch: int) -> bool:
+        """Whether `callback` is a best checkpoint whose run scores none of the first `epoch`
+        epochs: it would have saved nothing in them."""
+        return isinstance(callback, BestCheckpoint) and not any(
+            callback.scores(e) for e in range(epoch)
+        )
 
     @staticmethod
     def epoch(checkpoint: dict[str, Any]) -> int | None:
@@ -337,6 +361,8 @@ class Fork:
                 }
             elif isinstance(callback, Forgetting):
                 state = {"acc_at_freeze": None, "last_val": dict(source.get("last_val") or {})}
+            elif self._starts_afresh(callback, epoch):
+                state = None  # as this run's own, which saved nothing in those epochs
             elif isinstance(callback, ModelCheckpoint) and state is not None:
                 state = self._moved(state, callback, checkpoint, epoch)
             if state is not None:
