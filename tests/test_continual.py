@@ -187,6 +187,12 @@ def test_a_run_stopped_by_max_steps_before_the_head_freezes_is_named(make_cfg, c
     caplog.clear()
     train(make_cfg(*common, "freezing.head_warmup_epochs=1", "trainer.max_steps=9", output="ok"))
     assert not [r for r in caplog.records if r.name.startswith("mtl_lightning.sc")]
+    # Too few epochs: said once, before training, and not again at its end.
+    caplog.clear()
+    train(make_cfg("experiment=only_head_frozen", "trainer.max_epochs=2", output="short"))
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("mtl_lightning.sc")]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("freezing.head_warmup_epochs=null (freezing.fresh_head_warmup")
 
 
 @pytest.mark.slow

@@ -152,29 +152,41 @@ def test_fork_from_needs_an_epoch_end_in_a_run_folder(make_cfg, tmp_path, source
 def test_a_later_fork_point_copies_the_best_checkpoint_and_a_resumed_fork_keeps_its_record(
     make_cfg, tmp_path
 ):
-    """Epoch 1's state, the best checkpoint of epoch 0 (nothing learns: every score ties and the
-    first stays best) copied from the source; then the fork resumed one epoch further."""
+    """Epoch 1's state. A run that scores those epochs (full_finetune: every score ties, as
+    nothing learns, and the first stays best) gets the source's best checkpoint of epoch 0
+    copied; only_head_frozen, whose joint warm-up they are, starts its choice afresh, as from
+    scratch. Then the fork resumed one epoch further."""
     still = ("model.lr=0", "model.head_lr=0")
-    _run(make_cfg, "trainer.max_epochs=3", "fork_points=[1]", *still, output="full")
+    full = ("trainer.max_epochs=3", "fork_points=[1]", *still)
+    _run(make_cfg, *full, output="full")
     point = tmp_path / "full" / "checkpoints" / "epoch01.ckpt"
+    _run(make_cfg, *full, f"fork_from={point}", output="again")
+    names = {p.name for p in (tmp_path / "again" / "checkpoints").glob("*.ckpt")}
+    assert names == {"best-epoch00.ckpt", "last.ckpt"}  # its epoch 1 trained in the source
     later = (*OHF, "freezing.head_warmup_epochs=2", *still)
-    scratch = _run(make_cfg, *later, output="scratch")
+    scratch = _run(make_cfg, *later, "fork_points=[1]", output="scratch")
     forked = _run(make_cfg, *later, f"fork_from={point}", output="forked")
     assert forked["test/primary_mean"] == scratch["test/primary_mean"]
     assert forked["val/sentiment/forgetting"] == scratch["val/sentiment/forgetting"] == 0.0
-    names = {p.name for p in (tmp_path / "forked" / "checkpoints").glob("*.ckpt")}
-    assert names == {"best-epoch00.ckpt", "last.ckpt"}
+    for run, kept in [("scratch", {"epoch01.ckpt"}), ("forked", set())]:  # best: the first
+        names = {p.name for p in (tmp_path / run / "checkpoints").glob("*.ckpt")}  # frozen epoch
+        assert names == {"best-epoch02.ckpt", "last.ckpt", *kept}, run
+    # The other way, full_finetune would have kept a best of epochs only_head_frozen scored not.
+    joint = tmp_path / "scratch" / "checkpoints" / "epoch01.ckpt"
+    with pytest.raises(ConfigError, match=r"among epochs \[0, 1\] of the first 2, only_head_f"):
+        _run(make_cfg, *full, f"fork_from={joint}", output="refused")
     assert json.loads((tmp_path / "forked" / "summary.json").read_text())["fork"]["epochs"] == 2
     last = tmp_path / "forked" / "checkpoints" / "last.ckpt"
     further = (*later, "trainer.max_epochs=4")
     _run(make_cfg, *further, f"ckpt_path={last}", output="forked")
     summary = json.loads((tmp_path / "forked" / "summary.json").read_text())
     assert summary["fork"]["from"] == str(point.resolve())
-    # Gone from the source: the fork could not choose its best epoch as the run from scratch did.
+    # Gone from the source: a fork could not choose its best epoch as the run from scratch did.
     (tmp_path / "full" / "checkpoints" / "best-epoch00.ckpt").unlink()
     with pytest.raises(ConfigError, match=r"best checkpoint .*best-epoch00\.ckpt .* is gone"):
-        _run(make_cfg, *later, f"fork_from={point}", output="refused")
+        _run(make_cfg, *full, f"fork_from={point}", output="refused")
     assert not (tmp_path / "refused" / "checkpoints").exists()
+    _run(make_cfg, *later, f"fork_from={point}", output="needs_none")  # it copies none
 
 
 @pytest.mark.slow
