@@ -115,7 +115,7 @@ def write_summary(
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     history = next((c for c in trainer.callbacks if isinstance(c, PrimaryHistory)), None)
     # The best checkpoint's choice among the epochs it scores (BestCheckpoint: the scenario's).
-    scores = getattr(trainer.checkpoint_callback, "scores", None)
+    scores = getattr(getattr(trainer, "checkpoint_callback", None), "scores", None)
     epochs = best_epochs(history.history, scores) if history else None
     if epochs and epochs["note"]:
         log.warning(epochs["note"])

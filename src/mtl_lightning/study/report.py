@@ -931,7 +931,8 @@ def markdown_report(
         f"{len(runs)} runs ({baselines} of them single-task baselines): seeds {seeds}; "
         f"training examples per task: {sizes}; {numbers['train_seconds_total']:.0f} s of "
         "training in all. Test values are of the best checkpoint by `val/primary_mean`, the "
-        "mean over tasks of each one's primary metric (accuracy; Spearman for similarity) "
+        "mean over tasks of each one's primary metric (accuracy; Spearman for similarity), "
+        "among the epochs the scenario scores (only_head_frozen: those with its head frozen) "
         "(entire_network_frozen: of the model as loaded).",
         "",
         _provenance_line(numbers["provenance"]),
