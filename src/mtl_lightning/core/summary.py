@@ -51,8 +51,9 @@ def best_epochs(
 ) -> dict | None:
     """`chosen`: the epoch of the best `primary_mean` (the first, as the checkpoint callback keeps
     it) among the epochs `scores` admits (the best checkpoint's, `Scenario.scores`: all by
-    default); `per_task`: each task's own best epoch; `note`: a sentence naming the tasks whose
-    best epoch is more than one epoch from the chosen one (null when none is)."""
+    default); `per_task`: each task's own best epoch among them (`only_head_frozen`'s frozen
+    task peaks in its warm-up, which it cannot be tested at); `note`: a sentence naming the
+    tasks whose best epoch is more than one epoch from the chosen one (null when none is)."""
     if not history:
         return None
 
@@ -66,7 +67,7 @@ def best_epochs(
 
     chosen = best("primary_mean", scores or (lambda epoch: True))
     names = sorted({name for row in history.values() for name in row} - {"primary_mean"})
-    per_task = {name: best(name) for name in names}
+    per_task = {name: best(name, scores or (lambda epoch: True)) for name in names}
     far = {
         task: epoch
         for task, epoch in per_task.items()

@@ -76,7 +76,7 @@ class Forgetting(Callback):
             cause, fix = f"trainer.max_steps={trainer.max_steps}", "raise trainer.max_steps"
         else:
             cause = f"step {trainer.global_step} (a callback stopped it, e.g. early stopping)"
-            fix = "give that callback more patience"
+            fix = "give that callback more patience or time"
         log.warning(
             "Training stopped at %s, before the head of %s froze, so this run trained as "
             "full_finetune does, measured no forgetting and has no best checkpoint of its own "
