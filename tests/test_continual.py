@@ -175,7 +175,7 @@ def test_the_tested_checkpoint_is_an_epoch_with_the_head_frozen(
 
 
 @pytest.mark.slow
-def test_a_run_stopped_by_max_steps_before_the_head_freezes_is_named(make_cfg, caplog):
+def test_a_run_stopped_by_max_steps_before_the_head_freezes_is_named(make_cfg, tmp_path, caplog):
     """trainer.max_steps (like early stopping) can end the run inside the warm-up,
     which trainer.max_epochs alone cannot show before training: said once, at its end."""
     caplog.set_level(logging.WARNING, logger="mtl_lightning.scenarios")
@@ -185,8 +185,14 @@ def test_a_run_stopped_by_max_steps_before_the_head_freezes_is_named(make_cfg, c
     assert len(messages) == 1, messages
     assert messages[0].startswith("Training stopped at trainer.max_steps=3, before the head of ")
     caplog.clear()
-    train(make_cfg(*common, "freezing.head_warmup_epochs=1", "trainer.max_steps=9", output="ok"))
+    metrics = train(
+        make_cfg(*common, "freezing.head_warmup_epochs=1", "trainer.max_steps=9", output="ok")
+    )
     assert not [r for r in caplog.records if r.name.startswith("mtl_lightning.sc")]
+    # Epoch 1 (7 steps an epoch) is cut short: no validation of its own, so it is not compared by
+    # the warm-up's score, which would make the frozen head's weights "best": its last are tested.
+    assert not list((tmp_path / "ok" / "checkpoints").glob("best-*.ckpt"))
+    assert "test/primary_mean" in metrics
     # Too few epochs: said once, before training, and not again at its end.
     caplog.clear()
     train(make_cfg("experiment=only_head_frozen", "trainer.max_epochs=2", output="short"))

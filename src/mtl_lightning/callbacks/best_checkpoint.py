@@ -6,7 +6,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from lightning import Trainer
+from lightning import LightningModule, Trainer
+from lightning.pytorch.trainer.states import TrainerFn
 
 from mtl_lightning.core.compat import SelectiveModelCheckpoint
 
@@ -24,7 +25,8 @@ class BestCheckpoint(SelectiveModelCheckpoint):
     scenario's `Scenario.scores`: `only_head_frozen` chooses its best, the model it tests and
     the score a tuning trial returns, among the epochs with its head frozen, not the joint
     warm-up's (as finetuning-scheduler's `FTSCheckpoint` keeps its best within the current
-    phase). Every epoch scores otherwise.
+    phase). Every epoch scores otherwise. An epoch is compared only by a validation of its own
+    (not one cut short by `trainer.max_steps`).
 
     Its state is `ModelCheckpoint`'s, under the same key (a checkpoint written by the plain
     callback resumes into this one), with the epochs it compared: a resume whose run would not
@@ -35,15 +37,25 @@ class BestCheckpoint(SelectiveModelCheckpoint):
         super().__init__(*args, **kwargs)
         self.scores: Callable[[int], bool] = every_epoch
         self.compared: set[int] = set()  # the epochs whose score it may have kept
+        self.validated: int | None = None  # the epoch of the latest validation while fitting
 
     @property
     def state_key(self) -> str:
         return "ModelCheckpoint" + super().state_key[len(type(self).__qualname__) :]
 
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self.validated = trainer.current_epoch
+        super().on_validation_end(trainer, pl_module)
+
     def saves_now(self, trainer: Trainer) -> bool:
-        if not self.scores(trainer.current_epoch):
+        # Only by a score of the epoch's own: an epoch that ends without a validation (cut short
+        # by max_steps; check_val_every_n_epoch) would be compared by an earlier epoch's score,
+        # such as the warm-up's.
+        epoch = trainer.current_epoch
+        if epoch != self.validated or not self.scores(epoch):
             return False
-        self.compared.add(trainer.current_epoch)
+        self.compared.add(epoch)
         return True
 
     def state_dict(self) -> dict[str, Any]:
