@@ -57,17 +57,15 @@ def best_epochs(
     if not history:
         return None
 
-    def best(name: str, admits: Callable[[int], bool] = lambda epoch: True) -> int | None:
-        epochs = [
-            e
-            for e in sorted(history)
-            if admits(e) and not math.isnan(history[e].get(name, math.nan))
-        ]
+    admitted = [e for e in sorted(history) if scores is None or scores(e)]
+
+    def best(name: str) -> int | None:
+        epochs = [e for e in admitted if not math.isnan(history[e].get(name, math.nan))]
         return max(epochs, key=lambda e: history[e][name]) if epochs else None  # first max
 
-    chosen = best("primary_mean", scores or (lambda epoch: True))
+    chosen = best("primary_mean")
     names = sorted({name for row in history.values() for name in row} - {"primary_mean"})
-    per_task = {name: best(name, scores or (lambda epoch: True)) for name in names}
+    per_task = {name: best(name) for name in names}
     far = {
         task: epoch
         for task, epoch in per_task.items()

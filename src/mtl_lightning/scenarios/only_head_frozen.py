@@ -70,11 +70,15 @@ class OnlyHeadFrozen(Scenario):
     ) -> Plan:
         return Plan(heads - {self.head} if self.frozen_head(epoch) else heads, num_groups)
 
+    @property
+    def warmup(self) -> int:
+        """The epoch the head freezes from (not configured yet: a fresh run's)."""
+        if self.head_warmup_epochs is None:
+            return self.fresh_head_warmup_epochs
+        return self.head_warmup_epochs
+
     def frozen_head(self, epoch: int) -> str | None:
-        warmup = self.head_warmup_epochs
-        if warmup is None:  # not configured yet: a fresh run's
-            warmup = self.fresh_head_warmup_epochs
-        return self.head if epoch >= warmup else None
+        return self.head if epoch >= self.warmup else None
 
     def scores(self, epoch: int) -> bool:
         # A run whose head never freezes trains as full_finetune does (check_epochs said so).
@@ -97,9 +101,8 @@ class OnlyHeadFrozen(Scenario):
         if max_epochs is None or max_epochs <= 0 or self.frozen_head(max_epochs - 1) is not None:
             return False
         self.never_freezes = True
-        warmup = self.head_warmup_epochs
-        if warmup is None or self.fresh:  # null, settled (or to be) by the fresh run's key
-            warmup = self.fresh_head_warmup_epochs
+        warmup = self.warmup
+        if self.fresh:  # null, settled (or to be) by the fresh run's key
             key = f"freezing.head_warmup_epochs=null (freezing.fresh_head_warmup_epochs={warmup})"
         else:
             key = f"freezing.head_warmup_epochs={warmup}"

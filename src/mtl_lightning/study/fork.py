@@ -279,12 +279,13 @@ class Fork:
         """This run's ModelCheckpoints with their state in the source checkpoint (a best
         checkpoint that chooses among none of the forked epochs left out: it starts afresh)."""
         saved = checkpoint.get("callbacks") or {}
+        epoch = self.epoch(checkpoint) or 0
         return [
             (c, saved[c.state_key])
             for c in self.callbacks
             if isinstance(c, ModelCheckpoint)
             and c.state_key in saved
-            and not self._starts_afresh(c, self.epoch(checkpoint) or 0)
+            and not self._starts_afresh(c, epoch)
         ]
 
     @staticmethod
